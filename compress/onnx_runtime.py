@@ -1,0 +1,232 @@
+"""Load, check and run ONNX models with ONNX Runtime.
+
+Shared by `quantize`, `bench` and `eval`: accuracy is measured on exactly the .onnx file that ships,
+with the same session settings the benchmark uses, so the two numbers describe one artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError, CompressError, DataError
+
+MODEL_FILE = "model.onnx"
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+# ONNX tensor element types we feed, as numpy dtypes.
+_ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+
+
+def resolve_onnx(path: str | os.PathLike, check: bool = True) -> Path:
+    """Return the .onnx file behind `path` (a file, or a directory holding model.onnx).
+
+    With `check`, the file is parsed and run through onnx.checker so that a truncated download or a
+    half-written file fails here with a clear message rather than deep inside ONNX Runtime.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / MODEL_FILE).is_file():
+            found = sorted(x.name for x in p.glob("*.onnx"))
+            hint = f" (it holds {', '.join(found)}; pass that file)" if found else ""
+            raise ArtifactError(f"{p} has no {MODEL_FILE}{hint}")
+        p = p / MODEL_FILE
+    elif not p.exists():
+        raise ArtifactError(f"ONNX model {p} not found; pass a .onnx file or a directory holding {MODEL_FILE}")
+    if check:
+        check_onnx(p)
+    return p
+
+
+def check_onnx(path: Path) -> None:
+    """Parse and check an ONNX file; any failure becomes an ArtifactError naming the file."""
+    import onnx
+
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path} is empty (0 bytes); re-export it")
+    try:
+        # The path form of the checker also follows external data and works beyond 2 GB.
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # protobuf DecodeError, ValidationError, OSError... all mean "bad file"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ArtifactError(
+            f"{path} is not a valid ONNX model ({e.__class__.__name__}: {first[:200]}); "
+            "the file is corrupt or truncated: re-export it"
+        ) from None
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def make_session(
+    path: str | os.PathLike,
+    provider: str = "cpu",
+    threads: int | None = None,
+    *,
+    check: bool = True,
+    optimization: str = "all",
+):
+    """An InferenceSession on `provider` ("cpu" or "cuda") with a fixed intra-op thread count.
+
+    threads=None lets ONNX Runtime pick (all physical cores). Inter-op parallelism stays at 1:
+    encoders are one long chain of ops, so it only adds thread contention.
+    """
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise CompressError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        raise CompressError(
+            f"{wanted} is not available in onnxruntime {ort.__version__} (it has "
+            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu with a matching CUDA "
+            "(pip install 'compress[gpu]') or use --provider cpu"
+        )
+    model = resolve_onnx(path, check=check)
+    opts = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise CompressError(f"threads must be >= 1, got {threads}")
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+    except Exception as e:  # ORT raises Fail/InvalidGraph/NotImplemented with long C++ messages
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ArtifactError(f"ONNX Runtime cannot load {model}: {msg[:300]}") from None
+    # ORT silently falls back to CPU when the CUDA libraries fail to load; say so instead.
+    if provider == "cuda" and wanted not in session.get_providers():
+        raise CompressError(
+            f"{wanted} is installed but could not be initialised (CUDA/cuDNN libraries missing or no GPU); "
+            "check `nvidia-smi` and the onnxruntime-gpu CUDA version, or use --provider cpu"
+        )
+    return session
+
+
+def input_dtype(session, name: str):
+    for i in session.get_inputs():
+        if i.name == name:
+            return _ORT_DTYPES.get(i.type, np.int64)
+    raise KeyError(name)
+
+
+def output_index(session) -> int:
+    """Index of the logits output: the one named `logits`, else the first."""
+    names = [o.name for o in session.get_outputs()]
+    return names.index("logits") if "logits" in names else 0
+
+
+def pad_batch(rows: dict[str, list], session, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Pad one batch of tokenized rows to its longest row, for exactly the inputs the graph declares.
+
+    Graphs exported for models without token types (RoBERTa, DistilBERT) do not declare
+    token_type_ids, and tokenizers for such models do not produce it; a declared but absent
+    token_type_ids is filled with zeros, a missing attention_mask from the padding.
+    """
+    ids = rows["input_ids"]
+    n, longest = len(ids), max(len(r) for r in ids)
+    feeds: dict[str, np.ndarray] = {}
+    for inp in session.get_inputs():
+        dtype = _ORT_DTYPES.get(inp.type)
+        if dtype is None:
+            raise ArtifactError(f"graph input {inp.name!r} has type {inp.type}; only integer token inputs are supported")
+        if inp.name in rows:
+            fill = pad_id if inp.name == "input_ids" else 0
+            arr = np.full((n, longest), fill, dtype=dtype)
+            for k, r in enumerate(rows[inp.name]):
+                arr[k, : len(r)] = r
+        elif inp.name == "attention_mask":
+            arr = np.zeros((n, longest), dtype=dtype)
+            for k, r in enumerate(ids):
+                arr[k, : len(r)] = 1
+        elif inp.name == "token_type_ids":
+            arr = np.zeros((n, longest), dtype=dtype)
+        else:
+            raise DataError(
+                f"the graph needs input {inp.name!r} which the tokenized data does not provide "
+                f"(it has {', '.join(sorted(rows))})"
+            )
+        feeds[inp.name] = arr
+    return feeds
+
+
+def onnx_logits(session, dataset, batch_size: int = 32, pad_id: int = 0) -> np.ndarray:
+    """Run `session` over a tokenized dataset (columns input_ids, attention_mask, ...) -> logits.
+
+    Rows are batched by length (then put back in dataset order) so little time goes into padding;
+    with the attention mask the padded positions do not change the real tokens' outputs.
+    """
+    if batch_size < 1:
+        raise CompressError(f"batch size must be >= 1, got {batch_size}")
+    if "input_ids" not in dataset.column_names:
+        raise DataError(f"the dataset has no input_ids column (it has {dataset.column_names}); tokenize it first")
+    columns = [c for c in dataset.column_names if c in {i.name for i in session.get_inputs()} or c == "input_ids"]
+    data = {c: dataset[c] for c in columns}
+    order = np.argsort([len(r) for r in data["input_ids"]], kind="stable")
+    out_idx = output_index(session)
+    out_name = session.get_outputs()[out_idx].name
+    chunks = []
+    for start in range(0, len(order), batch_size):
+        sel = order[start : start + batch_size]
+        rows = {c: [data[c][i] for i in sel] for c in columns}
+        chunks.append(session.run([out_name], pad_batch(rows, session, pad_id))[0])
+    if not chunks:
+        raise DataError("the dataset is empty; nothing to evaluate")
+    logits = np.concatenate(chunks)
+    result = np.empty_like(logits)
+    result[order] = logits
+    return result
+
+
+def read_pad_id(model_path: Path) -> int:
+    """The pad token id from config.json next to the model (0 when absent)."""
+    cfg = model_path.parent / "config.json"
+    try:
+        value = json.loads(cfg.read_text()).get("pad_token_id")
+    except (OSError, json.JSONDecodeError):
+        return 0
+    return int(value) if isinstance(value, int) else 0
+
+
+def evaluate_onnx(
+    path: str | os.PathLike,
+    task_data,
+    batch_size: int = 32,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    session=None,
+) -> dict[str, float]:
+    """Task metrics (compress.data.compute_metrics) of the ONNX model at `path` on task_data.dev.
+
+    Pass `session` to reuse one already built (it must have been made from `path`).
+    """
+    from .data import compute_metrics
+
+    if task_data.dev is None:
+        raise DataError("no evaluation split loaded; load the task with splits=('dev',)")
+    model = resolve_onnx(path, check=session is None)
+    session = session or make_session(model, provider, threads, check=False)
+    logits = onnx_logits(session, task_data.dev, batch_size, pad_id=read_pad_id(model))
+    if logits.ndim != 2 or logits.shape[-1] != task_data.num_labels:
+        raise ArtifactError(
+            f"{model} outputs logits of shape {list(logits.shape)} but task {task_data.spec.name!r} has "
+            f"{task_data.num_labels} labels; is this the right model?"
+        )
+    return compute_metrics(task_data.spec, logits, np.asarray(task_data.dev["labels"]))

@@ -1,0 +1,215 @@
+"""`compress prune` and `compress finetune`: load, (mask,) train, bake, evaluate, save."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .artifacts import check_output_dir, read_compression_json
+from .checkpoint import save_model_dir
+from .config import PruneConfig, TrainConfig
+from .data import TaskData, compute_metrics, load_task_data
+from .errors import InvalidConfigError
+from .masks import bake
+from .methods import get_method
+from .models import check_teacher, load_classifier, load_tokenizer, resolve_model
+from .pruner import Pruner
+from .sparsity import fold_dead_structure, sparsity_report
+from .structure import geometry, layer_linears
+from .training import checkpoint_dir, predict, train
+
+SMP_NOTE = ("Static Model Pruning here trains the mask scores plus a fresh classifier head only; the encoder "
+            "weights are the unchanged pre-trained ones (the authors' head-free mode reads label words from an "
+            "MLM head, which this model does not have).")
+
+
+@dataclass
+class DataArgs:
+    task: str | None = "sst2"
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    num_labels: int | None = None
+
+
+def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev")) -> TaskData:
+    return load_task_data(
+        data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
+        text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
+        num_labels=data.num_labels, max_length=t.max_length, eval_max_length=t.eval_max_length, max_train_samples=t.max_train_samples,
+        max_eval_samples=t.max_eval_samples, splits=splits,
+    )
+
+
+def _evaluate(model, td: TaskData, tokenizer, t: TrainConfig) -> dict:
+    dev = td.dev
+    labels = dev["labels"]
+    logits = predict(model, dev, tokenizer, batch_size=t.eval_batch_size, progress=t.progress)
+    return {k: round(v, 6) for k, v in compute_metrics(td.spec, logits, labels).items()}
+
+
+def _sample_batch(td: TaskData, tokenizer, model) -> dict:
+    import inspect
+
+    takes = set(inspect.signature(model.forward).parameters)
+    rows = td.dev.select(range(min(4, len(td.dev))))
+    feats = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r and k in takes} for r in rows]
+    return dict(tokenizer.pad(feats, return_tensors="pt"))
+
+
+@torch.no_grad()
+def _fill_heads(model, kept: list[dict], seed: int) -> None:
+    """Hybrid Filled: re-initialise the zeroed weights inside surviving heads / FFN dims uniformly at
+    random, with the standard deviation of the model's initialiser (U(-a, a), a = std * sqrt(3))."""
+    geo = geometry(model.config)
+    d = geo.head_size
+    a = getattr(model.config, "initializer_range", 0.02) * math.sqrt(3)
+    g = torch.Generator().manual_seed(seed)
+
+    def fill(w):
+        zero = w == 0
+        w[zero] = (torch.rand(int(zero.sum()), generator=g) * 2 - 1) * a
+
+    for lin, k in zip(layer_linears(model), kept):
+        for h in k["heads_kept"]:
+            sl = slice(h * d, (h + 1) * d)
+            for role in ("query", "key", "value"):
+                fill(lin[role].weight[sl])
+            fill(lin["attn_out"].weight[:, sl])
+        idx = torch.tensor(k["ffn_dims_kept"], dtype=torch.long)
+        if len(idx):
+            w1 = lin["ffn_in"].weight[idx]
+            fill(w1)
+            lin["ffn_in"].weight[idx] = w1
+            w2 = lin["ffn_out"].weight[:, idx]
+            fill(w2)
+            lin["ffn_out"].weight[:, idx] = w2
+
+
+def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
+    geo = geometry(model.config)
+    out = {}
+    for i, k in enumerate(kept):
+        h = torch.zeros(geo.num_heads)
+        h[k["heads_kept"]] = 1
+        f = torch.zeros(geo.intermediate_size)
+        f[k["ffn_dims_kept"]] = 1
+        out[f"layer.{i}.heads"], out[f"layer.{i}.ffn_dim"] = h, f
+    return out
+
+
+def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None) -> dict:
+    """Run one pruning method end to end; returns the compression.json content."""
+    cfg.validate()
+    method = get_method(cfg.method)
+    t = cfg.train
+    if not t.resume:
+        check_output_dir(t.output_dir, t.overwrite)
+    if method.needs_source and not cfg.source:
+        raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
+    if method.targets_sparsity is False and cfg.sparsity is not None and method.binarizer != "fixed":
+        raise InvalidConfigError(f"--method {method.name} sets sparsity through --lambda, not --sparsity")
+    if method.binarizer in ("magnitude", "topk") and cfg.lambda_reg is not None:
+        raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
+
+    source_info = None
+    if method.needs_source:
+        source_info = read_compression_json(cfg.source)
+        model_name = cfg.source
+    model_name = resolve_model(model_name)
+    tokenizer = load_tokenizer(model_name)
+    td = _load_data(data, tokenizer, t)
+    torch.manual_seed(t.seed)
+    student = load_classifier(model_name, td.num_labels)
+    teacher = None
+    if cfg.distill.teacher:
+        teacher = load_classifier(resolve_model(cfg.distill.teacher))
+        check_teacher(student, teacher)
+
+    fixed = None
+    if method.needs_source:
+        kept = source_info["layers"] if source_info else sparsity_report(student)["layers"]
+        fixed = _fixed_struct_masks(student, kept)
+        _fill_heads(student, kept, t.seed)
+    if not method.train_weights:
+        # SMP: the pre-trained encoder (embeddings included) stays frozen; only the head trains.
+        for p in student.base_model.parameters():
+            p.requires_grad_(False)
+        pooler = getattr(student.base_model, "pooler", None)
+        for p in (pooler.parameters() if pooler is not None else []):
+            p.requires_grad_(True)
+    pruner = Pruner(student, method, cfg, fixed_masks=fixed)
+    score_lr = cfg.score_lr or method.score_lr
+    stats = train(student, tokenizer, td.train, t, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr)
+
+    pruner.finalize()
+    bake(student)
+    fold_dead_structure(student)
+    student.eval()
+    metrics = _evaluate(student, td, tokenizer, t)
+    rep = sparsity_report(student)
+    info = {
+        "method": method.name,
+        "base_model": model_name,
+        "teacher": cfg.distill.teacher,
+        "task": td.spec.name,
+        "recipe": {"binarizer": method.binarizer, "train_weights": method.train_weights,
+                   "score_lr": score_lr, "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
+                   "lambda_final": pruner.lam_final if method.regularised else None, **cfg.to_dict()},
+        **rep,
+        "metrics": metrics,
+        "training": {k: v for k, v in stats.items() if k != "is_main_process"},
+    }
+    if not method.train_weights:
+        info["smp_note"] = SMP_NOTE
+    if stats["is_main_process"]:  # under DDP only rank 0 writes
+        save_model_dir(student, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
+                       sample=_sample_batch(td, tokenizer, student))
+        _cleanup_checkpoints(t)
+    return info
+
+
+def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None) -> dict:
+    """Dense fine-tuning (a teacher or a baseline) with the same data plumbing."""
+    if not t.resume:
+        check_output_dir(t.output_dir, t.overwrite)
+    model_name = resolve_model(model_name)
+    tokenizer = load_tokenizer(model_name)
+    td = _load_data(data, tokenizer, t)
+    torch.manual_seed(t.seed)
+    model = load_classifier(model_name, td.num_labels)
+    stats = train(model, tokenizer, td.train, t)
+    metrics = _evaluate(model, td, tokenizer, t)
+    info = {"method": None, "base_model": model_name, "task": td.spec.name, "recipe": {"train": vars(t)},
+            **sparsity_report(model), "metrics": metrics,
+            "training": {k: v for k, v in stats.items() if k != "is_main_process"}}
+    if stats["is_main_process"]:
+        save_model_dir(model, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
+                       sample=_sample_batch(td, tokenizer, model))
+        _cleanup_checkpoints(t)
+    return info
+
+
+def _cleanup_checkpoints(t: TrainConfig) -> None:
+    import shutil
+
+    ckpt = checkpoint_dir(t.output_dir)
+    if ckpt.is_dir() and not getattr(t, "keep_checkpoints", False):
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def evaluate_checkpoint(path: str, data: DataArgs, batch_size: int = 64, max_length: int = 128,
+                        max_eval_samples: int | None = None, progress: bool = True) -> dict:
+    """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
+    read_compression_json(path)
+    tokenizer = load_tokenizer(path)
+    t = TrainConfig(eval_batch_size=batch_size, max_length=max_length, eval_max_length=max_length, max_eval_samples=max_eval_samples, progress=progress)
+    td = _load_data(data, tokenizer, t, splits=("dev",))
+    model = load_classifier(path, td.num_labels)
+    return _evaluate(model, td, tokenizer, t)
