@@ -1,0 +1,243 @@
+"""A thin, mutable view of an ONNX graph for pattern matching and batch edits.
+
+Why our own and not onnxruntime.transformers.onnx_model.OnnxModel: the surgery needs exactly four
+things — producer/consumer maps, constant lookup that sees through Identity/Constant nodes, parent-path
+matching, and copy-on-write initializers (exporters deduplicate equal tensors, so one initializer can
+be the bias of many layers; slicing it in place would corrupt the others). OnnxModel has the first
+three spread over a large API whose maps go stale after edits, and nothing for the fourth. This file
+is small enough to read in one sitting, and edits are collected and committed in one batch so the
+maps are never half-updated while a pass is still matching.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+class Graph:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self._to_add: list[onnx.NodeProto] = []
+        self._to_remove: set[int] = set()
+        self._used_names: set[str] = set()
+        self.refresh()
+
+    # ---------------------------------------------------------------- maps
+    def refresh(self) -> None:
+        """Rebuild producer/consumer/initializer maps from the current proto."""
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(node)
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self.graph_inputs = {i.name for i in self.graph.input}
+        self._used_names |= set(self.producer) | set(self.initializers) | self.graph_inputs
+        self._used_names |= {n.name for n in self.graph.node if n.name}
+
+    def index(self) -> dict[int, int]:
+        """id(node) -> position in the (topologically sorted) node list; used to order layers."""
+        return {id(n): i for i, n in enumerate(self.graph.node)}
+
+    def nodes(self, op_type: str | None = None) -> list[onnx.NodeProto]:
+        return [n for n in self.graph.node if op_type is None or n.op_type == op_type]
+
+    # ---------------------------------------------------------------- constants
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of a tensor known at graph-build time: an initializer, a Constant node output, or an
+        Identity of either (the TorchScript exporter aliases deduplicated weights through Identity)."""
+        seen = 0
+        while seen < 8:  # Identity chains are short; the bound only guards against cycles
+            if name in self.initializers:
+                return numpy_helper.to_array(self.initializers[name])
+            node = self.producer.get(name)
+            if node is None:
+                return None
+            if node.op_type == "Identity":
+                name = node.input[0]
+                seen += 1
+                continue
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        return numpy_helper.to_array(attr.t)
+                    if attr.name in ("value_float", "value_int"):
+                        return np.array(onnx.helper.get_attribute_value(attr))
+                    if attr.name in ("value_floats", "value_ints"):
+                        return np.array(onnx.helper.get_attribute_value(attr))
+            return None
+        return None
+
+    def is_const(self, name: str) -> bool:
+        return self.const(name) is not None
+
+    def is_scalar_const(self, name: str) -> bool:
+        v = self.const(name)
+        return v is not None and v.size == 1
+
+    # ---------------------------------------------------------------- navigation
+    def parent(self, node: onnx.NodeProto, i: int) -> onnx.NodeProto | None:
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        return self.producer.get(node.input[i])
+
+    def children(self, name: str) -> list[onnx.NodeProto]:
+        return list(self.consumers.get(name, []))
+
+    def sole_child(self, name: str, op_type: str | Sequence[str] | None = None) -> onnx.NodeProto | None:
+        """The only consumer of `name` (and of the op type asked), else None; graph outputs count as
+        consumers we cannot rewire, so a tensor that is also a graph output has no sole child."""
+        kids = self.children(name)
+        if len(kids) != 1 or name in self.graph_outputs:
+            return None
+        ops = (op_type,) if isinstance(op_type, str) else op_type
+        return kids[0] if ops is None or kids[0].op_type in ops else None
+
+    def match_parent_path(
+        self, node: onnx.NodeProto, ops: Sequence[str], inputs: Sequence[int | None]
+    ) -> list[onnx.NodeProto] | None:
+        """Walk up from `node`: step k follows input `inputs[k]` (None = any input) to a parent of type
+        `ops[k]`. Returns the parents in order, or None if the path is not there."""
+        path = []
+        current = node
+        for op, idx in zip(ops, inputs, strict=True):
+            candidates = range(len(current.input)) if idx is None else [idx]
+            found = None
+            for i in candidates:
+                p = self.parent(current, i)
+                if p is not None and p.op_type == op:
+                    found = p
+                    break
+            if found is None:
+                return None
+            path.append(found)
+            current = found
+        return path
+
+    # ---------------------------------------------------------------- edits (batched)
+    def unique_name(self, hint: str) -> str:
+        name, k = hint, 0
+        while name in self._used_names:
+            k += 1
+            name = f"{hint}_{k}"
+        self._used_names.add(name)
+        return name
+
+    def add_initializer(self, array: np.ndarray, hint: str) -> str:
+        """Add a fresh initializer (never overwrites: callers rewire to the returned name)."""
+        name = self.unique_name(hint)
+        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers[name] = self.graph.initializer[-1]
+        return name
+
+    def set_input(self, node: onnx.NodeProto, i: int, name: str) -> None:
+        """Rewire one input in place; the maps are updated at commit()."""
+        node.input[i] = name
+
+    def rewire(self, old: str, new: str) -> None:
+        """Point every consumer of tensor `old` at `new`."""
+        for node in self.children(old):
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+
+    def add_node(self, node: onnx.NodeProto) -> None:
+        self._to_add.append(node)
+
+    def remove_nodes(self, nodes: Iterable[onnx.NodeProto]) -> None:
+        self._to_remove.update(id(n) for n in nodes)
+
+    def commit(self) -> None:
+        """Apply queued additions/removals, keep the node list topologically sorted, rebuild maps."""
+        kept = [n for n in self.graph.node if id(n) not in self._to_remove] + self._to_add
+        ordered = topological_sort(kept, self.graph_inputs | set(self.initializers))
+        del self.graph.node[:]
+        self.graph.node.extend(ordered)
+        self._to_add, self._to_remove = [], set()
+        self.refresh()
+
+    def prune_dead(self) -> int:
+        """Remove nodes whose outputs reach no graph output, then initializers nobody reads.
+        Returns how many nodes were removed."""
+        live: set[str] = set(self.graph_outputs)
+        keep = []
+        for node in reversed(self.graph.node):
+            if any(o in live for o in node.output if o):
+                keep.append(node)
+                live.update(i for i in node.input if i)
+                live.update(_subgraph_inputs(node))
+        removed = len(self.graph.node) - len(keep)
+        keep.reverse()
+        del self.graph.node[:]
+        self.graph.node.extend(keep)
+        unused = [t for t in self.graph.initializer if t.name not in live]
+        for t in unused:
+            self.graph.initializer.remove(t)
+        self.refresh()
+        return removed
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names read by If/Loop/Scan bodies (not in encoders, but don't break them)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for n in g.node:
+                names.update(i for i in n.input if i)
+                names |= _subgraph_inputs(n)
+    return names
+
+
+def topological_sort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Kahn's algorithm, stable with respect to the given order (so diffs of the graph stay readable)."""
+    producers = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = []
+    users = defaultdict(list)
+    for i, n in enumerate(nodes):
+        needed = {producers[x] for x in list(n.input) + sorted(_subgraph_inputs(n)) if x and x in producers and x not in available}
+        needed.discard(i)
+        deps.append(len(needed))
+        for j in needed:
+            users[j].append(i)
+    ready = [i for i, d in enumerate(deps) if d == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        i = heapq.heappop(ready)
+        out.append(nodes[i])
+        for u in users[i]:
+            deps[u] -= 1
+            if deps[u] == 0:
+                heapq.heappush(ready, u)
+    if len(out) != len(nodes):
+        raise ValueError("graph has a cycle or a node reads a tensor nobody produces")
+    return out
+
+
+def param_count(model: onnx.ModelProto) -> int:
+    """Elements in floating-point initializers (the model's parameters, embeddings included)."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE):
+            total += int(np.prod(t.dims)) if len(t.dims) else 1
+    return total
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for n in model.graph.node:
+        counts[n.op_type] += 1
+    return dict(sorted(counts.items()))
