@@ -119,51 +119,73 @@ def make_session(
     return session
 
 
-def input_dtype(session, name: str):
-    for i in session.get_inputs():
-        if i.name == name:
-            return _ORT_DTYPES.get(i.type, np.int64)
-    raise KeyError(name)
-
-
 def output_index(session) -> int:
     """Index of the logits output: the one named `logits`, else the first."""
     names = [o.name for o in session.get_outputs()]
     return names.index("logits") if "logits" in names else 0
 
 
-def pad_batch(rows: dict[str, list], session, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Pad one batch of tokenized rows to its longest row, for exactly the inputs the graph declares.
+def session_inputs(session) -> list[tuple[str, str]]:
+    """(name, ONNX type string such as 'tensor(int64)') for each input of a session."""
+    return [(i.name, i.type) for i in session.get_inputs()]
+
+
+def model_inputs(model) -> list[tuple[str, str]]:
+    """The same as session_inputs, read from an onnx.ModelProto (initializers are not inputs)."""
+    import onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    return [
+        (i.name, f"tensor({onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower()})")
+        for i in model.graph.input
+        if i.name not in inits
+    ]
+
+
+def pad_batch(rows: dict[str, list], inputs: list[tuple[str, str]], pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Pad one batch of tokenized rows to its longest row, for exactly the graph's `inputs`.
 
     Graphs exported for models without token types (RoBERTa, DistilBERT) do not declare
     token_type_ids, and tokenizers for such models do not produce it; a declared but absent
-    token_type_ids is filled with zeros, a missing attention_mask from the padding.
+    token_type_ids is filled with zeros, a missing attention_mask from the row lengths.
     """
     ids = rows["input_ids"]
     n, longest = len(ids), max(len(r) for r in ids)
     feeds: dict[str, np.ndarray] = {}
-    for inp in session.get_inputs():
-        dtype = _ORT_DTYPES.get(inp.type)
-        if dtype is None:
-            raise ArtifactError(f"graph input {inp.name!r} has type {inp.type}; only integer token inputs are supported")
-        if inp.name in rows:
-            fill = pad_id if inp.name == "input_ids" else 0
-            arr = np.full((n, longest), fill, dtype=dtype)
-            for k, r in enumerate(rows[inp.name]):
+    for name, kind in inputs:
+        dtype = _ORT_DTYPES.get(kind)
+        if dtype is None or dtype is np.float32:
+            raise ArtifactError(f"graph input {name!r} has type {kind}; only integer token inputs are supported")
+        if name in rows:
+            arr = np.full((n, longest), pad_id if name == "input_ids" else 0, dtype=dtype)
+            for k, r in enumerate(rows[name]):
                 arr[k, : len(r)] = r
-        elif inp.name == "attention_mask":
+        elif name == "attention_mask":
             arr = np.zeros((n, longest), dtype=dtype)
             for k, r in enumerate(ids):
                 arr[k, : len(r)] = 1
-        elif inp.name == "token_type_ids":
+        elif name == "token_type_ids":
             arr = np.zeros((n, longest), dtype=dtype)
         else:
             raise DataError(
-                f"the graph needs input {inp.name!r} which the tokenized data does not provide "
-                f"(it has {', '.join(sorted(rows))})"
+                f"the graph needs input {name!r} which the tokenized data does not provide (it has {', '.join(sorted(rows))})"
             )
-        feeds[inp.name] = arr
+        feeds[name] = arr
     return feeds
+
+
+def iter_batches(dataset, inputs: list[tuple[str, str]], batch_size: int, pad_id: int = 0, sort: bool = True):
+    """Yield (row indices, feeds) over a tokenized dataset; rows grouped by length when `sort`."""
+    if "input_ids" not in dataset.column_names:
+        raise DataError(f"the dataset has no input_ids column (it has {dataset.column_names}); tokenize it first")
+    names = {n for n, _ in inputs}
+    columns = [c for c in dataset.column_names if c in names or c == "input_ids"]
+    data = {c: dataset[c] for c in columns}
+    lengths = [len(r) for r in data["input_ids"]]
+    order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
+    for start in range(0, len(order), batch_size):
+        sel = order[start : start + batch_size]
+        yield sel, pad_batch({c: [data[c][i] for i in sel] for c in columns}, inputs, pad_id)
 
 
 def onnx_logits(session, dataset, batch_size: int = 32, pad_id: int = 0) -> np.ndarray:
@@ -174,23 +196,17 @@ def onnx_logits(session, dataset, batch_size: int = 32, pad_id: int = 0) -> np.n
     """
     if batch_size < 1:
         raise CompressError(f"batch size must be >= 1, got {batch_size}")
-    if "input_ids" not in dataset.column_names:
-        raise DataError(f"the dataset has no input_ids column (it has {dataset.column_names}); tokenize it first")
-    columns = [c for c in dataset.column_names if c in {i.name for i in session.get_inputs()} or c == "input_ids"]
-    data = {c: dataset[c] for c in columns}
-    order = np.argsort([len(r) for r in data["input_ids"]], kind="stable")
-    out_idx = output_index(session)
-    out_name = session.get_outputs()[out_idx].name
-    chunks = []
-    for start in range(0, len(order), batch_size):
-        sel = order[start : start + batch_size]
-        rows = {c: [data[c][i] for i in sel] for c in columns}
-        chunks.append(session.run([out_name], pad_batch(rows, session, pad_id))[0])
-    if not chunks:
+    if len(dataset) == 0:
         raise DataError("the dataset is empty; nothing to evaluate")
+    out_name = session.get_outputs()[output_index(session)].name
+    inputs = session_inputs(session)
+    indices, chunks = [], []
+    for sel, feeds in iter_batches(dataset, inputs, batch_size, pad_id):
+        indices.append(sel)
+        chunks.append(session.run([out_name], feeds)[0])
     logits = np.concatenate(chunks)
     result = np.empty_like(logits)
-    result[order] = logits
+    result[np.concatenate(indices)] = logits
     return result
 
 

@@ -35,7 +35,7 @@ class StudentWithLoss(nn.Module):
     def teacher(self):
         return self._teacher[0]
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, teacher_logits=None):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and "token_type_ids" in self._student_args:
             inputs["token_type_ids"] = token_type_ids
@@ -45,10 +45,8 @@ class StudentWithLoss(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits, labels)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t_inputs = {k: v for k, v in inputs.items() if k != "token_type_ids" or self._teacher_takes_tt()}
-                    t_logits = self.teacher(**t_inputs).logits
+            if teacher_logits is not None or self.teacher is not None:
+                t_logits = teacher_logits if teacher_logits is not None else self._teacher_forward(inputs)
                 T = self.distill.temperature
                 kd = F.kl_div(F.log_softmax(logits / T, -1), F.softmax(t_logits / T, -1), reduction="batchmean") * T * T
                 loss = self.distill.alpha_ce * loss + self.distill.alpha_teacher * kd
@@ -56,8 +54,38 @@ class StudentWithLoss(nn.Module):
                 loss = loss + self.pruner.regularization()
         return {"loss": loss, "logits": logits}
 
-    def _teacher_takes_tt(self) -> bool:
-        return "token_type_ids" in inspect.signature(self.teacher.forward).parameters
+    @torch.no_grad()
+    def _teacher_forward(self, inputs: dict) -> torch.Tensor:
+        if "token_type_ids" not in inspect.signature(self.teacher.forward).parameters:
+            inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
+        return self.teacher(**inputs).logits
+
+
+@torch.no_grad()
+def add_teacher_logits(teacher: nn.Module, dataset, tokenizer, batch_size: int = 128, progress: bool = True):
+    """Run the (frozen, eval-mode) teacher once over the training set and store its logits as a column.
+
+    The teacher is deterministic in eval mode, so this gives the same targets as running it inside
+    every step, at a fraction of the cost: batches are sorted by length (little padding), there is no
+    autograd, and later epochs reuse the logits. This is what keeps distillation's step overhead low.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import DataCollatorWithPadding
+
+    teacher.eval()
+    takes = set(inspect.signature(teacher.forward).parameters)
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names and c in takes]
+    order = np.argsort([len(x) for x in dataset["input_ids"]], kind="stable")
+    loader = DataLoader(dataset.select(order).select_columns(cols), batch_size=batch_size,
+                        collate_fn=DataCollatorWithPadding(tokenizer))
+    device = next(teacher.parameters()).device
+    chunks = [teacher(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu()
+              for b in tqdm(loader, desc="teacher logits", disable=not progress)]
+    logits = torch.cat(chunks).numpy()
+    out = np.empty_like(logits)
+    out[order] = logits
+    return dataset.add_column("teacher_logits", out.tolist())
 
 
 def _trainer_classes():
@@ -143,6 +171,10 @@ def train(
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+        planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(len(train_dataset) / cfg.batch_size) * cfg.epochs
+        # Precompute only when the run sees most of the data; a short run is cheaper on the fly.
+        if "teacher_logits" not in train_dataset.column_names and len(train_dataset) <= 1.5 * planned * cfg.batch_size:
+            train_dataset = add_teacher_logits(teacher, train_dataset, tokenizer, progress=cfg.progress)
     wrapper = StudentWithLoss(student, pruner, teacher, distill or DistillConfig())
     args = TrainingArguments(
         output_dir=str(ckpt),

@@ -266,12 +266,11 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
                 per_dim.append((node, i))
     if len(stops) != 1 or not region_nodes:
         return None
-    # Dropout's optional mask output would be a dangling region tensor; anything else must be consumed inside.
     w1_proj = Projection(mm1)
     if src != mm1.output[0]:
         add = g.producer[src]
         w1_proj.add, w1_proj.bias_index = add, [g.is_const(i) for i in add.input].index(True)
-        w2_out = _bias_add_or_self(g, stops[0])
+    w2_out = _bias_add_or_self(g, stops[0])
     w2_proj = Projection(stops[0])
     if w2_out != stops[0].output[0]:
         add = g.producer[w2_out]

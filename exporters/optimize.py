@@ -1,0 +1,94 @@
+"""Optional ONNX Runtime transformer fusions after surgery, kept only if outputs still match.
+
+We call onnxruntime.transformers.optimizer.optimize_by_fusion with num_heads=0 / hidden_size=0 so it
+reads the head count of each layer from the Q Reshape's constant shape, which our surgery writes as
+[0, 0, heads, head_size] per layer — that is what lets layers with different head counts fuse.
+
+Known limits (ORT 1.31), reported rather than hidden: the Attention fusion recognises the
+Transformers-5 eager mask pattern of the TorchScript exporter, not the dynamo exporter's, so graphs
+exported with --exporter dynamo get LayerNorm/GELU fusions but no fused Attention. Whatever happens,
+the fused graph is compared with the unfused one; on an error or a mismatch the unfused graph is kept
+and the report says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+
+import onnx
+
+from compress.errors import ValidationError
+
+from .surgery import assert_close
+
+# ORT's report lists every fusion it knows; we keep the ones that happened.
+_COUNTED = (
+    "EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
+    "LayerNormalization", "BiasGelu", "Gelu", "FastGelu", "BiasAdd",
+)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage().splitlines()[0]
+        if msg not in self.messages:
+            self.messages.append(msg)
+
+
+@contextlib.contextmanager
+def _quiet_ort_logging():
+    """ORT's fusion modules log through their own (top-level) loggers; gather instead of printing."""
+    root = logging.getLogger()
+    handler = _Collect()
+    saved = (root.handlers[:], root.level)
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    try:
+        yield handler.messages
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+def optimize(
+    model: onnx.ModelProto,
+    sample_inputs: list[dict],
+    atol: float = 1e-4,
+    attention_layers: int | None = None,
+) -> tuple[onnx.ModelProto, dict]:
+    """Run ORT's BERT fusions; return (model to use, report). Never raises for a fusion problem: the
+    unfused model comes back with report["applied"] = False and a note."""
+    report: dict = {"applied": False, "fusions": {}, "note": "", "optimizer_messages": []}
+    try:
+        from onnxruntime.transformers.optimizer import optimize_by_fusion
+    except ImportError as e:  # pragma: no cover - ORT without its transformers tools
+        report["note"] = f"onnxruntime.transformers is not available ({e}); graph left unfused"
+        return model, report
+    try:
+        with _quiet_ort_logging() as messages:
+            optimizer = optimize_by_fusion(copy.deepcopy(model), model_type="bert", num_heads=0, hidden_size=0)
+            stats = optimizer.get_fused_operator_statistics()
+        candidate = optimizer.model
+    except Exception as e:  # ORT's fusion code raises assorted exception types
+        report["note"] = f"ORT transformer optimizer failed ({type(e).__name__}: {e}); graph left unfused"
+        return model, report
+    report["optimizer_messages"] = messages[:5]
+    report["fusions"] = {k: v for k, v in stats.items() if v and k in _COUNTED}
+    try:
+        report["max_abs_diff"] = assert_close(model, candidate, sample_inputs, atol, what="ORT-optimized graph")
+    except ValidationError as e:
+        report["note"] = f"{e}; kept the unfused graph"
+        return model, report
+    report["applied"] = True
+    fused_attention = report["fusions"].get("Attention", 0) + report["fusions"].get("MultiHeadAttention", 0)
+    if attention_layers is not None and fused_attention < attention_layers:
+        report["note"] = (
+            f"attention fused in {fused_attention} of {attention_layers} layers (the rest run as plain MatMul/"
+            "Softmax; with the dynamo exporter ORT does not recognise the attention mask pattern)"
+        )
+    return candidate, report
