@@ -104,7 +104,7 @@ def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None) -> dict:
+def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callbacks: list | None = None) -> dict:
     """Run one pruning method end to end; returns the compression.json content."""
     cfg.validate()
     method = get_method(cfg.method)
@@ -146,7 +146,8 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None) -> di
             p.requires_grad_(True)
     pruner = Pruner(student, method, cfg, fixed_masks=fixed)
     score_lr = cfg.score_lr or method.score_lr
-    stats = train(student, tokenizer, td.train, t, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr)
+    stats = train(student, tokenizer, td.train, t, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
+                  callbacks=callbacks)
 
     pruner.finalize()
     bake(student)

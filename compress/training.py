@@ -155,6 +155,7 @@ def train(
     teacher: nn.Module | None = None,
     distill: DistillConfig | None = None,
     score_lr: float = 1e-2,
+    callbacks: list | None = None,
 ) -> dict:
     """Run the Trainer; returns {'seconds_per_step', 'steps', 'train_loss'}."""
     from transformers import DataCollatorWithPadding, TrainingArguments
@@ -202,7 +203,7 @@ def train(
     )
     if teacher is not None:
         teacher.to(args.device)
-    callbacks = [ScheduleCallback(pruner, cfg.warmup_ratio)] if pruner is not None else []
+    callbacks = ([ScheduleCallback(pruner, cfg.warmup_ratio)] if pruner is not None else []) + list(callbacks or [])
     trainer = PruneTrainer(
         model=wrapper,
         args=args,
