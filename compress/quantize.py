@@ -341,6 +341,10 @@ def _run_ort_quantizer(src: Path, dst: Path, config: QuantizeConfig, exclude: li
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     op_types = list(config.op_types)
+    if config.mode == "dynamic":
+        # quantize_dynamic first rewrites each Gemm "X" into MatMul "X_MatMul" + Add "X_Add" and then
+        # matches nodes_to_exclude by name, so an excluded Gemm must be named in its rewritten form too.
+        exclude = exclude + [f"{n}_MatMul" for n in exclude]
     try:
         with _quiet_ort_logging():
             if config.mode == "dynamic":

@@ -20,6 +20,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -87,6 +88,7 @@ class ExportResult:
     shrink: dict | None = None
     optimize: dict | None = None
     notes: list[str] = field(default_factory=list)
+    opset: int = 0
 
 
 # --------------------------------------------------------------------------------------- model side
@@ -108,6 +110,9 @@ def load_for_task(checkpoint_dir: str | Path, task: str):
         raise InvalidConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     spec = TASKS[task]
     cls = getattr(transformers, spec.auto_class)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with our report
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -208,6 +213,7 @@ def _export_torchscript(wrapper, args, path: Path, input_names, spec: TaskSpec, 
 
 
 def _export_dynamo(wrapper, args, path: Path, input_names, spec: TaskSpec, opset: int) -> None:
+    opset = max(opset, 18)  # the dynamo exporter's lowest native opset; converting down is best-effort
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = (tuple({0: batch, 1: seq} for _ in input_names),)  # one entry: the *tensors varargs
     with warnings.catch_warnings():
@@ -220,6 +226,20 @@ def _export_dynamo(wrapper, args, path: Path, input_names, spec: TaskSpec, opset
 
 
 EXPORTERS = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """torch.onnx / onnxscript log progress and advice at INFO/WARNING; the CLI output stays ours."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _to_onnx(model, task: str, path: Path, opset: int, exporter: str) -> tuple[str, list[str], list[str]]:
@@ -235,7 +255,8 @@ def _to_onnx(model, task: str, path: Path, opset: int, exporter: str) -> tuple[s
     errors = []
     for name in order:
         try:
-            EXPORTERS[name](wrapper, example, path, names, spec, opset)
+            with _quiet_exporters():
+                EXPORTERS[name](wrapper, example, path, names, spec, opset)
             return name, names, list(spec.outputs)
         except Exception as e:  # exporters raise many types; try the other one, report both if all fail
             errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -320,9 +341,10 @@ def export_checkpoint(
         if used != exporter:
             notes.append(f"the {exporter} exporter failed; used {used}")
         dense = onnx.load(str(path))
+        opset_used = next((o.version for o in dense.opset_import if o.domain in ("", "ai.onnx")), opset)
         batches = sample_inputs(input_names, tokenizer, getattr(config, "vocab_size", 100), max_sequence(config))
         validation = validate_against_torch(dense, model, task, input_names, batches, atol) if validate else {}
-        result = ExportResult(Path(output_dir) / MODEL_FILE, task, used, input_names, output_names, validation, notes=notes)
+        result = ExportResult(Path(output_dir) / MODEL_FILE, task, used, input_names, output_names, validation, notes=notes, opset=opset_used)
 
         final = dense
         if shrink:
@@ -343,7 +365,7 @@ def export_checkpoint(
         if structure is not None:
             data = copy.deepcopy(structure)
             data["onnx"] = {
-                "file": MODEL_FILE, "task": task, "exporter": used, "opset": opset, "inputs": input_names,
+                "file": MODEL_FILE, "task": task, "exporter": used, "opset": opset_used, "inputs": input_names,
                 "outputs": output_names, "shrunk": bool(shrink), "optimized": bool(result.optimize and result.optimize["applied"]),
                 "validation": result.validation,
             }

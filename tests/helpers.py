@@ -26,10 +26,10 @@ def tiny_tokenizer():
     return BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
 
 
-def tiny_config(model_type: str = "bert", num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32, ffn: int = 64):
+def tiny_config(model_type: str = "bert", num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32, ffn: int = 64, **extra_kw):
     from transformers import AutoConfig
 
-    common = dict(vocab_size=len(WORDS), num_labels=num_labels, max_position_embeddings=128)
+    common = dict(vocab_size=len(WORDS), num_labels=num_labels, max_position_embeddings=128, **extra_kw)
     if model_type == "distilbert":
         return AutoConfig.for_model("distilbert", dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn, **common)
     extra = {"pad_token_id": 0}
