@@ -15,7 +15,7 @@ from .data import TaskData, compute_metrics, load_task_data
 from .errors import InvalidConfigError
 from .masks import bake
 from .methods import get_method
-from .models import check_teacher, load_classifier, load_tokenizer, resolve_model
+from .models import check_teacher, load_classifier, load_config, load_tokenizer, resolve_model
 from .pruner import Pruner
 from .sparsity import fold_dead_structure, sparsity_report
 from .structure import geometry, layer_linears
@@ -123,6 +123,12 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         source_info = read_compression_json(cfg.source)
         model_name = cfg.source
     model_name = resolve_model(model_name)
+    # Cheap checks first (config files, flags), so bad input fails before any data work.
+    load_config(model_name)
+    if cfg.distill.teacher:
+        load_config(resolve_model(cfg.distill.teacher))
+    if t.resume:
+        _require_checkpoint(t)
     tokenizer = load_tokenizer(model_name)
     td = _load_data(data, tokenizer, t)
     torch.manual_seed(t.seed)
@@ -181,6 +187,9 @@ def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None) -> d
     if not t.resume:
         check_output_dir(t.output_dir, t.overwrite)
     model_name = resolve_model(model_name)
+    load_config(model_name)
+    if t.resume:
+        _require_checkpoint(t)
     tokenizer = load_tokenizer(model_name)
     td = _load_data(data, tokenizer, t)
     torch.manual_seed(t.seed)
@@ -195,6 +204,12 @@ def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None) -> d
                        sample=_sample_batch(td, tokenizer, model))
         _cleanup_checkpoints(t)
     return info
+
+
+def _require_checkpoint(t: TrainConfig) -> None:
+    ckpt = checkpoint_dir(t.output_dir)
+    if not (ckpt.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt.iterdir())):
+        raise InvalidConfigError(f"--resume: no checkpoint found in {ckpt}; run without --resume to start fresh")
 
 
 def _cleanup_checkpoints(t: TrainConfig) -> None:

@@ -163,18 +163,71 @@ def _read_config(model_dir: Path) -> dict:
         return {}
 
 
+def _constant_values(model) -> dict[str, np.ndarray]:
+    """Values of initializers and Constant-node outputs, by tensor name."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return values
+
+
+def explicit_head_counts(model) -> int:
+    """Write each layer's real head count into the Q/K/V Reshape shapes; returns how many were set.
+
+    transformers 5 reshapes projections to (batch, seq, -1, head_size). ORT's attention fusion reads
+    the head count from that shape and, finding -1, falls back to one global --num_heads, which is
+    wrong for layers of a shrunk graph that kept fewer heads. The projection's output width / head
+    size is the true count, so it replaces the -1 here (a new initializer per Concat).
+    """
+    from onnx import numpy_helper
+
+    consts = _constant_values(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        concat, data = producer.get(node.input[1]), producer.get(node.input[0])
+        if concat is None or concat.op_type != "Concat" or len(concat.input) != 4 or data is None:
+            continue
+        heads_in, size_in = (consts.get(x) for x in concat.input[2:4])
+        if heads_in is None or size_in is None or heads_in.size != 1 or size_in.size != 1:
+            continue
+        head_size = int(size_in.reshape(-1)[0])
+        if int(heads_in.reshape(-1)[0]) != -1 or head_size <= 0:
+            continue
+        width = None  # output width of the Q/K/V projection feeding this Reshape
+        if data.op_type == "Add":
+            width = next((consts[x].shape[0] for x in data.input if x in consts and consts[x].ndim == 1), None)
+        elif data.op_type == "MatMul" and data.input[1] in consts and consts[data.input[1]].ndim == 2:
+            width = consts[data.input[1]].shape[1]
+        if not width or width % head_size:
+            continue
+        name = f"{concat.name or concat.output[0]}_num_heads"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([width // head_size], dtype=heads_in.dtype.type), name))
+        concat.input[2] = name
+        changed += 1
+    return changed
+
+
 def fuse_transformer(model, model_dir: Path) -> tuple[object, dict[str, int]]:
     """ORT transformer fusion (python passes only, so the result is portable across CPUs).
 
-    num_heads comes from config.json: exports from transformers 5 reshape Q/K/V to (-1 heads), so the
-    fusion cannot read it from the graph. On a shrunk graph whose layers keep different head counts
-    that global value is wrong for some layers; the caller checks the fused graph numerically.
+    Head counts are first made explicit per layer (explicit_head_counts); only when that finds no
+    Q/K/V reshape does the global count from config.json serve. The caller still checks the fused
+    graph numerically against the unfused one.
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg = _read_config(model_dir)
-    heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
-    hidden = int(cfg.get("hidden_size") or cfg.get("dim") or 0)
+    if explicit_head_counts(model):
+        heads = hidden = 0  # let the fusion read every layer's own count from the graph
+    else:
+        heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
+        hidden = int(cfg.get("hidden_size") or cfg.get("dim") or 0)
     with _quiet_ort_logging():
         try:
             optimized = optimize_model(model, model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)

@@ -36,29 +36,10 @@ import torch
 from compress.artifacts import COMPRESSION_JSON, atomic_dir, read_compression_json, record_checksums, write_json
 from compress.errors import ArtifactError, InvalidConfigError, UnsupportedModelError, ValidationError
 
+from .spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, TaskSpec
 from .surgery import assert_close, run, session
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.onnx"
-DEFAULT_OPSET = 17  # first opset with LayerNormalization; ORT's fusions handle it
-DEFAULT_ATOL = 1e-4
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    auto_class: str  # transformers Auto class that loads the head
-    outputs: tuple[str, ...]  # ModelOutput fields exported, in order
-    per_token: bool  # outputs have a sequence axis
-    architecture_suffixes: tuple[str, ...]  # config.architectures endings that imply this task
-
-
-TASKS: dict[str, TaskSpec] = {
-    "sequence-classification": TaskSpec("AutoModelForSequenceClassification", ("logits",), False, ("ForSequenceClassification",)),
-    "token-classification": TaskSpec("AutoModelForTokenClassification", ("logits",), True, ("ForTokenClassification",)),
-    "question-answering": TaskSpec("AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, ("ForQuestionAnswering",)),
-    "feature-extraction": TaskSpec("AutoModel", ("last_hidden_state",), True, ("Model",)),
-}
 
 # Files a tokenizer may consist of; copied byte for byte so the ONNX directory is self-contained.
 TOKENIZER_FILES = (
@@ -226,6 +207,7 @@ def _export_dynamo(wrapper, args, path: Path, input_names, spec: TaskSpec, opset
 
 
 EXPORTERS = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
+assert tuple(EXPORTERS) == EXPORTER_NAMES
 
 
 @contextlib.contextmanager

@@ -147,12 +147,42 @@ def _projection_above(g: Graph, name: str, what: str, where: str) -> Projection:
     return Projection(node, add, bias_index, split, split_output)
 
 
-def _head_path(g: Graph, name: str, what: str, where: str) -> tuple[Projection, onnx.NodeProto]:
-    """From a per-head tensor up to its split Reshape and projection."""
-    _, node = _skip_scalar_ops(g, name, also=("Transpose",))
+def _compose(perms: list[list[int]]) -> list[int]:
+    """Permutation equivalent to applying `perms` in order (each as in ONNX Transpose)."""
+    out = list(range(len(perms[0]))) if perms else []
+    for p in perms:
+        out = [out[j] for j in p]
+    return out
+
+
+# Layout each head tensor must have relative to the [B, L, heads, head_size] Reshape: anything else
+# (e.g. heads interleaved differently) would make cutting contiguous column blocks wrong.
+Q_PERM, K_PERM, V_PERM, MERGE_PERM = [0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3], [0, 2, 1, 3]
+
+
+def _head_path(g: Graph, name: str, what: str, where: str, expect: list[int]) -> tuple[Projection, onnx.NodeProto]:
+    """From a per-head tensor up to its split Reshape (checking the Transposes on the way) and projection."""
+    perms = []
+    node = g.producer.get(name)
+    for _ in range(8):
+        if node is None:
+            break
+        if node.op_type == "Transpose":
+            perms.append(list(next(a.ints for a in node.attribute if a.name == "perm")))
+            name = node.input[0]
+        elif node.op_type in ("Mul", "Div"):
+            name, _ = _skip_scalar_ops(g, name)
+            if g.producer.get(name) is node:
+                break
+        else:
+            break
+        node = g.producer.get(name)
     if node is None or node.op_type != "Reshape":
         found = _where(node) if node is not None else "a graph input"
         raise GraphPatternError(f"{where}: expected a Reshape splitting {what} into heads, found {found}")
+    layout = _compose(perms[::-1])
+    if layout != expect:
+        raise GraphPatternError(f"{where}: {what} heads are transposed with {layout}, expected {expect} (layout not recognised)")
     return _projection_above(g, node.input[0], what, where), node
 
 
@@ -193,15 +223,20 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
     if scores is None:
         return None
     where = f"attention at {_where(softmax)}"
-    q, q_reshape = _head_path(g, scores.input[0], "Q", where)
-    k, k_reshape = _head_path(g, scores.input[1], "K", where)
+    q, q_reshape = _head_path(g, scores.input[0], "Q", where, Q_PERM)
+    k, k_reshape = _head_path(g, scores.input[1], "K", where, K_PERM)
     probs, ctx = _follow_down(g, softmax.output[0], _PASS_PROBS)
     if ctx is None or ctx.op_type != "MatMul" or ctx.input[0] != probs:
         raise GraphPatternError(f"{where}: expected the probabilities to feed MatMul(P, V)")
-    v, v_reshape = _head_path(g, ctx.input[1], "V", where)
-    _, merge = _follow_down(g, ctx.output[0], ("Transpose",))
+    v, v_reshape = _head_path(g, ctx.input[1], "V", where, V_PERM)
+    perms, merge = [], g.sole_child(ctx.output[0])
+    while merge is not None and merge.op_type == "Transpose":
+        perms.append(list(next(a.ints for a in merge.attribute if a.name == "perm")))
+        merge = g.sole_child(merge.output[0])
     if merge is None or merge.op_type != "Reshape":
         raise GraphPatternError(f"{where}: expected Transpose -> Reshape merging the heads after MatMul(P, V)")
+    if _compose(perms) != MERGE_PERM:
+        raise GraphPatternError(f"{where}: the context is transposed with {_compose(perms)} before merging, expected {MERGE_PERM}")
     o_mm = g.sole_child(merge.output[0], "MatMul")
     if o_mm is None or o_mm.input[0] != merge.output[0]:
         raise GraphPatternError(f"{where}: expected the merged heads to feed the output projection MatMul")

@@ -1,0 +1,31 @@
+"""What an export looks like, per task: kept free of heavy imports so the CLI parser can use it.
+
+A table, not a registry: one row per task with the Auto class that loads its head, the outputs
+exported (in order) and whether they have a sequence axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_FILE = "model.onnx"
+EXPORTER_NAMES = ("torchscript", "dynamo")  # first is the default
+DEFAULT_OPSET = 17  # first opset with LayerNormalization; ORT's fusions handle it
+DEFAULT_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    auto_class: str  # transformers Auto class that loads the head
+    outputs: tuple[str, ...]  # ModelOutput fields exported, in order
+    per_token: bool  # outputs have a sequence axis
+    architecture_suffixes: tuple[str, ...]  # config.architectures endings that imply this task
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sequence-classification": TaskSpec("AutoModelForSequenceClassification", ("logits",), False, ("ForSequenceClassification",)),
+    "token-classification": TaskSpec("AutoModelForTokenClassification", ("logits",), True, ("ForTokenClassification",)),
+    "question-answering": TaskSpec("AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, ("ForQuestionAnswering",)),
+    "feature-extraction": TaskSpec("AutoModel", ("last_hidden_state",), True, ("Model",)),
+}
+
