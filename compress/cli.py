@@ -24,6 +24,7 @@ VERB_MODULES = (
     "quantize",
     "bench",
     "run",
+    "mask",
 )
 
 

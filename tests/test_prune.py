@@ -132,3 +132,20 @@ def test_config_errors(workspace):
     (workspace / "occupied" / "file").write_text("x")
     with pytest.raises(InvalidConfigError, match="not empty"):
         prune(_cfg(workspace, "movement", "occupied"), data, str(workspace / "base"))
+
+
+def test_smp_bitmask_roundtrip(workspace, tmp_path):
+    from compress.cli import main
+
+    src = workspace / "out-smp-l"
+    if not src.exists():
+        prune(_cfg(workspace, "smp-l", "out-smp-l", sparsity=0.4), DataArgs(task="sst2", data_dir=str(workspace / "data")),
+              str(workspace / "base"))
+    assert main(["mask", "save", str(src), "-o", str(tmp_path / "task.mask")]) == 0
+    assert main(["mask", "apply", str(workspace / "base"), str(tmp_path / "task.mask"), "-o", str(tmp_path / "rebuilt")]) == 0
+    a = AutoModelForSequenceClassification.from_pretrained(src).state_dict()
+    b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rebuilt").state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    full = (src / "model.safetensors").stat().st_size
+    assert (tmp_path / "task.mask").stat().st_size < full / 4
