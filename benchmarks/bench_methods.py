@@ -35,6 +35,30 @@ FLAGS = {
 }
 
 
+def run_measuring_rss(cmd: list[str]):
+    """Run cmd, polling its resident memory; returns (CompletedProcess-like, peak RSS in MiB)."""
+    import psutil
+
+    with open(os.devnull, "w") as devnull, subprocess.Popen(
+        cmd, stdout=devnull, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    ) as p:
+        peak = 0
+        ps = psutil.Process(p.pid)
+        import threading
+
+        err = []
+        t = threading.Thread(target=lambda: err.append(p.stderr.read()))
+        t.start()
+        while p.poll() is None:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.5)
+        t.join()
+    return subprocess.CompletedProcess(cmd, p.returncode, "", err[0] if err else ""), round(peak / 2**20)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
@@ -51,7 +75,7 @@ def main():
         if m == "hybrid-filled":
             cmd += ["--source", str(Path(a.work) / "hybrid")]
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc, peak_rss = run_measuring_rss(cmd)
         if proc.returncode != 0:
             rows.append({"method": m, "command": shlex.join(cmd), "error": proc.stderr.strip().splitlines()[-1:]})
             print(m, "FAILED", proc.stderr[-2000:], file=sys.stderr)
@@ -65,6 +89,7 @@ def main():
             "heads_kept": [len(l["heads_kept"]) for l in info["layers"]],
             "ffn_dims_kept": [len(l["ffn_dims_kept"]) for l in info["layers"]],
             "dev_accuracy": info["metrics"]["accuracy"],
+            "peak_rss_mb": peak_rss,
         })
         print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
@@ -75,13 +100,13 @@ def main():
            "runs": list(merged.values())}
     (RESULTS / "methods.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# Every method, short CLI run on MiniLM-L6 / SST-2 (2 CPU cores)", "",
-             "| method | steps | s/step | sparsity | params after removal | heads kept / layer | dev acc |", "|---|---|---|---|---|---|---|"]
+             "| method | steps | s/step | sparsity | params after removal | heads kept / layer | dev acc | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in merged.values():
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error']} | | | | | |")
             continue
         lines.append(f"| {r['method']} | {r['steps']} | {r['seconds_per_step']} | {r['encoder_linear_sparsity']:.1%} | "
-                     f"{r['encoder_linear_params_after_removal']:,} | {r['heads_kept']} | {r['dev_accuracy']:.4f} |")
+                     f"{r['encoder_linear_params_after_removal']:,} | {r['heads_kept']} | {r['dev_accuracy']:.4f} | {r.get('peak_rss_mb', '')} |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in merged.values()]
     (RESULTS / "methods.md").write_text("\n".join(lines) + "\n")
 

@@ -36,7 +36,7 @@ class RunConfig:
     bench_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     bench_seq_len: int = 128
     bench_threads: int = 2
-    bench_seconds: float = 4.0  # per model and shape, after warm-up
+    bench_iterations: int = 20  # timed runs per model and shape, interleaved
 
     @classmethod
     def load(cls, path: str) -> "RunConfig":
@@ -132,16 +132,15 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
 
 
 def bench_models(models: dict, cfg: RunConfig) -> dict:
-    """Median latency per model and batch size at cfg.bench_seq_len, models interleaved per shape."""
-    from .bench import BenchConfig, run_benchmark
+    """p50 latency (ms) per model and batch size at cfg.bench_seq_len; compress.bench interleaves models."""
+    from .bench import BenchConfig, onnx_runner, run_benchmark
 
-    res = run_benchmark([str(p) for p in models.values()],
-                        BenchConfig(batch_sizes=tuple(cfg.bench_batch_sizes), seq_lens=(cfg.bench_seq_len,),
-                                    threads=cfg.bench_threads, seconds=cfg.bench_seconds))
-    names = list(models)
-    out = {n: {} for n in names}
+    bc = BenchConfig(batch_sizes=tuple(cfg.bench_batch_sizes), seq_lens=(cfg.bench_seq_len,), threads=cfg.bench_threads,
+                     iterations=cfg.bench_iterations)
+    res = run_benchmark([onnx_runner(str(p), bc, label=name) for name, p in models.items()], bc, command="compress run")
+    out = {n: {} for n in models}
     for r in res["results"]:
-        out[names[r["model_index"]]][r["batch_size"]] = r["p50_ms"]
+        out[r["model"]][r["batch_size"]] = r["p50_ms"]
     return out
 
 

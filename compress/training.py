@@ -135,8 +135,15 @@ def _trainer_classes():
         def on_log(self, args, state, control, logs=None, **kw):
             if logs is not None and "loss" in logs:
                 logs.update({k: round(v, 4) for k, v in self.pruner.stats().items()})
+                logs["rss_mb"] = _rss_mb()  # to see that memory stays flat over long runs
 
     return PruneTrainer, ScheduleCallback
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
 def checkpoint_dir(output_dir: str | os.PathLike) -> Path:

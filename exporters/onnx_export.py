@@ -34,7 +34,7 @@ import onnx
 import torch
 
 from compress.artifacts import COMPRESSION_JSON, atomic_dir, read_compression_json, record_checksums, write_json
-from compress.errors import ArtifactError, InvalidConfigError, UnsupportedModelError, ValidationError
+from compress.errors import ArtifactError, GraphPatternError, InvalidConfigError, UnsupportedModelError, ValidationError
 
 from .spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, TaskSpec
 from .surgery import assert_close, run, session
@@ -333,7 +333,13 @@ def export_checkpoint(
             final, result.shrink = shrink_dense(dense, structure, config, batches, atol)
         if optimize:
             from .optimize import optimize as ort_optimize
+            from .surgery import normalize_heads
 
+            if not shrink:
+                try:
+                    final = normalize_heads(dense, geometry_of(config).head_size if geometry_of(config) else None)
+                except GraphPatternError as e:
+                    notes.append(f"head shapes not normalised before fusion ({e})")
             final, result.optimize = ort_optimize(final, batches, atol)
         if final is not dense:
             if validate:  # end to end, against PyTorch itself, not only step by step
@@ -353,6 +359,15 @@ def export_checkpoint(
             }
             write_json(tmp / COMPRESSION_JSON, record_checksums(tmp, data, [MODEL_FILE, "config.json"]))
     return result
+
+
+def geometry_of(config):
+    from compress.structure import geometry
+
+    try:
+        return geometry(config)
+    except UnsupportedModelError:
+        return None
 
 
 def shrink_dense(dense: onnx.ModelProto, structure: dict | None, config, batches, atol: float):

@@ -638,6 +638,21 @@ def shrink(
     return out, report
 
 
+def normalize_heads(model: onnx.ModelProto, head_size: int | None = None) -> onnx.ModelProto:
+    """Same graph, but every head Reshape gets a constant [0, 0, heads, head_size] shape. Nothing is
+    removed; this is what lets ORT's Attention fusion read the head count of a dense export too."""
+    out = copy.deepcopy(model)
+    g = Graph(out)
+    layers, _ = find_layers(g, head_size)
+    shapes: dict = {}
+    for i, layer in enumerate(layers):
+        _shrink_attention(g, i, layer.attention, list(range(layer.attention.num_heads)), shapes)
+    g.commit()
+    g.prune_dead()
+    finalize(out)
+    return out
+
+
 def finalize(model: onnx.ModelProto) -> None:
     """Drop shape annotations that may be stale, re-infer them, and check the model."""
     del model.graph.value_info[:]
