@@ -27,11 +27,13 @@ def versions() -> dict:
     return out
 
 
-def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = False, sample: dict | None = None) -> Path:
+def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = False, sample: dict | None = None,
+                   reload=None) -> Path:
     """Save `model` + tokenizer + compression.json (`info` + geometry + checksums) + README.md.
 
     `sample`: a tokenized batch; the saved checkpoint is reloaded with plain transformers and must
-    predict the same logits (within 1e-5) or nothing is written.
+    predict the same logits (within 1e-5) or nothing is written. `reload(dir)` loads it back as a
+    classifier (default: AutoModelForSequenceClassification); a wrapper model saves its `.mlm`.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -42,10 +44,10 @@ def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = F
                          "hidden_size": geo.hidden_size, "intermediate_size": geo.intermediate_size},
             "versions": versions()}
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
+        getattr(model, "mlm", model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if sample is not None:
-            reloaded = AutoModelForSequenceClassification.from_pretrained(tmp).eval()
+            reloaded = (reload or AutoModelForSequenceClassification.from_pretrained)(tmp).eval()
             model.eval()
             with torch.no_grad():
                 a = model(**sample).logits

@@ -162,6 +162,7 @@ def load_task_data(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     splits: tuple[str, ...] = ("train", "dev"),
+    template: str | None = None,
 ) -> TaskData:
     """Load, validate and tokenize a task. `splits` limits which of train/dev are needed."""
     if task is None and not (train_file or validation_file):
@@ -216,6 +217,9 @@ def load_task_data(
         data = {"text": [str(t) for t in cols[spec.text_column][:n]], "labels": labels[:n]}
         if spec.text_pair_column:
             data["text_pair"] = [str(t) for t in cols[spec.text_pair_column][:n]]
+        if template is not None:  # prompt mode (SMP label words): one text holding the mask token
+            pairs = data.pop("text_pair", [None] * n)
+            data["text"] = [template.format(text=a, text_pair=b, mask=tokenizer.mask_token) for a, b in zip(data["text"], pairs)]
         ds = datasets.Dataset.from_dict(data)
 
         length = max_length if split == "train" else (eval_max_length or max_length)

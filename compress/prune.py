@@ -16,6 +16,7 @@ from .errors import InvalidConfigError
 from .masks import bake
 from .methods import get_method
 from .models import check_teacher, load_classifier, load_config, load_tokenizer, resolve_model
+from .label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
 from .pruner import Pruner
 from .sparsity import fold_dead_structure, sparsity_report
 from .structure import geometry, layer_linears
@@ -38,12 +39,12 @@ class DataArgs:
     num_labels: int | None = None
 
 
-def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev")) -> TaskData:
+def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
     return load_task_data(
         data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
         text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
         num_labels=data.num_labels, max_length=t.max_length, eval_max_length=t.eval_max_length, max_train_samples=t.max_train_samples,
-        max_eval_samples=t.max_eval_samples, splits=splits,
+        max_eval_samples=t.max_eval_samples, splits=splits, template=template,
     )
 
 
@@ -130,9 +131,21 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     if t.resume:
         _require_checkpoint(t)
     tokenizer = load_tokenizer(model_name)
-    td = _load_data(data, tokenizer, t)
+    template = None
+    if cfg.label_words:
+        if method.train_weights:
+            raise InvalidConfigError("--label-words is SMP's head-free mode: use it with --method smp-l or smp-s")
+        if tokenizer.mask_token is None:
+            raise InvalidConfigError(f"{model_name}'s tokenizer has no mask token; --label-words needs an MLM tokenizer")
+        template = DEFAULT_TEMPLATES[_is_pair(data)]
+    td = _load_data(data, tokenizer, t, template=template)
     torch.manual_seed(t.seed)
-    student = load_classifier(model_name, td.num_labels)
+    if cfg.label_words:
+        if len(cfg.label_words) != td.num_labels:
+            raise InvalidConfigError(f"--label-words gives {len(cfg.label_words)} words for a task with {td.num_labels} labels")
+        student = LabelWordClassifier(load_mlm(model_name), label_word_ids(tokenizer, cfg.label_words), tokenizer.mask_token_id)
+    else:
+        student = load_classifier(model_name, td.num_labels)
     teacher = None
     if cfg.distill.teacher:
         teacher = load_classifier(resolve_model(cfg.distill.teacher))
@@ -143,7 +156,10 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         kept = source_info["layers"] if source_info else sparsity_report(student)["layers"]
         fixed = _fixed_struct_masks(student, kept)
         _fill_heads(student, kept, t.seed)
-    if not method.train_weights:
+    if cfg.label_words:
+        for p in student.parameters():  # head-free: only the mask scores learn
+            p.requires_grad_(False)
+    elif not method.train_weights:
         # SMP: the pre-trained encoder (embeddings included) stays frozen; only the head trains.
         for p in student.base_model.parameters():
             p.requires_grad_(False)
@@ -173,13 +189,36 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         "metrics": metrics,
         "training": {k: v for k, v in stats.items() if k != "is_main_process"},
     }
-    if not method.train_weights:
+    if cfg.label_words:
+        info.update(head="mlm-label-words", label_words=list(cfg.label_words), template=template)
+    elif not method.train_weights:
         info["smp_note"] = SMP_NOTE
     if stats["is_main_process"]:  # under DDP only rank 0 writes
         save_model_dir(student, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
-                       sample=_sample_batch(td, tokenizer, student))
+                       sample=_sample_batch(td, tokenizer, student), reload=_reloader(info))
         _cleanup_checkpoints(t)
     return info
+
+
+def _is_pair(data: DataArgs) -> bool:
+    from .data import TASKS
+
+    return bool(data.text_pair_column or (data.task in TASKS and TASKS[data.task].text_pair_column))
+
+
+def _reloader(info: dict):
+    """How to load a saved result as a classifier: a plain HF classifier, or the label-word wrapper."""
+    if info.get("head") != "mlm-label-words":
+        return None
+
+    def load(path):
+        from transformers import AutoModelForMaskedLM
+
+        tok = load_tokenizer(str(path))
+        return LabelWordClassifier(AutoModelForMaskedLM.from_pretrained(path), label_word_ids(tok, info["label_words"]),
+                                   tok.mask_token_id)
+
+    return load
 
 
 def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None) -> dict:
@@ -223,9 +262,10 @@ def _cleanup_checkpoints(t: TrainConfig) -> None:
 def evaluate_checkpoint(path: str, data: DataArgs, batch_size: int = 64, max_length: int = 128,
                         max_eval_samples: int | None = None, progress: bool = True) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
-    read_compression_json(path)
+    info = read_compression_json(path) or {}
     tokenizer = load_tokenizer(path)
     t = TrainConfig(eval_batch_size=batch_size, max_length=max_length, eval_max_length=max_length, max_eval_samples=max_eval_samples, progress=progress)
-    td = _load_data(data, tokenizer, t, splits=("dev",))
-    model = load_classifier(path, td.num_labels)
+    td = _load_data(data, tokenizer, t, splits=("dev",), template=info.get("template"))
+    reload = _reloader(info)
+    model = reload(path) if reload else load_classifier(path, td.num_labels)
     return _evaluate(model, td, tokenizer, t)

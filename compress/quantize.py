@@ -141,9 +141,16 @@ def has_contrib_ops(model) -> bool:
 
 def prepare_graph(model):
     """Drop stale value_info; type contrib ops with ORT's symbolic shape inference when present."""
+    import onnx
+
     del model.graph.value_info[:]
     if not has_contrib_ops(model):
         return model  # the quantizer's own ONNX shape inference is enough (and is what it runs)
+    # ORT's optimizer returns graphs using com.microsoft ops without importing that domain (its
+    # save_model_to_file adds it); shape inference then rejects them.
+    domains = {o.domain for o in model.opset_import}
+    for d in sorted({n.domain for n in model.graph.node} - domains - {"", "ai.onnx"}):
+        model.opset_import.append(onnx.helper.make_opsetid(d, 1))
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:

@@ -115,6 +115,19 @@ def _trainer_classes():
                 self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(0.9, 0.999), eps=1e-8)
             return self.optimizer
 
+        def _save(self, output_dir=None, state_dict=None):
+            # The wrapper is not a PreTrainedModel, so the Trainer would call safetensors.save_file on its
+            # state dict, which refuses tied weights (an MLM decoder shares the word embeddings).
+            # save_model de-duplicates them; resume loads the file back non-strictly.
+            import safetensors.torch
+
+            if not self.args.should_save:
+                return
+            output_dir = output_dir or self.args.output_dir
+            os.makedirs(output_dir, exist_ok=True)
+            safetensors.torch.save_model(self.model, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
     class ScheduleCallback(TrainerCallback):
         """Set the pruning schedule from the global step (so --resume reproduces it) and log sparsity."""
 

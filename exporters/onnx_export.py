@@ -100,7 +100,9 @@ def load_for_task(checkpoint_dir: str | Path, task: str):
             model, info = cls.from_pretrained(str(checkpoint_dir), attn_implementation="eager", output_loading_info=True)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load {checkpoint_dir} as a {task} model: {str(e).splitlines()[0]}") from None
-    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    # Buffers, and for feature extraction the pooler (its output is not exported), may be missing.
+    ignorable = ("position_ids",) + (("pooler.",) if task == "feature-extraction" else ())
+    missing = [k for k in info.get("missing_keys", []) if not any(s in k for s in ignorable)]
     if missing:
         archs = ", ".join(getattr(model.config, "architectures", None) or ["unknown"])
         raise ArtifactError(

@@ -72,7 +72,7 @@ def export_tiny(directory: Path, model=None, use_exporter: bool = True) -> Path:
 def shrunk_tiny_model(heads=((0, 2), (1, 2, 3)), ffn=(40, 64), sharpen: float = 1.0, seed: int = 0):
     """A tiny BERT whose layers physically kept different heads / FFN widths (as after `shrink`).
 
-    `sharpen` scales the query weights so attention is far from uniform: with the near-uniform
+    `sharpen` scales the query and key weights so attention is far from uniform: with the near-uniform
     attention of a random model, splitting a layer into the wrong number of heads goes unnoticed.
     """
     from transformers.pytorch_utils import prune_linear_layer
@@ -84,6 +84,7 @@ def shrunk_tiny_model(heads=((0, 2), (1, 2, 3)), ffn=(40, 64), sharpen: float = 
         att = layer.attention.self
         idx = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept])
         att.query.weight *= sharpen
+        att.key.weight *= sharpen
         att.query, att.key, att.value = (prune_linear_layer(m, idx) for m in (att.query, att.key, att.value))
         layer.attention.output.dense = prune_linear_layer(layer.attention.output.dense, idx, dim=1)
         att.num_attention_heads, att.all_head_size = len(kept), len(idx)

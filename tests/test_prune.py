@@ -149,3 +149,28 @@ def test_smp_bitmask_roundtrip(workspace, tmp_path):
         assert torch.equal(a[k], b[k]), k
     full = (src / "model.safetensors").stat().st_size
     assert (tmp_path / "task.mask").stat().st_size < full / 4
+
+
+def test_smp_label_words_head_free(workspace, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    from compress.cli import main
+    from compress.errors import InvalidConfigError
+
+    torch.manual_seed(0)
+    mlm = AutoModelForMaskedLM.from_config(h.tiny_config("bert"))
+    h.save_checkpoint(mlm, tmp_path / "mlm")
+    cfg = _cfg(tmp_path, "smp-l", "out", sparsity=0.3)
+    cfg.label_words = ["bad", "good"]
+    info = prune(cfg, DataArgs(task="sst2", data_dir=str(workspace / "data")), str(tmp_path / "mlm"))
+    assert info["head"] == "mlm-label-words" and abs(info["sparsity"]["encoder_linear"] - 0.3) < 0.01
+    after = AutoModelForMaskedLM.from_pretrained(tmp_path / "out").state_dict()
+    for k, v in mlm.state_dict().items():
+        if k in after and "encoder" not in k:
+            assert torch.equal(after[k], v), k  # nothing task-specific trained
+    assert main(["eval", str(tmp_path / "out"), "--data-dir", str(workspace / "data")]) == 0
+    # A model without its MLM head is refused rather than given a random one.
+    cfg2 = _cfg(tmp_path, "smp-l", "out2", sparsity=0.3)
+    cfg2.label_words = ["bad", "good"]
+    with pytest.raises(InvalidConfigError, match="no masked-language-model head"):
+        prune(cfg2, DataArgs(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base"))

@@ -16,6 +16,8 @@ def register(sub):
     p.add_argument("--score-lr", type=float, help="mask-score learning rate (default 1e-2; SMP 2e-2)")
     p.add_argument("--score-init", type=float, help="initial mask score (default 0)")
     p.add_argument("--source", help="hybrid-filled: the output directory of a hybrid run")
+    p.add_argument("--label-words", nargs="+", help="SMP head-free mode: one word per label read from the MLM head "
+                   "(e.g. terrible great); needs a model saved with its MLM head")
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", help="fine-tuned teacher (same task and vocabulary; may be larger)")
     g.add_argument("--alpha-ce", type=float, default=0.1)
@@ -33,7 +35,7 @@ def run(a):
     cfg = PruneConfig(
         method=a.method, sparsity=a.sparsity, lambda_reg=a.lambda_reg, lambda_att=a.lambda_att, lambda_ffn=a.lambda_ffn,
         block_size=a.block_size, tau=a.tau, initial_warmup=a.initial_warmup, final_warmup=a.final_warmup,
-        score_lr=a.score_lr, score_init=a.score_init, source=a.source, train=train_config(a),
+        score_lr=a.score_lr, score_init=a.score_init, source=a.source, label_words=a.label_words, train=train_config(a),
         distill=DistillConfig(teacher=a.teacher, alpha_ce=a.alpha_ce, alpha_teacher=a.alpha_teacher, temperature=a.temperature),
     )
     info = prune(cfg, data_args(a), a.model)
