@@ -51,12 +51,18 @@ def check_onnx(path: Path) -> None:
     try:
         # The path form of the checker also follows external data and works beyond 2 GB.
         onnx.checker.check_model(str(path))
-    except Exception as e:  # protobuf DecodeError, ValidationError, OSError... all mean "bad file"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+    except onnx.checker.ValidationError as e:
+        raise ArtifactError(f"{path} fails the ONNX checker ({_first_line(e)}); re-export it") from None
+    except Exception as e:  # protobuf DecodeError, OSError...: the bytes are not a model
         raise ArtifactError(
-            f"{path} is not a valid ONNX model ({e.__class__.__name__}: {first[:200]}); "
-            "the file is corrupt or truncated: re-export it"
+            f"{path} is not a valid ONNX file ({e.__class__.__name__}: {_first_line(e)}); "
+            "it is corrupt or truncated: re-export it"
         ) from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else e.__class__.__name__)[:200]
 
 
 def available_providers() -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .artifacts import atomic_dir, write_json
+from .artifacts import atomic_dir, read_compression_json, write_json
 from .config import DistillConfig, PruneConfig, TrainConfig, from_dict
 from .errors import InvalidConfigError
 from .prune import DataArgs
@@ -84,7 +84,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         cfg.prune.train.output_dir = str(tmp / "pruned")
         cfg.prune.train.overwrite = True
-        info = prune(cfg.prune, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student)
+        prune(cfg.prune, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student)
+        info = read_compression_json(tmp / "pruned")  # what was written, geometry and checksums included
         timings["prune"] = time.time() - t
         # 2. export dense baseline and pruned (shrunk + fused)
         console.rule("[bold]2/5 export + shrink")

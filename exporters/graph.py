@@ -27,6 +27,7 @@ class Graph:
         self._to_add: list[onnx.NodeProto] = []
         self._to_remove: set[int] = set()
         self._used_names: set[str] = set()
+        self._const_cache: dict[str, np.ndarray | None] = {}
         self.refresh()
 
     # ---------------------------------------------------------------- maps
@@ -42,6 +43,7 @@ class Graph:
                 if inp:
                     self.consumers[inp].append(node)
         self.initializers = {t.name: t for t in self.graph.initializer}
+        self._const_cache = {}  # rewiring can change what a non-initializer name resolves to
         self.graph_outputs = {o.name for o in self.graph.output}
         self.graph_inputs = {i.name for i in self.graph.input}
         self._used_names |= set(self.producer) | set(self.initializers) | self.graph_inputs
@@ -55,36 +57,47 @@ class Graph:
         return [n for n in self.graph.node if op_type is None or n.op_type == op_type]
 
     # ---------------------------------------------------------------- constants
-    def const(self, name: str) -> np.ndarray | None:
-        """Value of a tensor known at graph-build time: an initializer, a Constant node output, or an
-        Identity of either (the TorchScript exporter aliases deduplicated weights through Identity)."""
-        seen = 0
-        while seen < 8:  # Identity chains are short; the bound only guards against cycles
+    def _resolve(self, name: str) -> str | onnx.NodeProto | None:
+        """Initializer name or Constant node behind `name`, looking through Identity (the TorchScript
+        exporter aliases deduplicated weights through Identity nodes); None if computed at run time."""
+        for _ in range(8):  # Identity chains are short; the bound only guards against cycles
             if name in self.initializers:
-                return numpy_helper.to_array(self.initializers[name])
+                return name
             node = self.producer.get(name)
             if node is None:
                 return None
             if node.op_type == "Identity":
                 name = node.input[0]
-                seen += 1
                 continue
-            if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        return numpy_helper.to_array(attr.t)
-                    if attr.name in ("value_float", "value_int"):
-                        return np.array(onnx.helper.get_attribute_value(attr))
-                    if attr.name in ("value_floats", "value_ints"):
-                        return np.array(onnx.helper.get_attribute_value(attr))
-            return None
+            return node if node.op_type == "Constant" else None
         return None
 
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of a tensor known at graph-build time, else None. Cached: initializers are never
+        edited in place (edits add new ones), so a name's value never changes."""
+        if name in self._const_cache:
+            return self._const_cache[name]
+        src = self._resolve(name)
+        value = None
+        if isinstance(src, str):
+            value = numpy_helper.to_array(self.initializers[src])
+        elif src is not None:
+            attr = next((a for a in src.attribute if a.name.startswith("value")), None)
+            if attr is not None and attr.name == "value":
+                value = numpy_helper.to_array(attr.t)
+            elif attr is not None and attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                value = np.array(onnx.helper.get_attribute_value(attr))
+        self._const_cache[name] = value
+        return value
+
     def is_const(self, name: str) -> bool:
-        return self.const(name) is not None
+        return self._resolve(name) is not None
 
     def is_scalar_const(self, name: str) -> bool:
-        v = self.const(name)
+        src = self._resolve(name)
+        if isinstance(src, str):
+            return int(np.prod(self.initializers[src].dims)) == 1
+        v = self.const(name) if src is not None else None
         return v is not None and v.size == 1
 
     # ---------------------------------------------------------------- navigation

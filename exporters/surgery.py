@@ -502,8 +502,11 @@ def _shrink_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int], sha
         if any(p.split is not None for p in (a.q, a.k, a.v)):
             _shrink_packed_qkv(g, i, a, cols)
         else:
+            done: set[int] = set()  # dynamo's CSE can merge identical (e.g. all-zero) Q/K/V into one node
             for name, p in (("query", a.q), ("key", a.k), ("value", a.v)):
-                _slice_projection_out(g, p, cols, f"layer{i}.attention.{name}")
+                if id(p.matmul) not in done:
+                    _slice_projection_out(g, p, cols, f"layer{i}.attention.{name}")
+                    done.add(id(p.matmul))
         wo = g.const(a.o.matmul.input[1])
         _replace_const(g, a.o.matmul, 1, wo[cols, :], f"layer{i}.attention.output.weight")
     # Constant head shapes even when nothing was cut: ORT's attention fusion reads the per-layer head

@@ -143,7 +143,7 @@ def test_quantize_graph_already_fused_by_ort(eager, tmp_path):
 
 def test_shrunk_graph_fuses_with_per_layer_heads(tmp_path):
     """Layers that kept 2 and 3 of 4 heads: fusion must give each Attention its own head count."""
-    src = torch_export(shrunk_tiny_model(sharpen=8.0), tmp_path / "shrunk")
+    src = torch_export(shrunk_tiny_model(sharpen=20.0), tmp_path / "shrunk")
     r = quantize_onnx(src, tmp_path / "q", QuantizeConfig(optimize=True), threads=1)
     assert r.fusion and r.fusion.get("Attention") == 2, r.warnings
     heads = [a.i for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node if n.op_type == "QAttention"
@@ -157,7 +157,7 @@ def test_wrong_fusion_is_caught(tmp_path, monkeypatch):
     numeric check rejects that graph and the unfused one is quantized instead."""
     import compress.quantize as q
 
-    src = torch_export(shrunk_tiny_model(sharpen=8.0), tmp_path / "shrunk")
+    src = torch_export(shrunk_tiny_model(sharpen=20.0), tmp_path / "shrunk")
     monkeypatch.setattr(q, "explicit_head_counts", lambda model: 0)
     r = quantize_onnx(src, tmp_path / "q", QuantizeConfig(optimize=True), threads=1)
     assert r.fusion is None and any("not equivalent" in w for w in r.warnings)

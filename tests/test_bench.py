@@ -1,0 +1,113 @@
+"""compress.bench / `compress bench`: well-formed JSON/CSV, interleaving, statistics, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import onnxruntime as ort
+import pytest
+
+import helpers
+from compress.bench import BenchConfig, Runner, run_benchmark, summarize, time_grid_point, unique_labels
+from compress.cli import main
+from test_onnx_runtime import export_tiny
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    fp32 = export_tiny(root / "fp32")
+    from compress.quantize import quantize_onnx
+
+    quantize_onnx(fp32, root / "int8")
+    return fp32, root / "int8"
+
+
+def test_cli_json_and_csv(models, tmp_path, capsys):
+    fp32, int8 = models
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    rc = main(["bench", str(fp32), str(int8), "--batch-sizes", "1", "2", "--seq-lens", "8", "--iterations", "3",
+               "--warmup", "1", "--threads", "1", "--json", str(js), "--csv", str(cs)])
+    assert rc == 0
+    report = json.loads(js.read_text())
+    assert report["schema"] == "compress.bench/1"
+    assert "bench" in report["command"]
+    env = report["environment"]
+    for key in ("onnxruntime", "torch", "cpu_model", "threads", "provider", "python"):
+        assert key in env, key
+    assert env["threads"] == 1 and env["onnxruntime"] == ort.__version__
+    assert [m["label"] for m in report["models"]] == ["fp32", "int8"]
+    rows = report["results"]
+    assert len(rows) == 2 * 2  # models x grid points
+    for r in rows:
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["runs"] == 3
+        assert r["throughput_seq_s"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3), rel=0.02)  # p50 is rounded to 1 us
+    assert all(r["speedup"] == 1.0 for r in rows if r["model"] == "fp32")  # relative to the first model
+    with open(cs) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and {"model", "p50_ms", "speedup", "threads", "onnxruntime"} <= set(table[0])
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_torch_baseline(models, tmp_path):
+    fp32, _ = models
+    ckpt = helpers.save_checkpoint(helpers.tiny_model(), tmp_path / "ckpt")
+    js = tmp_path / "r.json"
+    assert main(["bench", str(fp32), "--torch", str(ckpt), "--batch-sizes", "1", "--seq-lens", "8",
+                 "--iterations", "2", "--warmup", "0", "--threads", "1", "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert [m["kind"] for m in report["models"]] == ["onnx", "torch"]
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA provider present")
+def test_missing_cuda_is_one_line(models, capsys):
+    fp32, _ = models
+    assert main(["bench", str(fp32), "--provider", "cuda", "--iterations", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: CUDAExecutionProvider is not available") and err.count("\n") == 1
+
+
+def test_corrupt_model_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00garbage")
+    assert main(["bench", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_sequence_longer_than_positions_is_clear(models, capsys):
+    fp32, _ = models  # the tiny model has 128 positions
+    assert main(["bench", str(fp32), "--seq-lens", "300", "--batch-sizes", "1", "--iterations", "1"]) == 2
+    assert "failed at batch 1 x seq 300" in capsys.readouterr().err
+
+
+def test_interleaving_rotates_start():
+    calls = []
+
+    def runner(label):
+        return Runner(label, label, "onnx", 0, 100, lambda b, s: (lambda: calls.append(label)))
+
+    cfg = BenchConfig(iterations=3, warmup=0)
+    times = time_grid_point([runner("a"), runner("b"), runner("c")], 1, 8, cfg)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(t) == 3 for t in times.values())
+
+
+def test_run_benchmark_speedup_and_labels():
+    def runner(label, seconds):
+        import time
+
+        return Runner(label, label, "onnx", 0, 100, lambda b, s: (lambda: time.sleep(seconds)))
+
+    report = run_benchmark([runner("m", 0.004), runner("m", 0.001)], BenchConfig(batch_sizes=(1,), seq_lens=(8,),
+                           iterations=5, warmup=0), command="test")
+    slow, fast = report["results"]
+    assert (slow["model"], fast["model"]) == ("m", "m#2")
+    assert slow["speedup"] == 1.0 and fast["speedup"] > 1.5
+
+
+def test_summarize_and_labels():
+    s = summarize([0.001, 0.002, 0.003, 0.004], batch=4)
+    assert s["p50_ms"] == pytest.approx(2.5) and s["throughput_seq_s"] == pytest.approx(1600)
+    assert unique_labels(["a", "a", "b", "a"]) == ["a", "a#2", "b", "a#3"]

@@ -1,0 +1,31 @@
+"""`compress run` end to end on a tiny model: prune -> export -> shrink -> quantize -> eval -> bench -> report."""
+
+import json
+
+import helpers as h
+from compress.cli import main
+
+
+def test_run_chain_tiny(tmp_path):
+    h.write_sst2_like(tmp_path / "data" / "sst2", n_train=32, n_dev=16)
+    h.save_checkpoint(h.tiny_model("bert"), tmp_path / "teacher")
+    recipe = {
+        "task": "sst2", "data_dir": str(tmp_path / "data"), "bench_batch_sizes": [1, 4], "bench_seq_len": 16,
+        "bench_iterations": 3, "optimize": False,
+        "prune": {"method": "struct", "lambda_reg": 50.0, "score_lr": 0.5,
+                  "train": {"max_steps": 16, "batch_size": 8, "warmup_ratio": 0.05, "progress": False},
+                  "distill": {"teacher": str(tmp_path / "teacher")}},
+    }
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    assert main(["run", "--recipe", str(tmp_path / "recipe.json"), "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    names = [r["model"] for r in summary["rows"]]
+    assert names == ["dense fp32", "pruned fp32", "dense int8", "pruned int8"]
+    for r in summary["rows"]:
+        assert 0 <= r["dev_accuracy"] <= 1 and r["p50_ms_b1"] > 0 and r["speedup_b4"] > 0
+    for f in ("report.md", "pattern.png", "kept.png", "frontier.png", "recipe.json", "pruned/compression.json",
+              "onnx/pruned/model.onnx", "onnx/pruned-int8/model.onnx"):
+        assert (out / f).exists(), f
+    pruned_params = summary["rows"][1]["encoder_linear_params"]
+    assert pruned_params < summary["rows"][0]["encoder_linear_params"]
