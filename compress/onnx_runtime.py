@@ -52,12 +52,28 @@ def check_onnx(path: Path) -> None:
         # The path form of the checker also follows external data and works beyond 2 GB.
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
+        if "No opset import for domain" in str(e) and _valid_with_domain_imports(path):
+            return  # an optimizer forgot to import com.microsoft; ONNX Runtime accepts that, so do we
         raise ArtifactError(f"{path} fails the ONNX checker ({_first_line(e)}); re-export it") from None
     except Exception as e:  # protobuf DecodeError, OSError...: the bytes are not a model
         raise ArtifactError(
             f"{path} is not a valid ONNX file ({e.__class__.__name__}: {_first_line(e)}); "
             "it is corrupt or truncated: re-export it"
         ) from None
+
+
+def _valid_with_domain_imports(path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    known = {o.domain for o in model.opset_import}
+    for domain in sorted({n.domain for n in model.graph.node} - known - {"", "ai.onnx"}):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    try:
+        onnx.checker.check_model(model)
+    except Exception:
+        return False
+    return True
 
 
 def _first_line(e: Exception) -> str:

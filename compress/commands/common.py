@@ -10,7 +10,7 @@ from ..prune import DataArgs
 
 def add_data_args(p: argparse.ArgumentParser, default_task: str | None = "sst2") -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--task", default=default_task, help="built-in task: sst2, mrpc (default: %(default)s)")
+    g.add_argument("--task", help=f"built-in task: sst2, mrpc (default: {default_task}, unless data files are given)")
     g.add_argument("--data-dir", help="local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
     g.add_argument("--train-file", help="generic training file (.tsv, .csv, .json, .jsonl); overrides --task files")
     g.add_argument("--validation-file", help="generic validation file")
@@ -21,7 +21,8 @@ def add_data_args(p: argparse.ArgumentParser, default_task: str | None = "sst2")
 
 
 def data_args(a) -> DataArgs:
-    task = a.task if not (a.train_file or a.validation_file) or a.task not in ("sst2",) else None
+    # With data files and no --task, the files define the task (generic columns).
+    task = a.task or (None if a.train_file or a.validation_file else "sst2")
     return DataArgs(task=task, data_dir=a.data_dir, train_file=a.train_file, validation_file=a.validation_file,
                     text_column=a.text_column, text_pair_column=a.text_pair_column, label_column=a.label_column,
                     num_labels=a.num_labels)

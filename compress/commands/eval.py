@@ -40,7 +40,7 @@ def run(a):
             raise ArtifactError(f"model path {a.model} not found")
         metrics = evaluate_checkpoint(a.model, data_args(a), batch_size=a.batch_size, max_length=a.max_length,
                                       max_eval_samples=a.max_eval_samples)
-    out = {"model": a.model, "task": a.task, **metrics}
+    out = {"model": a.model, "task": data_args(a).task or "custom", **metrics}
     print(json.dumps(out, indent=2))
     if a.output_json:
         write_json(a.output_json, out)

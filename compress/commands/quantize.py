@@ -95,7 +95,8 @@ def _print(r) -> None:
     from rich.table import Table
 
     c = Console()
-    t = Table(title=f"quantized -> {r.output}")
+    c.print(f"wrote {r.output}")
+    t = Table()
     t.add_column("")
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
