@@ -27,7 +27,7 @@ import numpy as np
 
 from .artifacts import atomic_file, write_json
 from .errors import CompressError, InvalidConfigError
-from .onnx_runtime import make_session, model_inputs, resolve_onnx
+from .onnx_runtime import first_line, make_session, model_inputs, resolve_onnx
 from .quantize import vocab_size
 
 SCHEMA = "compress.bench/1"
@@ -180,8 +180,7 @@ def time_grid_point(runners: list[Runner], batch: int, seq: int, config: BenchCo
         except CompressError:
             raise
         except Exception as e:  # ORT/torch errors: sequence too long for the positions table, OOM...
-            msg = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
-            raise CompressError(f"{r.label} failed at batch {batch} x seq {seq}: {msg}") from None
+            raise CompressError(f"{r.label} failed at batch {batch} x seq {seq}: {first_line(e)}") from None
     times: dict[str, list[float]] = {r.label: [] for r in runners}
     n = len(runners)
     for it in range(config.iterations):

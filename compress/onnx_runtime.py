@@ -54,10 +54,10 @@ def check_onnx(path: Path) -> None:
     except onnx.checker.ValidationError as e:
         if "No opset import for domain" in str(e) and _valid_with_domain_imports(path):
             return  # an optimizer forgot to import com.microsoft; ONNX Runtime accepts that, so do we
-        raise ArtifactError(f"{path} fails the ONNX checker ({_first_line(e)}); re-export it") from None
+        raise ArtifactError(f"{path} fails the ONNX checker ({first_line(e)}); re-export it") from None
     except Exception as e:  # protobuf DecodeError, OSError...: the bytes are not a model
         raise ArtifactError(
-            f"{path} is not a valid ONNX file ({e.__class__.__name__}: {_first_line(e)}); "
+            f"{path} is not a valid ONNX file ({e.__class__.__name__}: {first_line(e)}); "
             "it is corrupt or truncated: re-export it"
         ) from None
 
@@ -76,15 +76,10 @@ def _valid_with_domain_imports(path: Path) -> bool:
     return True
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
+    """The first line of an exception message (ORT and onnx append long C++ context)."""
     text = str(e).strip()
     return (text.splitlines()[0] if text else e.__class__.__name__)[:200]
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
 
 
 def make_session(
@@ -119,19 +114,21 @@ def make_session(
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = {
+    levels = {
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
+    }
+    if optimization not in levels:
+        raise CompressError(f"unknown optimization level {optimization!r}; choose {', '.join(levels)}")
+    opts.graph_optimization_level = levels[optimization]
     opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises Fail/InvalidGraph/NotImplemented with long C++ messages
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ArtifactError(f"ONNX Runtime cannot load {model}: {msg[:300]}") from None
+        raise ArtifactError(f"ONNX Runtime cannot load {model}: {first_line(e)}") from None
     # ORT silently falls back to CPU when the CUDA libraries fail to load; say so instead.
     if provider == "cuda" and wanted not in session.get_providers():
         raise CompressError(

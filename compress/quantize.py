@@ -33,7 +33,7 @@ import numpy as np
 
 from .artifacts import COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, record_checksums, write_json
 from .errors import CompressError, DataError, GraphPatternError, InvalidConfigError
-from .onnx_runtime import MODEL_FILE, iter_batches, make_session, model_inputs, output_index, read_pad_id, resolve_onnx
+from .onnx_runtime import MODEL_FILE, first_line, iter_batches, make_session, model_inputs, output_index, read_pad_id, resolve_onnx
 
 # Files that describe the model next to model.onnx; copied so the quantized model stays usable alone.
 SIDECAR_FILES = (
@@ -127,11 +127,6 @@ def _quiet_ort_logging():
         root.setLevel(level)
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else e.__class__.__name__)[:300]
-
-
 # ---------------------------------------------------------------------------------------------
 # Pre-processing
 
@@ -163,7 +158,7 @@ def prepare_graph(model):
             return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
     except Exception as e:
         raise GraphPatternError(
-            f"shape inference failed on this graph's fused (com.microsoft) ops ({_first_line(e)}); "
+            f"shape inference failed on this graph's fused (com.microsoft) ops ({first_line(e)}); "
             "quantize the graph before running ORT's optimizer on it, or quantize without --optimize"
         ) from None
 
@@ -244,7 +239,7 @@ def fuse_transformer(model, model_dir: Path) -> tuple[object, dict[str, int]]:
         try:
             optimized = optimize_model(model, model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
         except Exception as e:
-            raise GraphPatternError(f"ORT's transformer optimizer failed on this graph: {_first_line(e)}") from None
+            raise GraphPatternError(f"ORT's transformer optimizer failed on this graph: {first_line(e)}") from None
     stats = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     import_contrib_domains(optimized.model)
     return optimized.model, stats
@@ -408,7 +403,7 @@ def _logits(path: Path, feeds: dict, threads: int | None) -> np.ndarray:
     try:
         return session.run(None, feeds)[output_index(session)]
     except Exception as e:  # ORT kernel errors (bad shapes, out-of-range indices) on this graph
-        raise GraphPatternError(f"ONNX Runtime cannot run {path.name}: {_first_line(e)}") from None
+        raise GraphPatternError(f"ONNX Runtime cannot run {path.name}: {first_line(e)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,7 +442,7 @@ def _run_ort_quantizer(src: Path, dst: Path, config: QuantizeConfig, exclude: li
         raise
     except Exception as e:  # ORT raises RuntimeError/ValueError/InferenceError with internals in them
         raise GraphPatternError(
-            f"ONNX Runtime could not quantize this graph ({e.__class__.__name__}: {_first_line(e)}); "
+            f"ONNX Runtime could not quantize this graph ({e.__class__.__name__}: {first_line(e)}); "
             "try --keep-fp32 on the failing node, or quantize before running other graph optimizers"
         ) from None
 

@@ -36,8 +36,9 @@ import torch
 from compress.artifacts import COMPRESSION_JSON, atomic_dir, read_compression_json, record_checksums, write_json
 from compress.errors import ArtifactError, GraphPatternError, InvalidConfigError, UnsupportedModelError, ValidationError
 
+from .samples import load_tokenizer, sample_inputs
 from .spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, TaskSpec
-from .surgery import assert_close, run, session
+from .surgery import run, session
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +46,6 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-)
-
-# A few sentences of different lengths: validation runs on real tokenized text, not random ids.
-SENTENCES = (
-    "the movie is good",
-    "a great film, with very fun actors and a plot that was not boring at all!",
-    "it was bad.",
-    "the actors are great but the plot is awful and the film is very boring from the start",
-    "an awful film",
-    "good",
 )
 
 
@@ -133,46 +124,6 @@ class _Positional(torch.nn.Module):
     def forward(self, *tensors):
         out = self.model(**dict(zip(self.input_names, tensors)), return_dict=True)
         return tuple(out[name] for name in self.output_names)
-
-
-# --------------------------------------------------------------------------------------- sample inputs
-def sample_inputs(
-    input_names: list[str], tokenizer=None, vocab_size: int = 100, max_length: int = 48, seed: int = 0
-) -> list[dict[str, np.ndarray]]:
-    """Validation batches of several sizes and lengths, padded so the attention mask matters.
-    Real tokenized sentences when a tokenizer is given; otherwise seeded random ids."""
-    batches = []
-    if tokenizer is not None:
-        groups = ((SENTENCES[:1], "longest"), (SENTENCES[1:4], "longest"), (SENTENCES, "max_length"))
-        for texts, padding in groups:
-            enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors="np")
-            batches.append({k: np.asarray(enc[k], dtype=np.int64) for k in input_names if k in enc})
-    else:
-        rng = np.random.default_rng(seed)
-        for b, length in ((1, 5), (3, 17), (6, max_length)):
-            ids = rng.integers(0, max(vocab_size, 2), size=(b, length), dtype=np.int64)
-            mask = np.ones((b, length), dtype=np.int64)
-            for r in range(1, b):  # ragged padding, like a real batch
-                mask[r, length - (r * length) // (b + 1) :] = 0
-            batches.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
-    for feeds in batches:
-        for name in input_names:
-            feeds.setdefault(name, np.zeros_like(feeds["input_ids"]))
-        for name in list(feeds):
-            if name not in input_names:
-                del feeds[name]
-    return batches
-
-
-def load_tokenizer(directory: str | Path):
-    try:
-        from transformers import AutoTokenizer
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return AutoTokenizer.from_pretrained(str(directory))
-    except Exception:  # no or unreadable tokenizer: the caller falls back to random ids
-        return None
 
 
 def max_sequence(config) -> int:
@@ -337,9 +288,10 @@ def export_checkpoint(
             from .optimize import optimize as ort_optimize
             from .surgery import normalize_heads
 
-            if not shrink:
+            if not shrink:  # constant per-layer head shapes let ORT's Attention fusion read the head count
+                geo = geometry_of(config)
                 try:
-                    final = normalize_heads(dense, geometry_of(config).head_size if geometry_of(config) else None)
+                    final = normalize_heads(dense, geo.head_size if geo else None)
                 except GraphPatternError as e:
                     notes.append(f"head shapes not normalised before fusion ({e})")
             final, result.optimize = ort_optimize(final, batches, atol)
@@ -396,4 +348,4 @@ def export_onnx(
     return export_checkpoint(checkpoint_dir, output_dir, task, overwrite, opset, validate, **kwargs).path
 
 
-__all__ = ["TASKS", "ExportResult", "export_checkpoint", "export_onnx", "infer_task", "sample_inputs", "assert_close"]
+__all__ = ["TASKS", "ExportResult", "export_checkpoint", "export_onnx", "infer_task", "load_tokenizer", "sample_inputs"]

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 
-from compress.errors import ArtifactError, GraphPatternError, ValidationError
+from compress.errors import ArtifactError, GraphPatternError, InvalidConfigError, ValidationError
 
 from .graph import Graph, op_counts, param_count
 
@@ -342,7 +343,10 @@ def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
     for i, (a, f) in enumerate(zip(attention, ffns)):
         nxt = attention[i + 1] if i + 1 < len(attention) else None
         if not pos[id(a.softmax)] < pos[id(f.w1.matmul)] or (nxt and not pos[id(f.w1.matmul)] < pos[id(nxt.softmax)]):
-            raise GraphPatternError(f"layer {i}: attention and FFN blocks are not interleaved as in an encoder")
+            raise GraphPatternError(
+                f"layer {i}: attention and FFN blocks are not interleaved as in an encoder (a graph whose blocks "
+                "were already removed by an earlier shrink cannot be matched; shrink the original export)"
+            )
     head_size = _head_size(g, attention, head_size)
     for i, a in enumerate(attention):
         width = _proj_width(g, a.q)
@@ -657,13 +661,14 @@ def normalize_heads(model: onnx.ModelProto, head_size: int | None = None) -> onn
 
 
 def finalize(model: onnx.ModelProto) -> None:
-    """Drop shape annotations that may be stale, re-infer them, and check the model."""
+    """Drop shape annotations (stale after surgery) and check the model.
+
+    They are not re-inferred on purpose: with value_info present, ORT's own runtime optimizer fuses
+    the FFN output Add + residual + LayerNorm into SkipLayerNormalization, which the fresh exports it
+    would be compared with don't get — and that kernel is several times slower than Add + LayerNorm
+    on our CPU (ORT 1.31). A shrunk graph should differ from its source only in size. (Stale
+    value_info also breaks quantize_dynamic; see DESIGN.md.)"""
     del model.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        model.graph.value_info.extend(inferred.graph.value_info)
-    except Exception:  # inference is a convenience for later tools; ORT does not need it
-        pass
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -704,3 +709,43 @@ def assert_close(reference: onnx.ModelProto, candidate: onnx.ModelProto, sample_
     if not worst <= atol:
         raise ValidationError(f"{what} differs from its source by {worst:.3g} (max abs) > atol {atol:g}")
     return worst
+
+
+# --------------------------------------------------------------------------------------- files
+def shrink_file(
+    src: str | Path,
+    dst: str | Path,
+    kept: list[dict] | None = None,
+    num_heads: int | None = None,
+    head_size: int | None = None,
+    *,
+    optimize: bool = False,
+    atol: float = 1e-4,
+    overwrite: bool = False,
+) -> dict:
+    """shrink() on files: checked against `src` on tokenized sentences (tokenizer files next to src)
+    or random ids, optionally ORT-fused, then written atomically to `dst`. Returns the report."""
+    from compress.artifacts import atomic_file
+
+    from .samples import load_tokenizer, sample_inputs, vocab_size_from_graph
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ArtifactError(f"{src} does not exist")
+    if dst.exists() and not overwrite:
+        raise InvalidConfigError(f"{dst} exists; pass --overwrite or pick another path")
+    if dst.resolve() == src.resolve():
+        raise InvalidConfigError("the output must differ from the input (the input is the reference for validation)")
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from None
+    batches = sample_inputs([i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size_from_graph(model))
+    new, report = shrink(model, kept, num_heads, head_size, sample_inputs=batches, atol=atol)
+    if optimize:
+        from .optimize import optimize as ort_optimize
+
+        new, report["optimize"] = ort_optimize(new, batches, atol)
+    with atomic_file(dst) as tmp:
+        onnx.save(new, str(tmp))
+    return report

@@ -267,3 +267,16 @@ def test_cli_uses_and_guards_compression_json(tmp_path, capsys):
     capsys.readouterr()
     assert main(["shrink", str(tmp_path / "small" / "model.onnx"), str(tmp_path / "s2.onnx")]) == 2
     assert "already shrunk" in capsys.readouterr().err
+
+
+def test_dense_graph_normalised_for_fusion(exports):
+    from exporters.surgery import normalize_heads
+
+    path = exports[("bert", "torchscript")]
+    dense = onnx.load(str(path))
+    feeds = sample_inputs([i.name for i in dense.graph.input], load_tokenizer(path.parent))
+    same = normalize_heads(dense)
+    assert op_counts(same)["MatMul"] == op_counts(dense)["MatMul"]  # nothing removed ...
+    assert assert_close(dense, same, feeds, 1e-5, "normalised") < 1e-5
+    fused, report = optimize(same, feeds)  # ... but every layer's head count is now readable by ORT
+    assert report["applied"] and report["fusions"]["Attention"] == 3

@@ -69,55 +69,20 @@ def _head_size_from_config(directory: Path) -> int | None:
         return None
 
 
-def vocab_size_from_graph(model) -> int:
-    """Rows of the embedding table gathered by input_ids (to draw valid random ids)."""
-    from exporters.graph import Graph
-
-    g = Graph(model)
-    for node in g.children("input_ids"):
-        if node.op_type == "Gather":
-            table = g.const(node.input[0])
-            if table is not None:
-                return int(table.shape[0])
-    return 100
-
-
 def run(args) -> int:
-    import onnx
+    from exporters.surgery import shrink_file
 
-    from exporters.onnx_export import load_tokenizer, sample_inputs
-    from exporters.surgery import shrink
-
-    src, dst = Path(args.input), Path(args.output)
-    if not src.is_file():
-        raise ArtifactError(f"{src} does not exist")
-    if dst.exists() and not args.overwrite:
-        raise InvalidConfigError(f"{dst} exists; pass --overwrite or pick another path")
-    if dst.resolve() == src.resolve():
-        raise InvalidConfigError("OUT.onnx must differ from IN.onnx (the input is the reference for validation)")
     kept, num_heads, head_size, source = _structure(args)
-    head_size = head_size or _head_size_from_config(src.parent)
-    try:
-        model = onnx.load(str(src))
-    except Exception as e:  # protobuf DecodeError and friends
-        raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from None
-    inputs = [i.name for i in model.graph.input]
-    batches = sample_inputs(inputs, load_tokenizer(src.parent), vocab_size_from_graph(model))
-    new, report = shrink(model, kept, num_heads, head_size, sample_inputs=batches, atol=args.atol)
+    head_size = head_size or _head_size_from_config(Path(args.input).parent)
+    report = shrink_file(
+        args.input, args.output, kept, num_heads, head_size, optimize=args.optimize, atol=args.atol, overwrite=args.overwrite
+    )
     report["structure_from"] = source
-    if args.optimize:
-        from exporters.optimize import optimize
-
-        new, report["optimize"] = optimize(new, batches, args.atol)
-    from ..artifacts import atomic_file
-
-    with atomic_file(dst) as tmp:
-        onnx.save(new, str(tmp))
     if args.report:
         from ..artifacts import write_json
 
         write_json(args.report, report)
-    print_report(report, title=f"shrink {src} -> {dst}")
+    print_report(report, title=f"shrink {args.input} -> {args.output}")
     return 0
 
 
