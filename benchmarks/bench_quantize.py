@@ -134,6 +134,7 @@ def main() -> int:
             if res["model"] == r["variant"]:
                 r[f"p50_ms_b{res['batch_size']}"] = res["p50_ms"]
                 r[f"speedup_b{res['batch_size']}"] = res["speedup"]
+                r[f"speedup_of_p50_b{res['batch_size']}"] = res["speedup_of_p50"]
     result = {"command": command, "model": a.model, "task": "sst2 dev (872 sentences, max_length 128)",
               "variants": rows, "latency": report, "seconds": round(time.time() - t0)}
     out = Path(a.results)
@@ -167,7 +168,10 @@ def markdown(result: dict) -> str:
             p50 = r.get(f"p50_ms_b{b}")
             cells += [f"{p50:.1f}" if p50 else "—", f"{r[f'speedup_b{b}']:.2f}x" if p50 else "—"]
         lines.append("| " + " | ".join(cells + [r["note"]]) + " |")
-    lines += ["", "Speedups are relative to `fp32` (the first row) at the same batch size.", ""]
+    lines += ["", "Speedup: relative to `fp32` (the first row) at the same batch size, the median over the "
+              "rounds of the per-round time ratio (each round runs every model once, back to back), which "
+              "cancels load that comes and goes; the ratio of the p50 columns is in quantize.json "
+              "(`speedup_of_p50_b*`).", ""]
     lines += findings(result, bs)
     return "\n".join(lines)
 

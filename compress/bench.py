@@ -5,7 +5,8 @@ Method, chosen so that numbers from a shared, noisy machine can still be compare
   not depend on the token values);
 - models are interleaved run by run, and the starting model rotates every round, so a burst of
   load from another process hits all models alike instead of one model's whole series;
-- medians (p50) drive throughput and speedup; p90/p99 show the spread;
+- throughput comes from the median (p50); speedup is the median over rounds of the per-round
+  ratio (first model's time / this model's time, runs adjacent in time); p90/p99 show the spread;
 - thread count, versions, CPU model and the command line are recorded with the numbers.
 """
 
@@ -259,7 +260,7 @@ def environment(config: BenchConfig) -> dict:
 def run_benchmark(runners: list[Runner], config: BenchConfig, command: str | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Time every runner over the grid; returns the report (see SCHEMA) with a speedup column
-    relative to the first runner's p50 at the same grid point."""
+    relative to the first runner at the same grid point (median of per-round ratios)."""
     config.validate()
     if not runners:
         raise InvalidConfigError("nothing to benchmark: pass at least one model")
@@ -280,11 +281,15 @@ def run_benchmark(runners: list[Runner], config: BenchConfig, command: str | Non
             if progress:
                 progress(f"batch {batch} x seq {seq}")
             times = time_grid_point(runners, batch, seq, config)
-            base = None
+            base = np.asarray(times[runners[0].label])
             for r in runners:
-                row = {"model": r.label, "batch_size": batch, "seq_len": seq, **summarize(times[r.label], batch)}
-                base = base or row["p50_ms"]
-                row["speedup"] = round(base / row["p50_ms"], 3)
+                mine = np.asarray(times[r.label])
+                row = {"model": r.label, "batch_size": batch, "seq_len": seq, **summarize(mine, batch)}
+                # Paired: each round's runs are adjacent in time, so a burst of load from another
+                # process slows both sides of a ratio; the median ratio is steadier than the ratio
+                # of medians when the load comes and goes during the benchmark.
+                row["speedup"] = round(float(np.median(base / mine)), 3)
+                row["speedup_of_p50"] = round(float(np.median(base) / np.median(mine)), 3)
                 report["results"].append(row)
     if hasattr(os, "getloadavg"):
         report["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -292,7 +297,7 @@ def run_benchmark(runners: list[Runner], config: BenchConfig, command: str | Non
 
 
 CSV_COLUMNS = ("model", "batch_size", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "runs",
-               "throughput_seq_s", "speedup")
+               "throughput_seq_s", "speedup", "speedup_of_p50")
 
 
 def write_csv(report: dict, path: str | Path) -> None:

@@ -260,6 +260,11 @@ def export_checkpoint(
     if not (checkpoint_dir / "config.json").exists():
         raise ArtifactError(f"{checkpoint_dir} is not a Hugging Face checkpoint (no config.json)")
     structure = read_compression_json(checkpoint_dir, verify=True)  # raises on checksum mismatch
+    if structure and structure.get("head") == "mlm-label-words":
+        # Its class logits are MLM logits at label words behind a prompt template: a plain export
+        # would give a graph with different outputs, so refuse rather than ship something wrong.
+        raise ArtifactError(f"{checkpoint_dir} is a head-free SMP result (label words read from the MLM head); "
+                            "ONNX export supports classifier checkpoints: prune without --label-words to export")
     config = AutoConfig.from_pretrained(str(checkpoint_dir))
     task = task or infer_task(config)
     model = load_for_task(checkpoint_dir, task)

@@ -236,3 +236,12 @@ def test_cli_bad_flag_combination(dense, tmp_path, capsys):
 def test_artifact_error_type(tmp_path):
     with pytest.raises(ArtifactError):
         quantize_onnx(tmp_path / "missing.onnx", tmp_path / "q.onnx")
+
+
+def test_cli_static_from_calibration_file(dense, tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(helpers.POSITIVE + helpers.NEGATIVE) + "\n")
+    out = tmp_path / "s.onnx"
+    assert main(["quantize", str(dense), "-o", str(out), "--mode", "static", "--calibration-file", str(calib),
+                 "--num-samples", "6", "--threads", "1"]) == 0
+    assert ops(out)["QLinearMatMul"] > 0

@@ -32,7 +32,8 @@ def register(sub):
                    help="op types to quantize (default: %(default)s)")
     p.add_argument("--optimize", action="store_true",
                    help="fuse with ORT's transformer optimizer (Attention, SkipLayerNorm, ...) before quantizing; "
-                   "the fused graph is kept only if it matches the unfused one numerically")
+                   "the fused graph is kept only if it matches the unfused one numerically. On CPU the fused int8 "
+                   "graph (QAttention) measured slower than the unfused one (benchmarks/results/quantize.md)")
     g = p.add_argument_group("data (accuracy before/after, and calibration for --mode static)")
     g.add_argument("--task", help="built-in task (sst2, mrpc): dev accuracy before/after; train split calibrates")
     g.add_argument("--data-dir", help="local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
