@@ -26,7 +26,14 @@ class Pruner(nn.Module):
         if method.binarizer in ("topk", "threshold", "smp-s"):
             init = cfg.score_init if cfg.score_init is not None else 0.0
             for g in self.groups:
-                self.scores[_key(g.name)] = nn.Parameter(torch.full(g.score_shape, float(init)))
+                s = torch.full(g.score_shape, float(init))
+                linear, layout = g.members[0]
+                if method.binarizer in ("topk", "smp-s") and layout.kind == "full":
+                    # Constant scores tie; torch.topk would then keep weights by index. A tiny |W| term
+                    # breaks ties by magnitude (far below one score-lr step, so learning decides after).
+                    w = linear.weight.detach().abs()
+                    s += 1e-6 * w / w.mean().clamp_min(1e-12)
+                self.scores[_key(g.name)] = nn.Parameter(s)
         for g in self.groups:
             if method.binarizer == "fixed":
                 self.register_buffer(f"fixed_{_key(g.name)}", fixed_masks[g.name].float().clone())

@@ -77,6 +77,11 @@ def optimize(
     except Exception as e:  # ORT's fusion code raises assorted exception types
         report["note"] = f"ORT transformer optimizer failed ({type(e).__name__}: {e}); graph left unfused"
         return model, report
+    # ORT's fused ops live in the com.microsoft domain; declare it so onnx.checker accepts the graph.
+    if any(n.domain == "com.microsoft" for n in candidate.graph.node) and not any(
+        o.domain == "com.microsoft" for o in candidate.opset_import
+    ):
+        candidate.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     report["optimizer_messages"] = messages[:5]
     report["fusions"] = {k: v for k, v in stats.items() if v and k in _COUNTED}
     try:
