@@ -43,7 +43,7 @@ def run(a):
     if a.torch:
         runners.append(torch_runner(a.torch, config))
     err = Console(stderr=True)
-    report = run_benchmark(runners, config, progress=lambda msg: err.print(f"[dim]timing {msg}[/dim]"))
+    report = run_benchmark(runners, config, command=a.command_line, progress=lambda msg: err.print(f"[dim]timing {msg}[/dim]"))
     print_table(report)
     if a.json_path:
         write_report_json(report, a.json_path)
