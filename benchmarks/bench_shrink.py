@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.bench import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = Path("/work/shared/models/minilm-l6-sst2")
 SST2_DEV = Path("/work/shared/data/sst2/dev.tsv")
@@ -253,7 +255,7 @@ def main() -> int:
         "speedups": speedups,
         "sst2_dev_dense_vs_shrunk_opt": dev,
         "machine": {
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "intra_op_threads": args.threads, "spinning": False,
+            "cpu": cpu_model(), "cores": os.cpu_count(), "intra_op_threads": args.threads, "spinning": False,
             "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version(),
         },
@@ -264,16 +266,6 @@ def main() -> int:
     (args.out / "shrink.md").write_text(markdown(report))
     print(markdown(report))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def markdown(r: dict) -> str:
