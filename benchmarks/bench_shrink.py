@@ -33,8 +33,9 @@ import numpy as np
 from compress.bench import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = Path("/work/shared/models/minilm-l6-sst2")
-SST2_DEV = Path("/work/shared/data/sst2/dev.tsv")
+SHARED = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared"))  # ../shared beside the checkout
+TEACHER = SHARED / "models/minilm-l6-sst2"
+SST2_DEV = SHARED / "data/sst2/dev.tsv"
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("dense", "shrunk", "dense+opt", "shrunk+opt")
 PAIRS = (("dense", "shrunk"), ("dense+opt", "shrunk+opt"), ("dense", "shrunk+opt"))
