@@ -1,7 +1,7 @@
 """int8 quantization of the SST-2 teacher: accuracy and ONNX Runtime CPU latency, fp32 vs int8.
 
-    python benchmarks/bench_quantize.py [--model /work/shared/models/minilm-l6-sst2]
-        [--data-dir /work/shared/data] [--work /tmp/bench-quantize] [--threads 2] [--iterations 20]
+    python benchmarks/bench_quantize.py [--model ../shared/models/minilm-l6-sst2]
+        [--data-dir ../shared/data] [--work /tmp/bench-quantize] [--threads 2] [--iterations 20]
 
 Steps: export the checkpoint (exporters.onnx_export: plain, and with ORT's transformer fusion),
 quantize it with several recipes (compress.quantize), measure SST-2 dev accuracy of every .onnx
@@ -69,8 +69,8 @@ def export(model: str, work: Path) -> dict[str, Path]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="/work/shared/models/minilm-l6-sst2")
-    p.add_argument("--data-dir", default="/work/shared/data")
+    p.add_argument("--model", default="../shared/models/minilm-l6-sst2")
+    p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--work", default="/tmp/bench-quantize", help="scratch folder for the .onnx files")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iterations", type=int, default=20, help="timed runs per model per grid point")
