@@ -30,6 +30,7 @@ class StudentWithLoss(nn.Module):
         self._teacher = (teacher,)  # a tuple hides it from the module tree (no DDP, no checkpoint)
         self.distill = distill
         self._student_args = set(inspect.signature(student.forward).parameters)
+        self._teacher_args = set(inspect.signature(teacher.forward).parameters) if teacher is not None else set()
 
     @property
     def teacher(self):
@@ -56,7 +57,7 @@ class StudentWithLoss(nn.Module):
 
     @torch.no_grad()
     def _teacher_forward(self, inputs: dict) -> torch.Tensor:
-        if "token_type_ids" not in inspect.signature(self.teacher.forward).parameters:
+        if "token_type_ids" not in self._teacher_args:
             inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
         return self.teacher(**inputs).logits
 

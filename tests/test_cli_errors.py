@@ -1,6 +1,5 @@
 """Bad input: one line naming the problem and the fix, exit code 2, no traceback, no artifact."""
 
-import json
 
 import pytest
 from transformers import GPT2Config, GPT2Model

@@ -65,7 +65,6 @@ def print_summary(info: dict, output: str) -> None:
     t.add_column("layer")
     t.add_column("heads kept", justify="right")
     t.add_column("FFN dims kept", justify="right")
-    geo = info.get("geometry") or {}
     for i, l in enumerate(info.get("layers", [])):
         t.add_row(str(i), str(len(l["heads_kept"])), str(len(l["ffn_dims_kept"])))
     c = Console(stderr=False)
