@@ -168,7 +168,7 @@ def print_table(rows: list[dict]) -> None:
         t.add_column(k, justify="right" if k != "model" else "left")
     for r in rows:
         t.add_row(*[f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys])
-    console.print(t)
+    Console(width=max(console.width, 150)).print(t)  # 8 columns: don't truncate headers on 80-column terminals
 
 
 def write_report(directory: Path, summary: dict) -> None:
