@@ -40,9 +40,11 @@ class Variant:
 
 VARIANTS = [
     Variant("fp32", "fp32", None, "exported graph (TorchScript exporter, eager attention)"),
-    Variant("fp32-fused", "fused", None, "ORT transformer fusion (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu)"),
+    Variant("fp32-fused", "fused", None, "ORT transformer fusion (Attention, BiasGelu; LayerNorm fusions off: exporters.optimize.fusion_options)"),
     Variant("int8-dynamic", "fp32", QuantizeConfig(), "compress quantize defaults (classifier kept fp32)"),
     Variant("int8-dynamic-fused", "fused", QuantizeConfig(), "fused graph, then dynamic int8 (QAttention)"),
+    Variant("int8-dynamic-all-matmuls", "fp32", QuantizeConfig(const_b_only=False),
+            "attention score MatMuls (activation x activation) quantized too, as optimum does"),
     Variant("int8-dynamic-fused-perchannel", "fused", QuantizeConfig(per_channel=True), "per-channel weight scales"),
     Variant("int8-dynamic-fused-all", "fused", QuantizeConfig(keep_fp32=()), "classifier quantized too",
             latency=False),
@@ -77,6 +79,9 @@ def main() -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 1])
     p.add_argument("--only", nargs="+", help="variant names to run (default: all)")
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--reference", nargs="+", default=[], metavar="NAME=PATH",
+                   help="other tools' .onnx files timed and evaluated in the same rounds, e.g. "
+                        "optimum-fp32=/tmp/opt/fp32/model.onnx optimum-int8=/tmp/opt/int8/model_quantized.onnx")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     a = p.parse_args()
     command = "python " + " ".join(shlex.quote(x) for x in [str(Path(sys.argv[0]))] + sys.argv[1:])
@@ -110,6 +115,13 @@ def main() -> int:
         info["path"] = str(path)
         info["size_mb"] = round(path.stat().st_size / 1e6, 2)
         rows.append(info)
+    for ref in a.reference:
+        name, _, path = ref.partition("=")
+        if not path or not Path(path).is_file():
+            p.error(f"--reference {ref!r}: expected NAME=PATH to an existing .onnx file")
+        rows.append({"variant": name, "note": f"reference: {path}", "source": "reference", "path": path,
+                     "size_mb": round(Path(path).stat().st_size / 1e6, 2)})
+        variants.append(Variant(name, "reference", None))
 
     # Latency before accuracy: the shared cores are quietest right after the (short) builds.
     timed = [r for r, v in zip(rows, variants) if v.latency]
@@ -188,11 +200,11 @@ def findings(result: dict, bs: list[int]) -> list[str]:
                    f"({'met' if ok_speed else 'missed'}); at 1x128 {d.get('speedup_b1', float('nan')):.2f}x.")
     f = v.get("int8-dynamic-fused", {})
     if "speedup_b32" in f and "speedup_b32" in d:
-        out.append(f"- Fusing first (QAttention, QEmbedLayerNormalization): {f['speedup_b32']:.2f}x vs "
+        out.append(f"- Fusing first (QAttention): {f['speedup_b32']:.2f}x vs "
                    f"{d['speedup_b32']:.2f}x unfused at 32x128, {f.get('speedup_b1', 0):.2f}x vs {d.get('speedup_b1', 0):.2f}x "
                    f"at 1x128, accuracy {f.get('accuracy_delta', 0):+.2f}. "
                    + ("The fused graph is slower on this CPU (ORT already fuses the unfused int8 graph at load into "
-                      "DynamicQuantizeMatMul, SkipLayerNorm, Gelu), so `compress quantize` fuses only on request "
+                      "DynamicQuantizeMatMul, Gelu), so `compress quantize` fuses only on request "
                       "(--optimize)." if f["speedup_b32"] < d["speedup_b32"] else
                       "Here fusion pays: consider --optimize."))
     a, fa = v.get("int8-dynamic-fused-all", {}), v.get("int8-dynamic-fused", {})
@@ -208,6 +220,14 @@ def findings(result: dict, bs: list[int]) -> list[str]:
         out.append(f"- Static int8 (MinMax, 128 train sentences): {sq['accuracy_delta']:+.2f} (QOperator), "
                    f"{sd['accuracy_delta']:+.2f} (QDQ) at {sq.get('speedup_b32', 0):.2f}x / {sd.get('speedup_b32', 0):.2f}x; "
                    "fixed per-tensor activation ranges fit BERT's wide activations worse than per-batch dynamic ones.")
+    of, oi = v.get("optimum-fp32", {}), v.get("optimum-int8", {})
+    if "speedup_b32" in of and "speedup_b32" in oi and "p50_ms_b32" in d:
+        out.append(f"- optimum (same rounds, its own export and avx512_vnni dynamic recipe): int8 "
+                   f"{oi['speedup_b32'] / of['speedup_b32']:.2f}x over optimum's fp32 export at 32x128 "
+                   f"({oi.get('accuracy_delta', float('nan')):+.2f} points vs our fp32); its fp32 export runs at "
+                   f"{of['speedup_b32']:.2f}x of ours. Absolute p50 at 32x128: optimum int8 {oi['p50_ms_b32']:.1f} ms, "
+                   f"compress int8 {d['p50_ms_b32']:.1f} ms; at 1x128: {oi.get('p50_ms_b1', float('nan')):.1f} vs "
+                   f"{d.get('p50_ms_b1', float('nan')):.1f} ms.")
     pc = v.get("int8-dynamic-fused-perchannel", {})
     if "accuracy_delta" in pc:
         out.append(f"- Per-channel weight scales: {pc['accuracy_delta']:+.2f} points, no speed gain.")

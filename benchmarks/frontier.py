@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,6 +72,7 @@ def main():
             if key in doc["entries"]:
                 continue
             flags = dict(GRID[method][level])
+            t0 = time.time()
             out = work / key.replace("@", "-")
             cfg = PruneConfig(method=method, distill=DistillConfig(teacher=a.teacher),
                               train=TrainConfig(output_dir=str(out / "pruned"), max_steps=a.steps, overwrite=True, progress=False))
@@ -99,6 +101,7 @@ def main():
                     "ffn_dims_kept": sum(len(l["ffn_dims_kept"]) for l in info["layers"]),
                     "steps": info["training"]["steps"], "seconds_per_step": round(info["training"]["seconds_per_step"], 3),
                     "command": "python " + " ".join(sys.argv),
+                    "entry_seconds": round(time.time() - t0),  # prune + export + quantize + bench + eval
                 }
             RESULTS.mkdir(exist_ok=True)
             res_path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -110,12 +113,13 @@ def write_markdown(doc: dict, path: Path) -> None:
 
     metric = "f1" if doc["task"] == "mrpc" else "accuracy"
     lines = [f"# Frontier on {doc['task']} (MiniLM-L6, ORT CPU 2 threads, 128 tokens)", "",
-             f"| model | dev {metric} | sparsity | params after removal | heads | FFN dims | speedup b1 | speedup b32 | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| model | dev {metric} | sparsity | params after removal | heads | FFN dims | speedup b1 | speedup b32 | minutes | command |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in doc["entries"].items():
         lines.append(f"| {name} | {e.get(metric, e.get('accuracy')):.4f} | {e.get('encoder_linear_sparsity', 0):.1%} | "
                      f"{e.get('encoder_linear_params_after_removal', '')} | {e.get('heads_kept', '')} | {e.get('ffn_dims_kept', '')} | "
-                     f"{e.get('speedup_b1', '')} | {e.get('speedup_b32', '')} | `{e.get('command', '')}` |")
+                     f"{e.get('speedup_b1', '')} | {e.get('speedup_b32', '')} | "
+                     f"{round(e['entry_seconds'] / 60, 1) if 'entry_seconds' in e else ''} | `{e.get('command', '')}` |")
     path.write_text("\n".join(lines) + "\n")
     plot_frontier([{"label": n, "speedup": e.get("speedup_b32", 1.0), "accuracy": e.get(metric, e.get("accuracy"))}
                    for n, e in doc["entries"].items()], path.with_suffix(".png"), y=metric)

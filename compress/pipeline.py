@@ -6,6 +6,7 @@ fields, `train` and `distill` nest inside it); it is saved into the output as re
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,8 +32,14 @@ class RunConfig:
         method="hybrid", lambda_reg=20.0, score_lr=0.05, lambda_att=1.0, lambda_ffn=1.0,
         train=TrainConfig(max_steps=600, batch_size=32, max_length=64, lr=3e-5, warmup_ratio=0.1, logging_steps=50),
         distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0)))
+    # Hybrid Filled (Block Pruning paper, section 4): after hybrid pruning, re-initialise the zeroed
+    # weights inside the surviving heads / FFN dims and fine-tune this many steps with the structure
+    # frozen: same speed, accuracy recovered. 0 skips it.
+    fill_steps: int = 0
     quantize: bool = True
-    optimize: bool = False  # ORT transformer fusions after surgery: slower at batch 32 on this CPU (see results/shrink.md)
+    # ORT transformer fusions after surgery (Attention, BiasGelu: exporters.optimize.fusion_options);
+    # faster at batch 1 and 32 on our CPU, int8 is quantized from the fused graph (results/shrink.md, quantize.md)
+    optimize: bool = True
     bench_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     bench_seq_len: int = 128
     bench_threads: int = 2
@@ -76,6 +83,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     if dense_src is None:
         raise InvalidConfigError("give --teacher (a fine-tuned model, also the dense baseline) or --model")
     cfg.prune.validate()
+    if cfg.fill_steps < 0 or (cfg.fill_steps and cfg.prune.method == "hybrid-filled"):
+        raise InvalidConfigError("--fill-steps must be >= 0 and follows a pruning method other than hybrid-filled")
     timings = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "recipe.json", asdict(cfg))
@@ -85,15 +94,25 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         cfg.prune.train.output_dir = str(tmp / "pruned")
         cfg.prune.train.overwrite = True
         prune(cfg.prune, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student)
-        info = read_compression_json(tmp / "pruned")  # what was written, geometry and checksums included
+        pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
+        if cfg.fill_steps:
+            console.rule("[bold]1b/5 fill (hybrid-filled)")
+            t = time.time()
+            fill = copy.deepcopy(cfg.prune)
+            fill.method, fill.source, fill.lambda_reg, fill.sparsity = "hybrid-filled", str(pruned), None, None
+            fill.train.max_steps, fill.train.output_dir = cfg.fill_steps, str(tmp / "filled")
+            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir))
+            pruned = tmp / "filled"
+            timings["fill"] = time.time() - t
+        info = read_compression_json(pruned)  # what was written, geometry and checksums included
         # 2. export dense baseline and pruned (shrunk + fused)
         console.rule("[bold]2/5 export + shrink")
         t = time.time()
         onnx_dir = tmp / "onnx"
         models = {
             "dense fp32": export_checkpoint(dense_src, onnx_dir / "dense", optimize=cfg.optimize).path,
-            "pruned fp32": (pr := export_checkpoint(tmp / "pruned", onnx_dir / "pruned", shrink=True, optimize=cfg.optimize)).path,
+            "pruned fp32": (pr := export_checkpoint(pruned, onnx_dir / "pruned", shrink=True, optimize=cfg.optimize)).path,
         }
         shrink_report = pr.shrink
         timings["export"] = time.time() - t
@@ -110,7 +129,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         # 4. eval
         console.rule("[bold]4/5 eval")
         t = time.time()
-        tok = load_tokenizer(str(tmp / "pruned"))
+        tok = load_tokenizer(str(pruned))
         td = load_task_data(cfg.task, tok, data_dir=cfg.data_dir, max_length=128, splits=("dev",))
         metrics = {name: evaluate_onnx(path, td, 64) for name, path in models.items()}
         timings["eval"] = time.time() - t
@@ -126,7 +145,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
                    "pruning": {"sparsity": info["sparsity"]["encoder_linear"], "params": info["params"],
                                "seconds_per_step": info["training"]["seconds_per_step"]}}
         write_json(tmp / "summary.json", summary)
-        write_report(tmp, summary)
+        write_report(tmp, summary, pruned)
     print_table(rows)
     console.print(f"report: {out / 'report.md'}  ({timings['total'] / 60:.1f} min)")
     return summary
@@ -171,12 +190,12 @@ def print_table(rows: list[dict]) -> None:
     Console(width=max(console.width, 150)).print(t)  # 8 columns: don't truncate headers on 80-column terminals
 
 
-def write_report(directory: Path, summary: dict) -> None:
+def write_report(directory: Path, summary: dict, checkpoint: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from .report import plot_frontier, plot_kept, plot_pattern
 
-    model = AutoModelForSequenceClassification.from_pretrained(directory / "pruned")
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
     plot_pattern(model, directory / "pattern.png", f"{summary['recipe']['prune']['method']}: kept weights per matrix")
     plot_kept(summary["layers"], summary["geometry"], directory / "kept.png")
     rows = summary["rows"]

@@ -11,7 +11,7 @@ def test_run_chain_tiny(tmp_path):
     h.save_checkpoint(h.tiny_model("bert"), tmp_path / "teacher")
     recipe = {
         "task": "sst2", "data_dir": str(tmp_path / "data"), "bench_batch_sizes": [1, 4], "bench_seq_len": 16,
-        "bench_iterations": 3, "optimize": False,
+        "bench_iterations": 3, "optimize": True, "fill_steps": 4,
         "prune": {"method": "struct", "lambda_reg": 50.0, "score_lr": 0.5,
                   "train": {"max_steps": 16, "batch_size": 8, "warmup_ratio": 0.05, "progress": False},
                   "distill": {"teacher": str(tmp_path / "teacher")}},
@@ -29,3 +29,9 @@ def test_run_chain_tiny(tmp_path):
         assert (out / f).exists(), f
     pruned_params = summary["rows"][1]["encoder_linear_params"]
     assert pruned_params < summary["rows"][0]["encoder_linear_params"]
+    # The fill stage kept the structure it was given, and that is what was exported.
+    pruned, filled = (json.loads((out / d / "compression.json").read_text()) for d in ("pruned", "filled"))
+    assert filled["method"] == "hybrid-filled" and filled["training"]["steps"] == 4
+    assert [l["heads_kept"] for l in filled["layers"]] == [l["heads_kept"] for l in pruned["layers"]]
+    assert summary["layers"] == filled["layers"]
+    assert summary["rows"][1]["encoder_linear_params"] == filled["params"]["encoder_linear_after_removal"]

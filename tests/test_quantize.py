@@ -245,3 +245,27 @@ def test_cli_static_from_calibration_file(dense, tmp_path):
     assert main(["quantize", str(dense), "-o", str(out), "--mode", "static", "--calibration-file", str(calib),
                  "--num-samples", "6", "--threads", "1"]) == 0
     assert ops(out)["QLinearMatMul"] > 0
+
+
+def _runtime_ops(path, tmp_path) -> Counter:
+    """Op types after ORT's own load-time optimizations (what actually runs)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "runtime.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ops(tmp_path / "runtime.onnx")
+
+
+def test_no_runtime_skip_layernorm(eager, tmp_path):
+    """The quantizer writes value_info; with it ORT fuses residual Add + LayerNorm into
+    SkipLayerNormalization at load, which is slower on CPU. compress drops it (a control shows the
+    mechanism: the same int8 graph with shapes re-inferred does get the fusion)."""
+    out = tmp_path / "int8.onnx"
+    quantize_onnx(eager, out, threads=1)
+    q = onnx.load(str(out))
+    assert not q.graph.value_info
+    assert _runtime_ops(out, tmp_path)["SkipLayerNormalization"] == 0
+    control = tmp_path / "control.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(q), str(control))
+    assert _runtime_ops(control, tmp_path)["SkipLayerNormalization"] > 0

@@ -1,3 +1,6 @@
+import argparse
+
+
 def register(sub):
     p = sub.add_parser("run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report")
     p.add_argument("--recipe", help="YAML or JSON recipe (RunConfig keys); flags below override it")
@@ -9,7 +12,11 @@ def register(sub):
     p.add_argument("--lambda", dest="lambda_reg", type=float)
     p.add_argument("--sparsity", type=float)
     p.add_argument("--max-steps", type=int, help="pruning steps (default 600)")
+    p.add_argument("--fill-steps", type=int, help="then Hybrid Filled: fine-tune this many steps with the structure "
+                   "frozen and the zeroed weights inside kept heads/dims re-initialised (0: skip)")
     p.add_argument("--no-quantize", action="store_true")
+    p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                   help="ORT transformer fusions on the exported graphs (default: from the recipe)")
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
@@ -36,6 +43,10 @@ def run(a):
         cfg.prune.sparsity = a.sparsity
     if a.max_steps:
         cfg.prune.train.max_steps = a.max_steps
+    if a.fill_steps is not None:
+        cfg.fill_steps = a.fill_steps
     if a.no_quantize:
         cfg.quantize = False
+    if a.optimize is not None:
+        cfg.optimize = a.optimize
     run_pipeline(cfg, a.output, overwrite=a.overwrite)
