@@ -1,8 +1,8 @@
 """The papers' comparison at the scale of this machine: accuracy vs ORT CPU speedup, every method at
 several sparsity levels, distilled from the dense teacher, plus int8 of the pruned graphs.
 
-Each grid entry: compress prune -> export --shrink -> eval (ONNX) -> bench against the
-dense export (same run, interleaved). Results accumulate in benchmarks/results/frontier_<task>.json
+Each grid entry: compress prune -> export --shrink --optimize -> eval (ONNX) -> bench against the
+dense export, fused the same way (same run, interleaved). Results accumulate in benchmarks/results/frontier_<task>.json
 (entries already there are skipped, so a long grid can be split: `--only hybrid struct`), with a
 markdown table and a plot. Each entry takes about (steps x s/step) + 2 min on 2 CPU cores.
 
@@ -60,8 +60,8 @@ def main():
     tok = load_tokenizer(a.teacher)
     td = load_task_data(a.task, tok, max_length=128, splits=("dev",))
     dense = work / "dense-onnx" / "model.onnx"
-    if not dense.exists():
-        export_checkpoint(a.teacher, dense.parent, overwrite=True)
+    if not dense.exists():  # exported and fused exactly like the pruned graphs (what `compress run` ships)
+        export_checkpoint(a.teacher, dense.parent, overwrite=True, optimize=True)
     if "dense" not in doc["entries"]:
         doc["entries"]["dense"] = {"method": "dense teacher", **evaluate_onnx(dense, td, 64), "speedup_b1": 1.0, "speedup_b32": 1.0}
     bc = BenchConfig(batch_sizes=(1, 32), seq_lens=(128,), threads=2, iterations=20)
@@ -83,7 +83,7 @@ def main():
                 setattr(cfg, k, v)
             student = None if method == "hybrid-filled" else (a.teacher if not method.startswith("smp") else None)
             info = prune(cfg, DataArgs(task=a.task), student)
-            onnx_path = export_checkpoint(out / "pruned", out / "onnx", shrink=True, optimize=False, overwrite=True).path
+            onnx_path = export_checkpoint(out / "pruned", out / "onnx", shrink=True, optimize=True, overwrite=True).path
             models = {"dense": dense, key: onnx_path}
             if a.int8:
                 from compress.quantize import QuantizeConfig, quantize_onnx

@@ -51,6 +51,8 @@ CASES = {
     "hybrid-filled without source": (["prune", "--model", "{d}/base", "--method", "hybrid-filled"], "needs --source"),
     "stale compression.json": (["eval", "{d}/pruned"], "checksum"),
     "eval corrupt onnx": (["eval", "{d}/bad.onnx"], "onnx"),
+    "negative fill steps": (["run", "--teacher", "{d}/base", "--fill-steps", "-1", "-o", "{d}/out-negative-fill-steps"],
+                            "--fill-steps"),
 }
 
 
