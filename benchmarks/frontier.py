@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--only", nargs="*", default=list(GRID))
     ap.add_argument("--levels", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="runs/frontier")
+    ap.add_argument("--redo", action="store_true", help="recompute the selected entries even if they are recorded")
     ap.add_argument("--int8", action="store_true", help="also quantize each pruned graph (dynamic int8)")
     a = ap.parse_args()
 
@@ -69,8 +70,10 @@ def main():
     for method in a.only:
         for level in a.levels:
             key = f"{method}@{level}"
-            if key in doc["entries"]:
+            if key in doc["entries"] and not a.redo:
                 continue
+            for stale in (key, key + " int8"):
+                doc["entries"].pop(stale, None)
             flags = dict(GRID[method][level])
             t0 = time.time()
             out = work / key.replace("@", "-")

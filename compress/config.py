@@ -49,7 +49,8 @@ class PruneConfig:
     initial_warmup: float = 1.0  # in units of W warm-up steps
     final_warmup: float = 2.0
     score_lr: float | None = None  # None -> method default (1e-2 movement, 2e-2 SMP)
-    score_init: float | None = None
+    head_lr: float = 1e-3  # SMP (frozen encoder): lr of the fresh classifier head, which --lr (3e-5) barely moves
+    score_init: float | str | None = None  # a constant, or "magnitude" (default for per-weight top-k: |W| / mean|W|)
     source: str | None = None  # hybrid-filled: the hybrid result to fill
     label_words: list[str] | None = None  # SMP head-free mode
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -62,6 +63,10 @@ class PruneConfig:
             raise InvalidConfigError(f"--lambda {self.lambda_reg} is negative; give a value >= 0")
         if not 4 <= self.block_size <= 64:
             raise InvalidConfigError(f"--block-size {self.block_size} is out of range; use 4..64")
+        if self.head_lr <= 0:
+            raise InvalidConfigError(f"--head-lr {self.head_lr} must be > 0, e.g. 1e-3")
+        if isinstance(self.score_init, str) and self.score_init != "magnitude":
+            raise InvalidConfigError(f"score_init {self.score_init!r} must be a number or 'magnitude'")
         if not 0.0 < self.tau < 1.0:
             raise InvalidConfigError(f"--tau {self.tau} is out of range; use (0, 1)")
         d = self.distill

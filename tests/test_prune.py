@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification
 import helpers as h
 from compress.config import DistillConfig, PruneConfig, TrainConfig
 from compress.errors import InvalidConfigError
+from compress.masks import topk_mask
 from compress.methods import METHODS, get_method
 from compress.prune import DataArgs, prune
 from compress.pruner import Pruner
@@ -51,6 +52,35 @@ def test_scores_get_gradients(name):
     wrapper(**batch, labels=labels)["loss"].backward()
     grads = [p.grad for p in pruner.scores.values()]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("init, stays_near_magnitude", [(None, True), (0.0, False)])
+def test_topk_score_init_survives_noisy_steps(init, stays_near_magnitude):
+    """Default (magnitude) scores keep a sensible mask through early noisy Adam steps; a constant init
+    (the papers') does not, which is what made short movement / SMP runs collapse to the majority class."""
+    torch.manual_seed(0)
+    model = h.tiny_model("bert")
+    pruner = Pruner(model, get_method("movement"), PruneConfig(method="movement", sparsity=0.7, score_init=init))
+    pruner.set_step(100, 100, 0)
+    name = pruner.groups[0].name
+    linear = pruner.groups[0].members[0][0]
+    by_magnitude = linear.parametrizations.weight.original.detach().abs()
+    reference = pruner.group_mask(name).detach().clone()
+    assert torch.equal(reference, topk_mask(by_magnitude, 0.3))  # both inits start at the magnitude mask
+    opt = torch.optim.Adam(pruner.scores.parameters(), lr=1e-2)
+    for _ in range(20):  # zero-mean gradient noise, like a converged model's
+        for p in pruner.scores.values():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    pruner.invalidate()
+    kept = pruner.group_mask(name).detach().bool()
+    overlap = float((kept & reference.bool()).sum() / reference.sum())
+    assert (overlap > 0.9) == stays_near_magnitude, overlap
+
+
+def test_bad_score_init_is_refused():
+    with pytest.raises(InvalidConfigError, match="score_init"):
+        PruneConfig(method="movement", score_init="uniform").validate()
 
 
 @pytest.mark.parametrize("name", ["smp-l", "smp-s"])

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from .common import add_data_args, add_train_args, data_args, print_summary, train_config
 
 
@@ -14,7 +16,11 @@ def register(sub):
     p.add_argument("--initial-warmup", type=float, default=1.0, help="steps (in units of W) before pruning starts")
     p.add_argument("--final-warmup", type=float, default=2.0, help="cool-down steps (in units of W) at the final mask")
     p.add_argument("--score-lr", type=float, help="mask-score learning rate (default 1e-2; SMP 2e-2)")
-    p.add_argument("--score-init", type=float, help="initial mask score (default 0)")
+    p.add_argument("--score-init", type=_score_init, help="initial mask scores: a constant (the papers' 0), or "
+                   "'magnitude' (|W| / mean|W|; the default for per-weight top-k methods, which a constant "
+                   "init leaves near-random in short runs)")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="SMP methods: lr of the fresh classifier head (the "
+                   "encoder is frozen, so --lr is not used)")
     p.add_argument("--source", help="hybrid-filled: the output directory of a hybrid run")
     p.add_argument("--label-words", nargs="+", help="SMP head-free mode: one word per label read from the MLM head "
                    "(e.g. terrible great); needs a model saved with its MLM head")
@@ -35,8 +41,19 @@ def run(a):
     cfg = PruneConfig(
         method=a.method, sparsity=a.sparsity, lambda_reg=a.lambda_reg, lambda_att=a.lambda_att, lambda_ffn=a.lambda_ffn,
         block_size=a.block_size, tau=a.tau, initial_warmup=a.initial_warmup, final_warmup=a.final_warmup,
-        score_lr=a.score_lr, score_init=a.score_init, source=a.source, label_words=a.label_words, train=train_config(a),
+        score_lr=a.score_lr, score_init=a.score_init, head_lr=a.head_lr, source=a.source, label_words=a.label_words, train=train_config(a),
         distill=DistillConfig(teacher=a.teacher, alpha_ce=a.alpha_ce, alpha_teacher=a.alpha_teacher, temperature=a.temperature),
     )
     info = prune(cfg, data_args(a), a.model)
     print_summary(info, a.output)
+
+
+def _score_init(text: str) -> float | str:
+    if text == "magnitude":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'magnitude'") from None
