@@ -29,7 +29,7 @@ class RunConfig:
     task: str = "sst2"
     data_dir: str | None = None
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(
-        method="hybrid", lambda_reg=20.0, score_lr=0.05, lambda_att=1.0, lambda_ffn=1.0,
+        method="hybrid", lambda_reg=10.0, score_lr=0.05, lambda_att=1.0, lambda_ffn=1.0,
         train=TrainConfig(max_steps=600, batch_size=32, max_length=64, lr=3e-5, warmup_ratio=0.1, logging_steps=50),
         distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0)))
     # Hybrid Filled (Block Pruning paper, section 4): after hybrid pruning, re-initialise the zeroed
