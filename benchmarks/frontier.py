@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--only", nargs="*", default=list(GRID))
     ap.add_argument("--levels", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="runs/frontier")
+    ap.add_argument("--tag", default="", help="suffix of the results files, e.g. _h100 for a run on another machine")
+    ap.add_argument("--iterations", type=int, default=20, help="timed runs per model and shape")
     ap.add_argument("--redo", action="store_true", help="recompute the selected entries even if they are recorded")
     ap.add_argument("--int8", action="store_true", help="also quantize each pruned graph (dynamic int8)")
     a = ap.parse_args()
@@ -56,7 +58,7 @@ def main():
     from exporters.onnx_export import export_checkpoint
 
     work = Path(a.work) / a.task
-    res_path = RESULTS / f"frontier_{a.task}.json"
+    res_path = RESULTS / f"frontier_{a.task}{a.tag}.json"
     doc = json.loads(res_path.read_text()) if res_path.exists() else {"task": a.task, "entries": {}}
     tok = load_tokenizer(a.teacher)
     td = load_task_data(a.task, tok, max_length=128, splits=("dev",))
@@ -65,7 +67,7 @@ def main():
         export_checkpoint(a.teacher, dense.parent, overwrite=True, optimize=True)
     if "dense" not in doc["entries"]:
         doc["entries"]["dense"] = {"method": "dense teacher", **evaluate_onnx(dense, td, 64), "speedup_b1": 1.0, "speedup_b32": 1.0}
-    bc = BenchConfig(batch_sizes=(1, 32), seq_lens=(128,), threads=2, iterations=20)
+    bc = BenchConfig(batch_sizes=(1, 32), seq_lens=(128,), threads=2, iterations=a.iterations)
 
     for method in a.only:
         for level in a.levels:
@@ -94,6 +96,9 @@ def main():
                 q = quantize_onnx(out / "onnx", out / "onnx-int8", QuantizeConfig(), overwrite=True)
                 models[key + " int8"] = Path(q.output) if str(q.output).endswith(".onnx") else Path(q.output) / "model.onnx"
             bench = run_benchmark([onnx_runner(str(p), bc, label=n) for n, p in models.items()], bc, command=" ".join(sys.argv))
+            env = bench["environment"]
+            doc["machine"] = {"cpu_model": env["cpu_model"], "logical_cpus": env["logical_cpus"], "onnxruntime": env["onnxruntime"],
+                              "torch": env["torch"], "trained_on": _training_device()}
             for name, path in list(models.items())[1:]:
                 sp = {f"speedup_b{r['batch_size']}": r["speedup"] for r in bench["results"] if r["model"] == name}
                 doc["entries"][name] = {
@@ -108,14 +113,25 @@ def main():
                 }
             RESULTS.mkdir(exist_ok=True)
             res_path.write_text(json.dumps(doc, indent=2) + "\n")
-            write_markdown(doc, RESULTS / f"frontier_{a.task}.md")
+            write_markdown(doc, RESULTS / f"frontier_{a.task}{a.tag}.md")
+
+
+def _training_device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
 
 
 def write_markdown(doc: dict, path: Path) -> None:
     from compress.report import plot_frontier
 
     metric = "f1" if doc["task"] == "mrpc" else "accuracy"
+    m = doc.get("machine", {})
     lines = [f"# Frontier on {doc['task']} (MiniLM-L6, ORT CPU 2 threads, 128 tokens)", "",
+             f"Pruned on {m.get('trained_on', '?')}; latency on {m.get('cpu_model', '?')} ({m.get('logical_cpus', '?')} logical "
+             f"CPUs, 2 threads used), ONNX Runtime {m.get('onnxruntime', '?')}. Speedups are against the dense teacher "
+             "export, fused the same way, timed in the same run; compare them only within one file.", "",
+             *([doc["note"], ""] if doc.get("note") else []),
              f"| model | dev {metric} | sparsity | params after removal | heads | FFN dims | speedup b1 | speedup b32 | minutes | command |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in doc["entries"].items():

@@ -48,7 +48,9 @@ def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = F
         tokenizer.save_pretrained(tmp)
         if sample is not None:
             reloaded = (reload or AutoModelForSequenceClassification.from_pretrained)(tmp).eval()
-            model.eval()
+            # Compared on the CPU, where the reloaded copy is: same kernels, so the tight bound holds.
+            # A model trained on a GPU is left on the CPU (every later stage runs there).
+            model.eval().to("cpu")
             with torch.no_grad():
                 a = model(**sample).logits
                 b = reloaded(**sample).logits
