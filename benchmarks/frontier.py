@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--only", nargs="*", default=list(GRID))
     ap.add_argument("--levels", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="runs/frontier")
+    ap.add_argument("--max-length", type=int, default=64, help="training sequence length (128 for sentence pairs)")
     ap.add_argument("--tag", default="", help="suffix of the results files, e.g. _h100 for a run on another machine")
     ap.add_argument("--iterations", type=int, default=20, help="timed runs per model and shape")
     ap.add_argument("--redo", action="store_true", help="recompute the selected entries even if they are recorded")
@@ -80,7 +81,8 @@ def main():
             t0 = time.time()
             out = work / key.replace("@", "-")
             cfg = PruneConfig(method=method, distill=DistillConfig(teacher=a.teacher),
-                              train=TrainConfig(output_dir=str(out / "pruned"), max_steps=a.steps, overwrite=True, progress=False))
+                              train=TrainConfig(output_dir=str(out / "pruned"), max_steps=a.steps, max_length=a.max_length,
+                                                  overwrite=True, progress=False))
             if "source_level" in flags:
                 cfg.source = str(work / f"hybrid-{flags.pop('source_level')}" / "pruned")
                 cfg.train.max_steps = a.steps // 3  # a short fill-in fine-tune
@@ -102,7 +104,7 @@ def main():
             for name, path in list(models.items())[1:]:
                 sp = {f"speedup_b{r['batch_size']}": r["speedup"] for r in bench["results"] if r["model"] == name}
                 doc["entries"][name] = {
-                    "method": method, "level": flags, **evaluate_onnx(path, td, 64), **sp,
+                    "method": method, "level": GRID[method][level], **evaluate_onnx(path, td, 64), **sp,
                     "encoder_linear_sparsity": info["sparsity"]["encoder_linear"],
                     "encoder_linear_params_after_removal": info["params"]["encoder_linear_after_removal"],
                     "heads_kept": sum(len(l["heads_kept"]) for l in info["layers"]),
