@@ -51,6 +51,7 @@ CASES = {
     "hybrid-filled without source": (["prune", "--model", "{d}/base", "--method", "hybrid-filled"], "needs --source"),
     "stale compression.json": (["eval", "{d}/pruned"], "checksum"),
     "eval corrupt onnx": (["eval", "{d}/bad.onnx"], "onnx"),
+    "head lr": (["prune", "--model", "{d}/base", "--method", "smp-l", "--head-lr", "0"], "--head-lr"),
     "negative fill steps": (["run", "--teacher", "{d}/base", "--fill-steps", "-1", "-o", "{d}/out-negative-fill-steps"],
                             "--fill-steps"),
 }
@@ -80,3 +81,7 @@ def test_usage_error_exit_code(capsys):
         main(["prune", "--sparsity", "lots", "-o", "x"])
     assert e.value.code == 2
     assert "invalid float value" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--score-init", "uniform", "-o", "x"])
+    assert e.value.code == 2
+    assert "neither a number nor 'magnitude'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ def register(sub):
     p.add_argument("--final-warmup", type=float, default=2.0, help="cool-down steps (in units of W) at the final mask")
     p.add_argument("--score-lr", type=float, help="mask-score learning rate (default 1e-2; SMP 2e-2)")
     p.add_argument("--score-init", type=_score_init, help="initial mask scores: a constant (the papers' 0), or "
-                   "'magnitude' (|W| / mean|W|; the default for per-weight top-k methods, which a constant "
+                   "'magnitude' (|W| / mean|W|; the default for per-weight top-k methods: movement, smp-l, smp-s; a constant "
                    "init leaves near-random in short runs)")
     p.add_argument("--head-lr", type=float, default=1e-3, help="SMP methods: lr of the fresh classifier head (the "
                    "encoder is frozen, so --lr is not used)")
