@@ -18,7 +18,7 @@ def register(sub):
     p.add_argument("--score-lr", type=float, help="mask-score learning rate (default 1e-2; SMP 2e-2)")
     p.add_argument("--score-init", type=_score_init, help="initial mask scores: a constant (the papers' 0), or "
                    "'magnitude' (|W| / mean|W|; the default for per-weight top-k methods: movement, smp-l, smp-s; a constant "
-                   "init leaves near-random in short runs)")
+                   "init leaves their top-k near-random in short runs)")
     p.add_argument("--head-lr", type=float, default=1e-3, help="SMP methods: lr of the fresh classifier head (the "
                    "encoder is frozen, so --lr is not used)")
     p.add_argument("--source", help="hybrid-filled: the output directory of a hybrid run")
