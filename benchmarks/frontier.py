@@ -143,7 +143,7 @@ def write_markdown(doc: dict, path: Path) -> None:
                      f"{e.get('speedup_b1', '')} | {e.get('speedup_b32', '')} | "
                      f"{round(e['entry_seconds'] / 60, 1) if 'entry_seconds' in e else ''} | `{e.get('command', '')}` |")
     path.write_text("\n".join(lines) + "\n")
-    plot_frontier([{"label": n, "speedup": e.get("speedup_b32", 1.0), "accuracy": e.get(metric, e.get("accuracy"))}
+    plot_frontier([{"label": n, "speedup": e.get("speedup_b32", 1.0), metric: e.get(metric, e.get("accuracy"))}
                    for n, e in doc["entries"].items()], path.with_suffix(".png"), y=metric)
 
 
