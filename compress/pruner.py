@@ -137,18 +137,14 @@ def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor
     is 1[sigmoid(S) > tau] and tau ramps up from 0, so they never start random.
     """
     linear, layout = g.members[0]
-    topk_full = binarizer in ("topk", "smp-s") and layout.kind == "full"
-    if init == "magnitude" or (init is None and topk_full):
-        if not topk_full:
-            return torch.zeros(g.score_shape)
-        w = linear.weight.detach().abs()
-        return (w / w.mean().clamp_min(1e-12)).float()
-    s = torch.full(g.score_shape, float(init or 0.0))
-    if topk_full:
-        # Constant scores tie and torch.topk would then keep weights by index; a tiny |W| term breaks ties.
-        w = linear.weight.detach().abs()
-        s += 1e-6 * w / w.mean().clamp_min(1e-12)
-    return s
+    if binarizer not in ("topk", "smp-s") or layout.kind != "full":
+        return torch.full(g.score_shape, float(init) if isinstance(init, (int, float)) else 0.0)
+    w = linear.weight.detach().abs()
+    relative = (w / w.mean().clamp_min(1e-12)).float()
+    if init is None or init == "magnitude":
+        return relative
+    # Constant scores tie and torch.topk would then keep weights by index; a tiny |W| term breaks ties.
+    return float(init) + 1e-6 * relative
 
 
 def _key(name: str) -> str:
