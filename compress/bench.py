@@ -252,9 +252,23 @@ def environment(config: BenchConfig) -> dict:
         "threads": config.threads,
         "provider": config.provider,
     }
+    if config.provider == "cuda":
+        env["gpu"] = gpu_name()
     if hasattr(os, "getloadavg"):
         env["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
     return env
+
+
+def gpu_name() -> str | None:
+    """The first GPU's name and driver from nvidia-smi (None without one)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
 
 
 def run_benchmark(runners: list[Runner], config: BenchConfig, command: str | None = None,
@@ -323,7 +337,7 @@ def print_table(report: dict, console=None) -> None:
     console = console or Console()
     env = report["environment"]
     t = Table(title=f"latency, {env['provider'].upper()} EP, {env['threads'] or 'default'} threads "
-                    f"(onnxruntime {env['onnxruntime']}, {env['cpu_model']})")
+                    f"(onnxruntime {env['onnxruntime']}, {env.get('gpu') or env['cpu_model']})")
     for col, justify in (("model", "left"), ("batch", "right"), ("seq", "right"), ("p50 ms", "right"),
                          ("p90 ms", "right"), ("p99 ms", "right"), ("seq/s", "right"), ("speedup", "right")):
         t.add_column(col, justify=justify)

@@ -106,6 +106,13 @@ def make_session(
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu with a matching CUDA "
             "(pip install 'compress[gpu]') or use --provider cpu"
         )
+    if provider == "cuda" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from the nvidia-* wheels that a CUDA PyTorch already
+        # installed, so no system-wide CUDA toolkit is needed; without them session creation reports it below.
+        try:
+            ort.preload_dlls()
+        except Exception:
+            pass
     model = resolve_onnx(path, check=check)
     opts = ort.SessionOptions()
     if threads is not None:

@@ -68,6 +68,18 @@ def test_missing_cuda_is_one_line(models, capsys):
     assert err.startswith("error: CUDAExecutionProvider is not available") and err.count("\n") == 1
 
 
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
+def test_cuda_io_binding(models, tmp_path):
+    """On a GPU machine: the CUDA EP runs with IO binding, int8 included, and the report names the GPU."""
+    fp32, int8 = models
+    js = tmp_path / "r.json"
+    assert main(["bench", str(fp32), str(int8), "--provider", "cuda", "--batch-sizes", "1", "4", "--seq-lens", "8",
+                 "--iterations", "3", "--warmup", "1", "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert report["environment"]["provider"] == "cuda" and report["environment"]["gpu"]
+    assert len(report["results"]) == 4 and all(r["p50_ms"] > 0 for r in report["results"])
+
+
 def test_corrupt_model_is_one_line(tmp_path, capsys):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x00garbage")
