@@ -112,6 +112,7 @@ def main():
                     "ffn_dims_kept": sum(len(l["ffn_dims_kept"]) for l in info["layers"]),
                     "steps": info["training"]["steps"], "seconds_per_step": round(info["training"]["seconds_per_step"], 3),
                     "command": "python " + " ".join(sys.argv),
+                    "onnxruntime": env["onnxruntime"],  # entries of one file may come from several sessions
                     "entry_seconds": round(time.time() - t0),  # prune + export + quantize + bench + eval
                 }
             RESULTS.mkdir(exist_ok=True)
@@ -132,15 +133,15 @@ def write_markdown(doc: dict, path: Path) -> None:
     m = doc.get("machine", {})
     lines = [f"# Frontier on {doc['task']} (MiniLM-L6, ORT CPU 2 threads, 128 tokens)", "",
              f"Pruned on {m.get('trained_on', '?')}; latency on {m.get('cpu_model', '?')} ({m.get('logical_cpus', '?')} logical "
-             f"CPUs, 2 threads used), ONNX Runtime {m.get('onnxruntime', '?')}. Speedups are against the dense teacher "
+             f"CPUs, 2 threads used), ONNX Runtime version per row (sessions differ). Speedups are against the dense teacher "
              "export, fused the same way, timed in the same run; compare them only within one file.", "",
              *([doc["note"], ""] if doc.get("note") else []),
-             f"| model | dev {metric} | sparsity | params after removal | heads | FFN dims | speedup b1 | speedup b32 | minutes | command |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| model | dev {metric} | sparsity | params after removal | heads | FFN dims | speedup b1 | speedup b32 | ORT | minutes | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in doc["entries"].items():
         lines.append(f"| {name} | {e.get(metric, e.get('accuracy')):.4f} | {e.get('encoder_linear_sparsity', 0):.1%} | "
                      f"{e.get('encoder_linear_params_after_removal', '')} | {e.get('heads_kept', '')} | {e.get('ffn_dims_kept', '')} | "
-                     f"{e.get('speedup_b1', '')} | {e.get('speedup_b32', '')} | "
+                     f"{e.get('speedup_b1', '')} | {e.get('speedup_b32', '')} | {e.get('onnxruntime', '')} | "
                      f"{round(e['entry_seconds'] / 60, 1) if 'entry_seconds' in e else ''} | `{e.get('command', '')}` |")
     path.write_text("\n".join(lines) + "\n")
     plot_frontier([{"label": n, "speedup": e.get("speedup_b32", 1.0), metric: e.get(metric, e.get("accuracy"))}

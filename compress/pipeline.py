@@ -145,7 +145,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
                    "pruning": {"sparsity": info["sparsity"]["encoder_linear"], "params": info["params"],
                                "seconds_per_step": info["training"]["seconds_per_step"]}}
         write_json(tmp / "summary.json", summary)
-        write_report(tmp, summary, pruned)
+        write_report(tmp, summary, pruned, others=known_runs(out))
     print_table(rows)
     console.print(f"report: {out / 'report.md'}  ({timings['total'] / 60:.1f} min)")
     return summary
@@ -190,7 +190,33 @@ def print_table(rows: list[dict]) -> None:
     Console(width=max(console.width, 150)).print(t)  # 8 columns: don't truncate headers on 80-column terminals
 
 
-def write_report(directory: Path, summary: dict, checkpoint: Path) -> None:
+def known_runs(output: Path) -> dict[str, dict]:
+    """Summaries of the other `compress run` outputs beside this one (siblings of `output`), by folder name.
+
+    Runs are compared by their speedups, each measured against its own dense baseline in its own run,
+    so runs from different sessions or machines still sit on one accuracy-vs-speedup chart.
+    """
+    found = {}
+    for f in sorted(Path(output).resolve().parent.glob("*/summary.json")):
+        if f.parent.name == Path(output).name or f.parent.name.startswith("."):
+            continue
+        try:
+            s = json.loads(f.read_text())
+            if s.get("rows") and s.get("recipe"):
+                found[f.parent.name] = s
+        except (OSError, ValueError):  # a foreign or half-written file is not ours to judge
+            continue
+    return found
+
+
+def _recipe_label(recipe: dict) -> str:
+    p = recipe["prune"]
+    level = f"lambda {p['lambda_reg']}" if p.get("lambda_reg") is not None else f"sparsity {p.get('sparsity')}"
+    fill = f" + {recipe['fill_steps']} fill" if recipe.get("fill_steps") else ""
+    return f"{p['method']} {level}, {p['train']['max_steps']} steps{fill}"
+
+
+def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[str, dict] | None = None) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from .report import plot_frontier, plot_kept, plot_pattern
@@ -201,8 +227,12 @@ def write_report(directory: Path, summary: dict, checkpoint: Path) -> None:
     rows = summary["rows"]
     b = max(summary["recipe"]["bench_batch_sizes"])
     acc_key = next(k for k in rows[0] if k.startswith("dev_"))
-    plot_frontier([{"label": r["model"], "speedup": r[f"speedup_b{b}"], "accuracy": r[acc_key]} for r in rows],
-                  directory / "frontier.png")
+    others = {n: s for n, s in (others or {}).items()
+              if s["recipe"].get("task") == summary["recipe"]["task"] and f"speedup_b{b}" in s["rows"][0]}
+    points = [{"label": r["model"], "speedup": r[f"speedup_b{b}"], "accuracy": r[acc_key]} for r in rows]
+    points += [{"label": f"{n}: {r['model']}", "speedup": r[f"speedup_b{b}"], "accuracy": r.get(acc_key, float("nan"))}
+               for n, s in others.items() for r in s["rows"] if r["model"].startswith("pruned")]
+    plot_frontier(points, directory / "frontier.png")
     keys = [k for k in rows[0] if k != "path"]
     recipe = summary["recipe"]
     fill = f" + {recipe['fill_steps']} fill steps (hybrid-filled)" if recipe.get("fill_steps") else ""
@@ -220,6 +250,13 @@ def write_report(directory: Path, summary: dict, checkpoint: Path) -> None:
     geo = summary["geometry"]
     for i, l in enumerate(summary["layers"]):
         lines.append(f"| {i} | {len(l['heads_kept'])}/{geo['num_heads']} | {len(l['ffn_dims_kept'])}/{geo['intermediate_size']} |")
+    if others:
+        lines += ["", f"Other runs beside this one (each against its own dense baseline, batch {b}):", "",
+                  f"| run | recipe | pruned fp32 {acc_key} | speedup | pruned int8 {acc_key} | speedup |", "|---|---|---|---|---|---|"]
+        for n, s in others.items():
+            by = {r["model"]: r for r in s["rows"]}
+            cells = [f"{by[m].get(acc_key, '')} | {by[m][f'speedup_b{b}']}" if m in by else " | " for m in ("pruned fp32", "pruned int8")]
+            lines.append(f"| {n} | {_recipe_label(s['recipe'])} | {cells[0]} | {cells[1]} |")
     lines += ["", "![pruning pattern](pattern.png)", "", "![kept per layer](kept.png)", "", "![accuracy vs speedup](frontier.png)",
               "", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()), ""]
     (directory / "report.md").write_text("\n".join(lines))

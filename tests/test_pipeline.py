@@ -35,3 +35,14 @@ def test_run_chain_tiny(tmp_path):
     assert [l["heads_kept"] for l in filled["layers"]] == [l["heads_kept"] for l in pruned["layers"]]
     assert summary["layers"] == filled["layers"]
     assert summary["rows"][1]["encoder_linear_params"] == filled["params"]["encoder_linear_after_removal"]
+
+    # The report knows the runs beside it: a second report in a sibling folder tables and plots this one.
+    from compress.pipeline import known_runs, write_report
+
+    sibling = tmp_path / "again"
+    sibling.mkdir()
+    assert list(known_runs(sibling)) == ["out"]
+    write_report(sibling, summary, out / "filled", others=known_runs(sibling))
+    report = (sibling / "report.md").read_text()
+    assert "| out | struct lambda 50.0, 16 steps + 4 fill |" in report
+    assert (sibling / "frontier.png").stat().st_size > 0
