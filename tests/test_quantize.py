@@ -269,3 +269,17 @@ def test_no_runtime_skip_layernorm(eager, tmp_path):
     control = tmp_path / "control.onnx"
     onnx.save(onnx.shape_inference.infer_shapes(q), str(control))
     assert _runtime_ops(control, tmp_path)["SkipLayerNormalization"] > 0
+
+
+def _weight_scale_sizes(path) -> set[int]:
+    """Element counts of the MatMul weight scales ORT's quantizer writes (`<weight>_scale`; embeddings excluded)."""
+    g = onnx.load(str(path)).graph
+    return {int(np.prod(i.dims)) for i in g.initializer if i.name.endswith("_scale") and "MatMul" in i.name}
+
+
+def test_per_channel_is_the_default_and_per_tensor_opts_out(dense, tmp_path):
+    assert main(["quantize", str(dense), "-o", str(tmp_path / "pc.onnx")]) == 0
+    assert main(["quantize", str(dense), "-o", str(tmp_path / "pt.onnx"), "--per-tensor"]) == 0
+    assert _weight_scale_sizes(tmp_path / "pt.onnx") == {1}
+    assert min(_weight_scale_sizes(tmp_path / "pc.onnx")) > 1  # one scale per output column
+    assert_close(dense / "model.onnx", tmp_path / "pc.onnx")
