@@ -262,8 +262,9 @@ def findings(result: dict, bs: list[int]) -> list[str]:
                    "a 384x2 MatMul costs nothing, so keeping it fp32 stays the default as a guard.")
     r = v.get("int8-dynamic-reduce-range", {})
     if "accuracy_delta" in r:
-        out.append(f"- reduce_range (7-bit weights) costs {r['accuracy_delta']:+.2f} points: only for CPUs without "
-                   "VNNI, where u8*s8 pair sums can saturate; this CPU has avx512_vnni.")
+        vnni = any("vnni" in f for f in result["latency"]["environment"].get("cpu_flags", []))
+        out.append(f"- reduce_range (7-bit weights, per-channel): {r['accuracy_delta']:+.2f} points. It exists for CPUs without "
+                   f"VNNI, where u8*s8 pair sums can saturate; this CPU {'has' if vnni else 'has no'} VNNI.")
     sq, sd = v.get("int8-static-qoperator", {}), v.get("int8-static-qdq", {})
     if "accuracy_delta" in sq and "accuracy_delta" in sd:
         out.append(f"- Static int8 (MinMax, 128 train sentences): {sq['accuracy_delta']:+.2f} (QOperator), "
@@ -271,7 +272,7 @@ def findings(result: dict, bs: list[int]) -> list[str]:
                    "fixed per-tensor activation ranges fit BERT's wide activations worse than per-batch dynamic ones.")
     of, oi = v.get("optimum-fp32", {}), v.get("optimum-int8", {})
     if "speedup_b32" in of and "speedup_b32" in oi and "p50_ms_b32" in d:
-        out.append(f"- optimum (same rounds, its own export and avx512_vnni dynamic recipe): int8 "
+        out.append(f"- optimum (same rounds, its own export and its `--avx512_vnni` dynamic recipe): int8 "
                    f"{oi['speedup_b32'] / of['speedup_b32']:.2f}x over optimum's fp32 export at 32x128 "
                    f"({oi.get('accuracy_delta', float('nan')):+.2f} points vs our fp32); its fp32 export runs at "
                    f"{of['speedup_b32']:.2f}x of ours. Absolute p50 at 32x128: optimum int8 {oi['p50_ms_b32']:.1f} ms, "
