@@ -189,6 +189,9 @@ def gemm_ceiling(work: Path, threads: int, iterations: int, rows: int = 32 * 128
     for s in sessions:
         for _ in range(3):
             s.run(None, x)
+    # Strict alternation, not compress.bench.time_grid_point: its rotating start runs the same GEMM twice in a
+    # row every other round, and a repeat with its 2.4 MB weights still in cache measured fp32 at 45 instead
+    # of 53 ms here, which no GEMM inside a model sees.
     times = [[], []]
     for _ in range(iterations * 5):  # one GEMM is ~1/50 of a model run: more rounds for the same noise
         for i, s in enumerate(sessions):
