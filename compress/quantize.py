@@ -79,7 +79,7 @@ class QuantizeConfig:
     # One scale per output channel of each weight. Default since it held accuracy on both CPUs measured:
     # on AVX2 without VNNI (where ORT's u8*s8 kernels can saturate) the SST-2 teacher lost 0.46 points
     # per-tensor and 0.00 per-channel (benchmarks/results/quantize.md), three pruned frontier graphs
-    # -0.34..0.00 vs +0.12..+0.46; on AVX-512 VNNI -0.23 vs -0.35. Same speed.
+    # -0.34..0.00 vs +0.12..+0.46 (int8_side_checks.md); on AVX-512 VNNI -0.23 vs -0.35. Same speed.
     per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI where u8*s8 sums can saturate
     keep_fp32: tuple[str, ...] = (CLASSIFIER,)  # node-name globs, op types, or the `classifier` keyword
