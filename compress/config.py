@@ -53,6 +53,17 @@ class PruneConfig:
     score_init: float | str | None = None  # a constant, or "magnitude" (default for per-weight top-k: |W| / mean|W|)
     source: str | None = None  # hybrid-filled: the hybrid result to fill
     label_words: list[str] | None = None  # SMP head-free mode
+    # Speed targets (struct, hybrid): the final structure is chosen to meet one of them (compress.speed),
+    # measured on the deployment below; no lambda needed.
+    target_speedup: float | None = None  # x faster than the dense fp32 deploy graph
+    target_latency_ms: float | None = None  # absolute budget at the deploy shape
+    target_flops: float | None = None  # fraction of dense encoder FLOPs to keep (hardware-free)
+    deploy: str = "fp32"  # precision the model ships in: fp32 | int8
+    deploy_shape: str = "32x128"  # batch x sequence length
+    deploy_threads: int | None = 2
+    deploy_provider: str = "cpu"
+    measure_speed: bool = True  # after a latency target: time the shrunk deploy graph against dense (compression.json)
+    ffn_block: int = 32  # kept FFN widths are multiples of this (the budget is met within one block or one head)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -69,6 +80,8 @@ class PruneConfig:
             raise InvalidConfigError(f"score_init {self.score_init!r} must be a number or 'magnitude'")
         if not 0.0 < self.tau < 1.0:
             raise InvalidConfigError(f"--tau {self.tau} is out of range; use (0, 1)")
+        if self.ffn_block < 1:
+            raise InvalidConfigError(f"--ffn-block {self.ffn_block} must be >= 1, e.g. 32")
         d = self.distill
         if d.temperature <= 0 or d.alpha_ce < 0 or d.alpha_teacher < 0:
             raise InvalidConfigError("distillation needs --temperature > 0 and non-negative alphas")

@@ -15,13 +15,23 @@ from .schedule import cubic
 
 
 class Pruner(nn.Module):
-    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None):
+    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None,
+                 speed_plan=None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.groups = method.build(model, cfg)
         self.sparsity = cfg.sparsity if cfg.sparsity is not None else (method.default_sparsity or 0.0)
         self.lam_final = cfg.lambda_reg if cfg.lambda_reg is not None else (method.default_lambda or 0.0)
+        # With a speed target (compress.speed.budgeted) the structure comes from a budget solver over the
+        # scores, not from a threshold: no regulariser, and the budget follows the cubic schedule.
+        self.budget = None
+        if speed_plan is not None:
+            from .speed.budgeted import StructureBudget
+            from .structure import geometry
+
+            self.budget = StructureBudget(self.groups, method.name, geometry(model.config), speed_plan, cfg.ffn_block)
+            self.lam_final = 0.0
         self.scores = nn.ParameterDict()
         if method.binarizer in ("topk", "threshold", "smp-s"):
             for g in self.groups:
@@ -43,6 +53,8 @@ class Pruner(nn.Module):
         self.keep = ramp(1.0, 1.0 - self.sparsity)
         self.tau = ramp(0.0, c.tau)
         self.lam = ramp(0.0, self.lam_final)
+        if self.budget is not None:
+            self.budget.set_level(ramp(self.budget.start, self.budget.plan.budget))
         self.invalidate()
 
     def finalize(self) -> None:
@@ -62,6 +74,9 @@ class Pruner(nn.Module):
         return self._cache[name]
 
     def _compute_all(self) -> None:
+        if self.budget is not None:
+            self._cache.update(self.budget.masks(self.scores))
+            return
         b = self.method.binarizer
         if b == "smp-s":
             ratios = self._smp_s_ratios()
@@ -121,7 +136,11 @@ class Pruner(nn.Module):
                 n = shape[0] * shape[1]
                 total += n
                 zeros += n - float(full.sum()) * (n / full.numel())
-        return {"mask_sparsity": zeros / max(total, 1), "keep": self.keep, "tau": self.tau, "lambda": self.lam}
+        out = {"mask_sparsity": zeros / max(total, 1), "keep": self.keep, "tau": self.tau, "lambda": self.lam}
+        if self.budget is not None:
+            out["budget"] = self.budget.level
+            out["predicted"] = self.budget.last.predicted if self.budget.last else float("nan")
+        return out
 
 
 def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor:

@@ -138,8 +138,10 @@ def _check_table(t: LatencyTable, model):
     assert t.attn_ms[0] == 0 and t.ffn_ms[0] == 0
     assert all(b >= a for a, b in zip(t.attn_ms, t.attn_ms[1:])) and all(b >= a for a, b in zip(t.ffn_ms, t.ffn_ms[1:]))
     assert t.fixed_ms > 0 and t.dense_ms > 0
-    assert set(t.measurements["graphs_ms"]) == {"fixed", "dense", *(f"attn{h}" for h in range(1, geo.num_heads + 1)),
+    extra = {"dense-fp32"} if t.key["precision"] == "int8" else set()
+    assert set(t.measurements["graphs_ms"]) == {"fixed", "dense", *extra, *(f"attn{h}" for h in range(1, geo.num_heads + 1)),
                                                 *(f"ffn{f}" for f in t.ffn_grid[1:])}
+    assert t.baseline_ms == t.measurements["graphs_ms"]["dense-fp32" if extra else "dense"]
 
 
 def test_table_is_built_cached_and_reused(tmp_path, monkeypatch):

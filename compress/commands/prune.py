@@ -24,6 +24,7 @@ def register(sub):
     p.add_argument("--source", help="hybrid-filled: the output directory of a hybrid run")
     p.add_argument("--label-words", nargs="+", help="SMP head-free mode: one word per label read from the MLM head "
                    "(e.g. terrible great); needs a model saved with its MLM head")
+    add_target_args(p)
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", help="fine-tuned teacher (same task and vocabulary; may be larger)")
     g.add_argument("--alpha-ce", type=float, default=0.1)
@@ -43,9 +44,29 @@ def run(a):
         block_size=a.block_size, tau=a.tau, initial_warmup=a.initial_warmup, final_warmup=a.final_warmup,
         score_lr=a.score_lr, score_init=a.score_init, head_lr=a.head_lr, source=a.source, label_words=a.label_words, train=train_config(a),
         distill=DistillConfig(teacher=a.teacher, alpha_ce=a.alpha_ce, alpha_teacher=a.alpha_teacher, temperature=a.temperature),
+        **target_fields(a),
     )
     info = prune(cfg, data_args(a), a.model)
     print_summary(info, a.output)
+
+
+def add_target_args(p) -> None:
+    """Speed-target flags (shared with `compress run`)."""
+    from .latency_table import add_deploy_args
+
+    g = p.add_argument_group("speed target (struct, hybrid): the final structure meets it, no --lambda needed")
+    g.add_argument("--target-speedup", type=float, help="x faster than the dense fp32 ONNX graph on the deployment below, e.g. 3")
+    g.add_argument("--target-latency-ms", type=float, help="absolute latency budget at --deploy-shape")
+    g.add_argument("--target-flops", type=float, help="fraction of dense encoder FLOPs to keep (hardware-free), e.g. 0.33")
+    g.add_argument("--ffn-block", type=int, default=32, help="kept FFN widths are multiples of this (default: %(default)s)")
+    g.add_argument("--no-measure-speed", action="store_true", help="skip timing the shrunk graph after pruning")
+    add_deploy_args(p)
+
+
+def target_fields(a) -> dict:
+    return dict(target_speedup=a.target_speedup, target_latency_ms=a.target_latency_ms, target_flops=a.target_flops,
+                deploy=a.deploy, deploy_shape=a.deploy_shape, deploy_threads=a.threads, deploy_provider=a.provider,
+                ffn_block=a.ffn_block, measure_speed=not a.no_measure_speed)
 
 
 def _score_init(text: str) -> float | str:

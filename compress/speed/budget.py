@@ -66,10 +66,10 @@ def resolve_target(target: Target, table: LatencyTable) -> float:
         raise InvalidConfigError("--target-flops needs the FLOPs table; it cannot be combined with a measured latency table")
     if target.kind == "latency" and table.unit != "ms":
         raise InvalidConfigError("--target-latency-ms needs a measured latency table, not the FLOPs table")
-    budget = {"speedup": lambda: table.dense_ms / target.speedup, "latency": lambda: target.latency_ms,
+    budget = {"speedup": lambda: table.baseline_ms / target.speedup, "latency": lambda: target.latency_ms,
               "flops": lambda: target.flops * table.dense_ms}[target.kind]()
     if budget < table.floor_ms:
-        best = table.dense_ms / table.floor_ms if table.floor_ms > 0 else float("inf")
+        best = table.baseline_ms / table.floor_ms if table.floor_ms > 0 else float("inf")
         raise InvalidConfigError(
             f"target {target.describe()} means {budget:.3f} {table.unit}, below the {table.floor_ms:.3f} {table.unit} that "
             f"embeddings, LayerNorms and the classifier cost with every head and FFN dim removed; ask for at most "

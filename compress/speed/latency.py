@@ -110,11 +110,17 @@ class LatencyTable:
     attn_ms: list[float]  # index h = kept heads, attn_ms[0] == 0
     ffn_grid: list[int]  # kept FFN dims at which ffn_ms was measured, from 0 to intermediate_size
     ffn_ms: list[float]  # ffn_ms[0] == 0
-    dense_ms: float  # the dense deploy graph, measured in the same rounds (the speedup baseline)
+    dense_ms: float  # the dense deploy graph at this precision, measured in the same rounds
     unit: str = "ms"
+    # The speedup baseline: the dense fp32 deploy graph on the same EP and shape, timed in the same rounds.
+    # Speedups are against the model as the user has it, so "3x, int8 deploy" means 3x faster than dense
+    # fp32, the convention of the README's tables; 0 means "same as dense_ms" (fp32 and FLOPs tables).
+    baseline_ms: float = 0.0
     measurements: dict = field(default_factory=dict)  # raw medians per graph, load, timings
 
     def __post_init__(self):
+        if not self.baseline_ms:
+            self.baseline_ms = self.dense_ms
         if len(self.attn_ms) != self.num_heads + 1:
             raise ArtifactError(f"latency table has {len(self.attn_ms)} attention entries for {self.num_heads} heads; rebuild it")
         if len(self.ffn_grid) != len(self.ffn_ms) or self.ffn_grid[0] != 0 or self.ffn_grid[-1] != self.intermediate_size:
@@ -158,7 +164,8 @@ class LatencyTable:
         return self.fixed_ms
 
     def speedup(self, heads_per_layer: list[int], ffn_per_layer: list[int]) -> float:
-        return self.dense_ms / self.predict_ms(heads_per_layer, ffn_per_layer)
+        """Predicted speedup over the dense fp32 baseline."""
+        return self.baseline_ms / self.predict_ms(heads_per_layer, ffn_per_layer)
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict:
@@ -188,7 +195,7 @@ class LatencyTable:
             raise ArtifactError(f"cannot read latency table {path} ({e}); delete it to rebuild") from None
 
     def summary(self) -> dict:
-        return {"unit": self.unit, "dense": round(self.dense_ms, 3), "predicted_dense": round(self.predicted_dense_ms, 3),
+        return {"unit": self.unit, "dense": round(self.dense_ms, 3), "baseline_fp32": round(self.baseline_ms, 3), "predicted_dense": round(self.predicted_dense_ms, 3),
                 "fixed": round(self.fixed_ms, 3), "key": self.key}
 
 
@@ -308,14 +315,20 @@ class DeployGraphs:
         self.batches = sample_inputs(names, None, getattr(self.config, "vocab_size", 100), 16)[:2]
         self._n = 0
 
-    def build(self, kept: list[dict] | None, name: str | None = None) -> Path:
-        """Deploy graph (model.onnx path) for `kept` (compression.json `layers` form; None = dense)."""
+    def build(self, kept: list[dict] | None, name: str | None = None, precision: str | None = None) -> Path:
+        """Deploy graph (model.onnx path) for `kept` (compression.json `layers` form; None = dense), at the
+        deploy precision unless `precision` is given."""
         import onnx
 
         from exporters.surgery import normalize_heads, shrink
 
+        import gc
+
         self._n += 1
         name = name or f"g{self._n}"
+        # Graph rewrites leave reference cycles holding whole model copies; collect them now or a
+        # 40-graph table of MiniLM grows past 7 GB before Python's object-count trigger fires.
+        gc.collect()
         if kept is None:
             graph = normalize_heads(self.dense, self.geo.head_size)
         else:
@@ -328,7 +341,7 @@ class DeployGraphs:
         out.mkdir(parents=True, exist_ok=True)
         onnx.save(graph, str(out / "model.onnx"))
         self.config.to_json_file(str(out / "config.json"))
-        if self.deploy.precision == "fp32":
+        if (precision or self.deploy.precision) == "fp32":
             return out / "model.onnx"
         from ..quantize import QuantizeConfig, quantize_onnx
 
@@ -372,41 +385,73 @@ class DeployGraphs:
         return self.build(kept, name)
 
 
-def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, delete: bool = True) -> dict[str, dict]:
-    """Median ms per run of each graph at the deploy shape, all graphs interleaved round by round with
-    a rotating start. Each timed sample repeats a graph `inner` times (sized so the sample lasts about
-    deploy.min_sample_ms; timer resolution and scheduler jitter matter at batch 1). Files are deleted
-    once loaded when `delete` (sessions keep the model in memory)."""
+def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, delete: bool = True,
+                reference: str | None = None, chunk: int = 10) -> dict[str, dict]:
+    """Median ms per run of each graph at the deploy shape, measured against a reference graph.
+
+    Graphs are loaded `chunk` at a time next to the reference (a session holds the model and its
+    activation arena: 40 MiniLM sessions at 32x128 took 6 GB) and run round-robin with a rotating start.
+    A graph's figure is the median over rounds of its time / the reference's time in the same round,
+    times the reference's median over all rounds: load from other processes that comes and goes
+    between chunks cancels in the ratio. Each timed sample repeats a graph `inner` times, sized so it
+    lasts about deploy.min_sample_ms (timer and scheduler jitter matter at batch 1). A graph's folder
+    is deleted once loaded when `delete` (DeployGraphs gives each graph a folder of its own)."""
+    import gc
+
     from ..bench import BenchConfig, onnx_runner
 
     bc = BenchConfig(batch_sizes=(deploy.batch,), seq_lens=(deploy.seq,), provider=deploy.provider, threads=deploy.threads)
-    calls = {}
-    for label, p in paths.items():
-        runner = onnx_runner(str(p), bc, label=label)
-        calls[label] = runner.prepare(deploy.batch, deploy.seq)
-        calls[label]()  # warm-up: first run allocates
-        if delete:  # DeployGraphs puts each graph in a folder of its own
-            shutil.rmtree(p.parent, ignore_errors=True)
-    inner = {}
-    for label, call in calls.items():
+    reference = reference or next(iter(paths))
+
+    def load(label):
+        call = onnx_runner(str(paths[label]), bc, label=label).prepare(deploy.batch, deploy.seq)
+        call()  # warm-up: the first run allocates
+        if delete:
+            shutil.rmtree(paths[label].parent, ignore_errors=True)
         t0 = time.perf_counter()
         call()
         one = (time.perf_counter() - t0) * 1e3
-        inner[label] = max(1, min(50, math.ceil(deploy.min_sample_ms / max(one, 1e-3))))
-    labels = list(calls)
-    samples: dict[str, list[float]] = {k: [] for k in labels}
-    for r in range(deploy.repeats):
-        for k in range(len(labels)):
-            label = labels[(r + k) % len(labels)]
-            n = inner[label]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                calls[label]()
-            samples[label].append((time.perf_counter() - t0) * 1e3 / n)
-            if progress:
-                progress()
-    return {k: {"median_ms": float(np.median(v)), "runs": len(v) * inner[k], "samples_ms": [round(x, 4) for x in v]}
-            for k, v in samples.items()}
+        return call, max(1, min(50, math.ceil(deploy.min_sample_ms / max(one, 1e-3))))
+
+    others = [k for k in paths if k != reference]
+    chunks = [others[i:i + chunk] for i in range(0, len(others), chunk)] or [[]]
+    total = deploy.repeats * sum(len(c) + 1 for c in chunks)
+    done = 0
+    ref_call, ref_inner = load(reference)
+    ref_samples: list[float] = []
+    ratios: dict[str, list[float]] = {}
+    raw: dict[str, list[float]] = {}
+    inner = {reference: ref_inner}
+    for labels in chunks:
+        calls = {reference: ref_call}
+        for label in labels:
+            calls[label], inner[label] = load(label)
+        order = list(calls)
+        rounds = {k: [] for k in order}
+        for r in range(deploy.repeats):
+            for k in range(len(order)):
+                label = order[(r + k) % len(order)]
+                n = inner[label]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    calls[label]()
+                rounds[label].append((time.perf_counter() - t0) * 1e3 / n)
+                done += 1
+                if progress:
+                    progress(done, total)
+        ref_samples += rounds[reference]
+        for label in labels:
+            raw[label] = rounds[label]
+            ratios[label] = [t / ref for t, ref in zip(rounds[label], rounds[reference])]
+        del calls, rounds
+        gc.collect()
+    ref_ms = float(np.median(ref_samples))
+    out = {reference: {"median_ms": ref_ms, "runs": len(ref_samples) * ref_inner, "samples_ms": [round(x, 4) for x in ref_samples]}}
+    for label in others:
+        out[label] = {"median_ms": float(np.median(ratios[label])) * ref_ms, "runs": len(raw[label]) * inner[label],
+                      "median_ratio_to_reference": round(float(np.median(ratios[label])), 5),
+                      "samples_ms": [round(x, 4) for x in raw[label]]}
+    return out
 
 
 def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, progress: bool = True,
@@ -434,10 +479,13 @@ def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, pr
                 paths[label] = graphs.uniform(h, f, name=label)
                 bar.advance(task)
             paths["dense"] = graphs.build(None, name="dense")
+            if deploy.precision != "fp32":
+                paths["dense-fp32"] = graphs.build(None, name="dense-fp32", precision="fp32")
             bar.advance(task)
             t_built = time.time()
-            timing = bar.add_task("timing (interleaved rounds)", total=deploy.repeats * len(paths))
-            res = time_graphs(paths, deploy, progress=lambda: bar.advance(timing))
+            timing = bar.add_task("timing (interleaved rounds)", total=None)
+            res = time_graphs(paths, deploy, progress=lambda done, total: bar.update(timing, completed=done, total=total),
+                              reference="dense-fp32" if "dense-fp32" in paths else "dense")
     med = {k: v["median_ms"] for k, v in res.items()}
     L = geo.num_layers
     fixed = med["fixed"]
@@ -447,6 +495,7 @@ def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, pr
         "graphs_ms": {k: round(v, 4) for k, v in med.items()},
         "attn_raw_ms": [round(x, 4) for x in attn_raw], "ffn_raw_ms": [round(x, 4) for x in ffn_raw],
         "runs_per_graph": {k: v["runs"] for k, v in res.items()},
+        "reference": "dense-fp32" if "dense-fp32" in res else "dense",
         "build_seconds": round(t_built - t_start, 1), "timing_seconds": round(time.time() - t_built, 1),
         "load_average_start": [round(x, 2) for x in load_start] if load_start else None,
         "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
@@ -454,4 +503,4 @@ def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, pr
     }
     return LatencyTable(key=key, num_layers=L, num_heads=geo.num_heads, intermediate_size=geo.intermediate_size,
                         fixed_ms=fixed, attn_ms=_monotone(attn_raw), ffn_grid=grid, ffn_ms=_monotone(ffn_raw),
-                        dense_ms=med["dense"], measurements=measurements)
+                        dense_ms=med["dense"], baseline_ms=med.get("dense-fp32", med["dense"]), measurements=measurements)
