@@ -186,3 +186,28 @@ def test_cli_target_flags(workspace, capsys):
     rc = main(["prune", "--method", "movement", "--target-speedup", "2", "--model", str(d / "base"), "--data-dir",
                str(d / "data"), "-o", str(d / "cli"), "--max-steps", "2", "--no-progress"])
     assert rc == 2 and "structured method" in capsys.readouterr().err
+
+
+def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkeypatch):
+    from compress.cli import main
+    from compress.models import load_config
+    from compress.speed.latency import DeployConfig, cache_path, table_key
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    h.write_sst2_like(tmp_path / "data" / "sst2", n_train=32, n_dev=16)
+    h.save_checkpoint(h.tiny_model("bert", ffn=128), tmp_path / "teacher")
+    key = table_key(load_config(str(tmp_path / "teacher")), DeployConfig(batch=4, seq=16, threads=1))
+    LatencyTable(key, 2, 4, 128, 0.5, [0.0, 0.3, 0.4, 0.5, 0.6], [0, 16, 32, 64, 128], [0.0, 0.1, 0.16, 0.3, 0.55],
+                 2.8).save(cache_path(key))
+    recipe = {"task": "sst2", "data_dir": str(tmp_path / "data"), "bench_batch_sizes": [1], "bench_seq_len": 16,
+              "bench_iterations": 3, "fill_steps": 2,
+              "prune": {"method": "struct", "train": {"max_steps": 8, "batch_size": 8, "progress": False}}}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    rc = main(["run", "--recipe", str(tmp_path / "recipe.json"), "--teacher", str(tmp_path / "teacher"), "--target-speedup", "2",
+               "--deploy-shape", "4x16", "--threads", "1", "--ffn-block", "16", "-o", str(tmp_path / "out")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    sp = summary["speed"]
+    assert sp["target"]["speedup"] == 2 and sp["predicted_speedup"] >= 2 - 1e-6 and sp["measured_speedup"] > 0
+    assert summary["recipe"]["bench_batch_sizes"] == [1, 4]  # the deploy batch was added to the benchmark
+    assert "Speed target 2x" in (tmp_path / "out" / "report.md").read_text()

@@ -17,6 +17,9 @@ def register(sub):
     p.add_argument("--no-quantize", action="store_true")
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
                    help="ORT transformer fusions on the exported graphs (default: from the recipe)")
+    from .prune import add_target_args
+
+    add_target_args(p)
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
@@ -37,6 +40,13 @@ def run(a):
         cfg.prune.method = a.method
         if not get_method(a.method).regularised:  # the recipe's default lambda belongs to soft methods
             cfg.prune.lambda_reg = None
+    if a.target_speedup is not None or a.target_latency_ms is not None or a.target_flops is not None:
+        from .prune import target_fields
+
+        # A target replaces the recipe's lambda: the structure is chosen to meet it (struct or hybrid).
+        for k, v in target_fields(a).items():
+            setattr(cfg.prune, k, v)
+        cfg.prune.lambda_reg = None
     if a.lambda_reg is not None:
         cfg.prune.lambda_reg = a.lambda_reg
     if a.sparsity is not None:
