@@ -8,6 +8,8 @@ the dense cost to the target; at each step the structure is re-chosen from the m
 Importance of a structure = sigmoid(score) x the number of weights it holds: a score is the
 importance density of the weights its mask covers, so a head (4 * hidden * head_size weights) and an
 FFN dim (2 * hidden) compare on the same footing, and the solver ranks them per unit of latency.
+(float64: in float32 sigmoid rounds to exactly 1 from a score of about 17 up, and ties would then be
+broken by index instead of by score.)
 solve_budget picks the structure; the masks pass gradients straight through to every score (kept or
 not), as in movement pruning, so scores keep learning which structure matters and the network is
 distilled into the final shape instead of being cut at the end. No regulariser, no lambda.
@@ -86,15 +88,15 @@ class StructureBudget:
     def importance(self, scores) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         heads, ffn = [], []
         for i in range(self.geo.num_layers):
-            ffn.append(torch.sigmoid(scores[_key(f"layer.{i}.ffn_dim")].float()).cpu() * self.dim_weights)
+            ffn.append(torch.sigmoid(scores[_key(f"layer.{i}.ffn_dim")].double()).cpu() * self.dim_weights)
             if self.method == "struct":
-                density = torch.sigmoid(scores[_key(f"layer.{i}.heads")].float()).cpu()
+                density = torch.sigmoid(scores[_key(f"layer.{i}.heads")].double()).cpu()
             else:
                 parts = []
                 for role in ("query", "key", "value"):  # row blocks of head j: j*b .. (j+1)*b
-                    s = torch.sigmoid(scores[_key(f"layer.{i}.{role}")].float()).cpu()
+                    s = torch.sigmoid(scores[_key(f"layer.{i}.{role}")].double()).cpu()
                     parts.append(s.reshape(self.geo.num_heads, -1))
-                s = torch.sigmoid(scores[_key(f"layer.{i}.attn_out")].float()).cpu()  # column blocks
+                s = torch.sigmoid(scores[_key(f"layer.{i}.attn_out")].double()).cpu()  # column blocks
                 parts.append(s.t().reshape(self.geo.num_heads, -1))
                 density = torch.cat(parts, dim=1).mean(dim=1)
             heads.append(density * self.head_weights)
