@@ -19,9 +19,9 @@ import logging
 
 import onnx
 
-from compress.errors import ValidationError
+from compress.core.errors import ValidationError
 
-from .surgery import assert_close
+from exporters.surgery.shrink import assert_close
 
 # ORT's report lists every fusion it knows; we keep the ones that happened.
 _COUNTED = (
