@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from compress.core.artifacts import write_json  # noqa: E402
 from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark  # noqa: E402
-from compress.ort.session import evaluate_onnx, make_session  # noqa: E402
+from compress.ort.evaluate import evaluate_onnx  # noqa: E402
+from exporters.toolbox import make_session
 from compress.ort.quantize import QuantizeConfig, quantize_onnx  # noqa: E402
 
 

@@ -54,7 +54,7 @@ def main():
     from compress.core.config import DistillConfig, PruneConfig, TrainConfig
     from compress.training.data import load_task_data
     from compress.training.models import load_tokenizer
-    from compress.ort.session import evaluate_onnx
+    from compress.ort.evaluate import evaluate_onnx
     from compress.training.driver import DataArgs, prune
     from exporters.export import export_checkpoint
 

@@ -71,7 +71,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     from exporters.export import export_checkpoint
 
     from compress.training.models import load_tokenizer
-    from compress.ort.session import evaluate_onnx
+    from compress.ort.evaluate import evaluate_onnx
     from compress.training.driver import prune
     from compress.training.data import load_task_data
 

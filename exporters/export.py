@@ -36,19 +36,12 @@ import torch
 from compress.core.artifacts import COMPRESSION_JSON, atomic_dir, read_compression_json, record_checksums, write_json
 from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError, UnsupportedModelError, ValidationError
 
-from exporters.toolbox import load_tokenizer, sample_inputs
-from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, TaskSpec
-from exporters.surgery.shrink import run, session
+from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, ExportSpec
+from exporters.toolbox import SIDECAR_FILES, load_tokenizer, make_session, run, sample_inputs
 
 log = logging.getLogger(__name__)
 
 # Files a tokenizer may consist of; copied byte for byte so the ONNX directory is self-contained.
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-)
-
-
 @dataclass
 class ExportResult:
     path: Path
@@ -104,7 +97,7 @@ def load_for_task(checkpoint_dir: str | Path, task: str):
     return model
 
 
-def model_inputs(model) -> list[str]:
+def forward_inputs(model) -> list[str]:
     """input_ids + attention_mask, plus token_type_ids when the model has more than one segment type
     (BERT); RoBERTa (type_vocab_size 1) and DistilBERT (no such input) don't get a useless input."""
     names = ["input_ids", "attention_mask"]
@@ -134,7 +127,7 @@ def max_sequence(config) -> int:
 
 
 # --------------------------------------------------------------------------------------- export
-def _export_torchscript(wrapper, args, path: Path, input_names, spec: TaskSpec, opset: int) -> None:
+def _export_torchscript(wrapper, args, path: Path, input_names, spec: ExportSpec, opset: int) -> None:
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     for name in spec.outputs:
         axes[name] = {0: "batch", 1: "sequence"} if spec.per_token else {0: "batch"}
@@ -146,7 +139,7 @@ def _export_torchscript(wrapper, args, path: Path, input_names, spec: TaskSpec, 
         )
 
 
-def _export_dynamo(wrapper, args, path: Path, input_names, spec: TaskSpec, opset: int) -> None:
+def _export_dynamo(wrapper, args, path: Path, input_names, spec: ExportSpec, opset: int) -> None:
     opset = max(opset, 18)  # the dynamo exporter's lowest native opset; converting down is best-effort
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = (tuple({0: batch, 1: seq} for _ in input_names),)  # one entry: the *tensors varargs
@@ -181,7 +174,7 @@ def _to_onnx(model, task: str, path: Path, opset: int, exporter: str) -> tuple[s
     if exporter not in EXPORTERS:
         raise InvalidConfigError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     spec = TASKS[task]
-    names = model_inputs(model)
+    names = forward_inputs(model)
     wrapper = _Positional(model, names, spec.outputs).eval()
     # Example batch 2 x 16: sizes 0/1 would be specialised (baked in) by the tracers.
     fill = {"input_ids": 5, "attention_mask": 1}
@@ -207,7 +200,7 @@ def _torch_outputs(model, task: str, input_names: list[str], feeds: dict[str, np
 
 def validate_against_torch(onnx_model: onnx.ModelProto, model, task: str, input_names, batches, atol: float) -> dict:
     """Max abs difference ONNX vs PyTorch per batch; ValidationError (with the numbers) above atol."""
-    sess = session(onnx_model)
+    sess = make_session(onnx_model, threads=1)
     worst, shapes = 0.0, []
     for feeds in batches:
         ref = _torch_outputs(model, task, input_names, feeds)
@@ -291,7 +284,7 @@ def export_checkpoint(
             final, result.shrink = shrink_dense(dense, structure, config, batches, atol)
         if optimize:
             from exporters.optimize import optimize as ort_optimize
-            from exporters.surgery.shrink import normalize_heads
+            from exporters.surgery.rewrite import normalize_heads
 
             if not shrink:  # constant per-layer head shapes let ORT's Attention fusion read the head count
                 geo = geometry_of(config)
@@ -306,8 +299,8 @@ def export_checkpoint(
             onnx.save(final, str(path))
 
         shutil.copy2(checkpoint_dir / "config.json", tmp / "config.json")
-        for name in TOKENIZER_FILES:
-            if (checkpoint_dir / name).exists():
+        for name in SIDECAR_FILES:  # config.json was copied above
+            if name != "config.json" and (checkpoint_dir / name).exists():
                 shutil.copy2(checkpoint_dir / name, tmp / name)
         if structure is not None:
             data = copy.deepcopy(structure)

@@ -15,7 +15,7 @@ from compress.core.sparsity import kept_structure
 from compress.core.structure import geometry
 from exporters import export as onnx_export
 from exporters.export import export_checkpoint, export_onnx
-from exporters.surgery.shrink import run
+from exporters.toolbox import run
 
 
 def write_compression_json(checkpoint, model, layers=None):

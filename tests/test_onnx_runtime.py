@@ -17,7 +17,8 @@ import torch
 
 import helpers
 from compress.core.errors import ArtifactError, CompressError
-from compress.ort.session import evaluate_onnx, make_session, onnx_logits, resolve_onnx
+from compress.ort.evaluate import evaluate_onnx, onnx_logits
+from exporters.toolbox import make_session, resolve_onnx
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 HAVE_EXPORTER = importlib.util.find_spec("exporters.export") is not None

@@ -13,7 +13,7 @@ import pytest
 import helpers
 from compress.cli.main import main
 from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError
-from compress.ort.session import make_session
+from exporters.toolbox import make_session
 from compress.ort.quantize import QuantizeConfig, quantize_onnx
 from test_onnx_runtime import export_tiny, shrunk_tiny_model, torch_export
 
@@ -165,7 +165,10 @@ def test_wrong_fusion_is_caught(tmp_path, monkeypatch):
     import compress.ort.quantize as q
 
     src = torch_export(shrunk_tiny_model(sharpen=20.0), tmp_path / "shrunk")
-    monkeypatch.setattr(q, "explicit_head_counts", lambda model: 0)
+    def no_per_layer_counts(model):  # as for a graph whose attention surgery cannot match
+        raise GraphPatternError("attention not matched")
+
+    monkeypatch.setattr(q, "normalize_heads", no_per_layer_counts)
     r = quantize_onnx(src, tmp_path / "q", QuantizeConfig(optimize=True), threads=1)
     assert r.fusion is None and any("not equivalent" in w for w in r.warnings)
     assert ops(tmp_path / "q" / "model.onnx")["QAttention"] == 0

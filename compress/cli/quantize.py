@@ -57,7 +57,7 @@ def _tokenizer(model_path):
     from transformers import AutoTokenizer
 
     from compress.core.errors import DataError
-    from compress.ort.session import resolve_onnx
+    from exporters.toolbox import resolve_onnx
 
     folder = resolve_onnx(model_path, check=False).parent
     try:

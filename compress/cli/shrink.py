@@ -70,13 +70,13 @@ def _head_size_from_config(directory: Path) -> int | None:
 
 
 def run(args) -> int:
+    from exporters.optimize import optimize
     from exporters.surgery.shrink import shrink_file
 
     kept, num_heads, head_size, source = _structure(args)
     head_size = head_size or _head_size_from_config(Path(args.input).parent)
-    report = shrink_file(
-        args.input, args.output, kept, num_heads, head_size, optimize=args.optimize, atol=args.atol, overwrite=args.overwrite
-    )
+    report = shrink_file(args.input, args.output, kept, num_heads, head_size, atol=args.atol, overwrite=args.overwrite,
+                         optimize=optimize if args.optimize else None)
     report["structure_from"] = source
     if args.report:
         from compress.core.artifacts import write_json

@@ -28,8 +28,7 @@ import numpy as np
 
 from compress.core.artifacts import atomic_file, write_json
 from compress.core.errors import CompressError, InvalidConfigError
-from compress.ort.session import first_line, make_session, model_inputs, resolve_onnx
-from compress.ort.quantize import vocab_size
+from exporters.toolbox import first_line, graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
 
 SCHEMA = "compress.bench/1"
 
@@ -66,15 +65,9 @@ class Runner:
     prepare: Callable[[int, int], Callable[[], None]] = field(repr=False)
 
 
-def random_tokens(batch: int, seq: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
-    """Token ids drawn away from the special ids at the bottom of BERT-like vocabularies."""
-    rng = np.random.default_rng(seed)
-    low = min(1000, vocab // 2)
-    return {
-        "input_ids": rng.integers(low, vocab, (batch, seq), dtype=np.int64),
-        "attention_mask": np.ones((batch, seq), np.int64),
-        "token_type_ids": np.zeros((batch, seq), np.int64),
-    }
+def _low_id(vocab: int) -> int:
+    """Token ids are drawn away from the special ids at the bottom of BERT-like vocabularies."""
+    return min(1000, vocab // 2)
 
 
 def onnx_runner(path: str, config: BenchConfig, label: str | None = None) -> Runner:
@@ -84,16 +77,12 @@ def onnx_runner(path: str, config: BenchConfig, label: str | None = None) -> Run
     model_path = resolve_onnx(path)
     session = make_session(model_path, config.provider, config.threads, check=False)
     graph = onnx.load(str(model_path), load_external_data=False)
-    inputs = model_inputs(graph)
+    inputs = graph_inputs(graph)
     vocab = vocab_size(graph, model_path.parent)
     del graph
 
     def prepare(batch: int, seq: int) -> Callable[[], None]:
-        tokens = random_tokens(batch, seq, vocab, config.seed)
-        feeds = {}
-        for name, kind in inputs:
-            arr = tokens.get(name, np.zeros((batch, seq), np.int64))
-            feeds[name] = arr.astype(np.int32) if kind == "tensor(int32)" else arr
+        feeds = random_feeds(inputs, vocab, batch, seq, config.seed, low=_low_id(vocab))
         if config.provider == "cpu":
             return lambda: session.run(None, feeds)
         # IO binding: inputs copied to the GPU once, outputs left there, so the timing is the model's
@@ -139,9 +128,9 @@ def torch_runner(checkpoint: str, config: BenchConfig, label: str | None = None)
     uses_types = getattr(model.config, "type_vocab_size", 0) > 1
 
     def prepare(batch: int, seq: int) -> Callable[[], None]:
-        tokens = random_tokens(batch, seq, vocab, config.seed)
         names = ("input_ids", "attention_mask", "token_type_ids") if uses_types else ("input_ids", "attention_mask")
-        feeds = {k: torch.from_numpy(tokens[k]).to(device) for k in names}
+        tokens = random_feeds([(n, "tensor(int64)") for n in names], vocab, batch, seq, config.seed, low=_low_id(vocab))
+        feeds = {k: torch.from_numpy(v).to(device) for k, v in tokens.items()}
 
         def run() -> None:
             with torch.inference_mode():

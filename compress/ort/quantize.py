@@ -23,10 +23,7 @@ gained nothing), classifier kept fp32 (free, and a guard for small heads).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import fnmatch
-import json
 import logging
 import shutil
 import tempfile
@@ -38,20 +35,12 @@ import numpy as np
 
 from compress.core.artifacts import COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, record_checksums, write_json
 from compress.core.errors import CompressError, DataError, GraphPatternError, InvalidConfigError
-from compress.ort.session import MODEL_FILE, first_line, iter_batches, make_session, model_inputs, output_index, read_pad_id, resolve_onnx
-
-# Files that describe the model next to model.onnx; copied so the quantized model stays usable alone.
-SIDECAR_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "sentencepiece.bpe.model",
-    "spiece.model",
+from compress.ort.evaluate import iter_batches, output_index, read_pad_id
+from exporters.optimize import optimize as fuse_and_check
+from exporters.surgery.rewrite import normalize_heads
+from exporters.toolbox import (
+    MODEL_FILE, SIDECAR_FILES, first_line, graph_inputs, has_contrib_ops, import_contrib_domains, load_tokenizer,
+    make_session, random_feeds, read_config, resolve_onnx, sample_inputs, vocab_size, ort_logging,
 )
 
 # Ops whose presence shows that a graph was really quantized (QOperator and QDQ forms).
@@ -128,34 +117,8 @@ class QuantizeResult:
         return d
 
 
-@contextlib.contextmanager
-def _quiet_ort_logging():
-    """ORT's quantizer logs advice through the root logger (`logging.warning`); keep stderr clean."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 # ---------------------------------------------------------------------------------------------
 # Pre-processing
-
-
-def has_contrib_ops(model) -> bool:
-    return any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
-
-
-def import_contrib_domains(model) -> None:
-    """ORT's optimizer returns graphs using com.microsoft ops without importing that domain (only its
-    save_model_to_file adds it); the checker and shape inference reject such graphs."""
-    import onnx
-
-    domains = {o.domain for o in model.opset_import}
-    for d in sorted({n.domain for n in model.graph.node} - domains - {"", "ai.onnx"}):
-        model.opset_import.append(onnx.helper.make_opsetid(d, 1))
 
 
 def prepare_graph(model):
@@ -167,98 +130,13 @@ def prepare_graph(model):
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
-        with _quiet_ort_logging():
+        with ort_logging(logging.ERROR):
             return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
     except Exception as e:
         raise GraphPatternError(
             f"shape inference failed on this graph's fused (com.microsoft) ops ({first_line(e)}); "
             "quantize the graph before running ORT's optimizer on it, or quantize without --optimize"
         ) from None
-
-
-def _read_config(model_dir: Path) -> dict:
-    try:
-        return json.loads((model_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _constant_values(model) -> dict[str, np.ndarray]:
-    """Values of initializers and Constant-node outputs, by tensor name."""
-    from onnx import numpy_helper
-
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return values
-
-
-def explicit_head_counts(model) -> int:
-    """Write each layer's real head count into the Q/K/V Reshape shapes; returns how many were set.
-
-    transformers 5 reshapes projections to (batch, seq, -1, head_size). ORT's attention fusion reads
-    the head count from that shape and, finding -1, falls back to one global --num_heads, which is
-    wrong for layers of a shrunk graph that kept fewer heads. The projection's output width / head
-    size is the true count, so it replaces the -1 here (a new initializer per Concat).
-    """
-    from onnx import numpy_helper
-
-    consts = _constant_values(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    changed = 0
-    for node in model.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2:
-            continue
-        concat, data = producer.get(node.input[1]), producer.get(node.input[0])
-        if concat is None or concat.op_type != "Concat" or len(concat.input) != 4 or data is None:
-            continue
-        heads_in, size_in = (consts.get(x) for x in concat.input[2:4])
-        if heads_in is None or size_in is None or heads_in.size != 1 or size_in.size != 1:
-            continue
-        head_size = int(size_in.reshape(-1)[0])
-        if int(heads_in.reshape(-1)[0]) != -1 or head_size <= 0:
-            continue
-        width = None  # output width of the Q/K/V projection feeding this Reshape
-        if data.op_type == "Add":
-            width = next((consts[x].shape[0] for x in data.input if x in consts and consts[x].ndim == 1), None)
-        elif data.op_type == "MatMul" and data.input[1] in consts and consts[data.input[1]].ndim == 2:
-            width = consts[data.input[1]].shape[1]
-        if not width or width % head_size:
-            continue
-        name = f"{concat.name or concat.output[0]}_num_heads"
-        model.graph.initializer.append(numpy_helper.from_array(np.array([width // head_size], dtype=heads_in.dtype.type), name))
-        concat.input[2] = name
-        changed += 1
-    return changed
-
-
-def fuse_transformer(model, model_dir: Path) -> tuple[object, dict[str, int]]:
-    """ORT transformer fusion (python passes only, so the result is portable across CPUs).
-
-    Head counts are first made explicit per layer (explicit_head_counts); only when that finds no
-    Q/K/V reshape does the global count from config.json serve. The caller still checks the fused
-    graph numerically against the unfused one.
-    """
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    from exporters.optimize import fusion_options
-
-    cfg = _read_config(model_dir)
-    if explicit_head_counts(model):
-        heads = hidden = 0  # let the fusion read every layer's own count from the graph
-    else:
-        heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
-        hidden = int(cfg.get("hidden_size") or cfg.get("dim") or 0)
-    with _quiet_ort_logging():
-        try:
-            optimized = optimize_model(model, model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
-                                       optimization_options=fusion_options())
-        except Exception as e:
-            raise GraphPatternError(f"ORT's transformer optimizer failed on this graph: {first_line(e)}") from None
-    stats = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
-    import_contrib_domains(optimized.model)
-    return optimized.model, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +201,7 @@ def calibration_reader(model, dataset, num_samples: int, pad_id: int = 0):
     n = min(num_samples, len(dataset))
     if n == 0:
         raise DataError("the calibration data is empty")
-    inputs = model_inputs(model)
+    inputs = graph_inputs(model)
     feeds = [f for _, f in iter_batches(dataset.select(range(n)), inputs, 1, pad_id, sort=False)]
 
     class _Reader(CalibrationDataReader):
@@ -377,43 +255,6 @@ def integer_op_counts(model) -> dict[str, int]:
     return {op: counts[op] for op in INTEGER_OPS if counts.get(op)}
 
 
-def random_feeds(inputs: list[tuple[str, str]], vocab: int, batch: int = 2, seq: int = 16, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name, kind in inputs:
-        dtype = np.int32 if kind == "tensor(int32)" else np.int64
-        if name == "input_ids":
-            feeds[name] = rng.integers(0, vocab, (batch, seq)).astype(dtype)
-        elif name == "attention_mask":
-            feeds[name] = np.ones((batch, seq), dtype)
-        else:
-            feeds[name] = np.zeros((batch, seq), dtype)
-    return feeds
-
-
-def vocab_size(model, model_dir: Path) -> int:
-    """Vocabulary size from config.json, else from the embedding table that input_ids indexes."""
-    v = _read_config(model_dir).get("vocab_size")
-    if isinstance(v, int) and v > 0:
-        return v
-    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    ids = {"input_ids"}  # and its casts (fused graphs feed int32 ids to EmbedLayerNormalization)
-    for n in model.graph.node:
-        if n.op_type == "Cast" and n.input[0] in ids:
-            ids.add(n.output[0])
-    sizes = []
-    for n in model.graph.node:
-        if n.op_type == "Gather" and n.input[1:2] and n.input[1] in ids:
-            table = n.input[0]
-        elif n.op_type in ("EmbedLayerNormalization", "QEmbedLayerNormalization"):
-            table = n.input[2]  # (input_ids, segment_ids, word_embedding, position_embedding, ...)
-        else:
-            continue
-        if len(shapes.get(table, [])) == 2:
-            sizes.append(shapes[table][0])
-    return min(sizes) if sizes else 100  # 100: a small range that any real vocabulary covers
-
-
 def _logits(path: Path, feeds: dict, threads: int | None) -> np.ndarray:
     session = make_session(path, "cpu", threads, check=False)
     try:
@@ -435,7 +276,7 @@ def _run_ort_quantizer(src: Path, dst: Path, config: QuantizeConfig, exclude: li
         # matches nodes_to_exclude by name, so an excluded Gemm must be named in its rewritten form too.
         exclude = exclude + [f"{n}_MatMul" for n in exclude]
     try:
-        with _quiet_ort_logging():
+        with ort_logging(logging.ERROR):
             if config.mode == "dynamic":
                 quantize_dynamic(
                     src, dst, op_types_to_quantize=op_types, per_channel=config.per_channel,
@@ -502,8 +343,7 @@ def quantize_onnx(
     model = onnx.load(str(src))
     fusion = None
     if config.optimize:
-        fused, fusion = fuse_transformer(copy.deepcopy(model), src_dir)  # it edits the proto in place
-        model, fusion = _checked_fusion(model, fused, fusion, src_dir, threads, warnings)
+        model, fusion = _fuse(model, src_dir, warnings)
     model = prepare_graph(model)
     exclude = match_nodes(model, config.keep_fp32) if config.keep_fp32 else []
 
@@ -531,7 +371,7 @@ def quantize_onnx(
                 "check --keep-fp32 and the op types"
             )
         # The quantized graph must load and run; compare its logits with fp32 as a sanity figure.
-        feeds = random_feeds(model_inputs(qmodel), vocab_size(model, src_dir))
+        feeds = random_feeds(graph_inputs(qmodel), vocab_size(model, src_dir))
         diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
 
         result = QuantizeResult(
@@ -540,7 +380,7 @@ def quantize_onnx(
             fusion=fusion, max_abs_diff=diff, warnings=warnings,
         )
         if task_data is not None:
-            from compress.ort.session import evaluate_onnx
+            from compress.ort.evaluate import evaluate_onnx
 
             result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads)
             result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads)
@@ -548,34 +388,31 @@ def quantize_onnx(
     return result
 
 
-def _checked_fusion(model, fused, stats, model_dir, threads, warnings):
-    """Keep the fused graph only if it computes the same logits as the unfused one.
+def _fuse(model, model_dir: Path, warnings: list[str]):
+    """ORT transformer fusion, kept only if it computes what the unfused graph does.
 
-    Fusion with one global head count silently miscomputes shrunk layers that kept fewer heads;
-    the numeric check catches that and the unfused graph (still quantizable) is used instead.
+    Each layer's head count is first written into its head Reshapes (normalize_heads), so shrunk
+    layers that kept fewer heads fuse with their own count; only a graph whose attention cannot be
+    matched falls back to the global count in config.json. That fallback silently miscomputes shrunk
+    layers, which the numeric check catches: the unfused graph (still quantizable) is used instead.
     """
-    import onnx
-
-    if not stats:
-        warnings.append("ORT's optimizer fused nothing in this graph; quantizing it unfused")
-        return model, stats
-    with tempfile.TemporaryDirectory(prefix="compress-fuse-") as tmp:
-        a, b = Path(tmp) / "a.onnx", Path(tmp) / "b.onnx"
-        onnx.save(model, str(a))
-        onnx.save(fused, str(b))
-        feeds = random_feeds(model_inputs(model), vocab_size(model, model_dir))
-        try:
-            ref = _logits(a, feeds, threads)
-            diff = float(np.abs(ref - _logits(b, feeds, threads)).max())
-        except CompressError as e:
-            ref, diff, why = None, float("inf"), str(e)
-        else:
-            why = f"logits differ by {diff:.3g}"
-    # Relative to the logits' scale: float reordering gives ~1e-6 of it, a wrong head split ~1e-2.
-    if not np.isfinite(diff) or diff > 1e-3 * max(float(np.abs(ref).max()), 1e-3):
-        warnings.append(f"the fused graph is not equivalent ({why}); quantizing the unfused graph instead")
+    try:
+        model, heads, hidden = normalize_heads(model), 0, 0
+    except GraphPatternError:
+        cfg = read_config(model_dir)
+        heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
+        hidden = int(cfg.get("hidden_size") or cfg.get("dim") or 0)
+    names = [name for name, _ in graph_inputs(model)]
+    batches = sample_inputs(names, load_tokenizer(model_dir), vocab_size(model, model_dir))
+    fused, report = fuse_and_check(model, batches, num_heads=heads, hidden_size=hidden)
+    if not report["fusions"]:
+        why = f" ({report['note']})" if report["note"] else ""
+        warnings.append(f"ORT's optimizer fused nothing in this graph{why}; quantizing it unfused")
         return model, None
-    return fused, stats
+    if not report["applied"]:
+        warnings.append(f"the fused graph is not equivalent ({report['note']}); quantizing the unfused graph instead")
+        return model, None
+    return fused, report["fusions"]
 
 
 def _copy_sidecars(src_dir: Path, dst_dir: Path, replace: bool) -> list[str]:

@@ -19,7 +19,7 @@ from compress.core.errors import DataError
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class DatasetSpec:
     name: str
     text_column: str
     text_pair_column: str | None
@@ -33,12 +33,12 @@ class TaskSpec:
     label_words: tuple[str, ...] = ()  # for SMP's head-free mode: one vocabulary word per label
 
 
-TASKS: dict[str, TaskSpec] = {
-    "sst2": TaskSpec(
+TASKS: dict[str, DatasetSpec] = {
+    "sst2": DatasetSpec(
         "sst2", "sentence", None, "label", 2, ("accuracy",), hub=("nyu-mll/glue", "sst2"),
         label_words=("terrible", "great"),
     ),
-    "mrpc": TaskSpec(
+    "mrpc": DatasetSpec(
         "mrpc", "#1 String", "#2 String", "Quality", 2, ("accuracy", "f1"), hub=("nyu-mll/glue", "mrpc"),
         hub_columns={"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"},
         label_words=("no", "yes"),
@@ -48,7 +48,7 @@ TASKS: dict[str, TaskSpec] = {
 
 @dataclass
 class TaskData:
-    spec: TaskSpec
+    spec: DatasetSpec
     train: object | None  # datasets.Dataset, tokenized, with a `labels` column
     dev: object | None
     label_names: list[str] | None = None
@@ -102,7 +102,7 @@ def _read_any(path: str | Path) -> dict[str, list]:
     return ds.to_dict()
 
 
-def _from_hub(spec: TaskSpec) -> tuple[dict, dict]:
+def _from_hub(spec: DatasetSpec) -> tuple[dict, dict]:
     if spec.hub is None or os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise DataError(
             f"no local data for task {spec.name!r}: pass --data-dir (a folder with {spec.name}/train.tsv and "
@@ -171,13 +171,13 @@ def load_task_data(
         raise DataError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or use --train-file/--validation-file)")
     if task is not None:
         base = TASKS[task]
-        spec = TaskSpec(
+        spec = DatasetSpec(
             base.name, text_column or base.text_column, text_pair_column or base.text_pair_column,
             label_column or base.label_column, num_labels or base.num_labels, base.metrics,
             base.train_file, base.dev_file, base.hub, base.hub_columns, base.label_words,
         )
     else:
-        spec = TaskSpec(
+        spec = DatasetSpec(
             "custom", text_column or "sentence", text_pair_column, label_column or "label", num_labels or 2,
             ("accuracy", "f1") if (num_labels or 2) == 2 else ("accuracy",),
         )
@@ -234,7 +234,7 @@ def load_task_data(
     return TaskData(spec=spec, train=out["train"], dev=out["dev"], label_names=label_names)
 
 
-def compute_metrics(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def compute_metrics(spec: DatasetSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and binary F1 with numpy (the `evaluate` library fetches metric code from the hub)."""
     preds = np.asarray(logits).argmax(-1)
     labels = np.asarray(labels)

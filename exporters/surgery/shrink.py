@@ -4,577 +4,31 @@ Why in ONNX and not only in PyTorch: a masked checkpoint exports dense-shaped ma
 Runtime gains nothing from zeros. Cutting the graph keeps the export path standard (any exporter,
 any HF version) while the shapes ORT sees get genuinely smaller.
 
-How the encoder is found (no node names are trusted, they differ between exporters):
-  attention — anchored on each Softmax fed (through Add/Mul/Div/Where/Cast) by MatMul(Q_heads, K_heads^T).
-      From there: Q and K go up through Transpose / scalar Mul|Div to a Reshape (split into heads), then
-      an optional bias Add and a MatMul with a constant [in, out] weight (or a packed QKV MatMul + Split);
-      the probabilities go down to MatMul(P, V_heads), then Transpose -> Reshape (merge heads) ->
-      MatMul(W_O) -> optional bias Add -> the residual Add.
-  FFN — anchored on a MatMul with constant weight W1 [H, F] whose output (after an optional bias Add)
-      flows only through element-wise ops (the activation; any GELU/ReLU/tanh-GELU decomposition) into
-      exactly one MatMul with constant weight W2 [F, H], then an optional bias Add and the residual Add.
-      Element-wise-only is what makes dropping a dim exact, so that is what we check, not a GELU shape.
-
-What is rewritten per layer:
-  heads — W_Q/W_K/W_V columns and biases, W_O rows (ONNX MatMul weights are [in, out]); every Reshape
-      on the head path gets a constant shape [0, 0, heads, head_size] / [0, 0, heads*head_size] (this
-      also replaces shapes the exporter computed with Shape/Gather/Concat, and lets ORT's fusion read the
-      per-layer head count); Split sizes of packed QKV.
-  FFN dims — W1 columns + b1, per-dim constants inside the activation, W2 rows.
-  A layer left with no head (no FFN dim) loses the whole block: its residual Add receives the output
-  bias instead, which is exactly what the empty block computed.
-Initializers are never edited in place: exporters share equal tensors between layers (copy on write).
+shrink() runs the passes: match (exporters.surgery.match) -> check the kept structure against the
+graph (validate) -> remove heads, remove FFN dims (rewrite) -> commit, drop dead nodes, check the
+graph -> compare outputs with the source. Fusion is the caller's step (exporters.optimize).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError, ValidationError
-
+from compress.core.errors import ArtifactError, InvalidConfigError
+from compress.core.record import LayerKeep, as_layer_keeps
 from exporters.graph import Graph, op_counts, param_count
+from exporters.surgery.match import detect_kept, find_layers
+from exporters.surgery.rewrite import layer_params, remove_ffn_dims, remove_heads
+from exporters.surgery.validate import check_kept, finalize
+from exporters.toolbox import assert_close
 
-# Ops that act on each feature independently (given scalar or per-feature constant operands).
-ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Neg", "Abs", "Erf", "Tanh", "Sigmoid", "Relu",
-    "LeakyRelu", "Elu", "Selu", "Softplus", "HardSigmoid", "HardSwish", "Mish", "Clip", "Gelu", "FastGelu",
-    "BiasGelu", "QuickGelu", "Cast", "Identity", "Dropout",
-}
-# Fused attention kernels carry num_heads and a packed layout we do not rewrite: shrink first.
-FUSED_ATTENTION = {"Attention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention", "GroupQueryAttention"}
-_PASS_SCORES = ("Add", "Mul", "Div", "Sub", "Where", "Cast")  # between QK^T and Softmax
-_PASS_PROBS = ("Cast", "Where", "Dropout", "Identity")  # between Softmax and P @ V
 
-
-# --------------------------------------------------------------------------------------- matched pieces
-@dataclass
-class Projection:
-    """y = x @ W (+ b), possibly one slice of a packed QKV projection followed by Split."""
-
-    matmul: onnx.NodeProto
-    add: onnx.NodeProto | None = None
-    bias_index: int = 0  # which input of `add` is the constant bias
-    split: onnx.NodeProto | None = None  # packed QKV: the Split node, and which of its outputs is ours
-    split_output: int = 0
-
-    @property
-    def output(self) -> str:
-        node = self.add or self.matmul
-        return node.output[0]
-
-
-@dataclass
-class AttentionBlock:
-    softmax: onnx.NodeProto
-    q: Projection
-    k: Projection
-    v: Projection
-    split_reshapes: list[onnx.NodeProto]
-    merge_reshape: onnx.NodeProto
-    o: Projection
-    residual: onnx.NodeProto
-    num_heads: int = 0
-    head_size: int = 0
-
-
-@dataclass
-class FfnBlock:
-    w1: Projection
-    activation: list[onnx.NodeProto]
-    per_dim_consts: list[tuple[onnx.NodeProto, int]]  # (node, input index) of [F]-shaped constants
-    w2: Projection
-    residual: onnx.NodeProto
-    width: int = 0
-
-
-@dataclass
-class Layer:
-    attention: AttentionBlock
-    ffn: FfnBlock
-    report: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------- matching
-def _where(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} node {node.name or node.output[0]!r}"
-
-
-def _skip_scalar_ops(g: Graph, name: str, ops=("Mul", "Div"), also=()) -> tuple[str, onnx.NodeProto | None]:
-    """Walk up through scalar Mul/Div (attention scaling) and `also` ops; return (tensor, its producer)."""
-    node = g.producer.get(name)
-    for _ in range(8):
-        if node is None:
-            break
-        if node.op_type in ops:
-            dynamic = [i for i in node.input if not g.is_scalar_const(i)]
-            if len(dynamic) != 1 or (node.op_type == "Div" and dynamic[0] != node.input[0]):
-                break
-            name = dynamic[0]
-        elif node.op_type in also:
-            name = node.input[0]
-        else:
-            break
-        node = g.producer.get(name)
-    return name, node
-
-
-def _projection_above(g: Graph, name: str, what: str, where: str) -> Projection:
-    """The (bias) MatMul that produces `name`, looking through scalar Mul/Div and a QKV Split."""
-    name, node = _skip_scalar_ops(g, name)
-    split, split_output = None, 0
-    if node is not None and node.op_type == "Split":
-        split, split_output = node, list(node.output).index(name)
-        name, node = _skip_scalar_ops(g, node.input[0])
-    add, bias_index = None, 0
-    if node is not None and node.op_type == "Add":
-        consts = [i for i, x in enumerate(node.input) if g.is_const(x)]
-        if len(consts) != 1:
-            raise GraphPatternError(f"{where}: the {what} projection's Add has no constant bias operand ({_where(node)})")
-        add, bias_index = node, consts[0]
-        node = g.producer.get(node.input[1 - bias_index])
-    if node is None or node.op_type != "MatMul":
-        found = _where(node) if node is not None else "a graph input"
-        raise GraphPatternError(f"{where}: expected the {what} projection MatMul, found {found}")
-    w = g.const(node.input[1])
-    if w is None or w.ndim != 2:
-        raise GraphPatternError(f"{where}: the {what} projection {_where(node)} has no constant 2-D weight")
-    if add is not None and g.const(add.input[bias_index]).shape != (w.shape[1],):
-        raise GraphPatternError(f"{where}: the {what} bias does not match its weight's output width")
-    return Projection(node, add, bias_index, split, split_output)
-
-
-def _compose(perms: list[list[int]]) -> list[int]:
-    """Permutation equivalent to applying `perms` in order (each as in ONNX Transpose)."""
-    out = list(range(len(perms[0]))) if perms else []
-    for p in perms:
-        out = [out[j] for j in p]
-    return out
-
-
-# Layout each head tensor must have relative to the [B, L, heads, head_size] Reshape: anything else
-# (e.g. heads interleaved differently) would make cutting contiguous column blocks wrong.
-Q_PERM, K_PERM, V_PERM, MERGE_PERM = [0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3], [0, 2, 1, 3]
-
-
-def _head_path(g: Graph, name: str, what: str, where: str, expect: list[int]) -> tuple[Projection, onnx.NodeProto]:
-    """From a per-head tensor up to its split Reshape (checking the Transposes on the way) and projection."""
-    perms = []
-    node = g.producer.get(name)
-    for _ in range(8):
-        if node is None:
-            break
-        if node.op_type == "Transpose":
-            perms.append(list(next(a.ints for a in node.attribute if a.name == "perm")))
-            name = node.input[0]
-        elif node.op_type in ("Mul", "Div"):
-            name, _ = _skip_scalar_ops(g, name)
-            if g.producer.get(name) is node:
-                break
-        else:
-            break
-        node = g.producer.get(name)
-    if node is None or node.op_type != "Reshape":
-        found = _where(node) if node is not None else "a graph input"
-        raise GraphPatternError(f"{where}: expected a Reshape splitting {what} into heads, found {found}")
-    layout = _compose(perms[::-1])
-    if layout != expect:
-        raise GraphPatternError(f"{where}: {what} heads are transposed with {layout}, expected {expect} (layout not recognised)")
-    return _projection_above(g, node.input[0], what, where), node
-
-
-def _scores_matmul(g: Graph, name: str, depth: int = 0) -> onnx.NodeProto | None:
-    """MatMul(Q, K^T) feeding the Softmax through mask Add / scale Mul / Where / Cast, else None."""
-    node = g.producer.get(name)
-    if node is None or depth > 6:
-        return None
-    if node.op_type == "MatMul" and not g.is_const(node.input[0]) and not g.is_const(node.input[1]):
-        return node
-    if node.op_type in _PASS_SCORES:
-        for inp in node.input:
-            if inp and not g.is_const(inp):
-                found = _scores_matmul(g, inp, depth + 1)
-                if found is not None:
-                    return found
-    return None
-
-
-def _follow_down(g: Graph, name: str, passthrough: tuple[str, ...]) -> tuple[str, onnx.NodeProto | None]:
-    node = g.sole_child(name)
-    while node is not None and node.op_type in passthrough:
-        name = node.output[0]
-        node = g.sole_child(name)
-    return name, node
-
-
-def _residual_after(g: Graph, proj: Projection, where: str) -> onnx.NodeProto:
-    node = g.sole_child(proj.output)
-    if node is None or node.op_type != "Add" or any(g.is_const(i) for i in node.input):
-        raise GraphPatternError(f"{where}: expected the block output {proj.output!r} to feed only a residual Add")
-    return node
-
-
-def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
-    """Match one attention block around `softmax`; None if this Softmax is not attention at all."""
-    scores = _scores_matmul(g, softmax.input[0])
-    if scores is None:
-        return None
-    where = f"attention at {_where(softmax)}"
-    q, q_reshape = _head_path(g, scores.input[0], "Q", where, Q_PERM)
-    k, k_reshape = _head_path(g, scores.input[1], "K", where, K_PERM)
-    probs, ctx = _follow_down(g, softmax.output[0], _PASS_PROBS)
-    if ctx is None or ctx.op_type != "MatMul" or ctx.input[0] != probs:
-        raise GraphPatternError(f"{where}: expected the probabilities to feed MatMul(P, V)")
-    v, v_reshape = _head_path(g, ctx.input[1], "V", where, V_PERM)
-    perms, merge = [], g.sole_child(ctx.output[0])
-    while merge is not None and merge.op_type == "Transpose":
-        perms.append(list(next(a.ints for a in merge.attribute if a.name == "perm")))
-        merge = g.sole_child(merge.output[0])
-    if merge is None or merge.op_type != "Reshape":
-        raise GraphPatternError(f"{where}: expected Transpose -> Reshape merging the heads after MatMul(P, V)")
-    if _compose(perms) != MERGE_PERM:
-        raise GraphPatternError(f"{where}: the context is transposed with {_compose(perms)} before merging, expected {MERGE_PERM}")
-    o_mm = g.sole_child(merge.output[0], "MatMul")
-    if o_mm is None or o_mm.input[0] != merge.output[0]:
-        raise GraphPatternError(f"{where}: expected the merged heads to feed the output projection MatMul")
-    o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
-    block = AttentionBlock(softmax, q, k, v, [q_reshape, k_reshape, v_reshape], merge, o, _residual_after(g, o, where))
-    return block
-
-
-def _bias_add_or_self(g: Graph, mm: onnx.NodeProto) -> str:
-    """Output of the MatMul's bias Add when there is one (a constant [out] operand), else of the MatMul."""
-    add = g.sole_child(mm.output[0], "Add")
-    w = g.const(mm.input[1])
-    if add is not None and w is not None and w.ndim == 2:
-        consts = [g.const(i) for i in add.input]
-        if sum(c is not None for c in consts) == 1 and any(c is not None and c.shape == (w.shape[1],) for c in consts):
-            return add.output[0]
-    return mm.output[0]
-
-
-def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
-    """Match x -> MatMul(W1) [+b1] -> element-wise activation -> MatMul(W2) [+b2] -> residual Add.
-    Returns None when `mm1` does not start such a block (most MatMuls don't)."""
-    w1 = g.const(mm1.input[1])
-    if w1 is None or w1.ndim != 2 or g.is_const(mm1.input[0]):
-        return None
-    width = w1.shape[1]
-    src = _bias_add_or_self(g, mm1)
-    region_tensors, region_nodes, per_dim, stops = {src}, [], [], []
-    frontier = [src]
-    while frontier:
-        tensor = frontier.pop()
-        if tensor in g.graph_outputs:
-            return None
-        for node in g.children(tensor):
-            if any(node is n for n in region_nodes) or any(node is s for s in stops):
-                continue
-            if node.op_type == "MatMul" and node.input[0] in region_tensors and node.input[1] not in region_tensors:
-                w2 = g.const(node.input[1])
-                if w2 is None or w2.ndim != 2 or w2.shape[0] != width:
-                    return None
-                stops.append(node)
-                continue
-            if node.op_type not in ELEMENTWISE:
-                return None
-            region_nodes.append(node)
-            for out in node.output:
-                if out and out not in region_tensors:
-                    region_tensors.add(out)
-                    frontier.append(out)
-    # Every other operand of the activation must be a constant (scalar, or one value per FFN dim, which
-    # is then sliced with the dims); an operand from elsewhere would mix dims and make cutting unsafe.
-    for node in region_nodes:
-        for i, inp in enumerate(node.input):
-            if not inp or inp in region_tensors:
-                continue
-            c = g.const(inp)
-            if c is None:
-                return None
-            if c.size != 1:
-                if c.shape[-1:] != (width,) or c.size != width:
-                    return None
-                per_dim.append((node, i))
-    if len(stops) != 1 or not region_nodes:
-        return None
-    w1_proj = Projection(mm1)
-    if src != mm1.output[0]:
-        add = g.producer[src]
-        w1_proj.add, w1_proj.bias_index = add, [g.is_const(i) for i in add.input].index(True)
-    w2_out = _bias_add_or_self(g, stops[0])
-    w2_proj = Projection(stops[0])
-    if w2_out != stops[0].output[0]:
-        add = g.producer[w2_out]
-        w2_proj.add, w2_proj.bias_index = add, [g.is_const(i) for i in add.input].index(True)
-    residual = g.sole_child(w2_out)
-    if residual is None or residual.op_type != "Add" or any(g.is_const(i) for i in residual.input):
-        return None  # e.g. a classifier head MatMul -> ReLU -> MatMul: no residual, not an encoder FFN
-    return FfnBlock(w1_proj, region_nodes, per_dim, w2_proj, residual, width)
-
-
-def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
-    """All encoder layers in graph order, and the head size used. Raises GraphPatternError naming what
-    is missing rather than returning a partial match."""
-    fused = [n for n in g.graph.node if n.op_type in FUSED_ATTENTION]
-    if fused:
-        raise GraphPatternError(
-            f"the graph already contains fused {fused[0].op_type} nodes; shrink the graph exported by "
-            "`compress export` before running the ORT optimizer (--optimize does this in the right order)"
-        )
-    attention = [b for b in (match_attention(g, s) for s in g.nodes("Softmax")) if b is not None]
-    ffns = [b for b in (match_ffn(g, m) for m in g.nodes("MatMul")) if b is not None]
-    if not attention:
-        raise GraphPatternError("no attention block found (no Softmax fed by MatMul(Q, K^T) from per-head Reshapes)")
-    if not ffns:
-        raise GraphPatternError("no FFN block found (no MatMul -> element-wise activation -> MatMul -> residual Add)")
-    if len(attention) != len(ffns):
-        raise GraphPatternError(
-            f"found {len(attention)} attention blocks but {len(ffns)} FFN blocks; layers whose attention or "
-            "FFN was already removed cannot be matched (shrink the original export instead)"
-        )
-    pos = g.index()
-    attention.sort(key=lambda b: pos[id(b.softmax)])
-    ffns.sort(key=lambda b: pos[id(b.w1.matmul)])
-    for i, (a, f) in enumerate(zip(attention, ffns)):
-        nxt = attention[i + 1] if i + 1 < len(attention) else None
-        if not pos[id(a.softmax)] < pos[id(f.w1.matmul)] or (nxt and not pos[id(f.w1.matmul)] < pos[id(nxt.softmax)]):
-            raise GraphPatternError(
-                f"layer {i}: attention and FFN blocks are not interleaved as in an encoder (a graph whose blocks "
-                "were already removed by an earlier shrink cannot be matched; shrink the original export)"
-            )
-    head_size = _head_size(g, attention, head_size)
-    for i, a in enumerate(attention):
-        width = _proj_width(g, a.q)
-        if width % head_size:
-            raise GraphPatternError(f"layer {i}: Q width {width} is not a multiple of head size {head_size}")
-        a.num_heads, a.head_size = width // head_size, head_size
-        for name, p in (("K", a.k), ("V", a.v)):
-            if _proj_width(g, p) != width:
-                raise GraphPatternError(f"layer {i}: {name} width {_proj_width(g, p)} differs from Q width {width}")
-        if g.const(a.o.matmul.input[1]).shape[0] != width:
-            raise GraphPatternError(f"layer {i}: output projection rows differ from the Q width {width}")
-    return [Layer(a, f) for a, f in zip(attention, ffns)], head_size
-
-
-def _proj_width(g: Graph, p: Projection) -> int:
-    w = g.const(p.matmul.input[1])
-    if p.split is None:
-        return w.shape[1]
-    sizes = _split_sizes(g, p.split, w.shape[1])
-    return sizes[p.split_output]
-
-
-def _split_sizes(g: Graph, split: onnx.NodeProto, total: int) -> list[int]:
-    axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
-    if axis not in (-1, 2):
-        raise GraphPatternError(f"{_where(split)} does not split the last axis; packed QKV layout not recognised")
-    if len(split.input) > 1 and split.input[1]:
-        sizes = g.const(split.input[1])
-        if sizes is None:
-            raise GraphPatternError(f"{_where(split)} has split sizes computed at run time")
-        return [int(s) for s in sizes]
-    attr = next((a for a in split.attribute if a.name == "split"), None)
-    if attr is not None:
-        return list(attr.ints)
-    n = len(split.output)
-    return [total // n] * n
-
-
-def _head_size(g: Graph, blocks: list[AttentionBlock], given: int | None) -> int:
-    """Head size from the split Reshapes' shape constants (last element), checked against `given`."""
-    found = set()
-    for b in blocks:
-        for r in b.split_reshapes:
-            last = _last_shape_element(g, r.input[1])
-            if last is not None and last > 0:
-                found.add(last)
-    if given is not None:
-        if found and found != {given}:
-            raise GraphPatternError(f"head size {given} was given but the graph's head reshapes use {sorted(found)}")
-        return given
-    if len(found) != 1:
-        raise GraphPatternError(
-            "could not read the head size from the graph's head reshapes; pass it (config.json next to the "
-            "ONNX file, compression.json, or --head-size)"
-        )
-    return found.pop()
-
-
-def _last_shape_element(g: Graph, name: str) -> int | None:
-    v = g.const(name)
-    if v is not None:
-        return int(v.reshape(-1)[-1]) if v.size else None
-    node = g.producer.get(name)
-    if node is not None and node.op_type == "Concat":
-        v = g.const(node.input[-1])
-        if v is not None and v.size:
-            return int(v.reshape(-1)[-1])
-    return None
-
-
-# --------------------------------------------------------------------------------------- kept structure
-def detect_kept(g: Graph, layers: list[Layer]) -> list[dict]:
-    """Per layer: heads whose W_O rows are not all zero, FFN dims whose W2 row is not all zero."""
-    kept = []
-    for layer in layers:
-        a, f = layer.attention, layer.ffn
-        wo = g.const(a.o.matmul.input[1])
-        d = a.head_size
-        heads = [h for h in range(a.num_heads) if np.any(wo[h * d : (h + 1) * d])]
-        w2 = g.const(f.w2.matmul.input[1])
-        dims = np.flatnonzero(np.any(w2 != 0, axis=1)).tolist()
-        kept.append({"heads_kept": heads, "ffn_dims_kept": dims})
-    return kept
-
-
-def _check_kept(g: Graph, layers: list[Layer], kept: list[dict]) -> None:
-    """kept (from compression.json) must index this graph and only drop structures that are zero;
-    anything else means the graph and the json don't belong together."""
-    if len(kept) != len(layers):
-        raise ArtifactError(f"compression.json describes {len(kept)} layers but the graph has {len(layers)}")
-    for i, (layer, k) in enumerate(zip(layers, kept)):
-        a, f = layer.attention, layer.ffn
-        heads, dims = list(k["heads_kept"]), list(k["ffn_dims_kept"])
-        if any(not 0 <= h < a.num_heads for h in heads) or len(set(heads)) != len(heads):
-            raise ArtifactError(f"layer {i}: heads_kept {heads} do not index the graph's {a.num_heads} heads")
-        if any(not 0 <= j < f.width for j in dims) or len(set(dims)) != len(dims):
-            raise ArtifactError(f"layer {i}: ffn_dims_kept do not index the graph's {f.width} FFN dims")
-        live = detect_kept(g, [layer])[0]
-        lost_heads = sorted(set(live["heads_kept"]) - set(heads))
-        lost_dims = sorted(set(live["ffn_dims_kept"]) - set(dims))
-        if lost_heads or lost_dims:
-            what = f"heads {lost_heads}" if lost_heads else f"{len(lost_dims)} FFN dims (e.g. {lost_dims[:5]})"
-            raise ArtifactError(
-                f"layer {i}: compression.json marks {what} as pruned but their output weights in the graph are "
-                "not zero; the ONNX file does not come from this checkpoint (re-export it)"
-            )
-
-
-# --------------------------------------------------------------------------------------- rewriting
-def _replace_const(g: Graph, node: onnx.NodeProto, i: int, array: np.ndarray, hint: str) -> None:
-    """Copy-on-write: a new initializer for this use only (the old one may be shared)."""
-    old = g.const(node.input[i])
-    g.set_input(node, i, g.add_initializer(array.astype(old.dtype, copy=False), hint))
-
-
-def _slice_projection_out(g: Graph, p: Projection, cols: np.ndarray, hint: str) -> None:
-    w = g.const(p.matmul.input[1])
-    _replace_const(g, p.matmul, 1, w[:, cols], f"{hint}.weight")
-    if p.add is not None:
-        _replace_const(g, p.add, p.bias_index, g.const(p.add.input[p.bias_index])[cols], f"{hint}.bias")
-
-
-def _shape_const(g: Graph, cache: dict, dims: tuple[int, ...]) -> str:
-    if dims not in cache:
-        cache[dims] = g.add_initializer(np.array(dims, dtype=np.int64), "shrunk_shape_" + "_".join(map(str, dims)))
-    return cache[dims]
-
-
-def _set_reshape(g: Graph, reshape: onnx.NodeProto, shape_name: str) -> None:
-    """Constant target shape with 0 = copy the input's dim (batch, sequence): allowzero must be 0."""
-    g.set_input(reshape, 1, shape_name)
-    for attr in reshape.attribute:
-        if attr.name == "allowzero":
-            attr.i = 0
-
-
-def _bypass(g: Graph, residual: onnx.NodeProto, block_out: str, bias: Projection, hint: str) -> None:
-    """Drop a whole block: the residual Add now adds the block's output bias (what an empty block computes)."""
-    w = g.const(bias.matmul.input[1])
-    if bias.add is not None:
-        b = g.const(bias.add.input[bias.bias_index])
-    else:
-        b = np.zeros(w.shape[1], dtype=w.dtype)
-    name = g.add_initializer(b.astype(w.dtype, copy=False), hint)
-    for i, inp in enumerate(residual.input):
-        if inp == block_out:
-            g.set_input(residual, i, name)
-
-
-def _shrink_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int], shapes: dict) -> None:
-    d = a.head_size
-    if not heads:
-        _bypass(g, a.residual, a.o.output, a.o, f"layer{i}.attention.output.bias")
-        return
-    if heads != list(range(a.num_heads)):
-        cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads])
-        if any(p.split is not None for p in (a.q, a.k, a.v)):
-            _shrink_packed_qkv(g, i, a, cols)
-        else:
-            done: set[int] = set()  # dynamo's CSE can merge identical (e.g. all-zero) Q/K/V into one node
-            for name, p in (("query", a.q), ("key", a.k), ("value", a.v)):
-                if id(p.matmul) not in done:
-                    _slice_projection_out(g, p, cols, f"layer{i}.attention.{name}")
-                    done.add(id(p.matmul))
-        wo = g.const(a.o.matmul.input[1])
-        _replace_const(g, a.o.matmul, 1, wo[cols, :], f"layer{i}.attention.output.weight")
-    # Constant head shapes even when nothing was cut: ORT's attention fusion reads the per-layer head
-    # count from them (it cannot from the exporter's [B, L, -1, d] computed with Shape/Concat).
-    n = len(heads)
-    for r in a.split_reshapes:
-        _set_reshape(g, r, _shape_const(g, shapes, (0, 0, n, d)))
-    _set_reshape(g, a.merge_reshape, _shape_const(g, shapes, (0, 0, n * d)))
-
-
-def _shrink_packed_qkv(g: Graph, i: int, a: AttentionBlock, cols: np.ndarray) -> None:
-    """One MatMul [H, 3*w] + Split into Q, K, V: slice each segment, rewrite the split sizes."""
-    if not (a.q.matmul is a.k.matmul is a.v.matmul) or not (a.q.split is a.k.split is a.v.split):
-        raise GraphPatternError(f"layer {i}: Q/K/V are partly packed; layout not recognised")
-    w = g.const(a.q.matmul.input[1])
-    sizes = _split_sizes(g, a.q.split, w.shape[1])
-    offsets = np.cumsum([0] + sizes[:-1])
-    order = [a.q.split_output, a.k.split_output, a.v.split_output]
-    if sorted(order) != list(range(len(sizes))) or len(sizes) != 3:
-        raise GraphPatternError(f"layer {i}: packed QKV Split does not have exactly the Q, K, V outputs")
-    all_cols = np.concatenate([offsets[j] + cols for j in range(3)])
-    _slice_projection_out(g, a.q, all_cols, f"layer{i}.attention.qkv")
-    new_sizes = np.array([len(cols)] * 3, dtype=np.int64)
-    split = a.q.split
-    if len(split.input) > 1 and split.input[1]:
-        g.set_input(split, 1, g.add_initializer(new_sizes, f"layer{i}.attention.qkv.split"))
-    for attr in split.attribute:
-        if attr.name == "split":
-            del attr.ints[:]
-            attr.ints.extend(new_sizes.tolist())
-
-
-def _shrink_ffn(g: Graph, i: int, f: FfnBlock, dims: list[int]) -> None:
-    if not dims:
-        _bypass(g, f.residual, f.w2.output, f.w2, f"layer{i}.ffn.output.bias")
-        return
-    if dims == list(range(f.width)):
-        return
-    idx = np.asarray(dims, dtype=np.int64)
-    _slice_projection_out(g, f.w1, idx, f"layer{i}.ffn.in")
-    for node, j in f.per_dim_consts:
-        c = g.const(node.input[j])
-        _replace_const(g, node, j, c.reshape(-1)[idx].reshape(c.shape[:-1] + (len(idx),)), f"layer{i}.ffn.act.const")
-    w2 = g.const(f.w2.matmul.input[1])
-    _replace_const(g, f.w2.matmul, 1, w2[idx, :], f"layer{i}.ffn.out.weight")
-
-
-def _layer_params(layer: Layer, hidden: int, attn_width: int, ffn_width: int) -> int:
-    """Weights + biases of one layer's Q/K/V/O and FFN projections at the given widths. The output
-    biases of a removed block stay (they are added to the residual), so they always count."""
-    a, f = layer.attention, layer.ffn
-    total = 4 * hidden * attn_width + 2 * hidden * ffn_width
-    if attn_width:
-        total += sum(attn_width for p in (a.q, a.k, a.v) if p.add is not None)
-    if ffn_width and f.w1.add is not None:
-        total += ffn_width
-    total += hidden * ((a.o.add is not None) + (f.w2.add is not None))
-    return total
-
-
-# --------------------------------------------------------------------------------------- entry point
 def shrink(
     model: onnx.ModelProto,
-    kept: list[dict] | None = None,
+    kept: list[LayerKeep] | list[dict] | None = None,
     num_heads: int | None = None,
     head_size: int | None = None,
     *,
@@ -584,7 +38,7 @@ def shrink(
     """Remove the heads / FFN dims not listed in `kept` (or, when kept is None, those whose output
     weights are all zero) and return (new model, report). The input model is not modified.
 
-    kept: per layer {"heads_kept": [...], "ffn_dims_kept": [...]} indexing the graph's current heads/dims
+    kept: per layer LayerKeep (or compression.json's {"heads_kept": [...], "ffn_dims_kept": [...]}) indexing the graph's current heads/dims
     (compression.json's `layers` for a dense export). num_heads: the dense head count the indices refer
     to, checked against the graph. head_size: read from the graph when None.
     With sample_inputs, ORT outputs of the result are compared to the input model's (atol) and a
@@ -604,29 +58,23 @@ def shrink(
     if kept is None:
         kept = detect_kept(g, layers)
     else:
-        _check_kept(g, layers, kept)
+        kept = as_layer_keeps(kept)
+        check_kept(g, layers, kept)
+    heads_kept = [list(k.heads) for k in kept]
+    dims_kept = [list(k.ffn_dims) for k in kept]
 
     params_before, nodes_before = param_count(out), len(out.graph.node)
-    shapes: dict = {}
-    for i, (layer, k) in enumerate(zip(layers, kept)):
-        heads = sorted(int(h) for h in k["heads_kept"])
-        dims = sorted(int(j) for j in k["ffn_dims_kept"])
+    for i, layer in enumerate(layers):
         a, f = layer.attention, layer.ffn
         hidden = g.const(a.o.matmul.input[1]).shape[1]
         layer.report = {
             "layer": i,
-            "heads_before": a.num_heads,
-            "heads_after": len(heads),
-            "heads_kept": heads,
-            "ffn_before": f.width,
-            "ffn_after": len(dims),
-            "attention_removed": not heads,
-            "ffn_removed": not dims,
-            "params_before": _layer_params(layer, hidden, a.num_heads * head_size, f.width),
-            "params_after": _layer_params(layer, hidden, len(heads) * head_size, len(dims)),
+            "params_before": layer_params(layer, hidden, a.num_heads * head_size, f.width),
+            "params_after": layer_params(layer, hidden, len(heads_kept[i]) * head_size, len(dims_kept[i])),
         }
-        _shrink_attention(g, i, a, heads, shapes)
-        _shrink_ffn(g, i, f, dims)
+    changes = zip(remove_heads(g, layers, heads_kept), remove_ffn_dims(g, layers, dims_kept))
+    for layer, (heads, ffn) in zip(layers, changes):
+        layer.report = {"layer": layer.report["layer"], **heads, **ffn, **{k: v for k, v in layer.report.items() if k != "layer"}}
     g.commit()
     g.prune_dead()
     finalize(out)
@@ -645,89 +93,24 @@ def shrink(
     return out, report
 
 
-def normalize_heads(model: onnx.ModelProto, head_size: int | None = None) -> onnx.ModelProto:
-    """Same graph, but every head Reshape gets a constant [0, 0, heads, head_size] shape. Nothing is
-    removed; this is what lets ORT's Attention fusion read the head count of a dense export too."""
-    out = copy.deepcopy(model)
-    g = Graph(out)
-    layers, _ = find_layers(g, head_size)
-    shapes: dict = {}
-    for i, layer in enumerate(layers):
-        _shrink_attention(g, i, layer.attention, list(range(layer.attention.num_heads)), shapes)
-    g.commit()
-    g.prune_dead()
-    finalize(out)
-    return out
-
-
-def finalize(model: onnx.ModelProto) -> None:
-    """Drop shape annotations (stale after surgery) and check the model.
-
-    They are not re-inferred on purpose: with value_info present, ORT's own runtime optimizer fuses
-    the FFN output Add + residual + LayerNorm into SkipLayerNormalization, which the fresh exports it
-    would be compared with don't get — and that kernel is several times slower than Add + LayerNorm
-    on our CPU (ORT 1.31). A shrunk graph should differ from its source only in size. (Stale
-    value_info also breaks quantize_dynamic; see DESIGN.md.)"""
-    del model.graph.value_info[:]
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        raise ValidationError(f"the rewritten graph fails onnx.checker: {e}") from None
-
-
-# --------------------------------------------------------------------------------------- comparing
-def session(model: onnx.ModelProto, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types; the message is what matters
-        raise ValidationError(f"ONNX Runtime cannot load the graph: {str(e).splitlines()[0]}") from None
-
-
-def run(model_or_session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = session(model_or_session) if isinstance(model_or_session, onnx.ModelProto) else model_or_session
-    names = {i.name for i in sess.get_inputs()}
-    outs = sess.run(None, {k: v for k, v in feeds.items() if k in names})
-    return {o.name: v for o, v in zip(sess.get_outputs(), outs)}
-
-
-def assert_close(reference: onnx.ModelProto, candidate: onnx.ModelProto, sample_inputs, atol: float, what: str) -> float:
-    """Max |candidate - reference| over every output and sample batch; ValidationError above atol."""
-    ref_s, cand_s = session(reference), session(candidate)
-    worst = 0.0
-    for feeds in sample_inputs:
-        ref, cand = run(ref_s, feeds), run(cand_s, feeds)
-        for name, r in ref.items():
-            if name not in cand or cand[name].shape != r.shape:
-                raise ValidationError(f"{what}: output {name!r} is missing or has shape "
-                                      f"{getattr(cand.get(name), 'shape', None)} instead of {r.shape}")
-            worst = max(worst, float(np.max(np.abs(cand[name].astype(np.float64) - r))) if r.size else 0.0)
-    if not worst <= atol:
-        raise ValidationError(f"{what} differs from its source by {worst:.3g} (max abs) > atol {atol:g}")
-    return worst
-
-
-# --------------------------------------------------------------------------------------- files
 def shrink_file(
     src: str | Path,
     dst: str | Path,
-    kept: list[dict] | None = None,
+    kept: list[LayerKeep] | list[dict] | None = None,
     num_heads: int | None = None,
     head_size: int | None = None,
     *,
-    optimize: bool = False,
     atol: float = 1e-4,
     overwrite: bool = False,
+    optimize=None,
 ) -> dict:
     """shrink() on files: checked against `src` on tokenized sentences (tokenizer files next to src)
-    or random ids, optionally ORT-fused, then written atomically to `dst`. Returns the report."""
-    from compress.core.artifacts import atomic_file
+    or random ids, then written atomically to `dst`. Returns the report.
 
-    from exporters.toolbox import load_tokenizer, sample_inputs, vocab_size_from_graph
+    optimize: a callable (model, sample_inputs, atol) -> (model, report) run on the shrunk graph
+    before it is written, e.g. exporters.optimize.optimize; the caller picks it, shrink does not fuse."""
+    from compress.core.artifacts import atomic_file
+    from exporters.toolbox import load_tokenizer, sample_inputs, vocab_size
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -740,12 +123,10 @@ def shrink_file(
         model = onnx.load(str(src))
     except Exception as e:  # protobuf DecodeError and friends
         raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from None
-    batches = sample_inputs([i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size_from_graph(model))
+    batches = sample_inputs([i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size(model, src.parent))
     new, report = shrink(model, kept, num_heads, head_size, sample_inputs=batches, atol=atol)
-    if optimize:
-        from exporters.optimize import optimize as ort_optimize
-
-        new, report["optimize"] = ort_optimize(new, batches, atol)
+    if optimize is not None:
+        new, report["optimize"] = optimize(new, batches, atol)
     with atomic_file(dst) as tmp:
         onnx.save(new, str(tmp))
     return report
