@@ -6,10 +6,9 @@ fields, `train` and `distill` nest inside it); it is saved into the output as re
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -91,18 +90,17 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         # 1. prune
         console.rule("[bold]1/5 prune")
         t = time.time()
-        cfg.prune.train.output_dir = str(tmp / "pruned")
-        cfg.prune.train.overwrite = True
-        prune(cfg.prune, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student)
+        # Copies: the caller's config stays as given (it is what recipe.json and summary.json record).
+        prune_cfg = replace(cfg.prune, train=replace(cfg.prune.train, overwrite=True))
+        prune(prune_cfg, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
         pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
         if cfg.fill_steps:
             console.rule("[bold]1b/5 fill (hybrid-filled)")
             t = time.time()
-            fill = copy.deepcopy(cfg.prune)
-            fill.method, fill.source, fill.lambda_reg, fill.sparsity = "hybrid-filled", str(pruned), None, None
-            fill.train.max_steps, fill.train.output_dir = cfg.fill_steps, str(tmp / "filled")
-            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir))
+            fill = replace(prune_cfg, method="hybrid-filled", source=str(pruned), lambda_reg=None, sparsity=None,
+                           train=replace(prune_cfg.train, max_steps=cfg.fill_steps))
+            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
             pruned = tmp / "filled"
             timings["fill"] = time.time() - t
         info = read_compression_json(pruned)  # what was written, geometry and checksums included

@@ -50,7 +50,7 @@ def add_train_args(p: argparse.ArgumentParser, epochs: float = 1.0, lr: float = 
 
 def train_config(a) -> TrainConfig:
     return TrainConfig(
-        output_dir=a.output, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
+        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
         lr=a.lr, weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, seed=a.seed, save_steps=a.save_steps,
         logging_steps=a.logging_steps, max_train_samples=a.max_train_samples, max_eval_samples=a.max_eval_samples,
         resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress,

@@ -12,5 +12,5 @@ def register(sub):
 def run(a):
     from compress.training.driver import finetune
 
-    info = finetune(train_config(a), data_args(a), a.model)
+    info = finetune(train_config(a), data_args(a), a.model, output=a.output)
     print_summary(info, a.output)

@@ -44,7 +44,7 @@ def run(a):
         score_lr=a.score_lr, score_init=a.score_init, head_lr=a.head_lr, source=a.source, label_words=a.label_words, train=train_config(a),
         distill=DistillConfig(teacher=a.teacher, alpha_ce=a.alpha_ce, alpha_teacher=a.alpha_teacher, temperature=a.temperature),
     )
-    info = prune(cfg, data_args(a), a.model)
+    info = prune(cfg, data_args(a), a.model, output=a.output)
     print_summary(info, a.output)
 
 

@@ -1,4 +1,5 @@
-"""Configuration dataclasses. Every field is a hyper-parameter recorded in compression.json."""
+"""Configuration dataclasses. Every field is a hyper-parameter recorded in compression.json; output
+paths are arguments of the functions that write them, never config fields."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ class DistillConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/prune"
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = 32

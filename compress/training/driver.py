@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -104,13 +105,14 @@ def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callbacks: list | None = None) -> dict:
-    """Run one pruning method end to end; returns the compression.json content."""
+def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, *, output: str | os.PathLike,
+          callbacks: list | None = None) -> dict:
+    """Run one pruning method end to end, writing the checkpoint to `output`; returns the compression.json content."""
     cfg.validate()
     method = get_method(cfg.method)
     t = cfg.train
     if not t.resume:
-        check_output_dir(t.output_dir, t.overwrite)
+        check_output_dir(output, t.overwrite)
     if method.needs_source and not cfg.source:
         raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
     if method.targets_sparsity is False and cfg.sparsity is not None and method.binarizer != "fixed":
@@ -128,7 +130,7 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     if cfg.distill.teacher:
         load_config(resolve_model(cfg.distill.teacher))
     if t.resume:
-        _require_checkpoint(t)
+        _require_checkpoint(output)
     tokenizer = load_tokenizer(model_name)
     template = None
     if cfg.label_words:
@@ -171,7 +173,7 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         # Only the fresh head trains with the frozen encoder; at a fine-tuning lr it stays near its random
         # init for a whole short run (SMP-S at 50% stayed at the majority class with lr 3e-5).
         t = replace(t, lr=cfg.head_lr)
-    stats = train(student, tokenizer, td.train, t, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
+    stats = train(student, tokenizer, td.train, t, output, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
                   callbacks=callbacks)
 
     pruner.finalize()
@@ -182,12 +184,13 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     rep = sparsity_report(student)
     info = {
         "method": method.name,
-        "base_model": model_name,
+        # hybrid-filled: the model it all started from, not the intermediate hybrid result
+        "base_model": (source_info or {}).get("base_model", model_name),
         "teacher": cfg.distill.teacher,
         "task": td.spec.name,
         "recipe": {"binarizer": method.binarizer, "train_weights": method.train_weights,
                    "score_lr": score_lr, "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
-                   "lambda_final": pruner.lam_final if method.regularised else None, **cfg.to_dict()},
+                   "lambda_final": pruner.lam_final if method.regularised else None, **_recorded(cfg, output)},
         **rep,
         "metrics": metrics,
         "training": {k: v for k, v in stats.items() if k != "is_main_process"},
@@ -197,9 +200,9 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     elif not method.train_weights:
         info["smp_note"] = SMP_NOTE
     if stats["is_main_process"]:  # under DDP only rank 0 writes
-        save_model_dir(student, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
+        save_model_dir(student, tokenizer, output, info, overwrite=t.overwrite or t.resume,
                        sample=_sample_batch(td, tokenizer, student), reload=_reloader(info))
-        _cleanup_checkpoints(t)
+        _cleanup_checkpoints(output)
     return info
 
 
@@ -224,41 +227,50 @@ def _reloader(info: dict):
     return load
 
 
-def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None) -> dict:
-    """Dense fine-tuning (a teacher or a baseline) with the same data plumbing."""
+def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
+    """Dense fine-tuning (a teacher or a baseline) with the same data plumbing, written to `output`."""
     if not t.resume:
-        check_output_dir(t.output_dir, t.overwrite)
+        check_output_dir(output, t.overwrite)
     model_name = resolve_model(model_name)
     load_config(model_name)
     if t.resume:
-        _require_checkpoint(t)
+        _require_checkpoint(output)
     tokenizer = load_tokenizer(model_name)
     td = _load_data(data, tokenizer, t)
     torch.manual_seed(t.seed)
     model = load_classifier(model_name, td.num_labels)
-    stats = train(model, tokenizer, td.train, t)
+    stats = train(model, tokenizer, td.train, t, output)
     metrics = _evaluate(model, td, tokenizer, t)
     info = {"method": None, "base_model": model_name, "task": td.spec.name, "recipe": {"train": vars(t)},
             **sparsity_report(model), "metrics": metrics,
             "training": {k: v for k, v in stats.items() if k != "is_main_process"}}
     if stats["is_main_process"]:
-        save_model_dir(model, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
+        save_model_dir(model, tokenizer, output, info, overwrite=t.overwrite or t.resume,
                        sample=_sample_batch(td, tokenizer, model))
-        _cleanup_checkpoints(t)
+        _cleanup_checkpoints(output)
     return info
 
 
-def _require_checkpoint(t: TrainConfig) -> None:
-    ckpt = checkpoint_dir(t.output_dir)
+def _recorded(cfg: PruneConfig, output) -> dict:
+    """The config as recorded in compression.json: a --source beside the output is written relative to
+    the output folder, so the record stays true after the folder (or its parent) is moved or renamed."""
+    d = cfg.to_dict()
+    if cfg.source:
+        d["source"] = os.path.relpath(os.path.abspath(cfg.source), os.path.abspath(output))
+    return d
+
+
+def _require_checkpoint(output) -> None:
+    ckpt = checkpoint_dir(output)
     if not (ckpt.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt.iterdir())):
         raise InvalidConfigError(f"--resume: no checkpoint found in {ckpt}; run without --resume to start fresh")
 
 
-def _cleanup_checkpoints(t: TrainConfig) -> None:
+def _cleanup_checkpoints(output) -> None:
     import shutil
 
-    ckpt = checkpoint_dir(t.output_dir)
-    if ckpt.is_dir() and not getattr(t, "keep_checkpoints", False):
+    ckpt = checkpoint_dir(output)
+    if ckpt.is_dir():
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
