@@ -37,7 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _env() -> dict:
-    from compress.bench import BenchConfig, environment
+    from compress.ort.bench import BenchConfig, environment
 
     env = environment(BenchConfig())
     env["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -62,7 +62,7 @@ def random_structures(geo, n: int, seed: int) -> list[list[dict]]:
 
 
 def part_table(a) -> dict:
-    from compress.models import resolve_model
+    from compress.training.models import resolve_model
     from compress.speed.latency import DeployConfig, DeployGraphs, load_or_build_table, parse_shape, time_graphs
 
     model = resolve_model(a.model)
@@ -114,9 +114,9 @@ def part_table(a) -> dict:
 
 
 def part_targets(a) -> dict:
-    from compress.bench import BenchConfig, onnx_runner, run_benchmark
-    from compress.quantize import QuantizeConfig, quantize_onnx
-    from exporters.onnx_export import export_checkpoint
+    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
+    from compress.ort.quantize import QuantizeConfig, quantize_onnx
+    from exporters.export import export_checkpoint
 
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)

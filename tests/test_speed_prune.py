@@ -9,16 +9,16 @@ import pytest
 import torch
 
 import helpers as h
-from compress.config import DistillConfig, PruneConfig, TrainConfig
-from compress.errors import InvalidConfigError
-from compress.methods import get_method
-from compress.prune import DataArgs, prune
-from compress.pruner import Pruner
+from compress.core.config import DistillConfig, PruneConfig, TrainConfig
+from compress.core.errors import InvalidConfigError
+from compress.pruning.methods import get_method
+from compress.training.driver import DataArgs, prune
+from compress.pruning.pruner import Pruner
 from compress.speed.budget import Target, marginal_step, resolve_target
 from compress.speed.budgeted import SpeedPlan
 from compress.speed.latency import LatencyTable, flops_table
-from compress.structure import geometry, layer_linears
-from compress.training import StudentWithLoss
+from compress.core.structure import geometry, layer_linears
+from compress.training.loop import StudentWithLoss
 
 
 def _plan(model, fraction=0.5, table=None):
@@ -125,13 +125,17 @@ def workspace(tmp_path_factory):
     return d
 
 
-def _cfg(d, out, steps=16, **kw):
-    return PruneConfig(method=kw.pop("method", "struct"), train=TrainConfig(output_dir=str(d / out), max_steps=steps, batch_size=8,
-                                                                             progress=False, save_steps=1000, logging_steps=1000), **kw)
+def _cfg(steps=16, **kw):
+    return PruneConfig(method=kw.pop("method", "struct"), train=TrainConfig(max_steps=steps, batch_size=8, progress=False,
+                                                                             save_steps=1000, logging_steps=1000), **kw)
+
+
+def _prune(d, out, cfg):
+    return prune(cfg, DataArgs(task="sst2", data_dir=str(d / "data")), str(d / "base"), output=d / out)
 
 
 def test_prune_with_target_speedup_meets_its_table(workspace, monkeypatch):
-    from compress.models import load_config
+    from compress.training.models import load_config
     from compress.speed.latency import DeployConfig, cache_path, table_key
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(workspace / "cache"))
@@ -142,8 +146,7 @@ def test_prune_with_target_speedup_meets_its_table(workspace, monkeypatch):
     attn = [0.0, 0.30, 0.40, 0.50, 0.60]
     ffn = [0.0, 0.10, 0.16, 0.30, 0.55]
     LatencyTable(key, 2, 4, 128, 0.5, attn, [0, 16, 32, 64, 128], ffn, 0.5 + 2 * (0.6 + 0.55)).save(cache_path(key))
-    cfg = _cfg(d, "fast", target_speedup=1.6, deploy_shape="2x16", deploy_threads=1, ffn_block=16)
-    info = prune(cfg, DataArgs(task="sst2", data_dir=str(d / "data")), str(d / "base"))
+    info = _prune(d, "fast", _cfg(target_speedup=1.6, deploy_shape="2x16", deploy_threads=1, ffn_block=16))
     sp = info["speed"]
     table = LatencyTable.load(sp["table"]["cache_file"])
     budget = table.baseline_ms / 1.6
@@ -159,7 +162,7 @@ def test_prune_with_target_speedup_meets_its_table(workspace, monkeypatch):
 
 def test_prune_with_target_flops_is_hardware_free(workspace):
     d = workspace
-    info = prune(_cfg(d, "flops", target_flops=0.5, ffn_block=16), DataArgs(task="sst2", data_dir=str(d / "data")), str(d / "base"))
+    info = _prune(d, "flops", _cfg(target_flops=0.5, ffn_block=16))
     sp = info["speed"]
     assert sp["unit"] == "MFLOP" and "measured" not in sp
     assert sp["predicted"] <= sp["budget"] + 1e-6 and sp["predicted_speedup"] >= 2.0 - 1e-6
@@ -175,7 +178,7 @@ def test_prune_with_target_flops_is_hardware_free(workspace):
 def test_prune_target_errors(workspace, kw, match):
     d = workspace
     with pytest.raises(InvalidConfigError, match=match):
-        prune(_cfg(d, "bad", **kw), DataArgs(task="sst2", data_dir=str(d / "data")), str(d / "base"))
+        _prune(d, "bad", _cfg(**kw))
     assert not (d / "bad").exists()
 
 
@@ -190,7 +193,7 @@ def test_cli_target_flags(workspace, capsys):
 
 def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkeypatch):
     from compress.cli import main
-    from compress.models import load_config
+    from compress.training.models import load_config
     from compress.speed.latency import DeployConfig, cache_path, table_key
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))

@@ -6,8 +6,8 @@ budget solver that picks the kept heads / FFN dims meeting a latency or FLOPs bu
   budget.py   solve_budget: importance per head / FFN dim + a table -> kept structure under a budget
 """
 
-from .budget import BudgetResult, Target, resolve_target, solve_budget
-from .latency import DeployConfig, LatencyTable, flops_table, load_or_build_table
+from compress.speed.budget import BudgetResult, Target, resolve_target, solve_budget
+from compress.speed.latency import DeployConfig, LatencyTable, flops_table, load_or_build_table
 
 __all__ = ["BudgetResult", "DeployConfig", "LatencyTable", "Target", "flops_table", "load_or_build_table",
            "resolve_target", "solve_budget"]

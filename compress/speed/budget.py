@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidConfigError
-from .latency import LatencyTable
+from compress.core.errors import InvalidConfigError
+from compress.speed.latency import LatencyTable
 
 
 @dataclass

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InvalidConfigError
-from .budget import BudgetResult, Target, resolve_target, solve_budget
-from .latency import DeployConfig, LatencyTable
+from compress.core.errors import InvalidConfigError
+from compress.speed.budget import BudgetResult, Target, resolve_target, solve_budget
+from compress.speed.latency import DeployConfig, LatencyTable
 
 BUDGET_METHODS = ("struct", "hybrid")
 
@@ -148,7 +148,7 @@ def target_from(cfg) -> Target | None:
 
 
 def deploy_from(cfg) -> DeployConfig:
-    from .latency import parse_shape
+    from compress.speed.latency import parse_shape
 
     batch, seq = parse_shape(cfg.deploy_shape)
     d = DeployConfig(precision=cfg.deploy, batch=batch, seq=seq, threads=cfg.deploy_threads, provider=cfg.deploy_provider)
@@ -167,13 +167,13 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
     if cfg.lambda_reg is not None or cfg.sparsity is not None:
         raise InvalidConfigError("a speed target sets the final structure: drop --lambda / --sparsity")
     if target.kind == "flops":
-        from ..models import load_config
-        from ..structure import geometry
+        from compress.training.models import load_config
+        from compress.core.structure import geometry
 
         d = deploy_from(cfg)
         table = flops_table_for(load_config(model_name), d)
         return SpeedPlan(target, table, resolve_target(target, table), None)
-    from .latency import load_or_build_table
+    from compress.speed.latency import load_or_build_table
 
     deploy = deploy_from(cfg)
     table, path, cached = load_or_build_table(model_name, deploy, progress=progress)
@@ -181,8 +181,8 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
 
 
 def flops_table_for(config, deploy: DeployConfig) -> LatencyTable:
-    from ..structure import geometry
-    from .latency import flops_table, model_key
+    from compress.core.structure import geometry
+    from compress.speed.latency import flops_table, model_key
 
     return flops_table(geometry(config), deploy.batch, deploy.seq, model_key(config))
 
@@ -215,7 +215,7 @@ def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int 
     import copy
     import tempfile
 
-    from .latency import DeployGraphs, time_graphs
+    from compress.speed.latency import DeployGraphs, time_graphs
 
     d = copy.copy(deploy)
     d.repeats = repeats

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_file
-from ..errors import ArtifactError, InvalidConfigError
+from compress.core.artifacts import atomic_file
+from compress.core.errors import ArtifactError, InvalidConfigError
 
 TABLE_FORMAT = 1
 PRECISIONS = ("fp32", "int8")
@@ -150,9 +150,12 @@ class LatencyTable:
                                      f"a table of {self.num_layers} layers")
         return self.fixed_ms + sum(self.layer_ms(h, f) for h, f in zip(heads_per_layer, ffn_per_layer))
 
-    def predict_kept(self, kept: list[dict]) -> float:
-        """predict_ms for compression.json's `layers` (lists of kept head / dim indices)."""
-        return self.predict_ms([len(k["heads_kept"]) for k in kept], [len(k["ffn_dims_kept"]) for k in kept])
+    def predict_kept(self, kept) -> float:
+        """predict_ms for a kept structure: LayerKeeps or compression.json's `layers` entries."""
+        from compress.core.record import as_layer_keeps
+
+        kept = as_layer_keeps(kept)
+        return self.predict_ms([len(k.heads) for k in kept], [len(k.ffn_dims) for k in kept])
 
     @property
     def predicted_dense_ms(self) -> float:
@@ -235,7 +238,7 @@ def cache_dir() -> Path:
 
 
 def model_key(config) -> dict:
-    from ..structure import geometry
+    from compress.core.structure import geometry
 
     geo = geometry(config)
     return {"model_type": config.model_type, "num_layers": geo.num_layers, "num_heads": geo.num_heads,
@@ -248,7 +251,7 @@ def table_key(config, deploy: DeployConfig) -> dict:
     same shape (a teacher and its student) share a table."""
     import onnxruntime as ort
 
-    from ..bench import cpu_flags, cpu_model, gpu_name
+    from compress.ort.bench import cpu_flags, cpu_model, gpu_name
 
     device = gpu_name() if deploy.provider == "cuda" else cpu_model()
     return {"format": TABLE_FORMAT, "device": device, "cpu_flags": cpu_flags() if deploy.provider == "cpu" else None,
@@ -268,7 +271,7 @@ def cache_path(key: dict) -> Path:
 def load_or_build_table(model: str, deploy: DeployConfig, *, rebuild: bool = False, use_cache: bool = True,
                         progress: bool = True) -> tuple[LatencyTable, Path | None, bool]:
     """(table, cache file, whether it came from the cache). `model`: a local dir or hub name."""
-    from ..models import load_config, resolve_model
+    from compress.training.models import load_config, resolve_model
 
     deploy.validate()
     name = resolve_model(model)
@@ -292,13 +295,13 @@ class DeployGraphs:
     measure whole pruned models."""
 
     def __init__(self, model: str, workdir: str | os.PathLike, deploy: DeployConfig, classifier=None):
-        from exporters.onnx_export import export_checkpoint
-        from exporters.samples import sample_inputs
+        from exporters.export import export_checkpoint
+        from exporters.toolbox import sample_inputs
 
         import onnx
 
-        from ..models import load_classifier, load_config
-        from ..structure import geometry
+        from compress.training.models import load_classifier, load_config
+        from compress.core.structure import geometry
 
         self.deploy = deploy
         self.workdir = Path(workdir)
@@ -320,7 +323,8 @@ class DeployGraphs:
         deploy precision unless `precision` is given."""
         import onnx
 
-        from exporters.surgery import normalize_heads, shrink
+        from exporters.surgery.rewrite import normalize_heads
+        from exporters.surgery.shrink import shrink
 
         import gc
 
@@ -343,7 +347,7 @@ class DeployGraphs:
         self.config.to_json_file(str(out / "config.json"))
         if (precision or self.deploy.precision) == "fp32":
             return out / "model.onnx"
-        from ..quantize import QuantizeConfig, quantize_onnx
+        from compress.ort.quantize import QuantizeConfig, quantize_onnx
 
         res = quantize_onnx(out / "model.onnx", self.workdir / f"{name}-int8", QuantizeConfig(),
                             threads=self.deploy.threads)
@@ -359,15 +363,18 @@ class DeployGraphs:
         from onnx import numpy_helper
 
         from exporters.graph import Graph
-        from exporters.surgery import find_layers
+        from exporters.surgery.match import find_layers
 
+        from compress.core.record import as_layer_keeps
+
+        kept = as_layer_keeps(kept)
         model = copy.deepcopy(self.dense)
         g = Graph(model)
         layers, d = find_layers(g, self.geo.head_size)
         inits = {t.name: t for t in model.graph.initializer}
         for layer, k in zip(layers, kept):
-            for name, keep, unit in ((layer.attention.o.matmul.input[1], k["heads_kept"], d),
-                                     (layer.ffn.w2.matmul.input[1], k["ffn_dims_kept"], 1)):
+            for name, keep, unit in ((layer.attention.o.matmul.input[1], k.heads, d),
+                                     (layer.ffn.w2.matmul.input[1], k.ffn_dims, 1)):
                 w = g.const(name).copy()
                 rows = np.ones(w.shape[0], bool)
                 for j in keep:
@@ -398,7 +405,7 @@ def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, del
     is deleted once loaded when `delete` (DeployGraphs gives each graph a folder of its own)."""
     import gc
 
-    from ..bench import BenchConfig, onnx_runner
+    from compress.ort.bench import BenchConfig, onnx_runner
 
     bc = BenchConfig(batch_sizes=(deploy.batch,), seq_lens=(deploy.seq,), provider=deploy.provider, threads=deploy.threads)
     reference = reference or next(iter(paths))
