@@ -225,10 +225,11 @@ def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int 
         if d.precision != "fp32":
             paths["dense-fp32"] = graphs.build(None, "dense-fp32", precision="fp32")
         res = time_graphs(paths, d, reference="dense-fp32" if "dense-fp32" in paths else "dense")
-    med = {k: v["median_ms"] for k, v in res.items()}
+    med = {k: v["ms"] for k, v in res.items()}
     base = med.get("dense-fp32", med["dense"])
     return {"baseline_fp32_ms": round(base, 4), "dense_ms": round(med["dense"], 4), "pruned_ms": round(med["pruned"], 4),
             "speedup": round(base / med["pruned"], 4), "speedup_vs_dense_same_precision": round(med["dense"] / med["pruned"], 4),
             "runs": res["pruned"]["runs"], "shape": d.shape, "precision": d.precision,
+            "statistic": d.statistic,
             "note": "shrunk deploy graph vs the same export unshrunk (dense cost: zeros do not speed up dense kernels), "
-                    "interleaved rounds, medians; speedup is against dense fp32"}
+                    "interleaved rounds; speedup is against dense fp32"}
