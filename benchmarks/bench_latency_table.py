@@ -154,6 +154,8 @@ def part_targets(a) -> dict:
         m = by[r["label"]]
         r["measured_speedup"] = m["speedup"]
         r["measured_p50_ms"] = m["p50_ms"]
+        # The latency table's statistic (fastest run), for comparison with the median-based figure above.
+        r["measured_speedup_fastest"] = round(by["dense fp32"]["min_ms"] / m["min_ms"], 3)
         r["error_vs_request"] = round(m["speedup"] / r["requested"] - 1, 4)
     report["dense_p50_ms"] = by["dense fp32"]["p50_ms"]
     report["bench"] = bench
@@ -224,10 +226,11 @@ def main():
                         "only on the budget, so a short run shows the speed, not the accuracy), exported with shrink + "
                         "fusion (+ int8), timed with compress bench against the dense fp32 export in the same rounds "
                         f"({a.shape}, {a.threads} threads, {a.iterations} interleaved iterations; speedup = median per-round ratio).", "",
-                        "| deploy | requested | predicted | measured | error | heads per layer | FFN dims per layer |", "|---|---|---|---|---|---|---|"]
+                        "| deploy | requested | predicted | measured (median ratio) | error | measured (fastest runs) | heads per layer | FFN dims per layer |",
+                        "|---|---|---|---|---|---|---|---|"]
         for r in report["runs"]:
             lines.append(f"| {r['precision']} | {r['requested']:g}x | {r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | "
-                         f"{r['error_vs_request']:+.1%} | {r['heads']} | {r['ffn']} |")
+                         f"{r['error_vs_request']:+.1%} | {r['measured_speedup_fastest']:.2f}x | {r['heads']} | {r['ffn']} |")
         lines += ["", f"dense fp32 p50 {report['dense_p50_ms']} ms; load average at the end {report['env_end']['load_average']}.", "",
                   "Commands of the prune runs:", ""] + [f"- `{r['command']}`" for r in report["runs"]]
     write_md(RESULTS / f"{a.out}.md", "Latency table: predicted vs measured" if a.part == "table" else "Speed targets hit", lines)
