@@ -179,3 +179,20 @@ def test_deploy_config_errors():
         parse_shape("32*128")
     with pytest.raises(InvalidConfigError, match="fp32 or int8"):
         DeployConfig(precision="fp16").validate()
+
+
+def test_cli_latency_table_reads_the_cache_and_refuses_bad_flags(tmp_path, monkeypatch, capsys):
+    from compress.cli.main import main
+    from compress.training.models import load_config
+    from compress.speed.latency import cache_path, table_key
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = save_checkpoint(tiny_model("bert", ffn=64), tmp_path / "m")
+    key = table_key(load_config(str(ckpt)), DeployConfig(batch=8, seq=32, threads=1))
+    LatencyTable(key, 2, 4, 64, 0.5, [0.0, 0.3, 0.4, 0.5, 0.6], [0, 16, 32, 64], [0.0, 0.1, 0.2, 0.4], 2.5).save(cache_path(key))
+    assert main(["latency-table", str(ckpt), "--deploy-shape", "8x32", "--threads", "1", "--json", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "read from" in out and "fixed" in out
+    assert LatencyTable.load(tmp_path / "t.json").key == key
+    assert main(["latency-table", str(ckpt), "--deploy-shape", "8"]) == 2
+    assert "BATCHxSEQ" in capsys.readouterr().err
