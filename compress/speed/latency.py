@@ -18,10 +18,10 @@ Both curves are made non-decreasing (running maximum): removing structure never 
 noisy dip would otherwise mislead the budget solver.
 
 Timing (time_graphs): graphs are loaded a chunk at a time next to a reference graph (the dense one) and
-run round-robin with a rotating start; each entry's figure is its fastest round by default (statistic
-"min"; the median of per-round ratios to the reference is recorded too). Measured on a 2-core machine
-shared with other jobs (load 7-10), the medians at 1x128 followed the other jobs (dense at 1x128 came out
-at 193 ms, 10x its quiet cost), while the fastest rounds are what a graph costs when it has the cores.
+run round-robin with a rotating start; each entry's figure is the median over rounds of its time / the
+reference's time in the same round, times the reference's median (statistic "median"; the fastest round,
+"min", is recorded too). Each timed sample averages enough back-to-back runs to last ~100 ms, so a batch-1
+graph is not judged by single runs that another job interrupted.
 Tables are cached per (device, execution provider, ORT version, threads, batch x seq, precision, model
 geometry) in $COMPRESS_CACHE_DIR/latency or ~/.cache/compress/latency, written atomically.
 """
@@ -61,12 +61,12 @@ class DeployConfig:
     optimize: bool = True  # ORT transformer fusions after surgery, as `compress run` ships its graphs
     ffn_step: int = 64  # FFN grid spacing (plus 16 and 32 near 0, where the fixed cost of the block shows)
     repeats: int = 7  # timed rounds per graph (median)
-    min_sample_ms: float = 20.0  # each timed sample repeats a graph until it lasts about this long
-    # "min": the fastest round of each graph; "median": median over rounds of the ratio to the reference
-    # graph times the reference's median. On a quiet machine they agree; on a shared, overloaded one
-    # (load 7-10 on 2 cores here) the median follows other people's jobs while the minimum stays at
-    # what the graph costs when it gets the cores, which is what a deployment budget is about.
-    statistic: str = "min"
+    min_sample_ms: float = 100.0  # each timed sample repeats a graph until it lasts about this long
+    # "median": median over rounds of the ratio to the reference graph (timed in the same round) times
+    # the reference's median; "min": the fastest round. Measured on this shared 2-core machine at load
+    # 7-11, fp32 32x128: the median-ratio table predicted 8 random structures within 7.2%, the
+    # fastest-round table within 36% (single 1-2 s runs: the minimum of 7 is luck).
+    statistic: str = "median"
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -426,10 +426,14 @@ def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, del
         call()  # warm-up: the first run allocates
         if delete:
             shutil.rmtree(paths[label].parent, ignore_errors=True)
-        t0 = time.perf_counter()
-        call()
-        one = (time.perf_counter() - t0) * 1e3
-        return call, max(1, min(50, math.ceil(deploy.min_sample_ms / max(one, 1e-3))))
+        one = float("inf")
+        for _ in range(3):  # the fastest of a few: one run slowed by another job would make `inner` 1
+            t0 = time.perf_counter()
+            call()
+            one = min(one, (time.perf_counter() - t0) * 1e3)
+            if one > deploy.min_sample_ms:
+                break
+        return call, max(1, min(200, math.ceil(deploy.min_sample_ms / max(one, 1e-3))))
 
     others = [k for k in paths if k != reference]
     chunks = [others[i:i + chunk] for i in range(0, len(others), chunk)] or [[]]
