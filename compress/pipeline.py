@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.core.artifacts import atomic_dir, read_compression_json, write_json
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, from_dict
 from compress.core.errors import InvalidConfigError
-from compress.training.driver import DataArgs
 
 console = Console()
 
@@ -92,7 +91,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         # Copies: the caller's config stays as given (it is what recipe.json and summary.json record).
         prune_cfg = replace(cfg.prune, train=replace(cfg.prune.train, overwrite=True))
-        prune(prune_cfg, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
+        prune(prune_cfg, DataConfig(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
         pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
         if cfg.fill_steps:
@@ -100,7 +99,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
             t = time.time()
             fill = replace(prune_cfg, method="hybrid-filled", source=str(pruned), lambda_reg=None, sparsity=None,
                            train=replace(prune_cfg.train, max_steps=cfg.fill_steps))
-            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
+            prune(fill, DataConfig(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
             pruned = tmp / "filled"
             timings["fill"] = time.time() - t
         info = read_compression_json(pruned)  # what was written, geometry and checksums included

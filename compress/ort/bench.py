@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from compress.core.config import arg
 from compress.core.artifacts import atomic_file, write_json
 from compress.core.errors import CompressError, InvalidConfigError
 from exporters.toolbox import first_line, graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
@@ -35,13 +36,14 @@ SCHEMA = "compress.bench/1"
 
 @dataclass
 class BenchConfig:
-    batch_sizes: tuple[int, ...] = (1, 32)
-    seq_lens: tuple[int, ...] = (128,)
-    provider: str = "cpu"  # "cpu" | "cuda" (CUDA runs with IO binding: inputs live on the GPU)
-    threads: int | None = 2  # intra-op threads; None = ONNX Runtime's default (all cores)
-    warmup: int = 3  # untimed runs per model and grid point
-    iterations: int = 20  # timed runs per model and grid point
-    seed: int = 0
+    batch_sizes: tuple[int, ...] = arg((1, 32), "batch sizes of the grid", metavar="N")
+    seq_lens: tuple[int, ...] = arg((128,), "sequence lengths of the grid", metavar="N")
+    provider: str = arg("cpu", "execution provider; cuda uses IO binding (inputs live on the GPU) and needs "
+                        "onnxruntime-gpu", choices=["cpu", "cuda"])
+    threads: int | None = arg(2, "intra-op threads, recorded in the report (0 or None: ONNX Runtime's default, all cores)")
+    warmup: int = arg(3, "untimed runs per model and grid point")
+    iterations: int = arg(20, "timed runs per model and grid point")
+    seed: int = arg(0, "seed of the random token ids")
 
     def validate(self) -> None:
         if not self.batch_sizes or not self.seq_lens or min(self.batch_sizes) < 1 or min(self.seq_lens) < 1:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from compress.core.artifacts import check_output_dir, read_compression_json
 from compress.training.checkpoint import save_model_dir
-from compress.core.config import PruneConfig, TrainConfig
+from compress.core.config import DataConfig, PruneConfig, TrainConfig
 from compress.training.data import TaskData, compute_metrics, load_task_data
 from compress.core.errors import InvalidConfigError
 from compress.pruning.masks import bake
@@ -27,19 +27,7 @@ SMP_NOTE = ("Static Model Pruning here trains the mask scores plus a fresh class
             "MLM head, which this model does not have).")
 
 
-@dataclass
-class DataArgs:
-    task: str | None = "sst2"
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    num_labels: int | None = None
-
-
-def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
+def _load_data(data: DataConfig, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
     return load_task_data(
         data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
         text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
@@ -105,7 +93,7 @@ def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, *, output: str | os.PathLike,
+def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike,
           callbacks: list | None = None) -> dict:
     """Run one pruning method end to end, writing the checkpoint to `output`; returns the compression.json content."""
     cfg.validate()
@@ -206,7 +194,7 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, *, ou
     return info
 
 
-def _is_pair(data: DataArgs) -> bool:
+def _is_pair(data: DataConfig) -> bool:
     from compress.training.data import TASKS
 
     return bool(data.text_pair_column or (data.task in TASKS and TASKS[data.task].text_pair_column))
@@ -227,7 +215,7 @@ def _reloader(info: dict):
     return load
 
 
-def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
+def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing, written to `output`."""
     if not t.resume:
         check_output_dir(output, t.overwrite)
@@ -274,7 +262,7 @@ def _cleanup_checkpoints(output) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def evaluate_checkpoint(path: str, data: DataArgs, batch_size: int = 64, max_length: int = 128,
+def evaluate_checkpoint(path: str, data: DataConfig, batch_size: int = 64, max_length: int = 128,
                         max_eval_samples: int | None = None, progress: bool = True) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
     info = read_compression_json(path) or {}
