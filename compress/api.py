@@ -125,7 +125,7 @@ def prune(config: PruneConfig, output: PathLike, *, model: str | None = None, da
     from compress.training.driver import prune as run_prune
 
     info = run_prune(config, (data or DataConfig()).resolved(), model, output=output, callbacks=callbacks)
-    return PruneResult(Path(output), dict(info.get("metrics", {})), info)
+    return _checkpoint_result(output, info)
 
 
 def finetune(config: TrainConfig, output: PathLike, *, model: str | None = None,
@@ -134,7 +134,16 @@ def finetune(config: TrainConfig, output: PathLike, *, model: str | None = None,
     from compress.training.driver import finetune as run_finetune
 
     info = run_finetune(config, (data or DataConfig()).resolved(), model, output=output)
-    return PruneResult(Path(output), dict(info.get("metrics", {})), info)
+    return _checkpoint_result(output, info)
+
+
+def _checkpoint_result(output: PathLike, info: dict) -> PruneResult:
+    """The compression.json as written (geometry and checksums included); under DDP, ranks other than
+    0 write nothing and get the in-memory record."""
+    from compress.core.artifacts import read_compression_json
+
+    report = (read_compression_json(output, verify=False) if Path(output, "compression.json").exists() else None) or info
+    return PruneResult(Path(output), dict(report.get("metrics", {})), report)
 
 
 def is_onnx(path: PathLike) -> bool:

@@ -57,7 +57,7 @@ class RunConfig:
             else:
                 data = json.loads(text)
         except Exception as e:
-            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from None
+            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from e
         prune = data.pop("prune", None)
         cfg = from_dict(cls, data)
         if prune is not None:
@@ -136,6 +136,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
         rows = _rows(models, metrics, latency, info, cfg)
+        for row in rows:  # paths inside the run folder, valid once the temporary folder is renamed
+            row["path"] = str(Path(row["path"]).relative_to(tmp))
         timings["total"] = time.time() - t_start
         summary = {"recipe": asdict(cfg), "rows": rows, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
                    "shrink": shrink_report, "layers": info["layers"], "geometry": info.get("geometry"),

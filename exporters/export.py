@@ -83,7 +83,7 @@ def load_for_task(checkpoint_dir: str | Path, task: str):
             warnings.simplefilter("ignore")
             model, info = cls.from_pretrained(str(checkpoint_dir), attn_implementation="eager", output_loading_info=True)
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot load {checkpoint_dir} as a {task} model: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"cannot load {checkpoint_dir} as a {task} model: {str(e).splitlines()[0]}") from e
     # Buffers, and for feature extraction the pooler (its output is not exported), may be missing.
     ignorable = ("position_ids",) + (("pooler.",) if task == "feature-extraction" else ())
     missing = [k for k in info.get("missing_keys", []) if not any(s in k for s in ignorable)]

@@ -37,16 +37,9 @@ def register(sub):
 
 
 def _tokenizer(model_path):
-    from transformers import AutoTokenizer
+    from exporters.toolbox import load_tokenizer, resolve_onnx
 
-    from compress.core.errors import DataError
-    from exporters.toolbox import resolve_onnx
-
-    folder = resolve_onnx(model_path, check=False).parent
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except Exception as e:  # OSError / ValueError from transformers when files are absent
-        raise DataError(f"no tokenizer next to {folder} ({e.__class__.__name__}); re-export with the tokenizer files") from None
+    return load_tokenizer(resolve_onnx(model_path, check=False).parent, required=True)
 
 
 def run(a):

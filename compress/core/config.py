@@ -13,10 +13,10 @@ def _score_init(text: str) -> float | str:
         return text
     try:
         return float(text)
-    except ValueError:
+    except ValueError as e:
         import argparse
 
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'magnitude'") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'magnitude'") from e
 
 
 def arg(default, help: str = "", **meta):

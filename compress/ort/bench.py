@@ -123,7 +123,7 @@ def torch_runner(checkpoint: str, config: BenchConfig, label: str | None = None)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval().to(device)
     except Exception as e:
-        raise ArtifactError(f"cannot load the PyTorch checkpoint {checkpoint}: {e.__class__.__name__}: {e}") from None
+        raise ArtifactError(f"cannot load the PyTorch checkpoint {checkpoint}: {e.__class__.__name__}: {e}") from e
     size = sum(f.stat().st_size for f in Path(checkpoint).glob("*.safetensors")) or sum(
         f.stat().st_size for f in Path(checkpoint).glob("*.bin"))
     vocab = int(getattr(model.config, "vocab_size", 100))
@@ -172,7 +172,7 @@ def time_grid_point(runners: list[Runner], batch: int, seq: int, config: BenchCo
         except CompressError:
             raise
         except Exception as e:  # ORT/torch errors: sequence too long for the positions table, OOM...
-            raise CompressError(f"{r.label} failed at batch {batch} x seq {seq}: {first_line(e)}") from None
+            raise CompressError(f"{r.label} failed at batch {batch} x seq {seq}: {first_line(e)}") from e
     times: dict[str, list[float]] = {r.label: [] for r in runners}
     n = len(runners)
     for it in range(config.iterations):

@@ -103,9 +103,9 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         check_output_dir(output, t.overwrite)
     if method.needs_source and not cfg.source:
         raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
-    if method.targets_sparsity is False and cfg.sparsity is not None and method.binarizer != "fixed":
+    if not method.targets_sparsity and cfg.sparsity is not None and method.binarizer.learned:
         raise InvalidConfigError(f"--method {method.name} sets sparsity through --lambda, not --sparsity")
-    if method.binarizer in ("magnitude", "topk") and cfg.lambda_reg is not None:
+    if method.binarizer.top_k and not method.regularised and cfg.lambda_reg is not None:
         raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
 
     source_info = None
@@ -176,7 +176,7 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         "base_model": (source_info or {}).get("base_model", model_name),
         "teacher": cfg.distill.teacher,
         "task": td.spec.name,
-        "recipe": {"binarizer": method.binarizer, "train_weights": method.train_weights,
+        "recipe": {"binarizer": method.binarizer.value, "train_weights": method.train_weights,
                    "score_lr": score_lr, "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
                    "lambda_final": pruner.lam_final if method.regularised else None, **_recorded(cfg, output)},
         **rep,
