@@ -38,6 +38,25 @@ class TrainConfig:
 
 
 @dataclass
+class RetrainFreeConfig:
+    fisher_samples: int = 2048  # examples for the Fisher information (the paper: 2k)
+    tune_samples: int = 512  # examples for the layer-wise least-squares mask tuning
+    fisher_labels: str = "model"  # "model": the model's own predictions (no labels needed); "data": the dataset's
+    rearrange_swaps: int = 128  # max greedy swaps per layer and unit type (0 disables rearrangement)
+    damping: float = 1e-3  # ridge term of the least squares, relative to the mean diagonal of A^T A
+    max_mask_value: float = 10.0  # a tuned value beyond this (ill-conditioned solve) keeps the untuned masks
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        if self.fisher_samples < 1 or self.tune_samples < 1:
+            raise InvalidConfigError("--fisher-samples and --tune-samples must be >= 1, e.g. 2048 and 512")
+        if self.fisher_labels not in ("model", "data"):
+            raise InvalidConfigError(f"--fisher-labels {self.fisher_labels!r}: use 'model' or 'data'")
+        if self.rearrange_swaps < 0 or self.damping < 0 or self.batch_size < 1:
+            raise InvalidConfigError("--rearrange-swaps and damping must be >= 0, batch size >= 1")
+
+
+@dataclass
 class PruneConfig:
     method: str = "hybrid"
     sparsity: float | None = None  # target fraction of zeros (top-k methods); None -> method default
@@ -53,6 +72,9 @@ class PruneConfig:
     score_init: float | str | None = None  # a constant, or "magnitude" (default for per-weight top-k: |W| / mean|W|)
     source: str | None = None  # hybrid-filled: the hybrid result to fill
     label_words: list[str] | None = None  # SMP head-free mode
+    target_flops: float | None = None  # structured budget: fraction of the dense encoder FLOPs kept (retrain-free, smp-struct)
+    fill_steps: int = 0  # retrain-free: distillation steps afterwards with the structure frozen (0: none, no SGD at all)
+    retrain_free: RetrainFreeConfig = field(default_factory=RetrainFreeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -69,6 +91,11 @@ class PruneConfig:
             raise InvalidConfigError(f"score_init {self.score_init!r} must be a number or 'magnitude'")
         if not 0.0 < self.tau < 1.0:
             raise InvalidConfigError(f"--tau {self.tau} is out of range; use (0, 1)")
+        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
+            raise InvalidConfigError(f"--target-flops {self.target_flops} is out of range; give the fraction kept in (0, 1], e.g. 0.5")
+        if self.fill_steps < 0:
+            raise InvalidConfigError(f"--fill-steps {self.fill_steps} must be >= 0")
+        self.retrain_free.validate()
         d = self.distill
         if d.temperature <= 0 or d.alpha_ce < 0 or d.alpha_teacher < 0:
             raise InvalidConfigError("distillation needs --temperature > 0 and non-negative alphas")
@@ -88,6 +115,6 @@ def from_dict(cls, data: dict):
         raise InvalidConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
     kw = {}
     for k, v in data.items():
-        sub = {"train": TrainConfig, "distill": DistillConfig}.get(k) if cls is PruneConfig else None
+        sub = {"train": TrainConfig, "distill": DistillConfig, "retrain_free": RetrainFreeConfig}.get(k) if cls is PruneConfig else None
         kw[k] = from_dict(sub, v) if sub and isinstance(v, dict) else v
     return cls(**kw)

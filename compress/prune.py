@@ -118,6 +118,20 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     if method.binarizer in ("magnitude", "topk") and cfg.lambda_reg is not None:
         raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
 
+    if cfg.target_flops is not None and not method.budgeted:
+        raise InvalidConfigError(f"--target-flops is for the budgeted methods (retrain-free, smp-struct), not --method {method.name}")
+    if method.select is not None:
+        if cfg.target_flops is None:
+            raise InvalidConfigError(f"--method {method.name} needs a budget: --target-flops FRACTION (e.g. 0.5 for 2x fewer FLOPs)")
+        if cfg.sparsity is not None or cfg.lambda_reg is not None:
+            raise InvalidConfigError(f"--method {method.name} is set by --target-flops, not --sparsity / --lambda")
+    elif cfg.fill_steps:
+        raise InvalidConfigError(f"--fill-steps follows --method retrain-free; for other methods use --method hybrid-filled --source DIR")
+    if method.budgeted and method.select is None and cfg.target_flops is not None:
+        if cfg.sparsity is not None:
+            raise InvalidConfigError("give --target-flops or --sparsity, not both")
+        cfg = replace(cfg, sparsity=_sparsity_for_flops(load_config(resolve_model(model_name)), cfg.target_flops))
+
     source_info = None
     if method.needs_source:
         source_info = read_compression_json(cfg.source)
@@ -151,6 +165,20 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         check_teacher(student, teacher)
 
     fixed = None
+    selection = None
+    if method.select is not None:
+        from .retrain_free import FlopsCost, budget_for
+
+        # MERGE(speed): --target-speedup / latency tables from compress.speed plug in here (same cost interface).
+        cost = FlopsCost(geometry(student.config), seq_len=FLOPS_SEQ_LEN)
+        if cfg.fill_steps and teacher is None:
+            import copy
+
+            teacher = copy.deepcopy(student).eval()  # the fill distils from the dense model it started from
+        selection = method.select(student, td.train, tokenizer, cost, budget_for(cost, target_flops=cfg.target_flops), cfg)
+        selection["cost_seq_len"] = FLOPS_SEQ_LEN
+        fixed = _fixed_struct_masks(student, sparsity_report(student)["layers"])
+        t = replace(t, max_steps=cfg.fill_steps)
     if method.needs_source:
         kept = source_info["layers"] if source_info else sparsity_report(student)["layers"]
         fixed = _fixed_struct_masks(student, kept)
@@ -171,8 +199,11 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         # Only the fresh head trains with the frozen encoder; at a fine-tuning lr it stays near its random
         # init for a whole short run (SMP-S at 50% stayed at the majority class with lr 3e-5).
         t = replace(t, lr=cfg.head_lr)
-    stats = train(student, tokenizer, td.train, t, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
-                  callbacks=callbacks)
+    if method.select is not None and not cfg.fill_steps:
+        stats = {"steps": 0, "train_loss": None, "train_seconds": 0.0, "seconds_per_step": 0.0, "is_main_process": True}
+    else:
+        stats = train(student, tokenizer, td.train, t, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
+                      callbacks=callbacks)
 
     pruner.finalize()
     bake(student)
@@ -192,6 +223,15 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         "metrics": metrics,
         "training": {k: v for k, v in stats.items() if k != "is_main_process"},
     }
+    if selection is not None:
+        info["retrain_free"] = selection
+    if method.budgeted and cfg.target_flops is not None:
+        from .retrain_free import FlopsCost
+
+        c = FlopsCost(geometry(student.config), seq_len=FLOPS_SEQ_LEN)
+        info["flops"] = {"target_fraction": cfg.target_flops, "seq_len": FLOPS_SEQ_LEN, "fraction": round(
+            c.predict_ms([len(k["heads_kept"]) for k in rep["layers"]], [len(k["ffn_dims_kept"]) for k in rep["layers"]])
+            / c.dense_ms, 6)}
     if cfg.label_words:
         info.update(head="mlm-label-words", label_words=list(cfg.label_words), template=template)
     elif not method.train_weights:
@@ -201,6 +241,29 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
                        sample=_sample_batch(td, tokenizer, student), reload=_reloader(info))
         _cleanup_checkpoints(t)
     return info
+
+
+# Sequence length of the FLOPs budget (--target-flops): the deploy shape the benchmarks use (32x128).
+FLOPS_SEQ_LEN = 128
+
+
+def _sparsity_for_flops(config, target: float) -> float:
+    """smp-struct: the one keep ratio for every layer's heads and FFN dims (the Pruner's per-group top-k keeps
+    ceil(keep * n)) whose FLOPs stay within `target` of dense; returned as the sparsity."""
+    from .retrain_free import FlopsCost
+
+    geo = geometry(config)
+    cost = FlopsCost(geo, seq_len=FLOPS_SEQ_LEN)
+
+    def frac(keep):
+        h, f = math.ceil(keep * geo.num_heads - 1e-9), math.ceil(keep * geo.intermediate_size - 1e-9)
+        return cost.predict_ms([h] * geo.num_layers, [f] * geo.num_layers) / cost.dense_ms
+
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if frac(mid) <= target else (lo, mid)
+    return 1.0 - lo
 
 
 def _is_pair(data: DataArgs) -> bool:

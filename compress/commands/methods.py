@@ -15,6 +15,10 @@ def run(args):
     t.add_column("description")
     for m in METHODS.values():
         ctl = "--sparsity" if m.targets_sparsity else ("--lambda" if m.regularised else "--source")
+        if m.select is not None:
+            ctl = "--target-flops"
+        elif m.budgeted:
+            ctl = "--sparsity or --target-flops"
         if m.binarizer == "smp-s":
             ctl = "--sparsity, --lambda"
         t.add_row(m.name, ctl, m.help)

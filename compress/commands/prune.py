@@ -24,6 +24,17 @@ def register(sub):
     p.add_argument("--source", help="hybrid-filled: the output directory of a hybrid run")
     p.add_argument("--label-words", nargs="+", help="SMP head-free mode: one word per label read from the MLM head "
                    "(e.g. terrible great); needs a model saved with its MLM head")
+    b = p.add_argument_group("structured budget (retrain-free, smp-struct)")
+    b.add_argument("--target-flops", type=float, help="fraction of the dense encoder FLOPs (at 128 tokens) to keep, e.g. 0.5 "
+                   "for 2x fewer; retrain-free searches the structure under it, smp-struct derives its keep ratio from it")
+    b.add_argument("--fill-steps", type=int, default=0, help="retrain-free: distillation steps afterwards with the structure "
+                   "frozen, from --teacher or else the dense input model (default 0: no SGD at all)")
+    b.add_argument("--fisher-samples", type=int, default=2048, help="retrain-free: examples for the Fisher information")
+    b.add_argument("--tune-samples", type=int, default=512, help="retrain-free: examples for the least-squares mask tuning")
+    b.add_argument("--fisher-labels", choices=("model", "data"), default="model",
+                   help="retrain-free: labels of the Fisher loss, the model's own predictions (default) or the data's")
+    b.add_argument("--rearrange-swaps", type=int, default=128, help="retrain-free: max greedy swaps per layer in mask "
+                   "rearrangement (0: off)")
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", help="fine-tuned teacher (same task and vocabulary; may be larger)")
     g.add_argument("--alpha-ce", type=float, default=0.1)
@@ -35,7 +46,7 @@ def register(sub):
 
 
 def run(a):
-    from ..config import DistillConfig, PruneConfig
+    from ..config import DistillConfig, PruneConfig, RetrainFreeConfig
     from ..prune import prune
 
     cfg = PruneConfig(
@@ -43,6 +54,9 @@ def run(a):
         block_size=a.block_size, tau=a.tau, initial_warmup=a.initial_warmup, final_warmup=a.final_warmup,
         score_lr=a.score_lr, score_init=a.score_init, head_lr=a.head_lr, source=a.source, label_words=a.label_words, train=train_config(a),
         distill=DistillConfig(teacher=a.teacher, alpha_ce=a.alpha_ce, alpha_teacher=a.alpha_teacher, temperature=a.temperature),
+        target_flops=a.target_flops, fill_steps=a.fill_steps,
+        retrain_free=RetrainFreeConfig(fisher_samples=a.fisher_samples, tune_samples=a.tune_samples,
+                                       fisher_labels=a.fisher_labels, rearrange_swaps=a.rearrange_swaps),
     )
     info = prune(cfg, data_args(a), a.model)
     print_summary(info, a.output)
