@@ -232,3 +232,59 @@ def test_budget_flag_errors(workspace):
         prune(_cfg(workspace, "struct", "x", fill_steps=3), data, base)
     with pytest.raises(InvalidConfigError, match="out of range"):
         prune(_cfg(workspace, "retrain-free", "x", target_flops=0.0), data, base)
+
+
+# ------------------------------------------------------------------ smp-struct
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_smp_struct_frozen_encoder_and_structured_mask(workspace, tmp_path, family):
+    from compress.cli import main
+
+    base = workspace / f"base-{family}"
+    out = workspace / f"smp-struct-{family}"
+    cfg = _cfg(workspace, "smp-struct", f"smp-struct-{family}", target_flops=0.5)
+    cfg.train.warmup_ratio = 0.05
+    info = prune(cfg, DataArgs(task="sst2", data_dir=str(workspace / "data")), str(base))
+    assert info["flops"]["fraction"] <= 0.5
+    geo = geometry(h.tiny_config(family))
+    assert all(len(k["heads_kept"]) == len(info["layers"][0]["heads_kept"]) for k in info["layers"])  # one keep ratio
+    assert sum(len(k["heads_kept"]) for k in info["layers"]) < geo.num_layers * geo.num_heads
+    before = AutoModelForSequenceClassification.from_pretrained(base)
+    after = AutoModelForSequenceClassification.from_pretrained(out)
+    # Encoder weights bit-identical except whole zeroed heads / FFN dims.
+    d = geo.head_size
+    for lb, la, k in zip(layer_linears(before), layer_linears(after), info["layers"]):
+        rows = torch.zeros(geo.num_heads * d, dtype=torch.bool)
+        for hd in k["heads_kept"]:
+            rows[hd * d:(hd + 1) * d] = True
+        dims = torch.zeros(geo.intermediate_size, dtype=torch.bool)
+        dims[k["ffn_dims_kept"]] = True
+        for role, keep in (("query", rows[:, None]), ("key", rows[:, None]), ("value", rows[:, None]), ("attn_out", rows[None, :]),
+                           ("ffn_in", dims[:, None]), ("ffn_out", dims[None, :])):
+            assert torch.equal(la[role].weight, lb[role].weight * keep), role
+    emb_b = before.state_dict()
+    assert all(torch.equal(v, emb_b[k]) for k, v in after.state_dict().items() if "embeddings" in k or "LayerNorm" in k
+               or "layer_norm" in k)
+    # One bit per head and FFN dim on disk; re-applied to the backbone it gives the same checkpoint.
+    assert main(["mask", "save", str(out), "--backbone", str(base), "-o", str(tmp_path / "task.mask")]) == 0
+    size = (tmp_path / "task.mask").stat().st_size
+    classifier_bytes = sum(v.numel() * 4 for k, v in after.state_dict().items() if k.startswith(("classifier", "pre_classifier")))
+    assert size < classifier_bytes + 8192  # bits of structure + the trained head, not a bit per weight
+    assert main(["mask", "apply", str(base), str(tmp_path / "task.mask"), "-o", str(tmp_path / "rebuilt")]) == 0
+    rebuilt = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rebuilt")
+    for k, v in after.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[k], v), k
+
+
+def test_smp_struct_scores_start_from_unit_magnitude():
+    from compress.methods import get_method
+    from compress.pruner import Pruner
+
+    model = h.tiny_model("bert")
+    lin = layer_linears(model)[0]
+    with torch.no_grad():
+        lin["attn_out"].weight[:, 8:16] *= 10  # head 1 is far larger than the others
+    pruner = Pruner(model, get_method("smp-struct"), PruneConfig(method="smp-struct", sparsity=0.5))
+    scores = pruner.scores["layer_0_heads"].detach()
+    assert int(scores.argmax()) == 1 and len(set(scores.tolist())) == len(scores)  # no ties kept by index
+    pruner.finalize()
+    assert pruner.group_mask("layer.0.heads")[1] == 1
