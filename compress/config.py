@@ -43,8 +43,8 @@ class RetrainFreeConfig:
     tune_samples: int = 512  # examples for the layer-wise least-squares mask tuning
     fisher_labels: str = "model"  # "model": the model's own predictions (no labels needed); "data": the dataset's
     rearrange_swaps: int = 128  # max greedy swaps per layer and unit type (0 disables rearrangement)
-    damping: float = 1e-3  # ridge term of the least squares, relative to the mean diagonal of A^T A
-    max_mask_value: float = 10.0  # a tuned value beyond this (ill-conditioned solve) keeps the untuned masks
+    damping: float = 1e-3  # ridge toward the untuned masks, relative to the mean diagonal of A^T A
+    max_mask_value: float = 10.0  # a tuned value beyond this (ill-conditioned solve) raises the ridge tenfold
     batch_size: int = 32
 
     def validate(self) -> None:

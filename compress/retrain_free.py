@@ -22,6 +22,7 @@ per-neuron columns): no transformers code is patched. The hooks exist only while
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -144,13 +145,16 @@ class _Stop(Exception):
 
 # ------------------------------------------------------------------ data
 def _batches(dataset, tokenizer, model, n: int, batch_size: int, seed: int):
-    """Tokenized batches of the first `n` examples of a shuffled copy (deterministic for a seed)."""
+    """Tokenized batches of `n` examples drawn at random (deterministic for a seed), sorted by length."""
     import inspect
 
     from transformers import DataCollatorWithPadding
 
     takes = set(inspect.signature(model.forward).parameters)
     ds = dataset.shuffle(seed=seed).select(range(min(n, len(dataset))))
+    # Length-sorted batches: far less padding; per-example gradients and token sums do not depend on batching.
+    lengths = [len(x) for x in ds["input_ids"]]
+    ds = ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names and (c in takes or c == "labels")]
     ds = ds.select_columns(cols)
     collate = DataCollatorWithPadding(tokenizer)
@@ -370,6 +374,22 @@ def _residual(AtA, Atb, btb, m) -> float:
     return float(m @ AtA @ m - 2 * m @ Atb + btb)
 
 
+def _solve(AtA, Atb, btb, m0, cfg: RetrainFreeConfig):
+    """min ||A m - b||^2 + lam ||m - m0||^2 by least squares on the normal equations. The ridge pulls toward
+    the untuned masks, so the tuned error is never above the untuned one; lam starts at `damping` x the mean
+    diagonal of A^T A and grows tenfold while a value leaves [-max_mask_value, max_mask_value] (a badly
+    conditioned sub-layer, e.g. many correlated FFN dims on a 512-example sample)."""
+    eye = torch.eye(len(m0), dtype=AtA.dtype)
+    scale = float(AtA.diagonal().mean()) + 1e-12
+    lam = cfg.damping * scale
+    for _ in range(8):
+        sol = torch.linalg.lstsq(AtA + lam * eye, (Atb + lam * m0).unsqueeze(1)).solution.squeeze(1)
+        if bool(torch.isfinite(sol).all()) and float(sol.abs().max()) <= cfg.max_mask_value:
+            return sol, _residual(AtA, Atb, btb, sol), lam / scale
+        lam *= 10
+    return None, float("inf"), lam / scale
+
+
 @torch.no_grad()
 def tune_masks(model, sm: StructureMasks, batches, cfg: RetrainFreeConfig) -> list[dict]:
     """Solve each sub-layer's kept mask values in order (layer 0 attention, layer 0 FFN, layer 1 ...),
@@ -390,14 +410,13 @@ def tune_masks(model, sm: StructureMasks, batches, cfg: RetrainFreeConfig) -> li
                 continue
             AtA, Atb, btb = _normal_equations(model, sm, batches, targets, norms[i][kind], i, kind, kept)
             m0 = masks[i, kept].double()
-            damp = cfg.damping * float(AtA.diagonal().mean()) + 1e-12
-            sol = torch.linalg.lstsq(AtA + damp * torch.eye(len(kept), dtype=AtA.dtype), Atb.unsqueeze(1)).solution.squeeze(1)
-            before, after = _residual(AtA, Atb, btb, m0), _residual(AtA, Atb, btb, sol)
-            ok = bool(torch.isfinite(sol).all()) and float(sol.abs().max()) <= cfg.max_mask_value and after < before
+            before = _residual(AtA, Atb, btb, m0)
+            sol, after, damp = _solve(AtA, Atb, btb, m0, cfg)
+            ok = sol is not None and after < before
             if ok:
                 masks[i, kept] = sol.to(masks.dtype)
             report.append({"layer": i, "sublayer": kind, "kept": len(kept), "error_before": before,
-                           "error_after": after if ok else before, "applied": ok})
+                           "error_after": after if ok else before, "applied": ok, "damping": damp})
     return report
 
 
@@ -417,8 +436,12 @@ def fold_masks(model, head_mask: torch.Tensor, ffn_mask: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------ the whole method
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)  # progress of a multi-minute job, visible at once in a redirected log
+
+
 def retrain_free(model, dataset, tokenizer, cost, budget: float, cfg: RetrainFreeConfig | None = None, seed: int = 42,
-                 log=print) -> dict:
+                 log=_log) -> dict:
     """Prune `model` in place to fit `budget` under `cost`; returns what was done (for compression.json)."""
     cfg = cfg or RetrainFreeConfig()
     cfg.validate()
@@ -473,7 +496,3 @@ def retrain_free(model, dataset, tokenizer, cost, budget: float, cfg: RetrainFre
                     "total": round(time.time() - t0, 2)},
     }
 
-
-def kept_from_masks(head_mask: torch.Tensor, ffn_mask: torch.Tensor) -> list[dict]:
-    return [{"heads_kept": torch.nonzero(h).flatten().tolist(), "ffn_dims_kept": torch.nonzero(f).flatten().tolist()}
-            for h, f in zip(head_mask, ffn_mask)]
