@@ -41,6 +41,12 @@ def sh(cmd: list[str], log: list) -> tuple[float, float]:
     return wall, cpu
 
 
+def _fraction(info: dict) -> float:
+    """Predicted cost of the kept structure as a fraction of dense (FLOPs for --target-flops)."""
+    sp = info["speed"]
+    return round(sp["predicted"] / sp["dense"], 6)
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -77,7 +83,7 @@ def main():
         onnx[name] = work / f"rf-{name}-onnx"
         rf = info["retrain_free"]
         doc["entries"][name] = {
-            "target_flops_fraction": round(1 / target, 6), "flops_fraction": info["flops"]["fraction"],
+            "target_flops_fraction": round(1 / target, 6), "flops_fraction": _fraction(info),
             "heads_kept": sum(len(l["heads_kept"]) for l in info["layers"]),
             "ffn_dims_kept": sum(len(l["ffn_dims_kept"]) for l in info["layers"]),
             "per_layer": [[len(l["heads_kept"]), len(l["ffn_dims_kept"])] for l in info["layers"]],

@@ -50,13 +50,13 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also quantize each pruned graph (dynamic int8)")
     a = ap.parse_args()
 
-    from compress.bench import BenchConfig, onnx_runner, run_benchmark
-    from compress.config import DistillConfig, PruneConfig, TrainConfig
-    from compress.data import load_task_data
-    from compress.models import load_tokenizer
-    from compress.onnx_runtime import evaluate_onnx
-    from compress.prune import DataArgs, prune
-    from exporters.onnx_export import export_checkpoint
+    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
+    from compress.core.config import DistillConfig, PruneConfig, TrainConfig
+    from compress.training.data import load_task_data
+    from compress.training.models import load_tokenizer
+    from compress.ort.evaluate import evaluate_onnx
+    from compress.training.driver import DataArgs, prune
+    from exporters.export import export_checkpoint
 
     work = Path(a.work) / a.task
     res_path = RESULTS / f"frontier_{a.task}{a.tag}.json"
@@ -82,7 +82,7 @@ def main():
             t0 = time.time()
             out = work / key.replace("@", "-")
             cfg = PruneConfig(method=method, distill=DistillConfig(teacher=a.teacher),
-                              train=TrainConfig(output_dir=str(out / "pruned"), max_steps=a.steps, max_length=a.max_length,
+                              train=TrainConfig(max_steps=a.steps, max_length=a.max_length,
                                                   overwrite=True, progress=False))
             if "source_level" in flags:
                 cfg.source = str(work / f"hybrid-{flags.pop('source_level')}" / "pruned")
@@ -90,11 +90,11 @@ def main():
             for k, v in flags.items():
                 setattr(cfg, k, v)
             student = None if method == "hybrid-filled" else (a.teacher if not method.startswith("smp") else None)
-            info = prune(cfg, DataArgs(task=a.task), student)
+            info = prune(cfg, DataArgs(task=a.task), student, output=out / "pruned")
             onnx_path = export_checkpoint(out / "pruned", out / "onnx", shrink=True, optimize=True, overwrite=True).path
             models = {"dense": dense, key: onnx_path}
             if a.int8:
-                from compress.quantize import QuantizeConfig, quantize_onnx
+                from compress.ort.quantize import QuantizeConfig, quantize_onnx
 
                 q = quantize_onnx(out / "onnx", out / "onnx-int8", QuantizeConfig(), overwrite=True)
                 models[key + " int8"] = Path(q.output) if str(q.output).endswith(".onnx") else Path(q.output) / "model.onnx"

@@ -6,19 +6,18 @@ fields, `train` and `distill` nest inside it); it is saved into the output as re
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from .artifacts import atomic_dir, read_compression_json, write_json
-from .config import DistillConfig, PruneConfig, TrainConfig, from_dict
-from .errors import InvalidConfigError
-from .prune import DataArgs
+from compress.core.artifacts import atomic_dir, read_compression_json, write_json
+from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.errors import InvalidConfigError
+from compress.training.driver import DataArgs
 
 console = Console()
 
@@ -68,12 +67,12 @@ class RunConfig:
 
 
 def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
-    from exporters.onnx_export import export_checkpoint
+    from exporters.export import export_checkpoint
 
-    from .models import load_tokenizer
-    from .onnx_runtime import evaluate_onnx
-    from .prune import prune
-    from .data import load_task_data
+    from compress.training.models import load_tokenizer
+    from compress.ort.evaluate import evaluate_onnx
+    from compress.training.driver import prune
+    from compress.training.data import load_task_data
 
     t_start = time.time()
     out = Path(output)
@@ -83,6 +82,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     if dense_src is None:
         raise InvalidConfigError("give --teacher (a fine-tuned model, also the dense baseline) or --model")
     cfg.prune.validate()
+    target, cfg = _speed_target(cfg)
     if cfg.fill_steps < 0 or (cfg.fill_steps and cfg.prune.method == "hybrid-filled"):
         raise InvalidConfigError("--fill-steps must be >= 0 and follows a pruning method other than hybrid-filled")
     timings = {}
@@ -91,18 +91,19 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         # 1. prune
         console.rule("[bold]1/5 prune")
         t = time.time()
-        cfg.prune.train.output_dir = str(tmp / "pruned")
-        cfg.prune.train.overwrite = True
-        prune(cfg.prune, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student)
+        # Copies: the caller's config stays as given (it is what recipe.json and summary.json record).
+        prune_cfg = replace(cfg.prune, train=replace(cfg.prune.train, overwrite=True))
+        prune(prune_cfg, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
         pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
         if cfg.fill_steps:
             console.rule("[bold]1b/5 fill (hybrid-filled)")
             t = time.time()
-            fill = copy.deepcopy(cfg.prune)
-            fill.method, fill.source, fill.lambda_reg, fill.sparsity = "hybrid-filled", str(pruned), None, None
-            fill.train.max_steps, fill.train.output_dir = cfg.fill_steps, str(tmp / "filled")
-            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir))
+            # The structure is frozen from here: the speed target was the pruning step's.
+            fill = replace(prune_cfg, method="hybrid-filled", source=str(pruned), lambda_reg=None, sparsity=None,
+                           target_speedup=None, target_latency_ms=None, target_flops=None,
+                           train=replace(prune_cfg.train, max_steps=cfg.fill_steps))
+            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
             pruned = tmp / "filled"
             timings["fill"] = time.time() - t
         info = read_compression_json(pruned)  # what was written, geometry and checksums included
@@ -119,7 +120,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         # 3. quantize
         if cfg.quantize:
             console.rule("[bold]3/5 quantize")
-            from .quantize import QuantizeConfig, quantize_onnx
+            from compress.ort.quantize import QuantizeConfig, quantize_onnx
 
             t = time.time()
             for name in ("dense", "pruned"):
@@ -139,11 +140,14 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
         rows = _rows(models, metrics, latency, info, cfg)
+        speed = _speed_summary(read_compression_json(tmp / "pruned"), latency, cfg) if target else None
         timings["total"] = time.time() - t_start
         summary = {"recipe": asdict(cfg), "rows": rows, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
                    "shrink": shrink_report, "layers": info["layers"], "geometry": info.get("geometry"),
                    "pruning": {"sparsity": info["sparsity"]["encoder_linear"], "params": info["params"],
                                "seconds_per_step": info["training"]["seconds_per_step"]}}
+        if speed:
+            summary["speed"] = speed
         write_json(tmp / "summary.json", summary)
         write_report(tmp, summary, pruned, others=known_runs(out))
     print_table(rows)
@@ -151,9 +155,41 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     return summary
 
 
+def _speed_target(cfg: RunConfig):
+    """(the prune step's speed target, the config to run): with a latency target the benchmark also runs
+    at its deploy shape and threads, so the measured speedup is the one that was asked for. A copy: the
+    caller's config is not changed."""
+    from compress.speed.budgeted import deploy_from, target_from
+
+    target = target_from(cfg.prune)
+    if target is None or target.kind == "flops":
+        return target, cfg
+    d = deploy_from(cfg.prune)
+    if d.seq != cfg.bench_seq_len:
+        console.print(f"benchmark sequence length set to the deploy shape's {d.seq} (was {cfg.bench_seq_len})")
+    return target, replace(cfg, bench_batch_sizes=sorted({*cfg.bench_batch_sizes, d.batch}), bench_seq_len=d.seq,
+                           bench_threads=d.threads or cfg.bench_threads)
+
+
+def _speed_summary(pruned_info: dict, latency: dict, cfg: RunConfig) -> dict:
+    """Requested vs predicted (latency table) vs measured (this run's benchmark) speedup over dense fp32."""
+    sp = dict(pruned_info["speed"])
+    sp.pop("table", None)
+    p = cfg.prune
+    if sp["unit"] == "ms":
+        from compress.speed.latency import parse_shape
+
+        b, _ = parse_shape(p.deploy_shape)
+        name = f"pruned {p.deploy}"
+        if name in latency:
+            sp["measured_speedup"] = round(latency["dense fp32"][b] / latency[name][b], 3)
+            sp["measured_at"] = f"batch {b} x seq {cfg.bench_seq_len}, {name} vs dense fp32, compress bench in this run"
+    return sp
+
+
 def bench_models(models: dict, cfg: RunConfig) -> dict:
     """p50 latency (ms) per model and batch size at cfg.bench_seq_len; compress.bench interleaves models."""
-    from .bench import BenchConfig, onnx_runner, run_benchmark
+    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
 
     bc = BenchConfig(batch_sizes=tuple(cfg.bench_batch_sizes), seq_lens=(cfg.bench_seq_len,), threads=cfg.bench_threads,
                      iterations=cfg.bench_iterations)
@@ -219,7 +255,7 @@ def _recipe_label(recipe: dict) -> str:
 def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[str, dict] | None = None) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from .report import plot_frontier, plot_kept, plot_pattern
+    from compress.report import plot_frontier, plot_kept, plot_pattern
 
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
     plot_pattern(model, directory / "pattern.png", f"{summary['recipe']['prune']['method']}: kept weights per matrix")
@@ -247,6 +283,19 @@ def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[
               f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
               "measured in the same run.", "",
               "| layer | heads kept | FFN dims kept |", "|---|---|---|"]
+    sp = summary.get("speed")
+    if sp:  # one line above the layer table: requested, predicted by the table, measured in this run
+        t = sp["target"]
+        from compress.training.checkpoint import _target_text
+
+        asked = _target_text(sp)
+        where = sp.get("deploy")
+        text = (f"Speed target {asked}" + (f" ({where['precision']} {where['shape']}, {where['threads']} threads, {where['provider']})"
+                                           if where else "") + f": predicted {sp['predicted_speedup']:.2f}x by the latency table"
+                + (f", measured {sp['measured_speedup']:.2f}x ({sp['measured_at']})" if "measured_speedup" in sp else "")
+                + " (speedups over dense fp32).")
+        at = lines.index("| layer | heads kept | FFN dims kept |")
+        lines[at:at] = [text, ""]
     geo = summary["geometry"]
     for i, l in enumerate(summary["layers"]):
         lines.append(f"| {i} | {len(l['heads_kept'])}/{geo['num_heads']} | {len(l['ffn_dims_kept'])}/{geo['intermediate_size']} |")
