@@ -55,7 +55,8 @@ def main():
     from compress.training.data import load_task_data
     from compress.training.models import load_tokenizer
     from compress.ort.evaluate import evaluate_onnx
-    from compress.training.driver import DataArgs, prune
+    from compress.core.config import DataConfig as DataArgs
+    from compress.training.driver import prune
     from exporters.export import export_checkpoint
 
     work = Path(a.work) / a.task

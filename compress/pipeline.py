@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.core.artifacts import atomic_dir, read_compression_json, write_json
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, from_dict
 from compress.core.errors import InvalidConfigError
-from compress.training.driver import DataArgs
 
 console = Console()
 
@@ -58,7 +57,7 @@ class RunConfig:
             else:
                 data = json.loads(text)
         except Exception as e:
-            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from None
+            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from e
         prune = data.pop("prune", None)
         cfg = from_dict(cls, data)
         if prune is not None:
@@ -93,7 +92,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         # Copies: the caller's config stays as given (it is what recipe.json and summary.json record).
         prune_cfg = replace(cfg.prune, train=replace(cfg.prune.train, overwrite=True))
-        prune(prune_cfg, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
+        prune(prune_cfg, DataConfig(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
         pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
         if cfg.fill_steps:
@@ -103,7 +102,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
             fill = replace(prune_cfg, method="hybrid-filled", source=str(pruned), lambda_reg=None, sparsity=None,
                            target_speedup=None, target_latency_ms=None, target_flops=None,
                            train=replace(prune_cfg.train, max_steps=cfg.fill_steps))
-            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
+            prune(fill, DataConfig(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
             pruned = tmp / "filled"
             timings["fill"] = time.time() - t
         info = read_compression_json(pruned)  # what was written, geometry and checksums included
@@ -140,6 +139,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
         rows = _rows(models, metrics, latency, info, cfg)
+        for row in rows:  # paths inside the run folder, valid once the temporary folder is renamed
+            row["path"] = str(Path(row["path"]).relative_to(tmp))
         speed = _speed_summary(read_compression_json(tmp / "pruned"), latency, cfg) if target else None
         timings["total"] = time.time() - t_start
         summary = {"recipe": asdict(cfg), "rows": rows, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},

@@ -11,7 +11,8 @@ from compress.core.config import DistillConfig, PruneConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
 from compress.pruning.masks import topk_mask
 from compress.pruning.methods import METHODS, get_method
-from compress.training.driver import DataArgs, prune
+from compress.core.config import DataConfig as DataArgs
+from compress.training.driver import prune
 from compress.pruning.pruner import Pruner
 from compress.training.loop import StudentWithLoss
 

@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 import helpers as h
 from compress.core.config import DistillConfig, PruneConfig, TrainConfig
-from compress.training.driver import DataArgs, prune
+from compress.core.config import DataConfig as DataArgs
+from compress.training.driver import prune
 from compress.training.loop import checkpoint_dir
 
 

@@ -12,7 +12,8 @@ from transformers import AutoModelForSequenceClassification
 import helpers as h
 from compress.core.config import PruneConfig, RetrainFreeConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
-from compress.training.driver import DataArgs, prune
+from compress.core.config import DataConfig as DataArgs
+from compress.training.driver import prune
 from compress.pruning.retrain_free import StructureMasks, fisher_gradients, fold_masks, rearrange, search, tune_masks, _batches
 from compress.speed.latency import flops_table
 from compress.core.sparsity import kept_structure

@@ -19,7 +19,7 @@ def run(args):
             ctl = "--target-speedup / --target-flops"
         elif m.budget_as:
             ctl = "--sparsity or --target-speedup / --target-flops"
-        if m.binarizer == "smp-s":
+        elif m.targets_sparsity and m.regularised:
             ctl = "--sparsity, --lambda"
         t.add_row(m.name, ctl, m.help)
     Console(width=160).print(t)

@@ -3,49 +3,92 @@ paths are arguments of the functions that write them, never config fields."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from compress.core.errors import InvalidConfigError
 
 
+def _score_init(text: str) -> float | str:
+    if text == "magnitude":
+        return text
+    try:
+        return float(text)
+    except ValueError as e:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'magnitude'") from e
+
+
+def arg(default, help: str = "", **meta):
+    """A config field whose help text (and CLI flag details) live beside its default: compress.cli.flags
+    turns these into command-line flags, so a default is written once."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class DataConfig:
+    """Where the task data comes from: a built-in task (GLUE layout or the hub) or generic files."""
+
+    task: str | None = arg(None, "built-in task: sst2, mrpc (default: sst2, unless data files are given)")
+    data_dir: str | None = arg(None, "local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
+    train_file: str | None = arg(None, "generic training file (.tsv, .csv, .json, .jsonl); overrides --task files")
+    validation_file: str | None = arg(None, "generic validation file")
+    text_column: str | None = arg(None, "text column of the data files")
+    text_pair_column: str | None = arg(None, "second text column (sentence pairs)")
+    label_column: str | None = arg(None, "label column of the data files")
+    num_labels: int | None = arg(None, "number of labels (default: from the data)")
+
+    def resolved(self) -> "DataConfig":
+        """With data files and no task, the files define the task (generic columns); else sst2."""
+        if self.task is None and not (self.train_file or self.validation_file):
+            return replace(self, task="sst2")
+        return self
+
+
 @dataclass
 class DistillConfig:
-    teacher: str | None = None
-    alpha_ce: float = 0.1  # weight of the task cross-entropy when a teacher is given
-    alpha_teacher: float = 0.9  # weight of T^2 * KL(student || teacher)
-    temperature: float = 2.0
+    teacher: str | None = arg(None, "fine-tuned teacher (same task and vocabulary; may be larger)")
+    alpha_ce: float = arg(0.1, "weight of the task cross-entropy when a teacher is given")
+    alpha_teacher: float = arg(0.9, "weight of T^2 * KL(student || teacher)")
+    temperature: float = arg(2.0, "distillation temperature T")
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_length: int = 64
-    eval_max_length: int = 128
-    lr: float = 3e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1  # W = warmup_ratio * T: LR warm-up and the unit of the pruning schedule
-    seed: int = 42
-    save_steps: int = 500
-    logging_steps: int = 25
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    epochs: float = arg(1.0, "training epochs")
+    max_steps: int = arg(-1, "> 0 overrides --epochs")
+    batch_size: int = arg(32, "training batch size")
+    eval_batch_size: int = arg(64, "evaluation batch size")
+    max_length: int = arg(64, "training sequence length")
+    eval_max_length: int = arg(128, "evaluation sequence length")
+    lr: float = arg(3e-5, "learning rate of the weights")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    warmup_ratio: float = arg(0.1, "W = ratio * total steps: LR warm-up and the unit of the pruning schedule")
+    seed: int = arg(42, "random seed")
+    save_steps: int = arg(500, "periodic checkpoint interval (for --resume)")
+    logging_steps: int = arg(25, "log every N steps")
+    max_train_samples: int | None = arg(None, "use at most N training rows")
+    max_eval_samples: int | None = arg(None, "use at most N dev rows")
+    resume: bool = arg(False, "continue an interrupted run from its last checkpoint")
+    overwrite: bool = arg(False, "replace a non-empty output directory")
+    progress: bool = arg(True, "progress bars")
 
 
 @dataclass
 class RetrainFreeConfig:
-    fisher_samples: int = 2048  # examples for the Fisher information (the paper: 2k)
-    tune_samples: int = 512  # examples for the layer-wise least-squares mask tuning
-    fisher_labels: str = "model"  # "model": the model's own predictions (no labels needed); "data": the dataset's
-    rearrange_swaps: int = 128  # max greedy swaps per layer and unit type (0 disables rearrangement)
-    damping: float = 1e-3  # ridge toward the untuned masks, relative to the mean diagonal of A^T A
-    max_mask_value: float = 10.0  # a tuned value beyond this (ill-conditioned solve) raises the ridge tenfold
-    batch_size: int = 32
+    """retrain-free (Kwon et al. 2022): sample sizes and solver settings of the post-training search."""
+
+    fisher_samples: int = arg(2048, "retrain-free: examples for the Fisher information of the masks (the paper: 2k)")
+    tune_samples: int = arg(512, "retrain-free: examples for the layer-wise least-squares mask tuning")
+    fisher_labels: str = arg("model", "retrain-free: labels of the Fisher loss, the model's own predictions (no labels "
+                             "needed) or the data's", choices=("model", "data"))
+    rearrange_swaps: int = arg(128, "retrain-free: max greedy swaps per layer and unit type in mask rearrangement (0: off)")
+    damping: float = arg(1e-3, "retrain-free: ridge toward the untuned masks, relative to the mean diagonal of A^T A")
+    # a tuned value beyond this (ill-conditioned solve) raises the ridge tenfold
+    max_mask_value: float = field(default=10.0, metadata={"cli": False})
+    batch_size: int = field(default=32, metadata={"cli": False})  # of the Fisher / tuning passes (not --batch-size)
 
     def validate(self) -> None:
         if self.fisher_samples < 1 or self.tune_samples < 1:
@@ -58,35 +101,45 @@ class RetrainFreeConfig:
 
 @dataclass
 class PruneConfig:
-    method: str = "hybrid"
-    sparsity: float | None = None  # target fraction of zeros (top-k methods); None -> method default
-    lambda_reg: float | None = None  # final regularisation lambda (soft methods); None -> method default
-    lambda_att: float = 1.0  # multipliers on lambda for attention / FFN groups
-    lambda_ffn: float = 1.0
-    block_size: int = 32  # `block` method: N x N blocks; hybrid attention blocks are 32 x 32 (paper)
-    tau: float = 0.1  # final sigmoid threshold of soft methods (ramps from 0)
-    initial_warmup: float = 1.0  # in units of W warm-up steps
-    final_warmup: float = 2.0
-    score_lr: float | None = None  # None -> method default (1e-2 movement, 2e-2 SMP)
-    head_lr: float = 1e-3  # SMP (frozen encoder): lr of the fresh classifier head, which --lr (3e-5) barely moves
-    score_init: float | str | None = None  # a constant, or "magnitude" (default for per-weight top-k: |W| / mean|W|)
-    source: str | None = None  # hybrid-filled: the hybrid result to fill
-    label_words: list[str] | None = None  # SMP head-free mode
+    method: str = arg("hybrid", "pruning method (see `compress methods`)")
+    sparsity: float | None = arg(None, "target fraction of zeros for top-k methods (magnitude, movement, smp-l, smp-s)")
+    lambda_reg: float | None = arg(None, "final regularisation weight for soft methods", flag="--lambda")
+    lambda_att: float = arg(1.0, "multiplier of lambda on attention groups")
+    lambda_ffn: float = arg(1.0, "multiplier of lambda on FFN groups")
+    # `block` method: N x N blocks; hybrid attention blocks are 32 x 32 (paper)
+    block_size: int = arg(32, "block method: N x N blocks, 4..64")
+    tau: float = arg(0.1, "final sigmoid threshold of soft methods (ramps from 0)")
+    initial_warmup: float = arg(1.0, "steps (in units of W) before pruning starts")
+    final_warmup: float = arg(2.0, "cool-down steps (in units of W) at the final mask")
+    score_lr: float | None = arg(None, "mask-score learning rate (default 1e-2; SMP 2e-2)")
+    head_lr: float = arg(1e-3, "SMP methods: lr of the fresh classifier head (the encoder is frozen, so --lr "
+                         "(3e-5) would barely move it)")
+    score_init: float | str | None = arg(
+        None, "initial mask scores: a constant (the papers' 0), or 'magnitude' (|W| / mean|W|; the default for "
+        "per-weight top-k methods: movement, smp-l, smp-s; a constant init leaves their top-k near-random in short runs)",
+        type=_score_init)
+    source: str | None = arg(None, "hybrid-filled: the output directory of a hybrid run")
+    label_words: list[str] | None = arg(None, "SMP head-free mode: one word per label read from the MLM head "
+                                        "(e.g. terrible great); needs a model saved with its MLM head", metavar="WORD")
     # Speed targets (struct, hybrid, retrain-free, smp-struct): the final structure is chosen to meet one of them
-    # (compress.speed), measured on the deployment below; no lambda needed.
-    target_speedup: float | None = None  # x faster than the dense fp32 deploy graph
-    target_latency_ms: float | None = None  # absolute budget at the deploy shape
-    target_flops: float | None = None  # fraction of dense encoder FLOPs to keep (hardware-free)
-    deploy: str = "fp32"  # precision the model ships in: fp32 | int8
-    deploy_shape: str = "32x128"  # batch x sequence length
-    deploy_threads: int | None = 2
-    deploy_provider: str = "cpu"
-    measure_speed: bool = True  # after a latency target: time the shrunk deploy graph against dense (compression.json)
-    ffn_block: int = 32  # kept FFN widths are multiples of this (the budget is met within one block or one head)
-    fill_steps: int = 0  # retrain-free: distillation steps afterwards with the structure frozen (0: none, no SGD at all)
-    retrain_free: RetrainFreeConfig = field(default_factory=RetrainFreeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    # (compress.speed), measured on the deployment below; no lambda needed. Their flags come from
+    # compress.cli.prune.add_target_args (shared with `compress run` and `compress latency-table`), hence cli=False.
+    target_speedup: float | None = field(default=None, metadata={"cli": False})  # x faster than the dense fp32 deploy graph
+    target_latency_ms: float | None = field(default=None, metadata={"cli": False})  # absolute budget at the deploy shape
+    target_flops: float | None = field(default=None, metadata={"cli": False})  # fraction of dense encoder FLOPs to keep
+    deploy: str = field(default="fp32", metadata={"cli": False})  # precision the model ships in: fp32 | int8
+    deploy_shape: str = field(default="32x128", metadata={"cli": False})  # batch x sequence length
+    deploy_threads: int | None = field(default=2, metadata={"cli": False})
+    deploy_provider: str = field(default="cpu", metadata={"cli": False})
+    # after a latency target: time the shrunk deploy graph against dense (compression.json)
+    measure_speed: bool = field(default=True, metadata={"cli": False})
+    # kept FFN widths are multiples of this (the budget is met within one block or one head)
+    ffn_block: int = field(default=32, metadata={"cli": False})
+    fill_steps: int = arg(0, "retrain-free: distillation steps afterwards with the structure frozen, from --teacher or else "
+                          "the dense input model (0: no SGD at all)")
+    retrain_free: RetrainFreeConfig = field(default_factory=RetrainFreeConfig, metadata={"cli": False})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"cli": False})
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata={"cli": False})
 
     def validate(self) -> None:
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:

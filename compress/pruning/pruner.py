@@ -33,11 +33,11 @@ class Pruner(nn.Module):
             self.budget = StructureBudget(self.groups, method.budget_as or method.name, geometry(model.config), speed_plan, cfg.ffn_block)
             self.lam_final = 0.0
         self.scores = nn.ParameterDict()
-        if method.binarizer in ("topk", "threshold", "smp-s"):
+        if method.binarizer.learned:
             for g in self.groups:
                 self.scores[_key(g.name)] = nn.Parameter(_initial_scores(g, method.binarizer, cfg.score_init))
         for g in self.groups:
-            if method.binarizer == "fixed":
+            if method.binarizer is M.Binarizer.FIXED:
                 self.register_buffer(f"fixed_{_key(g.name)}", fixed_masks[g.name].float().clone())
         # Schedule state (derived from the step, so a resumed run recomputes it exactly).
         self.keep = 1.0
@@ -77,21 +77,22 @@ class Pruner(nn.Module):
         if self.budget is not None:
             self._cache.update(self.budget.masks(self.scores))
             return
+        B = M.Binarizer
         b = self.method.binarizer
-        if b == "smp-s":
+        if b is B.SMP_S:
             ratios = self._smp_s_ratios()
         for g in self.groups:
             k = _key(g.name)
-            if b == "magnitude":
+            if b is B.MAGNITUDE:
                 w = _raw_weight(g.members[0][0])
                 m = M.topk_mask(w.detach().abs(), self.keep)
-            elif b == "topk":
+            elif b is B.TOPK:
                 m = M.topk_ste(self.scores[k], self.keep)
-            elif b == "threshold":
+            elif b is B.THRESHOLD:
                 m = M.threshold_ste(self.scores[k], self.tau)
-            elif b == "smp-s":
+            elif b is B.SMP_S:
                 m = M.topk_ste(self.scores[k], ratios[g.name])
-            else:  # fixed
+            else:  # B.FIXED
                 m = getattr(self, f"fixed_{k}")
             self._cache[g.name] = m
 
@@ -143,7 +144,7 @@ class Pruner(nn.Module):
         return out
 
 
-def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor:
+def _initial_scores(g, binarizer: M.Binarizer, init: float | str | None) -> torch.Tensor:
     """Initial mask scores of one group.
 
     Top-k scores per weight start at |W| / mean|W| of their matrix ("magnitude", the default) unless a
@@ -156,10 +157,10 @@ def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor
     is 1[sigmoid(S) > tau] and tau ramps up from 0, so they never start random.
     """
     linear, layout = g.members[0]
-    if binarizer == "topk" and layout.kind in ("rows", "cols") and (init is None or init == "magnitude"):
+    if binarizer == M.Binarizer.TOPK and layout.kind in ("rows", "cols") and (init is None or init == "magnitude"):
         # Structured top-k (smp-struct): a constant would tie and keep heads/dims by index.
         return _unit_magnitude(g)
-    if binarizer not in ("topk", "smp-s") or layout.kind != "full":
+    if binarizer not in (M.Binarizer.TOPK, M.Binarizer.SMP_S) or layout.kind != "full":
         return torch.full(g.score_shape, float(init) if isinstance(init, (int, float)) else 0.0)
     w = linear.weight.detach().abs()
     relative = (w / w.mean().clamp_min(1e-12)).float()

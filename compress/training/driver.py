@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from compress.core.artifacts import check_output_dir, read_compression_json
 from compress.training.checkpoint import save_model_dir
-from compress.core.config import PruneConfig, TrainConfig
+from compress.core.config import DataConfig, PruneConfig, TrainConfig
 from compress.training.data import TaskData, compute_metrics, load_task_data
 from compress.core.errors import InvalidConfigError
 from compress.pruning.masks import bake
@@ -27,19 +27,7 @@ SMP_NOTE = ("Static Model Pruning here trains the mask scores plus a fresh class
             "MLM head, which this model does not have).")
 
 
-@dataclass
-class DataArgs:
-    task: str | None = "sst2"
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    num_labels: int | None = None
-
-
-def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
+def _load_data(data: DataConfig, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
     return load_task_data(
         data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
         text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
@@ -105,7 +93,7 @@ def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, *, output: str | os.PathLike,
+def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike,
           callbacks: list | None = None) -> dict:
     """Run one pruning method end to end, writing the checkpoint to `output`; returns the compression.json content."""
     cfg.validate()
@@ -115,9 +103,9 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, *, ou
         check_output_dir(output, t.overwrite)
     if method.needs_source and not cfg.source:
         raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
-    if method.targets_sparsity is False and cfg.sparsity is not None and method.binarizer != "fixed":
+    if not method.targets_sparsity and cfg.sparsity is not None and method.binarizer.learned:
         raise InvalidConfigError(f"--method {method.name} sets sparsity through --lambda, not --sparsity")
-    if method.binarizer in ("magnitude", "topk") and cfg.lambda_reg is not None:
+    if method.binarizer.top_k and not method.regularised and cfg.lambda_reg is not None:
         raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
 
     if method.select is None and cfg.fill_steps:
@@ -212,7 +200,7 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, *, ou
         "base_model": (source_info or {}).get("base_model", model_name),
         "teacher": cfg.distill.teacher,
         "task": td.spec.name,
-        "recipe": {"binarizer": method.binarizer, "train_weights": method.train_weights,
+        "recipe": {"binarizer": method.binarizer.value, "train_weights": method.train_weights,
                    "score_lr": score_lr, "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
                    "lambda_final": pruner.lam_final if method.regularised else None, **_recorded(cfg, output)},
         **rep,
@@ -238,7 +226,7 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, *, ou
     return info
 
 
-def _is_pair(data: DataArgs) -> bool:
+def _is_pair(data: DataConfig) -> bool:
     from compress.training.data import TASKS
 
     return bool(data.text_pair_column or (data.task in TASKS and TASKS[data.task].text_pair_column))
@@ -259,7 +247,7 @@ def _reloader(info: dict):
     return load
 
 
-def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
+def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing, written to `output`."""
     if not t.resume:
         check_output_dir(output, t.overwrite)
@@ -306,7 +294,7 @@ def _cleanup_checkpoints(output) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def evaluate_checkpoint(path: str, data: DataArgs, batch_size: int = 64, max_length: int = 128,
+def evaluate_checkpoint(path: str, data: DataConfig, batch_size: int = 64, max_length: int = 128,
                         max_eval_samples: int | None = None, progress: bool = True) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
     info = read_compression_json(path) or {}
