@@ -12,7 +12,8 @@ import helpers as h
 from compress.core.config import DistillConfig, PruneConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
 from compress.pruning.methods import get_method
-from compress.training.driver import DataArgs, prune
+from compress.core.config import DataConfig as DataArgs
+from compress.training.driver import prune
 from compress.pruning.pruner import Pruner
 from compress.speed.budget import Target, marginal_step, resolve_target
 from compress.speed.budgeted import SpeedPlan
