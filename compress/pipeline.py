@@ -60,6 +60,9 @@ class RunConfig:
                 data = json.loads(text)
         except Exception as e:
             raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise InvalidConfigError(f"recipe {p} must be a mapping of RunConfig keys (model: ..., prune: {{...}}), "
+                                     f"not a {type(data).__name__}")
         prune = data.pop("prune", None)
         cfg = from_dict(cls, data)
         if prune is not None:

@@ -11,10 +11,11 @@ from .artifacts import check_output_dir, read_compression_json
 from .checkpoint import save_model_dir
 from .config import PruneConfig, TrainConfig
 from .data import TaskData, compute_metrics, load_task_data
-from .errors import InvalidConfigError
+from .errors import ArtifactError, InvalidConfigError
 from .masks import bake
 from .methods import get_method
-from .models import check_teacher, load_classifier, load_config, load_tokenizer, resolve_model
+from .data import label_names_of
+from .models import check_max_length, check_teacher, load_classifier, load_config, load_tokenizer, resolve_model
 from .label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
 from .pruner import Pruner
 from .sparsity import fold_dead_structure, sparsity_report
@@ -38,13 +39,28 @@ class DataArgs:
     num_labels: int | None = None
 
 
-def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
+def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None,
+               label_names: list[str] | None = None) -> TaskData:
     return load_task_data(
         data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
         text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
         num_labels=data.num_labels, max_length=t.max_length, eval_max_length=t.eval_max_length, max_train_samples=t.max_train_samples,
-        max_eval_samples=t.max_eval_samples, splits=splits, template=template,
+        max_eval_samples=t.max_eval_samples, splits=splits, template=template, label_names=label_names,
     )
+
+
+def _save_label_names(model, td: TaskData) -> None:
+    """String labels learned from the training file become the model's id2label/label2id (config.json,
+    copied into the ONNX folder), so every later file is mapped the same way."""
+    config = getattr(getattr(model, "mlm", model), "config", None)
+    if td.label_names and config is not None:
+        config.id2label = dict(enumerate(td.label_names))
+        config.label2id = {n: i for i, n in enumerate(td.label_names)}
+
+
+def _check_lengths(t: TrainConfig, config, where) -> None:
+    check_max_length(t.max_length, config, where)
+    check_max_length(t.eval_max_length, config, where)
 
 
 def _evaluate(model, td: TaskData, tokenizer, t: TrainConfig) -> dict:
@@ -110,7 +126,8 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     method = get_method(cfg.method)
     t = cfg.train
     if not t.resume:
-        check_output_dir(t.output_dir, t.overwrite)
+        check_output_dir(t.output_dir, t.overwrite, inputs=(model_name, cfg.source, cfg.distill.teacher, data.train_file,
+                                                           data.validation_file))
     if method.needs_source and not cfg.source:
         raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
     if method.targets_sparsity is False and cfg.sparsity is not None and method.binarizer != "fixed":
@@ -124,12 +141,13 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         model_name = cfg.source
     model_name = resolve_model(model_name)
     # Cheap checks first (config files, flags), so bad input fails before any data work.
-    load_config(model_name)
+    config = load_config(model_name)
+    _check_lengths(t, config, model_name)
     if cfg.distill.teacher:
         load_config(resolve_model(cfg.distill.teacher))
     if t.resume:
         _require_checkpoint(t)
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = load_tokenizer(model_name, config)
     template = None
     if cfg.label_words:
         if method.train_weights:
@@ -137,7 +155,7 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         if tokenizer.mask_token is None:
             raise InvalidConfigError(f"{model_name}'s tokenizer has no mask token; --label-words needs an MLM tokenizer")
         template = DEFAULT_TEMPLATES[_is_pair(data)]
-    td = _load_data(data, tokenizer, t, template=template)
+    td = _load_data(data, tokenizer, t, template=template, label_names=label_names_of(config))
     torch.manual_seed(t.seed)
     if cfg.label_words:
         if len(cfg.label_words) != td.num_labels:
@@ -147,8 +165,13 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         student = load_classifier(model_name, td.num_labels)
     teacher = None
     if cfg.distill.teacher:
-        teacher = load_classifier(resolve_model(cfg.distill.teacher))
-        check_teacher(student, teacher)
+        teacher_name = resolve_model(cfg.distill.teacher)
+        teacher = load_classifier(teacher_name)
+        try:
+            teacher_tokenizer = load_tokenizer(teacher_name)
+        except ArtifactError:
+            teacher_tokenizer = None  # no tokenizer saved with the teacher: only its size can be compared
+        check_teacher(student, teacher, tokenizer, teacher_tokenizer)
 
     fixed = None
     if method.needs_source:
@@ -196,6 +219,7 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         info.update(head="mlm-label-words", label_words=list(cfg.label_words), template=template)
     elif not method.train_weights:
         info["smp_note"] = SMP_NOTE
+    _save_label_names(student, td)
     if stats["is_main_process"]:  # under DDP only rank 0 writes
         save_model_dir(student, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
                        sample=_sample_batch(td, tokenizer, student), reload=_reloader(info))
@@ -226,18 +250,21 @@ def _reloader(info: dict):
 
 def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None) -> dict:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing."""
+    t.validate()
     if not t.resume:
-        check_output_dir(t.output_dir, t.overwrite)
+        check_output_dir(t.output_dir, t.overwrite, inputs=(model_name, data.train_file, data.validation_file))
     model_name = resolve_model(model_name)
-    load_config(model_name)
+    config = load_config(model_name)
+    _check_lengths(t, config, model_name)
     if t.resume:
         _require_checkpoint(t)
-    tokenizer = load_tokenizer(model_name)
-    td = _load_data(data, tokenizer, t)
+    tokenizer = load_tokenizer(model_name, config)
+    td = _load_data(data, tokenizer, t, label_names=label_names_of(config))
     torch.manual_seed(t.seed)
     model = load_classifier(model_name, td.num_labels)
     stats = train(model, tokenizer, td.train, t)
     metrics = _evaluate(model, td, tokenizer, t)
+    _save_label_names(model, td)
     info = {"method": None, "base_model": model_name, "task": td.spec.name, "recipe": {"train": vars(t)},
             **sparsity_report(model), "metrics": metrics,
             "training": {k: v for k, v in stats.items() if k != "is_main_process"}}
@@ -265,10 +292,13 @@ def _cleanup_checkpoints(t: TrainConfig) -> None:
 def evaluate_checkpoint(path: str, data: DataArgs, batch_size: int = 64, max_length: int = 128,
                         max_eval_samples: int | None = None, progress: bool = True) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
-    info = read_compression_json(path) or {}
-    tokenizer = load_tokenizer(path)
     t = TrainConfig(eval_batch_size=batch_size, max_length=max_length, eval_max_length=max_length, max_eval_samples=max_eval_samples, progress=progress)
-    td = _load_data(data, tokenizer, t, splits=("dev",), template=info.get("template"))
+    t.validate()
+    info = read_compression_json(path) or {}
+    config = load_config(path)
+    _check_lengths(t, config, path)
+    tokenizer = load_tokenizer(path, config)
+    td = _load_data(data, tokenizer, t, splits=("dev",), template=info.get("template"), label_names=label_names_of(config))
     reload = _reloader(info)
     model = reload(path) if reload else load_classifier(path, td.num_labels)
     return _evaluate(model, td, tokenizer, t)

@@ -36,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, record_checksums, write_json
+from .artifacts import (
+    COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, check_output_file, record_checksums, write_json,
+)
 from .errors import CompressError, DataError, GraphPatternError, InvalidConfigError
 from .onnx_runtime import MODEL_FILE, first_line, iter_batches, make_session, model_inputs, output_index, read_pad_id, resolve_onnx
 
@@ -120,6 +122,7 @@ class QuantizeResult:
     max_abs_diff: float | None = None  # logits, fp32 vs int8, on random tokens (a sanity check)
     metrics_before: dict[str, float] | None = None
     metrics_after: dict[str, float] | None = None
+    eval_batch_size: int | None = None  # the batch the metrics were measured at (dynamic int8 depends on it)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -359,7 +362,9 @@ def read_calibration_file(path: str | Path, text_column: str = "sentence") -> li
     if not path.exists():
         raise DataError(f"calibration file {path} not found")
     if path.suffix.lower() == ".txt":
-        return path.read_text(encoding="utf-8").splitlines()
+        from .data import read_text_utf8
+
+        return read_text_utf8(path, "calibration file").splitlines()
     from .data import _read_any  # shared tsv/csv/json reader (GLUE quoting rules included)
 
     cols = _read_any(path)
@@ -472,14 +477,15 @@ def quantize_onnx(
     task_data=None,
     overwrite: bool = False,
     threads: int | None = None,
-    eval_batch_size: int = 32,
+    eval_batch_size: int | None = None,
 ) -> QuantizeResult:
     """Quantize `model_path` (a .onnx file or a dir with model.onnx) into `output`.
 
     `output` ending in .onnx is a file (sidecars copied next to it when missing there); anything else
     is a directory that receives model.onnx, the sidecars and an updated compression.json.
     `calibration_data`: tokenized dataset for static mode. `task_data`: TaskData whose dev split is
-    used to report accuracy before and after.
+    used to report accuracy before and after, at `eval_batch_size` (default: 1 for dynamic int8, whose
+    result depends on the batch it runs in, see compress.onnx_eval; 32 for static).
     """
     config = config or QuantizeConfig()
     config.validate()
@@ -493,13 +499,23 @@ def quantize_onnx(
     as_file = out.suffix == ".onnx"
     if as_file and out.exists() and not overwrite:
         raise InvalidConfigError(f"{out} exists; pass --overwrite or choose another path")
-    if not as_file:
-        check_output_dir(out, overwrite)
     if (out if as_file else out / MODEL_FILE).resolve() == src.resolve():
         raise InvalidConfigError("the output would replace the input model; choose another --output")
+    if as_file:
+        check_output_file(out, inputs=(src,))
+        _check_file_folder(out, src)
+    else:
+        check_output_dir(out, overwrite, inputs=(src_dir,))
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise InvalidConfigError(f"--batch-size {eval_batch_size} must be >= 1")
+    eval_batch_size = eval_batch_size or (1 if config.mode == "dynamic" else 32)
 
     warnings: list[str] = []
     model = onnx.load(str(src))
+    already = integer_op_counts(model)
+    if already:
+        raise InvalidConfigError(f"{src} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())}); "
+                                 "quantize the fp32 export instead")
     fusion = None
     if config.optimize:
         fused, fusion = fuse_transformer(copy.deepcopy(model), src_dir)  # it edits the proto in place
@@ -535,17 +551,45 @@ def quantize_onnx(
         diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
 
         result = QuantizeResult(
-            output=out if as_file else out / MODEL_FILE, size_before=src.stat().st_size,
+            output=out if as_file else out / MODEL_FILE, size_before=onnx_size(src),
             size_after=quantized.stat().st_size, config=asdict(config), kept_fp32=exclude, op_counts=ops,
             fusion=fusion, max_abs_diff=diff, warnings=warnings,
         )
         if task_data is not None:
             from .onnx_runtime import evaluate_onnx
 
+            result.eval_batch_size = eval_batch_size
             result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads)
             result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads)
         _write_outputs(quantized, src, out, as_file, overwrite, result)
     return result
+
+
+def onnx_size(path: Path) -> int:
+    """Bytes of a model: the .onnx file plus the external-data files its tensors point at."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = set()
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            files.update(e.value for e in t.external_data if e.key == "location")
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+
+
+def _check_file_folder(out: Path, src: Path) -> None:
+    """`-o DIR/x.onnx` copies config and tokenizer files next to x.onnx; into a folder that holds
+    someone else's files that would mix them up, so only the source's own folder, a new or empty
+    folder, or one that holds model files already is accepted."""
+    folder = out.parent
+    if not folder.is_dir() or folder.resolve() == src.parent.resolve():
+        return
+    ours = set(SIDECAR_FILES) | {COMPRESSION_JSON}
+    other = sorted(p.name for p in folder.iterdir()
+                   if p.name not in ours and not p.name.endswith((".onnx", ".onnx.data")) and not p.name.startswith("."))
+    if other:
+        raise InvalidConfigError(f"{folder} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) and "
+                                 f"the int8 model needs its config and tokenizer beside it; pass -o a new folder instead")
 
 
 def _checked_fusion(model, fused, stats, model_dir, threads, warnings):
@@ -599,7 +643,7 @@ def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, resu
     q = result.to_dict()
     data["quantization"] = {k: q[k] for k in (
         "config", "kept_fp32", "op_counts", "fusion", "size_before", "size_after", "max_abs_diff",
-        "metrics_before", "metrics_after")}
+        "metrics_before", "metrics_after", "eval_batch_size")}
     record_checksums(dst_dir, data, [n for n in listed if (dst_dir / n).exists()])
     write_json(dst_dir / COMPRESSION_JSON, data)
 

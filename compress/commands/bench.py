@@ -36,6 +36,10 @@ def run(a):
     config = BenchConfig(batch_sizes=tuple(a.batch_sizes), seq_lens=tuple(a.seq_lens), provider=a.provider,
                          threads=a.threads or None, warmup=a.warmup, iterations=a.iterations, seed=a.seed)
     config.validate()
+    from ..artifacts import check_output_file
+
+    for path in (a.json_path, a.csv_path):  # before the timing, not after it
+        check_output_file(path, inputs=tuple(a.models))
     if a.labels and len(a.labels) != len(a.models):
         raise InvalidConfigError(f"--labels has {len(a.labels)} names for {len(a.models)} models")
     labels = a.labels or [None] * len(a.models)

@@ -47,7 +47,8 @@ def register(sub):
     g.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax")
     g.add_argument("--max-length", type=int, default=128)
     g.add_argument("--max-eval-samples", type=int, help="limit the dev sentences used for accuracy")
-    g.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
+    g.add_argument("--batch-size", type=int, help="evaluation batch size (default 1 for dynamic int8, whose accuracy "
+                   "depends on the batch; 32 for static)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for checks and evaluation")
     p.add_argument("--json", dest="json_path", help="also write the report as JSON to this path")
     p.set_defaults(func=run)
@@ -63,7 +64,7 @@ def _tokenizer(model_path):
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:  # OSError / ValueError from transformers when files are absent
-        raise DataError(f"no tokenizer next to {folder} ({e.__class__.__name__}); re-export with the tokenizer files") from None
+        raise DataError(f"no tokenizer next to {folder} ({e.__class__.__name__}); re-export with the tokenizer files") from e
 
 
 def run(a):
@@ -77,6 +78,12 @@ def run(a):
         calibration_method=a.calibration_method, num_samples=a.num_samples,
     )
     config.validate()  # fail on bad flags before loading any data
+    from ..artifacts import check_output_file
+    from ..errors import InvalidConfigError
+
+    if a.max_length < 1:
+        raise InvalidConfigError(f"--max-length {a.max_length} must be >= 1 (tokens kept per row, e.g. 128)")
+    check_output_file(a.json_path, inputs=(a.model,))  # before the work, not after it
     task_data = calibration = None
     if a.task or a.calibration_file:
         tok = _tokenizer(a.model)
@@ -106,6 +113,8 @@ def _print(r) -> None:
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
     t.add_row("size (MB)", f"{r.size_before / 1e6:.1f}", f"{r.size_after / 1e6:.1f}")
+    if r.metrics_before:
+        t.add_row("eval batch size", str(r.eval_batch_size), str(r.eval_batch_size))
     for k in (r.metrics_before or {}):
         t.add_row(k, f"{100 * r.metrics_before[k]:.2f}", f"{100 * r.metrics_after[k]:.2f}")
     c.print(t)
