@@ -503,7 +503,6 @@ def quantize_onnx(
         raise InvalidConfigError("the output would replace the input model; choose another --output")
     if as_file:
         check_output_file(out, inputs=(src,))
-        _check_file_folder(out, src)
     else:
         check_output_dir(out, overwrite, inputs=(src_dir,))
     if eval_batch_size is not None and eval_batch_size < 1:
@@ -577,19 +576,14 @@ def onnx_size(path: Path) -> int:
     return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
 
 
-def _check_file_folder(out: Path, src: Path) -> None:
-    """`-o DIR/x.onnx` copies config and tokenizer files next to x.onnx; into a folder that holds
-    someone else's files that would mix them up, so only the source's own folder, a new or empty
-    folder, or one that holds model files already is accepted."""
-    folder = out.parent
+def _unrelated_files(folder: Path, src: Path) -> list[str]:
+    """Files in `folder` that are not model files: `-o DIR/x.onnx` must not scatter config and
+    tokenizer files among someone else's (issue 17)."""
     if not folder.is_dir() or folder.resolve() == src.parent.resolve():
-        return
+        return []
     ours = set(SIDECAR_FILES) | {COMPRESSION_JSON}
-    other = sorted(p.name for p in folder.iterdir()
-                   if p.name not in ours and not p.name.endswith((".onnx", ".onnx.data")) and not p.name.startswith("."))
-    if other:
-        raise InvalidConfigError(f"{folder} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) and "
-                                 f"the int8 model needs its config and tokenizer beside it; pass -o a new folder instead")
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ours
+                  and not p.name.endswith((".onnx", ".onnx.data")) and not p.name.startswith("."))
 
 
 def _checked_fusion(model, fused, stats, model_dir, threads, warnings):
@@ -652,7 +646,12 @@ def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwri
     if as_file:
         with atomic_file(out) as tmp:
             shutil.copyfile(quantized, tmp)
-        if out.parent.resolve() != src.parent.resolve():
+        other = _unrelated_files(out.parent, src)
+        if other:
+            result.warnings.append(
+                f"{out.parent} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so the config "
+                f"and tokenizer were not copied beside {out.name}; `compress eval` needs them: pass -o a new folder")
+        elif out.parent.resolve() != src.parent.resolve():
             _copy_sidecars(src.parent, out.parent, replace=False)
             if not (out.parent / COMPRESSION_JSON).exists():
                 _updated_compression_json(src.parent, out.parent, out.name, result)

@@ -74,8 +74,6 @@ def _issue17_inputs(d):
     onnx.save_model(onnx.load(str(d / "onnx" / "model.onnx")), str(ext / "model.onnx"), save_as_external_data=True,
                     location="model.onnx.data", size_threshold=0)
     (ext / "model.onnx.data").unlink()
-    (d / "unrelated").mkdir()
-    (d / "unrelated" / "notes.txt").write_text("someone else's files")
     shutil.copytree(d / "onnx", d / "onnx-copy")
     (d / "null-label.jsonl").write_text('{"sentence": "the movie is good", "label": 1}\n{"sentence": "a plot", "label": null}\n')
     (d / "list-recipe.yaml").write_text("- prune\n- export\n")
@@ -131,8 +129,6 @@ CASES = {
     "9 sparsity 0": (["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0"], "--sparsity"),
     "9 negative max-steps": (["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0.5", "--max-steps", "-5"],
                              "--max-steps"),
-    "9 quantize file into a folder of unrelated files": (["quantize", "{d}/onnx", "-o", "{d}/unrelated/x.onnx"],
-                                                         "other files"),
     "10 export truncated weights": (["export", "--onnx", "{d}/corrupt", "-o", "{o}"], "corrupt or truncated"),
     # ---- issue 17, more of the same kind (files, paths, permissions, interrupted writes, inconsistent folders)
     "folder where a file is expected": (["eval", "{d}/base", "--validation-file", "{d}/dir.tsv"], "is a directory"),
@@ -170,7 +166,7 @@ def test_bad_input(ws, name, capsys):
             args += ["-o", str(out)]
     elif args[0] in ("eval", "run"):
         args += ["--data-dir", str(ws / "data")]
-    protected = {p: _snapshot(p) for p in (ws / "victim", ws / "nest" / "ckpt", ws / "unrelated", ws / "ro-out", ws / "onnx-copy")}
+    protected = {p: _snapshot(p) for p in (ws / "victim", ws / "nest" / "ckpt", ws / "ro-out", ws / "onnx-copy")}
     ro = ws / "ro-parent"
     ro.mkdir(exist_ok=True)
     for p in (ro, ws / "ro-out"):

@@ -158,3 +158,19 @@ def test_resumed_run_times_only_its_own_steps(base, tmp_path):
     info = prune(cfg(True), data, str(base / "base"))["training"]
     assert info["steps"] == 8 and info["resumed_from_step"] == 4 and info["steps_this_run"] == 4
     assert info["seconds_per_step"] == pytest.approx(info["train_seconds"] / 4)
+
+
+def test_quantize_to_a_file_among_unrelated_files(base, tmp_path, capsys):
+    """Defect 9: `quantize -o DIR/x.onnx` into a folder of someone else's files writes x.onnx only
+    (and says that its config and tokenizer are not beside it), instead of scattering sidecars there."""
+    assert main(["export", "--onnx", str(base / "base"), "-o", str(tmp_path / "onnx")]) == 0
+    folder = tmp_path / "shared-folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("someone else's file")
+    capsys.readouterr()
+    assert main(["quantize", str(tmp_path / "onnx"), "-o", str(folder / "x.onnx")]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "x.onnx"]
+    assert "were not copied" in " ".join(capsys.readouterr().out.split())
+    empty = tmp_path / "new-folder"
+    assert main(["quantize", str(tmp_path / "onnx"), "-o", str(empty / "x.onnx")]) == 0
+    assert {"x.onnx", "config.json", "tokenizer_config.json"} <= {p.name for p in empty.iterdir()}
