@@ -87,9 +87,10 @@ def main() -> int:
 
     import onnx
 
-    from compress.data import compute_metrics, load_task_data
-    from compress.models import load_tokenizer
-    from compress.onnx_runtime import make_session, onnx_logits, pad_batch, resolve_onnx, session_inputs
+    from compress.ort.evaluate import onnx_logits, pad_batch, session_inputs
+    from compress.training.data import compute_metrics, load_task_data
+    from compress.training.models import load_tokenizer
+    from exporters.toolbox import make_session, resolve_onnx
 
     fp32, int8 = resolve_onnx(a.fp32), resolve_onnx(a.int8)
     tok = load_tokenizer(str(fp32.parent))
@@ -163,7 +164,7 @@ def main() -> int:
 
 
 def onnx_logits_unsorted(session, dataset, batch_size):
-    from compress.onnx_runtime import iter_batches, session_inputs
+    from compress.ort.evaluate import iter_batches, session_inputs
 
     out = session.get_outputs()[0].name
     idx, chunks = [], []

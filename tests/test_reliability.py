@@ -140,8 +140,8 @@ def test_resumed_run_times_only_its_own_steps(base, tmp_path):
     """Defect 9: after --resume, seconds_per_step divides this run's time by this run's steps."""
     from transformers import TrainerCallback
 
-    from compress.config import PruneConfig, TrainConfig
-    from compress.prune import DataArgs, prune
+    from compress.core.config import PruneConfig, TrainConfig
+    from compress.training.driver import DataArgs, prune
 
     class Crash(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
