@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from compress.core.artifacts import atomic_dir, read_compression_json, write_json
+from compress.core.artifacts import atomic_dir, check_output_dir, read_compression_json, write_json
 from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
 from compress.core.errors import InvalidConfigError
 from compress.training.driver import DataArgs
@@ -88,6 +88,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     cfg.prune.validate()
     if cfg.fill_steps < 0 or (cfg.fill_steps and cfg.prune.method == "hybrid-filled"):
         raise InvalidConfigError("--fill-steps must be >= 0 and follows a pruning method other than hybrid-filled")
+    # Before any work: an output that is (or holds) the teacher or student would replace it at the end.
+    check_output_dir(out, overwrite, inputs=(teacher, student, cfg.data_dir))
     timings = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "recipe.json", asdict(cfg))

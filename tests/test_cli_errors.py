@@ -51,6 +51,9 @@ def _issue17_inputs(d):
     # A classifier whose config names its labels (what prune/finetune save after the fix).
     h.save_checkpoint(h.tiny_model("bert", id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}),
                       d / "named")
+    h.save_checkpoint(h.tiny_model("bert", id2label={0: "positive", 1: "negative"}, label2id={"positive": 0, "negative": 1}),
+                      d / "named-swapped")
+    (d / "strings.tsv").write_text("sentence\tlabel\nthe movie is good\tpositive\nthe movie is bad\tnegative\n")
     (d / "neutral.tsv").write_text("sentence\tlabel\nthe movie is good\tpositive\nthe plot\tneutral\n")
     (d / "latin1.tsv").write_bytes("sentence\tlabel\nthe movie is good\t1\nun film tr\xe8s bon\t1\n".encode("latin-1"))
     (d / "blank.tsv").write_text("sentence\tlabel\nthe movie is good\t1\nthe movie is bad\t\n")
@@ -143,6 +146,11 @@ CASES = {
     "export output contains the input": (["export", "--onnx", "{d}/nest/ckpt", "-o", "{d}/nest", "--overwrite"], "input"),
     "eval batch size 0": (["eval", "{d}/base", "--batch-size", "0"], "--batch-size"),
     "negative max-eval-samples": (["eval", "{d}/base", "--max-eval-samples", "-3"], "--max-eval-samples"),
+    "teacher with other label names": (["prune", "--model", "{d}/base", "--teacher", "{d}/named-swapped", "--train-file",
+                                        "{d}/strings.tsv", "--validation-file", "{d}/strings.tsv"], "teacher's labels"),
+    "run output is the teacher": (["run", "--teacher", "{d}/victim", "-o", "{d}/victim", "--overwrite"], "is the input"),
+    "mask file missing": (["mask", "apply", "{d}/base", "{d}/no-such.mask", "-o", "{o}"], "bit-mask"),
+    "shrink output under a file": (["shrink", "{d}/onnx/model.onnx", "{d}/a-file/x.onnx"], "is a file"),
     "read-only output replaced": (["export", "--onnx", "{d}/base", "-o", "{d}/ro-out", "--overwrite"], "cannot write"),
 }
 

@@ -153,6 +153,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise InvalidConfigError(f"output {path} is a directory; give a file path")
+    check_writable(path, directory=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

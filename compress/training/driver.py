@@ -174,6 +174,11 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         except ArtifactError:
             teacher_tokenizer = None  # no tokenizer saved with the teacher: only its size can be compared
         check_teacher(student, teacher, tokenizer, teacher_tokenizer)
+        mine, theirs = label_names_of(config) or td.label_names, label_names_of(teacher.config)
+        if mine and theirs and mine != theirs:
+            # Logit k of the teacher must mean label k of the student, or distillation teaches the opposite.
+            raise InvalidConfigError(f"the teacher's labels are {', '.join(theirs)} but the student's are {', '.join(mine)}; "
+                                     "use a teacher trained with the same label names")
 
     fixed = None
     if method.needs_source:
