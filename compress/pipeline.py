@@ -74,7 +74,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     from exporters.export import export_checkpoint
 
     from compress.training.models import load_tokenizer
-    from compress.ort.evaluate import evaluate_onnx
+    from compress.ort.evaluate import evaluate_onnx, is_dynamic_int8
     from compress.training.driver import prune
     from compress.training.data import load_task_data
 
@@ -136,14 +136,17 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         tok = load_tokenizer(str(pruned))
         td = load_task_data(cfg.task, tok, data_dir=cfg.data_dir, max_length=128, splits=("dev",))
-        metrics = {name: evaluate_onnx(path, td, 64) for name, path in models.items()}
+        # Dynamic int8 results depend on the batch a row is run in (one activation range per batch tensor);
+        # batch 1, each row alone, is the answer that does not (compress.ort.evaluate, issue 17).
+        eval_batch = {name: 1 if is_dynamic_int8(path) else 64 for name, path in models.items()}
+        metrics = {name: evaluate_onnx(path, td, eval_batch[name]) for name, path in models.items()}
         timings["eval"] = time.time() - t
         # 5. bench
         console.rule("[bold]5/5 bench")
         t = time.time()
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
-        rows = _rows(models, metrics, latency, info, cfg)
+        rows = _rows(models, metrics, latency, info, cfg, eval_batch)
         timings["total"] = time.time() - t_start
         summary = {"recipe": asdict(cfg), "rows": rows, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
                    "shrink": shrink_report, "layers": info["layers"], "geometry": info.get("geometry"),
@@ -169,7 +172,7 @@ def bench_models(models: dict, cfg: RunConfig) -> dict:
     return out
 
 
-def _rows(models, metrics, latency, info, cfg) -> list[dict]:
+def _rows(models, metrics, latency, info, cfg, eval_batch: dict | None = None) -> list[dict]:
     dense_params = info["params"]["encoder_linear_dense"]
     rows = []
     base = latency["dense fp32"]
@@ -177,7 +180,7 @@ def _rows(models, metrics, latency, info, cfg) -> list[dict]:
         m = metrics[name]
         params = info["params"]["encoder_linear_after_removal"] if name.startswith("pruned") else dense_params
         row = {"model": name, "path": str(path), **{f"dev_{k}": round(v, 4) for k, v in m.items()},
-               "encoder_linear_params": params, "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
+               "eval_batch": (eval_batch or {}).get(name, 64), "encoder_linear_params": params, "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
         for b, ms in latency[name].items():
             row[f"p50_ms_b{b}"] = round(ms, 2)
             row[f"speedup_b{b}"] = round(base[b] / ms, 2)
@@ -250,7 +253,9 @@ def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[
               f"{p['seconds_per_step']:.2f} s per training step.", "",
               "Latency: ONNX Runtime CPU, p50, sequence length "
               f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
-              "measured in the same run.", "",
+              "measured in the same run. Accuracy at eval_batch rows per batch: dynamic int8 at 1, because its "
+              "activation ranges are computed per batch and its accuracy moves with the batch "
+              "(benchmarks/results/int8_batch_dependence.md).", "",
               "| layer | heads kept | FFN dims kept |", "|---|---|---|"]
     geo = summary["geometry"]
     for i, l in enumerate(summary["layers"]):
