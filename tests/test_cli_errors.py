@@ -150,6 +150,7 @@ CASES = {
                                         "{d}/strings.tsv", "--validation-file", "{d}/strings.tsv"], "teacher's labels"),
     "run output is the teacher": (["run", "--teacher", "{d}/victim", "-o", "{d}/victim", "--overwrite"], "is the input"),
     "mask file missing": (["mask", "apply", "{d}/base", "{d}/no-such.mask", "-o", "{o}"], "bit-mask"),
+    "shrink report under a file": (["shrink", "{d}/onnx/model.onnx", "{o}.onnx", "--report", "{d}/a-file/r.json"], "is a file"),
     "shrink output under a file": (["shrink", "{d}/onnx/model.onnx", "{d}/a-file/x.onnx"], "is a file"),
     "read-only output replaced": (["export", "--onnx", "{d}/base", "-o", "{d}/ro-out", "--overwrite"], "cannot write"),
 }

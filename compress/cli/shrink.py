@@ -73,6 +73,9 @@ def run(args) -> int:
     from exporters.optimize import optimize
     from exporters.surgery.shrink import shrink_file
 
+    from compress.core.artifacts import check_output_file
+
+    check_output_file(args.report, inputs=(args.input,))  # before the surgery, not after it
     kept, num_heads, head_size, source = _structure(args)
     head_size = head_size or _head_size_from_config(Path(args.input).parent)
     report = shrink_file(args.input, args.output, kept, num_heads, head_size, atol=args.atol, overwrite=args.overwrite,
