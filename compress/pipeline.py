@@ -6,19 +6,17 @@ fields, `train` and `distill` nest inside it); it is saved into the output as re
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from compress.core.artifacts import atomic_dir, check_output_dir, read_compression_json, write_json
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, from_dict
 from compress.core.errors import InvalidConfigError
-from compress.training.driver import DataArgs
 
 console = Console()
 
@@ -59,7 +57,7 @@ class RunConfig:
             else:
                 data = json.loads(text)
         except Exception as e:
-            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from None
+            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from e
         if not isinstance(data, dict):
             raise InvalidConfigError(f"recipe {p} must be a mapping of RunConfig keys (model: ..., prune: {{...}}), "
                                      f"not a {type(data).__name__}")
@@ -96,18 +94,17 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         # 1. prune
         console.rule("[bold]1/5 prune")
         t = time.time()
-        cfg.prune.train.output_dir = str(tmp / "pruned")
-        cfg.prune.train.overwrite = True
-        prune(cfg.prune, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student)
+        # Copies: the caller's config stays as given (it is what recipe.json and summary.json record).
+        prune_cfg = replace(cfg.prune, train=replace(cfg.prune.train, overwrite=True))
+        prune(prune_cfg, DataConfig(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
         pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
         if cfg.fill_steps:
             console.rule("[bold]1b/5 fill (hybrid-filled)")
             t = time.time()
-            fill = copy.deepcopy(cfg.prune)
-            fill.method, fill.source, fill.lambda_reg, fill.sparsity = "hybrid-filled", str(pruned), None, None
-            fill.train.max_steps, fill.train.output_dir = cfg.fill_steps, str(tmp / "filled")
-            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir))
+            fill = replace(prune_cfg, method="hybrid-filled", source=str(pruned), lambda_reg=None, sparsity=None,
+                           train=replace(prune_cfg.train, max_steps=cfg.fill_steps))
+            prune(fill, DataConfig(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
             pruned = tmp / "filled"
             timings["fill"] = time.time() - t
         info = read_compression_json(pruned)  # what was written, geometry and checksums included
@@ -147,6 +144,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
         rows = _rows(models, metrics, latency, info, cfg, eval_batch)
+        for row in rows:  # paths inside the run folder, valid once the temporary folder is renamed
+            row["path"] = str(Path(row["path"]).relative_to(tmp))
         timings["total"] = time.time() - t_start
         summary = {"recipe": asdict(cfg), "rows": rows, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
                    "shrink": shrink_report, "layers": info["layers"], "geometry": info.get("geometry"),
@@ -180,7 +179,8 @@ def _rows(models, metrics, latency, info, cfg, eval_batch: dict | None = None) -
         m = metrics[name]
         params = info["params"]["encoder_linear_after_removal"] if name.startswith("pruned") else dense_params
         row = {"model": name, "path": str(path), **{f"dev_{k}": round(v, 4) for k, v in m.items()},
-               "eval_batch": (eval_batch or {}).get(name, 64), "encoder_linear_params": params, "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
+               "eval_batch": (eval_batch or {}).get(name, 64), "encoder_linear_params": params,
+               "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
         for b, ms in latency[name].items():
             row[f"p50_ms_b{b}"] = round(ms, 2)
             row[f"speedup_b{b}"] = round(base[b] / ms, 2)

@@ -140,8 +140,8 @@ def test_resumed_run_times_only_its_own_steps(base, tmp_path):
     """Defect 9: after --resume, seconds_per_step divides this run's time by this run's steps."""
     from transformers import TrainerCallback
 
-    from compress.core.config import PruneConfig, TrainConfig
-    from compress.training.driver import DataArgs, prune
+    from compress.core.config import DataConfig, PruneConfig, TrainConfig
+    from compress.training.driver import prune
 
     class Crash(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -150,12 +150,13 @@ def test_resumed_run_times_only_its_own_steps(base, tmp_path):
 
     def cfg(resume):
         return PruneConfig(method="magnitude", sparsity=0.5, train=TrainConfig(
-            output_dir=str(tmp_path / "out"), max_steps=8, batch_size=4, save_steps=4, progress=False, resume=resume))
+            max_steps=8, batch_size=4, save_steps=4, progress=False, resume=resume))
 
-    data = DataArgs(task="sst2", data_dir=str(base / "data"))
+    data = DataConfig(task="sst2", data_dir=str(base / "data"))
+    out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        prune(cfg(False), data, str(base / "base"), callbacks=[Crash()])
-    info = prune(cfg(True), data, str(base / "base"))["training"]
+        prune(cfg(False), data, str(base / "base"), output=out, callbacks=[Crash()])
+    info = prune(cfg(True), data, str(base / "base"), output=out)["training"]
     assert info["steps"] == 8 and info["resumed_from_step"] == 4 and info["steps_this_run"] == 4
     assert info["seconds_per_step"] == pytest.approx(info["train_seconds"] / 4)
 

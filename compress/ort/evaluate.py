@@ -147,23 +147,37 @@ DYNAMIC_INT8_NOTE = ("dynamic int8: activation ranges are computed per batch (pa
 
 
 def is_dynamic_int8(path) -> bool:
+    """Does the graph quantize activations at run time (DynamicQuantizeLinear)? False for unreadable
+    files, which resolve_onnx then reports properly."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(resolve_onnx(path, check=False)), load_external_data=False)
+    except Exception:
+        return False
     return any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in model.graph.node)
 
 
-def evaluate_onnx_path(path: str, data, batch_size: int | None = None, max_length: int = 128,
+def eval_batch_size(path, requested: int | None) -> tuple[int, str | None]:
+    """(batch size, note) for evaluating the graph at `path`: the requested one, else 1 for dynamic int8
+    graphs and 64 for the rest; the note says why the batch size matters for dynamic int8."""
+    from compress.core.errors import InvalidConfigError
+
+    if requested is not None and requested < 1:
+        raise InvalidConfigError(f"--batch-size {requested} must be >= 1")
+    dynamic = is_dynamic_int8(path)
+    batch = requested or (1 if dynamic else 64)
+    return batch, DYNAMIC_INT8_NOTE.format(b=batch) if dynamic else None
+
+
+def evaluate_onnx_path(path: str, data, batch_size: int = 64, max_length: int = 128,
                        max_eval_samples: int | None = None, provider: str = "cpu", threads: int | None = None) -> dict:
-    """Metrics plus the batch size they were measured at (and a note for dynamic int8 graphs)."""
+    """Dev metrics of an exported model, its tokenizer, config (label names, positions) read beside it."""
     from types import SimpleNamespace
 
-    from compress.core.errors import InvalidConfigError
     from compress.training.data import label_names_of, load_task_data
     from compress.training.models import check_max_length, check_tokenizer, load_tokenizer
 
-    if batch_size is not None and batch_size < 1:
-        raise InvalidConfigError(f"--batch-size {batch_size} must be >= 1")
     model = resolve_onnx(path)
     if not (model.parent / "tokenizer_config.json").exists():
         raise ArtifactError(f"no tokenizer beside {model}; export with `compress export --onnx` (it copies the tokenizer)")
@@ -177,15 +191,8 @@ def evaluate_onnx_path(path: str, data, batch_size: int | None = None, max_lengt
     tok = load_tokenizer(str(model.parent))
     if config:
         check_tokenizer(tok, SimpleNamespace(vocab_size=config.get("vocab_size")), str(model.parent))
-    dynamic = is_dynamic_int8(model)
-    if batch_size is None:
-        batch_size = 1 if dynamic else 64
     td = load_task_data(data.task, tok, data_dir=data.data_dir, validation_file=data.validation_file,
                         text_column=data.text_column, text_pair_column=data.text_pair_column,
                         label_column=data.label_column, num_labels=data.num_labels, max_length=max_length,
                         max_eval_samples=max_eval_samples, splits=("dev",), label_names=label_names_of(config))
-    out = {k: round(v, 6) for k, v in evaluate_onnx(model, td, batch_size, provider=provider, threads=threads).items()}
-    out["batch_size"] = batch_size
-    if dynamic:
-        out["note"] = DYNAMIC_INT8_NOTE.format(b=batch_size)
-    return out
+    return {k: round(v, 6) for k, v in evaluate_onnx(model, td, batch_size, provider=provider, threads=threads).items()}

@@ -111,7 +111,7 @@ def _read_any(path: str | Path) -> dict[str, list]:
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files
-        raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
     if len(ds) == 0:
         raise DataError(f"data file {path} is empty")
     return ds.to_dict()
@@ -128,7 +128,7 @@ def _from_hub(spec: DatasetSpec) -> tuple[dict, dict]:
     try:
         ds = datasets.load_dataset(*spec.hub)
     except Exception as e:
-        raise DataError(f"could not load {spec.hub} from the hub ({e.__class__.__name__}); pass --data-dir") from None
+        raise DataError(f"could not load {spec.hub} from the hub ({e.__class__.__name__}); pass --data-dir") from e
     rename = spec.hub_columns or {}
     conv = lambda split: {rename.get(k, k): v for k, v in ds[split].to_dict().items()}  # noqa: E731
     return conv("train"), conv("validation")
@@ -159,7 +159,7 @@ def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int,
         raise DataError(f"{where}: missing label in row {first_row + missing[0]}{more}; fill it in or drop the row")
     try:
         ids = [int(v) for v in values]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as e:
         values = [str(v).strip() for v in values]
         if label_names is None:
             if not learn:
@@ -170,7 +170,7 @@ def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int,
         unknown = [k for k, v in enumerate(values) if v not in index]
         if unknown:
             raise DataError(f"{where}: unknown label {values[unknown[0]]!r} in row {first_row + unknown[0]}; the model's "
-                            f"labels are {', '.join(label_names)}") from None
+                            f"labels are {', '.join(label_names)}") from e
         ids = [index[v] for v in values]
     bad = sorted({i for i in ids if not 0 <= i < num_labels})
     if bad:

@@ -47,7 +47,7 @@ def load_config(name: str):
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot read model config at {name}: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"cannot read model config at {name}: {str(e).splitlines()[0]}") from e
     spec_for(config)  # raises UnsupportedModelError listing the supported types
     return config
 
@@ -70,13 +70,11 @@ def load_classifier(name: str, num_labels: int | None = None):
 
 
 def load_tokenizer(name: str, config=None):
-    """AutoTokenizer; with `config` (the model's), checked against the model's embedding table."""
-    from transformers import AutoTokenizer
+    """The tokenizer of a local model folder or hub name (an ArtifactError naming it when it cannot load);
+    with `config` (the model's), checked against the model's embedding table."""
+    from exporters.toolbox import load_tokenizer as load
 
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except Exception as e:
-        raise ArtifactError(f"cannot load a tokenizer from {name} ({str(e).splitlines()[0][:200]})") from e
+    tok = load(name, required=True)
     if config is not None:
         check_tokenizer(tok, config, name)
     return tok

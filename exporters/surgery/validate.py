@@ -41,9 +41,10 @@ def finalize(model: onnx.ModelProto) -> None:
     the FFN output Add + residual + LayerNorm into SkipLayerNormalization, which the fresh exports it
     would be compared with don't get — and that kernel is several times slower than Add + LayerNorm
     on our CPU (ORT 1.31). A shrunk graph should differ from its source only in size. (Stale
-    value_info also breaks quantize_dynamic; see DESIGN.md.)"""
+    value_info also makes quantize_dynamic stop with a ShapeInferenceError; compress.ort.quantize
+    drops it before quantizing for the same reason.)"""
     del model.graph.value_info[:]
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise ValidationError(f"the rewritten graph fails onnx.checker: {e}") from None
+        raise ValidationError(f"the rewritten graph fails onnx.checker: {e}") from e
