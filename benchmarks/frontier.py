@@ -55,7 +55,7 @@ def main():
     from compress.training.data import load_task_data
     from compress.training.models import load_tokenizer
     from compress.ort.evaluate import evaluate_onnx
-    from compress.core.config import DataConfig as DataArgs
+    from compress.core.config import DataConfig
     from compress.training.driver import prune
     from exporters.export import export_checkpoint
 
@@ -91,7 +91,7 @@ def main():
             for k, v in flags.items():
                 setattr(cfg, k, v)
             student = None if method == "hybrid-filled" else (a.teacher if not method.startswith("smp") else None)
-            info = prune(cfg, DataArgs(task=a.task), student, output=out / "pruned")
+            info = prune(cfg, DataConfig(task=a.task), student, output=out / "pruned")
             onnx_path = export_checkpoint(out / "pruned", out / "onnx", shrink=True, optimize=True, overwrite=True).path
             models = {"dense": dense, key: onnx_path}
             if a.int8:

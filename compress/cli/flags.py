@@ -35,8 +35,10 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def add_config_args(parser, cls, *, skip: tuple[str, ...] = (), defaults: dict | None = None, title: str | None = None):
-    """Add one flag per field of dataclass `cls` (minus `skip` and fields with metadata cli=False).
+def add_config_args(parser, cls, *, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                    defaults: dict | None = None, title: str | None = None):
+    """Add one flag per field of dataclass `cls` (only `only` when given; minus `skip` and fields with
+    metadata cli=False).
 
     `defaults` overrides the dataclass defaults shown and used on this command (e.g. finetune's lr).
     Flags default to None internally (argparse.SUPPRESS) so config_from_args can tell a flag the user
@@ -44,7 +46,7 @@ def add_config_args(parser, cls, *, skip: tuple[str, ...] = (), defaults: dict |
     """
     group = parser.add_argument_group(title) if title else parser
     for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli") is False:
+        if f.name in skip or f.metadata.get("cli") is False or (only is not None and f.name not in only):
             continue
         default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         kind, _ = _parse_annotation(str(f.type))
@@ -65,14 +67,20 @@ def add_config_args(parser, cls, *, skip: tuple[str, ...] = (), defaults: dict |
     parser.set_defaults(**{f"_defaults_{cls.__name__}": defaults or {}})
 
 
+def given_fields(cls, args: argparse.Namespace, only: tuple[str, ...] | None = None) -> dict:
+    """The fields of `cls` (restricted to `only`) that the user gave on the command line."""
+    given = vars(args)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in given and f.metadata.get("cli") is not False and (only is None or f.name in only):
+            value = given[f.name]
+            out[f.name] = tuple(value) if _parse_annotation(str(f.type))[0] == "tuple" and value is not None else value
+    return out
+
+
 def config_from_args(cls, args: argparse.Namespace, **fixed):
     """An instance of `cls` from the flags the user gave, this command's defaults, and `fixed` values."""
-    given = vars(args)
-    kw = dict(given.get(f"_defaults_{cls.__name__}", {}))
-    for f in dataclasses.fields(cls):
-        if f.name in given and f.metadata.get("cli") is not False:
-            value = given[f.name]
-            kind, _ = _parse_annotation(str(f.type))
-            kw[f.name] = tuple(value) if kind == "tuple" and value is not None else value
+    kw = dict(vars(args).get(f"_defaults_{cls.__name__}", {}))
+    kw.update(given_fields(cls, args))
     kw.update(fixed)
     return cls(**kw)

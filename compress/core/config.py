@@ -114,6 +114,18 @@ class PruneConfig:
     source: str | None = arg(None, "hybrid-filled: the output directory of a hybrid run")
     label_words: list[str] | None = arg(None, "SMP head-free mode: one word per label read from the MLM head "
                                         "(e.g. terrible great); needs a model saved with its MLM head", metavar="WORD")
+    # Speed targets (struct, hybrid): the final structure is chosen to meet one of them (compress.speed),
+    # measured on the deployment below; no lambda needed.
+    target_speedup: float | None = arg(None, "x faster than the dense fp32 ONNX graph on the deployment below, e.g. 3")
+    target_latency_ms: float | None = arg(None, "absolute latency budget (ms) at --deploy-shape")
+    target_flops: float | None = arg(None, "fraction of dense encoder FLOPs to keep (hardware-free), e.g. 0.33")
+    deploy: str = arg("fp32", "precision the model ships in: fp32, or int8 (compress quantize's dynamic int8)",
+                      choices=["fp32", "int8"])
+    deploy_shape: str = arg("32x128", "deployment batch x sequence length", metavar="BATCHxSEQ")
+    deploy_threads: int | None = arg(2, "ONNX Runtime intra-op threads of the deployment", flag="--threads")
+    deploy_provider: str = arg("cpu", "execution provider of the deployment", flag="--provider", choices=["cpu", "cuda"])
+    measure_speed: bool = arg(True, "after a latency target: time the shrunk deploy graph against dense (compression.json)")
+    ffn_block: int = arg(32, "kept FFN widths are multiples of this (the budget is met within one block or one head)")
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"cli": False})
     distill: DistillConfig = field(default_factory=DistillConfig, metadata={"cli": False})
 
@@ -133,6 +145,8 @@ class PruneConfig:
             raise InvalidConfigError(f"score_init {self.score_init!r} must be a number or 'magnitude'")
         if not 0.0 < self.tau < 1.0:
             raise InvalidConfigError(f"--tau {self.tau} is out of range; use (0, 1)")
+        if self.ffn_block < 1:
+            raise InvalidConfigError(f"--ffn-block {self.ffn_block} must be >= 1, e.g. 32")
         d = self.distill
         if d.temperature <= 0 or d.alpha_ce < 0 or d.alpha_teacher < 0:
             raise InvalidConfigError("distillation needs --temperature > 0 and non-negative alphas")

@@ -15,13 +15,20 @@ from compress.pruning.schedule import cubic
 
 
 class Pruner(nn.Module):
-    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None):
+    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None,
+                 budget=None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.groups = method.build(model, cfg)
         self.sparsity = cfg.sparsity if cfg.sparsity is not None else (method.default_sparsity or 0.0)
         self.lam_final = cfg.lambda_reg if cfg.lambda_reg is not None else (method.default_lambda or 0.0)
+        # With a speed target the structure comes from a budget solver over the scores, not from a
+        # threshold: no regulariser, and the budget follows the cubic schedule. `budget` is a callable
+        # groups -> object with masks(scores) (compress.speed.budgeted.StructureBudget, built by the driver).
+        self.budget = budget(self.groups) if budget is not None else None
+        if self.budget is not None:
+            self.lam_final = 0.0
         self.scores = nn.ParameterDict()
         if method.binarizer.learned:
             for g in self.groups:
@@ -43,6 +50,8 @@ class Pruner(nn.Module):
         self.keep = ramp(1.0, 1.0 - self.sparsity)
         self.tau = ramp(0.0, c.tau)
         self.lam = ramp(0.0, self.lam_final)
+        if self.budget is not None:
+            self.budget.set_level(ramp(self.budget.start, self.budget.plan.budget))
         self.invalidate()
 
     def finalize(self) -> None:
@@ -62,6 +71,9 @@ class Pruner(nn.Module):
         return self._cache[name]
 
     def _compute_all(self) -> None:
+        if self.budget is not None:
+            self._cache.update(self.budget.masks(self.scores))
+            return
         B = M.Binarizer
         b = self.method.binarizer
         if b is B.SMP_S:
@@ -122,7 +134,11 @@ class Pruner(nn.Module):
                 n = shape[0] * shape[1]
                 total += n
                 zeros += n - float(full.sum()) * (n / full.numel())
-        return {"mask_sparsity": zeros / max(total, 1), "keep": self.keep, "tau": self.tau, "lambda": self.lam}
+        out = {"mask_sparsity": zeros / max(total, 1), "keep": self.keep, "tau": self.tau, "lambda": self.lam}
+        if self.budget is not None:
+            out["budget"] = self.budget.level
+            out["predicted"] = self.budget.last.predicted if self.budget.last else float("nan")
+        return out
 
 
 def _initial_scores(g, binarizer: M.Binarizer, init: float | str | None) -> torch.Tensor:

@@ -139,6 +139,10 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         load_config(resolve_model(cfg.distill.teacher))
     if t.resume:
         _require_checkpoint(output)
+    # A speed target: check it and get the latency table (cached, or measured now) before any data work.
+    from compress.speed.budgeted import plan_for
+
+    speed_plan = plan_for(cfg, model_name, method.name, progress=t.progress)
     tokenizer = load_tokenizer(model_name, config)
     template = None
     if cfg.label_words:
@@ -185,7 +189,12 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         pooler = getattr(student.base_model, "pooler", None)
         for p in (pooler.parameters() if pooler is not None else []):
             p.requires_grad_(True)
-    pruner = Pruner(student, method, cfg, fixed_masks=fixed)
+    budget = None
+    if speed_plan is not None:
+        from compress.speed.budgeted import budget_for
+
+        budget = budget_for(student, method.name, speed_plan, cfg.ffn_block)
+    pruner = Pruner(student, method, cfg, fixed_masks=fixed, budget=budget)
     score_lr = cfg.score_lr or method.score_lr
     if not method.train_weights and not cfg.label_words:
         # Only the fresh head trains with the frozen encoder; at a fine-tuning lr it stays near its random
@@ -218,6 +227,12 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
     elif not method.train_weights:
         info["smp_note"] = SMP_NOTE
     _save_label_names(student, td)
+    if speed_plan is not None:
+        from compress.speed.budgeted import measure_speedup, speed_info
+
+        info["speed"] = speed_info(speed_plan, rep["layers"])
+        if speed_plan.deploy is not None and cfg.measure_speed and stats["is_main_process"]:
+            info["speed"]["measured"] = measure_speedup(student, rep["layers"], speed_plan.deploy)
     if stats["is_main_process"]:  # under DDP only rank 0 writes
         save_model_dir(student, tokenizer, output, info, overwrite=t.overwrite or t.resume,
                        sample=_sample_batch(td, tokenizer, student), reload=_reloader(info))
