@@ -35,7 +35,8 @@ PathLike = str | os.PathLike
 # ------------------------------------------------------------------------------------------ configs
 @dataclass
 class EvalConfig:
-    batch_size: int = arg(64, "evaluation batch size")
+    batch_size: int | None = arg(None, "evaluation batch size (default 64; 1 for dynamic int8 graphs, whose accuracy "
+                                 "depends on the batch: benchmarks/results/int8_batch_dependence.md)")
     max_length: int = arg(128, "sequence length (longer rows are truncated)")
     max_eval_samples: int | None = arg(None, "use at most N dev rows")
     provider: str = arg("cpu", "ONNX Runtime provider for .onnx models", choices=["cpu", "cuda"])
@@ -155,10 +156,15 @@ def evaluate(model: PathLike, data: DataConfig | None = None, config: EvalConfig
     """Dev metrics of a checkpoint directory or of an ONNX model (a .onnx or a folder holding model.onnx)."""
     config = config or EvalConfig()
     data = (data or DataConfig()).resolved()
+    if config.batch_size is not None and config.batch_size < 1:
+        raise InvalidConfigError(f"--batch-size {config.batch_size} must be >= 1")
+    note = None
     if is_onnx(model):
-        from compress.ort.evaluate import evaluate_onnx_path
+        from compress.ort.evaluate import eval_batch_size, evaluate_onnx_path
 
-        metrics = evaluate_onnx_path(str(model), data, batch_size=config.batch_size, max_length=config.max_length,
+        # Dynamic int8 depends on the batch it runs in: evaluated row by row unless asked otherwise, and said so.
+        batch, note = eval_batch_size(model, config.batch_size)
+        metrics = evaluate_onnx_path(str(model), data, batch_size=batch, max_length=config.max_length,
                                      max_eval_samples=config.max_eval_samples, provider=config.provider,
                                      threads=config.threads)
     else:
@@ -166,9 +172,13 @@ def evaluate(model: PathLike, data: DataConfig | None = None, config: EvalConfig
 
         if not Path(model).exists():
             raise ArtifactError(f"model path {model} not found")
-        metrics = evaluate_checkpoint(str(model), data, batch_size=config.batch_size, max_length=config.max_length,
+        batch = config.batch_size or 64
+        metrics = evaluate_checkpoint(str(model), data, batch_size=batch, max_length=config.max_length,
                                       max_eval_samples=config.max_eval_samples)
-    return EvalResult(None, metrics, {"model": str(model), "task": data.task or "custom", **metrics})
+    report = {"model": str(model), "task": data.task or "custom", **metrics, "batch_size": batch}
+    if note:
+        report["note"] = note
+    return EvalResult(None, metrics, report)
 
 
 def export_onnx(checkpoint: PathLike, output: PathLike, config: ExportConfig | None = None) -> ExportResult:
@@ -242,7 +252,7 @@ def shrink(model: PathLike, output: PathLike, config: ShrinkConfig | None = None
 
 def quantize(model: PathLike, output: PathLike, config: QuantizeConfig | None = None, *, calibration_data=None,
              task_data=None, overwrite: bool = False, threads: int | None = None,
-             eval_batch_size: int = 32) -> QuantizeResult:
+             eval_batch_size: int | None = None) -> QuantizeResult:
     """int8 quantization with ONNX Runtime (dynamic by default); `task_data` (a loaded TaskData) adds dev
     metrics before and after, `calibration_data` (tokenized rows) feeds static mode."""
     from compress.ort.quantize import quantize_onnx

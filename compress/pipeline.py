@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from compress.core.artifacts import atomic_dir, read_compression_json, write_json
+from compress.core.artifacts import atomic_dir, check_output_dir, read_compression_json, write_json
 from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, from_dict
 from compress.core.errors import InvalidConfigError
 
@@ -58,6 +58,9 @@ class RunConfig:
                 data = json.loads(text)
         except Exception as e:
             raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from e
+        if not isinstance(data, dict):
+            raise InvalidConfigError(f"recipe {p} must be a mapping of RunConfig keys (model: ..., prune: {{...}}), "
+                                     f"not a {type(data).__name__}")
         prune = data.pop("prune", None)
         cfg = from_dict(cls, data)
         if prune is not None:
@@ -69,7 +72,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     from exporters.export import export_checkpoint
 
     from compress.training.models import load_tokenizer
-    from compress.ort.evaluate import evaluate_onnx
+    from compress.ort.evaluate import evaluate_onnx, is_dynamic_int8
     from compress.training.driver import prune
     from compress.training.data import load_task_data
 
@@ -84,6 +87,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     target, cfg = _speed_target(cfg)
     if cfg.fill_steps < 0 or (cfg.fill_steps and cfg.prune.method == "hybrid-filled"):
         raise InvalidConfigError("--fill-steps must be >= 0 and follows a pruning method other than hybrid-filled")
+    # Before any work: an output that is (or holds) the teacher or student would replace it at the end.
+    check_output_dir(out, overwrite, inputs=(teacher, student, cfg.data_dir))
     timings = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "recipe.json", asdict(cfg))
@@ -131,14 +136,17 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         tok = load_tokenizer(str(pruned))
         td = load_task_data(cfg.task, tok, data_dir=cfg.data_dir, max_length=128, splits=("dev",))
-        metrics = {name: evaluate_onnx(path, td, 64) for name, path in models.items()}
+        # Dynamic int8 results depend on the batch a row is run in (one activation range per batch tensor);
+        # batch 1, each row alone, is the answer that does not (compress.ort.evaluate, issue 17).
+        eval_batch = {name: 1 if is_dynamic_int8(path) else 64 for name, path in models.items()}
+        metrics = {name: evaluate_onnx(path, td, eval_batch[name]) for name, path in models.items()}
         timings["eval"] = time.time() - t
         # 5. bench
         console.rule("[bold]5/5 bench")
         t = time.time()
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
-        rows = _rows(models, metrics, latency, info, cfg)
+        rows = _rows(models, metrics, latency, info, cfg, eval_batch)
         for row in rows:  # paths inside the run folder, valid once the temporary folder is renamed
             row["path"] = str(Path(row["path"]).relative_to(tmp))
         speed = _speed_summary(read_compression_json(tmp / "pruned"), latency, cfg) if target else None
@@ -201,7 +209,7 @@ def bench_models(models: dict, cfg: RunConfig) -> dict:
     return out
 
 
-def _rows(models, metrics, latency, info, cfg) -> list[dict]:
+def _rows(models, metrics, latency, info, cfg, eval_batch: dict | None = None) -> list[dict]:
     dense_params = info["params"]["encoder_linear_dense"]
     rows = []
     base = latency["dense fp32"]
@@ -209,7 +217,8 @@ def _rows(models, metrics, latency, info, cfg) -> list[dict]:
         m = metrics[name]
         params = info["params"]["encoder_linear_after_removal"] if name.startswith("pruned") else dense_params
         row = {"model": name, "path": str(path), **{f"dev_{k}": round(v, 4) for k, v in m.items()},
-               "encoder_linear_params": params, "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
+               "eval_batch": (eval_batch or {}).get(name, 64), "encoder_linear_params": params,
+               "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
         for b, ms in latency[name].items():
             row[f"p50_ms_b{b}"] = round(ms, 2)
             row[f"speedup_b{b}"] = round(base[b] / ms, 2)
@@ -282,7 +291,9 @@ def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[
               f"{p['seconds_per_step']:.2f} s per training step.", "",
               "Latency: ONNX Runtime CPU, p50, sequence length "
               f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
-              "measured in the same run.", "",
+              "measured in the same run. Accuracy at eval_batch rows per batch: dynamic int8 at 1, because its "
+              "activation ranges are computed per batch and its accuracy moves with the batch "
+              "(benchmarks/results/int8_batch_dependence.md).", "",
               "| layer | heads kept | FFN dims kept |", "|---|---|---|"]
     sp = summary.get("speed")
     if sp:  # one line above the layer table: requested, predicted by the table, measured in this run

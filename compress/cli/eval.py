@@ -16,10 +16,17 @@ def register(sub):
 
 
 def run(a):
-    from compress.api import EvalConfig, evaluate
-    from compress.core.artifacts import write_json
+    from pathlib import Path
 
-    result = evaluate(a.model, data_args(a), config_from_args(EvalConfig, a))
+    from compress.api import EvalConfig, evaluate
+    from compress.core.artifacts import MODEL_FOLDER_FILES, check_output_file, write_json
+
+    # Before the work: an unwritable --output-json used to fail only after the whole evaluation, and one
+    # naming a file of the model folder replaced it.
+    data = data_args(a)
+    inputs = (a.model, data.validation_file, *(Path(a.model) / n for n in MODEL_FOLDER_FILES))
+    check_output_file(a.output_json, inputs=inputs)
+    result = evaluate(a.model, data, config_from_args(EvalConfig, a))
     print(json.dumps(result.report, indent=2))
     if a.output_json:
         write_json(a.output_json, result.report)

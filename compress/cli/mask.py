@@ -37,8 +37,16 @@ def apply(a):
     from safetensors import safe_open
     import json
 
-    with safe_open(a.mask, "np") as f:
-        num_labels = json.loads((f.metadata() or {}).get("config", "{}")).get("num_labels")
+    from compress.core.artifacts import check_output_dir
+    from compress.core.errors import ArtifactError
+
+    check_output_dir(a.output, a.overwrite, inputs=(a.backbone, a.mask))
+    try:
+        with safe_open(a.mask, "np") as f:
+            num_labels = json.loads((f.metadata() or {}).get("config", "{}")).get("num_labels")
+    except Exception as e:  # missing, truncated or not safetensors: safetensors raises several types
+        raise ArtifactError(f"cannot read bit-mask file {a.mask} ({e.__class__.__name__}: {str(e).splitlines()[0][:150]}); "
+                            "pass the file written by `compress mask save`") from e
     model = apply_bitmask(load_classifier(a.backbone, num_labels), a.mask)
     with atomic_dir(a.output, overwrite=a.overwrite) as tmp:
         model.save_pretrained(tmp)

@@ -30,7 +30,8 @@ def register(sub):
     g.add_argument("--text-column", default="sentence", help="text column of --calibration-file (default: %(default)s)")
     g.add_argument("--max-length", type=int, default=128)
     g.add_argument("--max-eval-samples", type=int, help="limit the dev sentences used for accuracy")
-    g.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
+    g.add_argument("--batch-size", type=int, help="evaluation batch size (default 1 for dynamic int8, whose accuracy "
+                   "depends on the batch; 32 for static)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for checks and evaluation")
     p.add_argument("--json", dest="json_path", help="also write the report as JSON to this path")
     p.set_defaults(func=run)
@@ -47,17 +48,25 @@ def run(a):
     from compress.cli.flags import config_from_args
     from compress.core.artifacts import write_json
     from compress.ort.quantize import QuantizeConfig, read_calibration_file, tokenized_texts
-    from compress.training.data import load_task_data
+    from compress.training.data import label_names_of, load_task_data
+    from exporters.toolbox import read_config, resolve_onnx
 
     config = config_from_args(QuantizeConfig, a)
     config.validate()  # fail on bad flags before loading any data
+    from compress.core.artifacts import check_output_file
+    from compress.core.errors import InvalidConfigError
+
+    if a.max_length < 1:
+        raise InvalidConfigError(f"--max-length {a.max_length} must be >= 1 (tokens kept per row, e.g. 128)")
+    check_output_file(a.json_path, inputs=(a.model,))  # before the work, not after it
     task_data = calibration = None
     if a.task or a.calibration_file:
         tok = _tokenizer(a.model)
         if a.task:
             splits = ("train", "dev") if config.mode == "static" and not a.calibration_file else ("dev",)
             task_data = load_task_data(a.task, tok, data_dir=a.data_dir, splits=splits, max_length=a.max_length,
-                                       max_train_samples=config.num_samples, max_eval_samples=a.max_eval_samples)
+                                       max_train_samples=config.num_samples, max_eval_samples=a.max_eval_samples,
+                                       label_names=label_names_of(read_config(resolve_onnx(a.model, check=False).parent)))
             calibration = task_data.train
         if a.calibration_file:
             calibration = tokenized_texts(read_calibration_file(a.calibration_file, a.text_column), tok, a.max_length)
@@ -81,6 +90,8 @@ def _print(report: dict) -> None:
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
     t.add_row("size (MB)", f"{r.size_before / 1e6:.1f}", f"{r.size_after / 1e6:.1f}")
+    if r.metrics_before:
+        t.add_row("eval batch size", str(r.eval_batch_size), str(r.eval_batch_size))
     for k in (r.metrics_before or {}):
         t.add_row(k, f"{100 * r.metrics_before[k]:.2f}", f"{100 * r.metrics_after[k]:.2f}")
     c.print(t)

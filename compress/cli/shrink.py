@@ -32,6 +32,9 @@ def run(args) -> int:
     from compress.api import ShrinkConfig, shrink
     from compress.cli.flags import config_from_args
 
+    from compress.core.artifacts import check_output_file
+
+    check_output_file(args.report, inputs=(args.input,))  # before the surgery, not after it
     result = shrink(args.input, args.output, config_from_args(ShrinkConfig, args))
     if args.report:
         from compress.core.artifacts import write_json

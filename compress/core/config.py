@@ -75,6 +75,22 @@ class TrainConfig:
     overwrite: bool = arg(False, "replace a non-empty output directory")
     progress: bool = arg(True, "progress bars")
 
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.lr <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
+            raise InvalidConfigError("training needs --batch-size >= 1, --lr > 0 and positive --epochs or --max-steps")
+        # -1 is the "not set" default (train for --epochs); other values <= 0 are typos, not requests.
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise InvalidConfigError(f"--max-steps {self.max_steps} is not a step count; give a number >= 1, or leave it "
+                                     "out to train for --epochs")
+        for flag, n in (("--max-length", self.max_length), ("--eval-max-length", self.eval_max_length)):
+            if n < 1:
+                raise InvalidConfigError(f"{flag} {n} must be >= 1 (the tokens kept per row, e.g. 128)")
+        for flag, n in (("--max-train-samples", self.max_train_samples), ("--max-eval-samples", self.max_eval_samples)):
+            if n is not None and n < 1:
+                raise InvalidConfigError(f"{flag} {n} must be >= 1 (leave it out to use every row)")
+        if self.eval_batch_size < 1:
+            raise InvalidConfigError(f"--batch-size {self.eval_batch_size} must be >= 1")
+
 
 @dataclass
 class RetrainFreeConfig:
@@ -141,7 +157,10 @@ class PruneConfig:
 
     def validate(self) -> None:
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
-            raise InvalidConfigError(f"--sparsity {self.sparsity} is out of range; give a fraction in [0, 1), e.g. 0.5")
+            raise InvalidConfigError(f"--sparsity {self.sparsity} is out of range; give a fraction in (0, 1), e.g. 0.5")
+        if self.sparsity == 0:
+            raise InvalidConfigError("--sparsity 0 removes nothing; give a fraction in (0, 1), e.g. 0.5 "
+                                     "(or use `compress finetune` for a dense model)")
         if self.lambda_reg is not None and self.lambda_reg < 0:
             raise InvalidConfigError(f"--lambda {self.lambda_reg} is negative; give a value >= 0")
         if not 4 <= self.block_size <= 64:
@@ -162,9 +181,7 @@ class PruneConfig:
         d = self.distill
         if d.temperature <= 0 or d.alpha_ce < 0 or d.alpha_teacher < 0:
             raise InvalidConfigError("distillation needs --temperature > 0 and non-negative alphas")
-        t = self.train
-        if t.batch_size < 1 or t.lr <= 0 or (t.epochs <= 0 and t.max_steps <= 0):
-            raise InvalidConfigError("training needs --batch-size >= 1, --lr > 0 and positive --epochs or --max-steps")
+        self.train.validate()
 
     def to_dict(self) -> dict:
         return asdict(self)

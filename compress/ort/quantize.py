@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.config import arg
-from compress.core.artifacts import COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, record_checksums, write_json
+from compress.core.artifacts import (
+    COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, check_output_file, record_checksums, write_json,
+)
 from compress.core.errors import CompressError, DataError, GraphPatternError, InvalidConfigError
 from compress.ort.evaluate import iter_batches, output_index, read_pad_id
 from exporters.optimize import optimize as fuse_and_check
@@ -118,6 +120,7 @@ class QuantizeReport:
     max_abs_diff: float | None = None  # logits, fp32 vs int8, on random tokens (a sanity check)
     metrics_before: dict[str, float] | None = None
     metrics_after: dict[str, float] | None = None
+    eval_batch_size: int | None = None  # the batch the metrics were measured at (dynamic int8 depends on it)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -246,7 +249,9 @@ def read_calibration_file(path: str | Path, text_column: str = "sentence") -> li
     if not path.exists():
         raise DataError(f"calibration file {path} not found")
     if path.suffix.lower() == ".txt":
-        return path.read_text(encoding="utf-8").splitlines()
+        from compress.training.data import read_text_utf8
+
+        return read_text_utf8(path, "calibration file").splitlines()
     from compress.training.data import _read_any  # shared tsv/csv/json reader (GLUE quoting rules included)
 
     cols = _read_any(path)
@@ -322,14 +327,15 @@ def quantize_onnx(
     task_data=None,
     overwrite: bool = False,
     threads: int | None = None,
-    eval_batch_size: int = 32,
+    eval_batch_size: int | None = None,
 ) -> QuantizeReport:
     """Quantize `model_path` (a .onnx file or a dir with model.onnx) into `output`.
 
     `output` ending in .onnx is a file (sidecars copied next to it when missing there); anything else
     is a directory that receives model.onnx, the sidecars and an updated compression.json.
     `calibration_data`: tokenized dataset for static mode. `task_data`: TaskData whose dev split is
-    used to report accuracy before and after.
+    used to report accuracy before and after, at `eval_batch_size` (default: 1 for dynamic int8, whose
+    result depends on the batch it runs in, see compress.ort.evaluate; 32 for static).
     """
     config = config or QuantizeConfig()
     config.validate()
@@ -343,13 +349,22 @@ def quantize_onnx(
     as_file = out.suffix == ".onnx"
     if as_file and out.exists() and not overwrite:
         raise InvalidConfigError(f"{out} exists; pass --overwrite or choose another path")
-    if not as_file:
-        check_output_dir(out, overwrite)
     if (out if as_file else out / MODEL_FILE).resolve() == src.resolve():
         raise InvalidConfigError("the output would replace the input model; choose another --output")
+    if as_file:
+        check_output_file(out, inputs=(src,))
+    else:
+        check_output_dir(out, overwrite, inputs=(src_dir,))
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise InvalidConfigError(f"--batch-size {eval_batch_size} must be >= 1")
+    eval_batch_size = eval_batch_size or (1 if config.mode == "dynamic" else 32)
 
     warnings: list[str] = []
     model = onnx.load(str(src))
+    already = integer_op_counts(model)
+    if already:
+        raise InvalidConfigError(f"{src} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())}); "
+                                 "quantize the fp32 export instead")
     fusion = None
     if config.optimize:
         model, fusion = _fuse(model, src_dir, warnings)
@@ -384,17 +399,40 @@ def quantize_onnx(
         diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
 
         result = QuantizeReport(
-            output=out if as_file else out / MODEL_FILE, size_before=src.stat().st_size,
+            output=out if as_file else out / MODEL_FILE, size_before=onnx_size(src),
             size_after=quantized.stat().st_size, config=asdict(config), kept_fp32=exclude, op_counts=ops,
             fusion=fusion, max_abs_diff=diff, warnings=warnings,
         )
         if task_data is not None:
             from compress.ort.evaluate import evaluate_onnx
 
+            result.eval_batch_size = eval_batch_size
             result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads)
             result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads)
         _write_outputs(quantized, src, out, as_file, overwrite, result)
     return result
+
+
+def onnx_size(path: Path) -> int:
+    """Bytes of a model: the .onnx file plus the external-data files its tensors point at."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = set()
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            files.update(e.value for e in t.external_data if e.key == "location")
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+
+
+def _unrelated_files(folder: Path, src: Path) -> list[str]:
+    """Files in `folder` that are not model files: `-o DIR/x.onnx` must not scatter config and
+    tokenizer files among someone else's (issue 17)."""
+    if not folder.is_dir() or folder.resolve() == src.parent.resolve():
+        return []
+    ours = set(SIDECAR_FILES) | {COMPRESSION_JSON}
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ours
+                  and not p.name.endswith((".onnx", ".onnx.data")) and not p.name.startswith("."))
 
 
 def _fuse(model, model_dir: Path, warnings: list[str]):
@@ -445,7 +483,7 @@ def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, resu
     q = result.to_dict()
     data["quantization"] = {k: q[k] for k in (
         "config", "kept_fp32", "op_counts", "fusion", "size_before", "size_after", "max_abs_diff",
-        "metrics_before", "metrics_after")}
+        "metrics_before", "metrics_after", "eval_batch_size")}
     record_checksums(dst_dir, data, [n for n in listed if (dst_dir / n).exists()])
     write_json(dst_dir / COMPRESSION_JSON, data)
 
@@ -454,7 +492,12 @@ def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwri
     if as_file:
         with atomic_file(out) as tmp:
             shutil.copyfile(quantized, tmp)
-        if out.parent.resolve() != src.parent.resolve():
+        other = _unrelated_files(out.parent, src)
+        if other:
+            result.warnings.append(
+                f"{out.parent} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so the config "
+                f"and tokenizer were not copied beside {out.name}; `compress eval` needs them: pass -o a new folder")
+        elif out.parent.resolve() != src.parent.resolve():
             _copy_sidecars(src.parent, out.parent, replace=False)
             if not (out.parent / COMPRESSION_JSON).exists():
                 _updated_compression_json(src.parent, out.parent, out.name, result)

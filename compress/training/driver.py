@@ -12,10 +12,13 @@ from compress.core.artifacts import check_output_dir, read_compression_json
 from compress.training.checkpoint import save_model_dir
 from compress.core.config import DataConfig, PruneConfig, TrainConfig
 from compress.training.data import TaskData, compute_metrics, load_task_data
-from compress.core.errors import InvalidConfigError
+from compress.core.errors import ArtifactError, InvalidConfigError
 from compress.pruning.masks import bake
 from compress.pruning.methods import get_method
-from compress.training.models import check_teacher, load_classifier, load_config, load_tokenizer, resolve_model
+from compress.training.data import label_names_of
+from compress.training.models import (
+    check_max_length, check_teacher, load_classifier, load_config, load_tokenizer, resolve_model,
+)
 from compress.pruning.label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
 from compress.pruning.pruner import Pruner
 from compress.core.sparsity import fold_dead_structure, sparsity_report
@@ -27,13 +30,28 @@ SMP_NOTE = ("Static Model Pruning here trains the mask scores plus a fresh class
             "MLM head, which this model does not have).")
 
 
-def _load_data(data: DataConfig, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
+def _load_data(data: DataConfig, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None,
+               label_names: list[str] | None = None) -> TaskData:
     return load_task_data(
         data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
         text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
         num_labels=data.num_labels, max_length=t.max_length, eval_max_length=t.eval_max_length, max_train_samples=t.max_train_samples,
-        max_eval_samples=t.max_eval_samples, splits=splits, template=template,
+        max_eval_samples=t.max_eval_samples, splits=splits, template=template, label_names=label_names,
     )
+
+
+def _save_label_names(model, td: TaskData) -> None:
+    """String labels learned from the training file become the model's id2label/label2id (config.json,
+    copied into the ONNX folder), so every later file is mapped the same way."""
+    config = getattr(getattr(model, "mlm", model), "config", None)
+    if td.label_names and config is not None:
+        config.id2label = dict(enumerate(td.label_names))
+        config.label2id = {n: i for i, n in enumerate(td.label_names)}
+
+
+def _check_lengths(t: TrainConfig, config, where) -> None:
+    check_max_length(t.max_length, config, where)
+    check_max_length(t.eval_max_length, config, where)
 
 
 def _evaluate(model, td: TaskData, tokenizer, t: TrainConfig) -> dict:
@@ -100,7 +118,8 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
     method = get_method(cfg.method)
     t = cfg.train
     if not t.resume:
-        check_output_dir(output, t.overwrite)
+        check_output_dir(output, t.overwrite, inputs=(model_name, cfg.source, cfg.distill.teacher, data.train_file,
+                                                     data.validation_file))
     if method.needs_source and not cfg.source:
         raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
     if not method.targets_sparsity and cfg.sparsity is not None and method.binarizer.learned:
@@ -117,7 +136,8 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         model_name = cfg.source
     model_name = resolve_model(model_name)
     # Cheap checks first (config files, flags), so bad input fails before any data work.
-    load_config(model_name)
+    config = load_config(model_name)
+    _check_lengths(t, config, model_name)
     if cfg.distill.teacher:
         load_config(resolve_model(cfg.distill.teacher))
     if t.resume:
@@ -130,7 +150,7 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
     if method.select is not None and speed_plan is None:
         raise InvalidConfigError(f"--method {method.name} needs a budget: --target-speedup X, --target-latency-ms MS or "
                                  "--target-flops FRACTION (e.g. 0.5)")
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = load_tokenizer(model_name, config)
     template = None
     if cfg.label_words:
         if method.train_weights:
@@ -138,7 +158,7 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         if tokenizer.mask_token is None:
             raise InvalidConfigError(f"{model_name}'s tokenizer has no mask token; --label-words needs an MLM tokenizer")
         template = DEFAULT_TEMPLATES[_is_pair(data)]
-    td = _load_data(data, tokenizer, t, template=template)
+    td = _load_data(data, tokenizer, t, template=template, label_names=label_names_of(config))
     torch.manual_seed(t.seed)
     if cfg.label_words:
         if len(cfg.label_words) != td.num_labels:
@@ -148,8 +168,18 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         student = load_classifier(model_name, td.num_labels)
     teacher = None
     if cfg.distill.teacher:
-        teacher = load_classifier(resolve_model(cfg.distill.teacher))
-        check_teacher(student, teacher)
+        teacher_name = resolve_model(cfg.distill.teacher)
+        teacher = load_classifier(teacher_name)
+        try:
+            teacher_tokenizer = load_tokenizer(teacher_name)
+        except ArtifactError:
+            teacher_tokenizer = None  # no tokenizer saved with the teacher: only its size can be compared
+        check_teacher(student, teacher, tokenizer, teacher_tokenizer)
+        mine, theirs = label_names_of(config) or td.label_names, label_names_of(teacher.config)
+        if mine and theirs and mine != theirs:
+            # Logit k of the teacher must mean label k of the student, or distillation teaches the opposite.
+            raise InvalidConfigError(f"the teacher's labels are {', '.join(theirs)} but the student's are {', '.join(mine)}; "
+                                     "use a teacher trained with the same label names")
 
     fixed = None
     selection = None
@@ -217,6 +247,7 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         info.update(head="mlm-label-words", label_words=list(cfg.label_words), template=template)
     elif not method.train_weights:
         info["smp_note"] = SMP_NOTE
+    _save_label_names(student, td)
     if speed_plan is not None:
         from compress.speed.budgeted import measure_speedup, speed_info
 
@@ -253,18 +284,21 @@ def _reloader(info: dict):
 
 def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing, written to `output`."""
+    t.validate()
     if not t.resume:
-        check_output_dir(output, t.overwrite)
+        check_output_dir(output, t.overwrite, inputs=(model_name, data.train_file, data.validation_file))
     model_name = resolve_model(model_name)
-    load_config(model_name)
+    config = load_config(model_name)
+    _check_lengths(t, config, model_name)
     if t.resume:
         _require_checkpoint(output)
-    tokenizer = load_tokenizer(model_name)
-    td = _load_data(data, tokenizer, t)
+    tokenizer = load_tokenizer(model_name, config)
+    td = _load_data(data, tokenizer, t, label_names=label_names_of(config))
     torch.manual_seed(t.seed)
     model = load_classifier(model_name, td.num_labels)
     stats = train(model, tokenizer, td.train, t, output)
     metrics = _evaluate(model, td, tokenizer, t)
+    _save_label_names(model, td)
     info = {"method": None, "base_model": model_name, "task": td.spec.name, "recipe": {"train": vars(t)},
             **sparsity_report(model), "metrics": metrics,
             "training": {k: v for k, v in stats.items() if k != "is_main_process"}}
@@ -301,10 +335,13 @@ def _cleanup_checkpoints(output) -> None:
 def evaluate_checkpoint(path: str, data: DataConfig, batch_size: int = 64, max_length: int = 128,
                         max_eval_samples: int | None = None, progress: bool = True) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
-    info = read_compression_json(path) or {}
-    tokenizer = load_tokenizer(path)
     t = TrainConfig(eval_batch_size=batch_size, max_length=max_length, eval_max_length=max_length, max_eval_samples=max_eval_samples, progress=progress)
-    td = _load_data(data, tokenizer, t, splits=("dev",), template=info.get("template"))
+    t.validate()
+    info = read_compression_json(path) or {}
+    config = load_config(path)
+    _check_lengths(t, config, path)
+    tokenizer = load_tokenizer(path, config)
+    td = _load_data(data, tokenizer, t, splits=("dev",), template=info.get("template"), label_names=label_names_of(config))
     reload = _reloader(info)
     model = reload(path) if reload else load_classifier(path, td.num_labels)
     return _evaluate(model, td, tokenizer, t)
