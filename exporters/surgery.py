@@ -104,6 +104,27 @@ def _where(node: onnx.NodeProto) -> str:
     return f"{node.op_type} node {node.name or node.output[0]!r}"
 
 
+# Ops that can turn tensor shapes into a scale factor (torch's SDPA decomposition computes
+# 1/sqrt(head_size) at run time from Shape(Q)[-1]: Shape -> Slice -> Cast -> Sqrt -> Div -> Sqrt).
+_SHAPE_ARITH = {"Shape", "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Add", "Sub", "Unsqueeze", "Squeeze",
+                "Reciprocal", "Identity", "Constant", "Reshape", "Concat"}
+
+
+def _is_shape_scalar(g: Graph, name: str, depth: int = 0) -> bool:
+    """True when `name` is a one-element value computed only from tensor shapes and constants. Such a
+    factor does not depend on data, and the one exporters emit reads the head size, which surgery keeps."""
+    if g.is_const(name):
+        return depth > 0 or g.is_scalar_const(name)
+    node = g.producer.get(name)
+    if node is None or node.op_type not in _SHAPE_ARITH or depth > 12:
+        return False
+    if node.op_type == "Shape":
+        return True
+    if depth == 0 and node.op_type in ("Shape", "Concat", "Reshape"):
+        return False  # a whole shape vector is no scale factor
+    return all(not i or _is_shape_scalar(g, i, depth + 1) for i in node.input)
+
+
 def _skip_scalar_ops(g: Graph, name: str, ops=("Mul", "Div"), also=()) -> tuple[str, onnx.NodeProto | None]:
     """Walk up through scalar Mul/Div (attention scaling) and `also` ops; return (tensor, its producer)."""
     node = g.producer.get(name)
@@ -111,7 +132,7 @@ def _skip_scalar_ops(g: Graph, name: str, ops=("Mul", "Div"), also=()) -> tuple[
         if node is None:
             break
         if node.op_type in ops:
-            dynamic = [i for i in node.input if not g.is_scalar_const(i)]
+            dynamic = [i for i in node.input if not (g.is_scalar_const(i) or _is_shape_scalar(g, i))]
             if len(dynamic) != 1 or (node.op_type == "Div" and dynamic[0] != node.input[0]):
                 break
             name = dynamic[0]
@@ -203,6 +224,16 @@ def _scores_matmul(g: Graph, name: str, depth: int = 0) -> onnx.NodeProto | None
     return None
 
 
+def _sole_data_child(g: Graph, name: str) -> onnx.NodeProto | None:
+    """The only consumer of `name` that reads its values. Shape consumers are ignored: transformers 4.x
+    builds the merge Reshape's target from `context.size()[:-2]` (Shape -> Gather -> Unsqueeze -> Concat);
+    surgery replaces that target by a constant, which leaves those Shape nodes dead."""
+    kids = [k for k in g.children(name) if k.op_type != "Shape"]
+    if len(kids) != 1 or name in g.graph_outputs:
+        return None
+    return kids[0]
+
+
 def _follow_down(g: Graph, name: str, passthrough: tuple[str, ...]) -> tuple[str, onnx.NodeProto | None]:
     node = g.sole_child(name)
     while node is not None and node.op_type in passthrough:
@@ -230,10 +261,10 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
     if ctx is None or ctx.op_type != "MatMul" or ctx.input[0] != probs:
         raise GraphPatternError(f"{where}: expected the probabilities to feed MatMul(P, V)")
     v, v_reshape = _head_path(g, ctx.input[1], "V", where, V_PERM)
-    perms, merge = [], g.sole_child(ctx.output[0])
+    perms, merge = [], _sole_data_child(g, ctx.output[0])
     while merge is not None and merge.op_type == "Transpose":
         perms.append(list(next(a.ints for a in merge.attribute if a.name == "perm")))
-        merge = g.sole_child(merge.output[0])
+        merge = _sole_data_child(g, merge.output[0])
     if merge is None or merge.op_type != "Reshape":
         raise GraphPatternError(f"{where}: expected Transpose -> Reshape merging the heads after MatMul(P, V)")
     if _compose(perms) != MERGE_PERM:
