@@ -47,8 +47,12 @@ ELEMENTWISE = {
 }
 # Fused attention kernels carry num_heads and a packed layout we do not rewrite: shrink first.
 FUSED_ATTENTION = {"Attention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention", "GroupQueryAttention"}
-_PASS_SCORES = ("Add", "Mul", "Div", "Sub", "Where", "Cast")  # between QK^T and Softmax
-_PASS_PROBS = ("Cast", "Where", "Dropout", "Identity")  # between Softmax and P @ V
+# Activation fake-quantization of QDQ graphs (QuantizeLinear -> DequantizeLinear, per-tensor): looked
+# through while matching; it acts on each element alone, so cutting heads/dims does not change it.
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+ELEMENTWISE |= set(QDQ)
+_PASS_SCORES = ("Add", "Mul", "Div", "Sub", "Where", "Cast", *QDQ)  # between QK^T and Softmax
+_PASS_PROBS = ("Cast", "Where", "Dropout", "Identity", *QDQ)  # between Softmax and P @ V
 
 
 # --------------------------------------------------------------------------------------- matched pieces
@@ -80,6 +84,7 @@ class AttentionBlock:
     residual: onnx.NodeProto
     num_heads: int = 0
     head_size: int = 0
+    residual_in: str = ""  # the residual Add's input carrying the block output (after any fake-quant)
 
 
 @dataclass
@@ -90,6 +95,7 @@ class FfnBlock:
     w2: Projection
     residual: onnx.NodeProto
     width: int = 0
+    residual_in: str = ""
 
 
 @dataclass
@@ -107,7 +113,7 @@ def _where(node: onnx.NodeProto) -> str:
 # Ops that can turn tensor shapes into a scale factor (torch's SDPA decomposition computes
 # 1/sqrt(head_size) at run time from Shape(Q)[-1]: Shape -> Slice -> Cast -> Sqrt -> Div -> Sqrt).
 _SHAPE_ARITH = {"Shape", "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Add", "Sub", "Unsqueeze", "Squeeze",
-                "Reciprocal", "Identity", "Constant", "Reshape", "Concat"}
+                "Reciprocal", "Identity", "Constant", "Reshape", "Concat", *QDQ}
 
 
 def _is_shape_scalar(g: Graph, name: str, depth: int = 0) -> bool:
@@ -125,13 +131,65 @@ def _is_shape_scalar(g: Graph, name: str, depth: int = 0) -> bool:
     return all(not i or _is_shape_scalar(g, i, depth + 1) for i in node.input)
 
 
-def _skip_scalar_ops(g: Graph, name: str, ops=("Mul", "Div"), also=()) -> tuple[str, onnx.NodeProto | None]:
-    """Walk up through scalar Mul/Div (attention scaling) and `also` ops; return (tensor, its producer)."""
-    node = g.producer.get(name)
+def _is_fake_quant(g: Graph, node: onnx.NodeProto | None) -> bool:
+    """A QuantizeLinear / DequantizeLinear on an activation with per-tensor scale and zero point."""
+    return (node is not None and node.op_type in QDQ and not g.is_const(node.input[0])
+            and all(not i or g.is_scalar_const(i) for i in node.input[1:]))
+
+
+def _up_qdq(g: Graph, name: str) -> str:
+    """The tensor above any activation fake-quant (Q -> DQ) pairs that produce `name`."""
     for _ in range(8):
+        node = g.producer.get(name)
+        if not _is_fake_quant(g, node):
+            break
+        name = node.input[0]
+    return name
+
+
+def _down_qdq(g: Graph, name: str) -> str:
+    """The tensor below any activation fake-quant pairs that are the sole readers of `name`."""
+    for _ in range(8):
+        node = g.sole_child(name)
+        if not _is_fake_quant(g, node):
+            break
+        name = node.output[0]
+    return name
+
+
+def _fake_quant_chain(g: Graph, name: str) -> list[onnx.NodeProto]:
+    """The fake-quant nodes between a residual Add's input `name` and the block output above it."""
+    chain = []
+    node = g.producer.get(name)
+    while _is_fake_quant(g, node):
+        chain.append(node)
+        node = g.producer.get(node.input[0])
+    return chain[::-1]
+
+
+def _apply_fake_quant(g: Graph, chain: list[onnx.NodeProto], x: np.ndarray) -> np.ndarray:
+    """What the fake-quant chain computes on constant x (round half to even, saturate, as ONNX does)."""
+    for node in chain:
+        scale = float(g.const(node.input[1]).reshape(-1)[0])
+        zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+        if node.op_type == "QuantizeLinear":
+            info = np.iinfo(zp.dtype)
+            x = np.clip(np.round(x / scale) + float(zp.reshape(-1)[0]), info.min, info.max)
+        else:
+            x = ((x - float(zp.reshape(-1)[0])) * scale).astype(np.float32)
+    return x
+
+
+def _skip_scalar_ops(g: Graph, name: str, ops=("Mul", "Div"), also=()) -> tuple[str, onnx.NodeProto | None]:
+    """Walk up through scalar Mul/Div (attention scaling), activation fake-quant and `also` ops;
+    return (tensor, its producer)."""
+    node = g.producer.get(name)
+    for _ in range(12):
         if node is None:
             break
-        if node.op_type in ops:
+        if _is_fake_quant(g, node):
+            name = node.input[0]
+        elif node.op_type in ops:
             dynamic = [i for i in node.input if not (g.is_scalar_const(i) or _is_shape_scalar(g, i))]
             if len(dynamic) != 1 or (node.op_type == "Div" and dynamic[0] != node.input[0]):
                 break
@@ -157,7 +215,7 @@ def _projection_above(g: Graph, name: str, what: str, where: str) -> Projection:
         if len(consts) != 1:
             raise GraphPatternError(f"{where}: the {what} projection's Add has no constant bias operand ({_where(node)})")
         add, bias_index = node, consts[0]
-        node = g.producer.get(node.input[1 - bias_index])
+        node = g.producer.get(_up_qdq(g, node.input[1 - bias_index]))
     if node is None or node.op_type != "MatMul":
         found = _where(node) if node is not None else "a graph input"
         raise GraphPatternError(f"{where}: expected the {what} projection MatMul, found {found}")
@@ -191,6 +249,8 @@ def _head_path(g: Graph, name: str, what: str, where: str, expect: list[int]) ->
             break
         if node.op_type == "Transpose":
             perms.append(list(next(a.ints for a in node.attribute if a.name == "perm")))
+            name = node.input[0]
+        elif _is_fake_quant(g, node):
             name = node.input[0]
         elif node.op_type in ("Mul", "Div"):
             name, _ = _skip_scalar_ops(g, name)
@@ -242,11 +302,13 @@ def _follow_down(g: Graph, name: str, passthrough: tuple[str, ...]) -> tuple[str
     return name, node
 
 
-def _residual_after(g: Graph, proj: Projection, where: str) -> onnx.NodeProto:
-    node = g.sole_child(proj.output)
+def _residual_after(g: Graph, proj: Projection, where: str) -> tuple[onnx.NodeProto, str]:
+    """The residual Add below a block output, and which of its inputs carries the block output."""
+    out = _down_qdq(g, proj.output)
+    node = g.sole_child(out)
     if node is None or node.op_type != "Add" or any(g.is_const(i) for i in node.input):
         raise GraphPatternError(f"{where}: expected the block output {proj.output!r} to feed only a residual Add")
-    return node
+    return node, out
 
 
 def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
@@ -262,24 +324,27 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
         raise GraphPatternError(f"{where}: expected the probabilities to feed MatMul(P, V)")
     v, v_reshape = _head_path(g, ctx.input[1], "V", where, V_PERM)
     perms, merge = [], _sole_data_child(g, ctx.output[0])
-    while merge is not None and merge.op_type == "Transpose":
-        perms.append(list(next(a.ints for a in merge.attribute if a.name == "perm")))
+    while merge is not None and (merge.op_type == "Transpose" or _is_fake_quant(g, merge)):
+        if merge.op_type == "Transpose":
+            perms.append(list(next(a.ints for a in merge.attribute if a.name == "perm")))
         merge = _sole_data_child(g, merge.output[0])
     if merge is None or merge.op_type != "Reshape":
         raise GraphPatternError(f"{where}: expected Transpose -> Reshape merging the heads after MatMul(P, V)")
     if _compose(perms) != MERGE_PERM:
         raise GraphPatternError(f"{where}: the context is transposed with {_compose(perms)} before merging, expected {MERGE_PERM}")
-    o_mm = g.sole_child(merge.output[0], "MatMul")
-    if o_mm is None or o_mm.input[0] != merge.output[0]:
+    merged = _down_qdq(g, merge.output[0])
+    o_mm = g.sole_child(merged, "MatMul")
+    if o_mm is None or o_mm.input[0] != merged:
         raise GraphPatternError(f"{where}: expected the merged heads to feed the output projection MatMul")
     o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
-    block = AttentionBlock(softmax, q, k, v, [q_reshape, k_reshape, v_reshape], merge, o, _residual_after(g, o, where))
+    residual, residual_in = _residual_after(g, o, where)
+    block = AttentionBlock(softmax, q, k, v, [q_reshape, k_reshape, v_reshape], merge, o, residual, residual_in=residual_in)
     return block
 
 
 def _bias_add_or_self(g: Graph, mm: onnx.NodeProto) -> str:
     """Output of the MatMul's bias Add when there is one (a constant [out] operand), else of the MatMul."""
-    add = g.sole_child(mm.output[0], "Add")
+    add = g.sole_child(_down_qdq(g, mm.output[0]), "Add")
     w = g.const(mm.input[1])
     if add is not None and w is not None and w.ndim == 2:
         consts = [g.const(i) for i in add.input]
@@ -342,10 +407,11 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
     if w2_out != stops[0].output[0]:
         add = g.producer[w2_out]
         w2_proj.add, w2_proj.bias_index = add, [g.is_const(i) for i in add.input].index(True)
-    residual = g.sole_child(w2_out)
+    residual_in = _down_qdq(g, w2_out)
+    residual = g.sole_child(residual_in)
     if residual is None or residual.op_type != "Add" or any(g.is_const(i) for i in residual.input):
         return None  # e.g. a classifier head MatMul -> ReLU -> MatMul: no residual, not an encoder FFN
-    return FfnBlock(w1_proj, region_nodes, per_dim, w2_proj, residual, width)
+    return FfnBlock(w1_proj, region_nodes, per_dim, w2_proj, residual, width, residual_in=residual_in)
 
 
 def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
@@ -493,11 +559,34 @@ def _replace_const(g: Graph, node: onnx.NodeProto, i: int, array: np.ndarray, hi
     g.set_input(node, i, g.add_initializer(array.astype(old.dtype, copy=False), hint))
 
 
+def _slice_const(g: Graph, node: onnx.NodeProto, i: int, index: np.ndarray, axis: int, hint: str) -> None:
+    """Keep `index` along `axis` of the constant read by input i of `node`. A QDQ weight
+    (DequantizeLinear of int8) is sliced in its int8 values, with its scale and zero point when they
+    are per channel along that axis (per-tensor ones stay); a new DequantizeLinear reads the slices."""
+    name = node.input[i]
+    dq = g.dequantized(name) if g._resolve(name) is None else None
+    if dq is None:
+        _replace_const(g, node, i, np.take(g.const(name), index, axis=axis), hint)
+        return
+    q = g.const(dq.input[0])
+    axis %= q.ndim
+    dq_axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % max(q.ndim, 1)
+    inputs = [g.add_initializer(np.take(q, index, axis=axis), hint + ".int8")]
+    for j, what in ((1, "scale"), (2, "zero_point")):
+        if j < len(dq.input) and dq.input[j]:
+            v = g.const(dq.input[j])
+            inputs.append(g.add_initializer(v[index], f"{hint}.{what}") if v.size > 1 and dq_axis == axis else dq.input[j])
+    out = g.unique_name(hint + ".dequantized")
+    new = onnx.helper.make_node("DequantizeLinear", inputs, [out], name=out)
+    new.attribute.extend(copy.deepcopy(a) for a in dq.attribute)
+    g.add_node(new)
+    g.set_input(node, i, out)
+
+
 def _slice_projection_out(g: Graph, p: Projection, cols: np.ndarray, hint: str) -> None:
-    w = g.const(p.matmul.input[1])
-    _replace_const(g, p.matmul, 1, w[:, cols], f"{hint}.weight")
+    _slice_const(g, p.matmul, 1, cols, 1, f"{hint}.weight")
     if p.add is not None:
-        _replace_const(g, p.add, p.bias_index, g.const(p.add.input[p.bias_index])[cols], f"{hint}.bias")
+        _slice_const(g, p.add, p.bias_index, cols, 0, f"{hint}.bias")
 
 
 def _shape_const(g: Graph, cache: dict, dims: tuple[int, ...]) -> str:
@@ -515,12 +604,14 @@ def _set_reshape(g: Graph, reshape: onnx.NodeProto, shape_name: str) -> None:
 
 
 def _bypass(g: Graph, residual: onnx.NodeProto, block_out: str, bias: Projection, hint: str) -> None:
-    """Drop a whole block: the residual Add now adds the block's output bias (what an empty block computes)."""
+    """Drop a whole block: the residual Add now adds the block's output bias (what an empty block computes),
+    passed through the fake-quant the block output went through in a QDQ graph, so it stays exact."""
     w = g.const(bias.matmul.input[1])
     if bias.add is not None:
         b = g.const(bias.add.input[bias.bias_index])
     else:
         b = np.zeros(w.shape[1], dtype=w.dtype)
+    b = _apply_fake_quant(g, _fake_quant_chain(g, block_out), b.astype(np.float32))
     name = g.add_initializer(b.astype(w.dtype, copy=False), hint)
     for i, inp in enumerate(residual.input):
         if inp == block_out:
@@ -530,7 +621,7 @@ def _bypass(g: Graph, residual: onnx.NodeProto, block_out: str, bias: Projection
 def _shrink_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int], shapes: dict) -> None:
     d = a.head_size
     if not heads:
-        _bypass(g, a.residual, a.o.output, a.o, f"layer{i}.attention.output.bias")
+        _bypass(g, a.residual, a.residual_in or a.o.output, a.o, f"layer{i}.attention.output.bias")
         return
     if heads != list(range(a.num_heads)):
         cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads])
@@ -542,8 +633,7 @@ def _shrink_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int], sha
                 if id(p.matmul) not in done:
                     _slice_projection_out(g, p, cols, f"layer{i}.attention.{name}")
                     done.add(id(p.matmul))
-        wo = g.const(a.o.matmul.input[1])
-        _replace_const(g, a.o.matmul, 1, wo[cols, :], f"layer{i}.attention.output.weight")
+        _slice_const(g, a.o.matmul, 1, cols, 0, f"layer{i}.attention.output.weight")
     # Constant head shapes even when nothing was cut: ORT's attention fusion reads the per-layer head
     # count from them (it cannot from the exporter's [B, L, -1, d] computed with Shape/Concat).
     n = len(heads)
@@ -576,7 +666,7 @@ def _shrink_packed_qkv(g: Graph, i: int, a: AttentionBlock, cols: np.ndarray) ->
 
 def _shrink_ffn(g: Graph, i: int, f: FfnBlock, dims: list[int]) -> None:
     if not dims:
-        _bypass(g, f.residual, f.w2.output, f.w2, f"layer{i}.ffn.output.bias")
+        _bypass(g, f.residual, f.residual_in or f.w2.output, f.w2, f"layer{i}.ffn.output.bias")
         return
     if dims == list(range(f.width)):
         return
@@ -585,8 +675,7 @@ def _shrink_ffn(g: Graph, i: int, f: FfnBlock, dims: list[int]) -> None:
     for node, j in f.per_dim_consts:
         c = g.const(node.input[j])
         _replace_const(g, node, j, c.reshape(-1)[idx].reshape(c.shape[:-1] + (len(idx),)), f"layer{i}.ffn.act.const")
-    w2 = g.const(f.w2.matmul.input[1])
-    _replace_const(g, f.w2.matmul, 1, w2[idx, :], f"layer{i}.ffn.out.weight")
+    _slice_const(g, f.w2.matmul, 1, idx, 0, f"layer{i}.ffn.out.weight")
 
 
 def _layer_params(layer: Layer, hidden: int, attn_width: int, ffn_width: int) -> int:
