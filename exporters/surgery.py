@@ -45,8 +45,11 @@ ELEMENTWISE = {
     "LeakyRelu", "Elu", "Selu", "Softplus", "HardSigmoid", "HardSwish", "Mish", "Clip", "Gelu", "FastGelu",
     "BiasGelu", "QuickGelu", "Cast", "Identity", "Dropout",
 }
-# Fused attention kernels carry num_heads and a packed layout we do not rewrite: shrink first.
+# Fused attention kernels. com.microsoft Attention (packed QKV weight, what `optimum-cli onnxruntime
+# optimize` and ORT's transformers optimizer emit) is rewritten; the others are refused by name.
 FUSED_ATTENTION = {"Attention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention", "GroupQueryAttention"}
+# Residual + LayerNorm fused by ORT; the block output is input 0 or 1, a folded output bias input 4.
+SKIP_LN = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
 # Activation fake-quantization of QDQ graphs (QuantizeLinear -> DequantizeLinear, per-tensor): looked
 # through while matching; it acts on each element alone, so cutting heads/dims does not change it.
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -85,6 +88,7 @@ class AttentionBlock:
     num_heads: int = 0
     head_size: int = 0
     residual_in: str = ""  # the residual Add's input carrying the block output (after any fake-quant)
+    fused: onnx.NodeProto | None = None  # com.microsoft Attention holding Q/K/V (packed weight input 1, bias 2)
 
 
 @dataclass
@@ -306,9 +310,19 @@ def _residual_after(g: Graph, proj: Projection, where: str) -> tuple[onnx.NodePr
     """The residual Add below a block output, and which of its inputs carries the block output."""
     out = _down_qdq(g, proj.output)
     node = g.sole_child(out)
-    if node is None or node.op_type != "Add" or any(g.is_const(i) for i in node.input):
+    if not _is_residual(g, node, out):
         raise GraphPatternError(f"{where}: expected the block output {proj.output!r} to feed only a residual Add")
     return node, out
+
+
+def _is_residual(g: Graph, node: onnx.NodeProto | None, block_out: str) -> bool:
+    """A residual Add of two computed tensors, or ORT's SkipLayerNormalization reading the block output
+    as its input or skip."""
+    if node is None:
+        return False
+    if node.op_type == "Add":
+        return not any(g.is_const(i) for i in node.input)
+    return node.op_type in SKIP_LN and block_out in node.input[:2]
 
 
 def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
@@ -339,6 +353,40 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
     o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
     residual, residual_in = _residual_after(g, o, where)
     block = AttentionBlock(softmax, q, k, v, [q_reshape, k_reshape, v_reshape], merge, o, residual, residual_in=residual_in)
+    return block
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    a = next((a for a in node.attribute if a.name == name), None)
+    return default if a is None else onnx.helper.get_attribute_value(a)
+
+
+def match_fused_attention(g: Graph, node: onnx.NodeProto) -> AttentionBlock:
+    """A com.microsoft Attention node (packed [H, 3w] QKV weight and [3w] bias, num_heads attribute)
+    followed by the output projection and the residual (Add or SkipLayerNormalization)."""
+    where = f"fused attention at {_where(node)}"
+    if node.op_type != "Attention" or node.domain != "com.microsoft":
+        raise GraphPatternError(f"{where}: fused {node.op_type} is not supported; shrink the graph before the ORT optimizer fuses it")
+    w = g.const(node.input[1])
+    if w is None or w.ndim != 2:
+        raise GraphPatternError(f"{where}: the packed QKV weight is not a constant 2-D tensor")
+    if len(node.input) < 3 or not node.input[2] or g.const(node.input[2]) is None:
+        raise GraphPatternError(f"{where}: the packed QKV bias is missing or not constant")
+    if any(node.input[4:]) or any(node.output[1:]):
+        raise GraphPatternError(f"{where}: past state / attention bias inputs or present outputs are not supported")
+    n = int(_attr(node, "num_heads", 0))
+    sizes = list(_attr(node, "qkv_hidden_sizes", []) or [w.shape[1] // 3] * 3)
+    if len(set(sizes)) != 1 or sum(sizes) != w.shape[1] or n <= 0 or sizes[0] % n:
+        raise GraphPatternError(f"{where}: Q/K/V widths {sizes} with {n} heads are not a layout surgery can slice")
+    out = _down_qdq(g, node.output[0])
+    o_mm = g.sole_child(out, "MatMul")
+    if o_mm is None or o_mm.input[0] != out:
+        raise GraphPatternError(f"{where}: expected the attention output to feed the output projection MatMul")
+    o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
+    residual, residual_in = _residual_after(g, o, where)
+    packed = Projection(node)  # `matmul` is the Attention node: weight input 1, bias input 2
+    block = AttentionBlock(node, packed, packed, packed, [], node, o, residual, residual_in=residual_in, fused=node)
+    block.num_heads, block.head_size = n, sizes[0] // n
     return block
 
 
@@ -409,7 +457,7 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
         w2_proj.add, w2_proj.bias_index = add, [g.is_const(i) for i in add.input].index(True)
     residual_in = _down_qdq(g, w2_out)
     residual = g.sole_child(residual_in)
-    if residual is None or residual.op_type != "Add" or any(g.is_const(i) for i in residual.input):
+    if not _is_residual(g, residual, residual_in):
         return None  # e.g. a classifier head MatMul -> ReLU -> MatMul: no residual, not an encoder FFN
     return FfnBlock(w1_proj, region_nodes, per_dim, w2_proj, residual, width, residual_in=residual_in)
 
@@ -417,13 +465,8 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
 def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
     """All encoder layers in graph order, and the head size used. Raises GraphPatternError naming what
     is missing rather than returning a partial match."""
-    fused = [n for n in g.graph.node if n.op_type in FUSED_ATTENTION]
-    if fused:
-        raise GraphPatternError(
-            f"the graph already contains fused {fused[0].op_type} nodes; shrink the graph exported by "
-            "`compress export` before running the ORT optimizer (--optimize does this in the right order)"
-        )
-    attention = [b for b in (match_attention(g, s) for s in g.nodes("Softmax")) if b is not None]
+    fused = [match_fused_attention(g, n) for n in g.graph.node if n.op_type in FUSED_ATTENTION]
+    attention = fused + [b for b in (match_attention(g, s) for s in g.nodes("Softmax")) if b is not None]
     ffns = [b for b in (match_ffn(g, m) for m in g.nodes("MatMul")) if b is not None]
     if not attention:
         raise GraphPatternError("no attention block found (no Softmax fed by MatMul(Q, K^T) from per-head Reshapes)")
@@ -444,8 +487,21 @@ def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
                 f"layer {i}: attention and FFN blocks are not interleaved as in an encoder (a graph whose blocks "
                 "were already removed by an earlier shrink cannot be matched; shrink the original export)"
             )
-    head_size = _head_size(g, attention, head_size)
+    unfused = [a for a in attention if a.fused is None]
+    fused_sizes = {a.head_size for a in fused}
+    if unfused or not fused:
+        head_size = _head_size(g, unfused, head_size)
+    else:
+        if len(fused_sizes) != 1 or (head_size is not None and fused_sizes != {head_size}):
+            raise GraphPatternError(f"fused Attention nodes imply head sizes {sorted(fused_sizes)}" + (f", not {head_size}" if head_size else ""))
+        head_size = fused_sizes.pop()
+    if fused_sizes - {head_size}:
+        raise GraphPatternError(f"fused Attention nodes imply head sizes {sorted(fused_sizes)}, the head reshapes {head_size}")
     for i, a in enumerate(attention):
+        if a.fused is not None:
+            if g.const(a.o.matmul.input[1]).shape[0] != a.num_heads * head_size:
+                raise GraphPatternError(f"layer {i}: output projection rows differ from the attention width {a.num_heads * head_size}")
+            continue
         width = _proj_width(g, a.q)
         if width % head_size:
             raise GraphPatternError(f"layer {i}: Q width {width} is not a multiple of head size {head_size}")
@@ -612,16 +668,46 @@ def _bypass(g: Graph, residual: onnx.NodeProto, block_out: str, bias: Projection
     else:
         b = np.zeros(w.shape[1], dtype=w.dtype)
     b = _apply_fake_quant(g, _fake_quant_chain(g, block_out), b.astype(np.float32))
+    if residual.op_type in SKIP_LN:
+        _bypass_skip_layernorm(g, residual, block_out, b.astype(w.dtype, copy=False), hint)
+        return
     name = g.add_initializer(b.astype(w.dtype, copy=False), hint)
     for i, inp in enumerate(residual.input):
         if inp == block_out:
             g.set_input(residual, i, name)
 
 
+def _bypass_skip_layernorm(g: Graph, sln: onnx.NodeProto, block_out: str, bias: np.ndarray, hint: str) -> None:
+    """SkipLayerNormalization(block, skip, gamma, beta, bias) with an empty block is
+    LayerNormalization(skip + bias + block bias): standard nodes replace it (its input and skip must
+    have equal shapes, so a constant cannot simply take the block's place)."""
+    if sln.op_type != "SkipLayerNormalization":
+        raise GraphPatternError(f"{_where(sln)}: removing the whole block before a {sln.op_type} is not supported")
+    if any(o for o in sln.output[1:3]):
+        raise GraphPatternError(f"{_where(sln)}: its mean / inv_std_var outputs are used; cannot replace it")
+    opset = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 17:
+        raise GraphPatternError(f"{_where(sln)}: removing a whole block here needs LayerNormalization (opset >= 17), the graph has opset {opset}")
+    skip = sln.input[1] if sln.input[0] == block_out else sln.input[0]
+    total = bias.astype(np.float32)
+    if len(sln.input) > 4 and sln.input[4]:
+        total = total + g.const(sln.input[4]).astype(np.float32)
+    summed = sln.output[3] if len(sln.output) > 3 and sln.output[3] else g.unique_name(hint + ".sum")
+    g.add_node(onnx.helper.make_node("Add", [skip, g.add_initializer(total, hint)], [summed], name=g.unique_name(hint + ".add")))
+    gamma = sln.input[2]
+    beta = sln.input[3] if len(sln.input) > 3 and sln.input[3] else g.add_initializer(np.zeros_like(g.const(gamma)), hint + ".beta")
+    g.add_node(onnx.helper.make_node("LayerNormalization", [summed, gamma, beta], [sln.output[0]], name=g.unique_name(hint + ".ln"),
+                                     axis=-1, epsilon=float(_attr(sln, "epsilon", 1e-12))))
+    g.remove_nodes([sln])
+
+
 def _shrink_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int], shapes: dict) -> None:
     d = a.head_size
     if not heads:
         _bypass(g, a.residual, a.residual_in or a.o.output, a.o, f"layer{i}.attention.output.bias")
+        return
+    if a.fused is not None:
+        _shrink_fused_attention(g, i, a, heads)
         return
     if heads != list(range(a.num_heads)):
         cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads])
@@ -640,6 +726,26 @@ def _shrink_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int], sha
     for r in a.split_reshapes:
         _set_reshape(g, r, _shape_const(g, shapes, (0, 0, n, d)))
     _set_reshape(g, a.merge_reshape, _shape_const(g, shapes, (0, 0, n * d)))
+
+
+def _shrink_fused_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int]) -> None:
+    """com.microsoft Attention: slice the packed QKV weight columns and bias per head in each of the
+    Q, K, V segments, set num_heads (and qkv_hidden_sizes), slice W_O rows."""
+    if heads == list(range(a.num_heads)):
+        return
+    d, node = a.head_size, a.fused
+    cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads])
+    width = a.num_heads * d
+    all_cols = np.concatenate([cols + s * width for s in range(3)])
+    _slice_const(g, node, 1, all_cols, 1, f"layer{i}.attention.qkv.weight")
+    _slice_const(g, node, 2, all_cols, 0, f"layer{i}.attention.qkv.bias")
+    for attr in node.attribute:
+        if attr.name == "num_heads":
+            attr.i = len(heads)
+        elif attr.name == "qkv_hidden_sizes":
+            del attr.ints[:]
+            attr.ints.extend([len(cols)] * 3)
+    _slice_const(g, a.o.matmul, 1, cols, 0, f"layer{i}.attention.output.weight")
 
 
 def _shrink_packed_qkv(g: Graph, i: int, a: AttentionBlock, cols: np.ndarray) -> None:
@@ -684,7 +790,7 @@ def _layer_params(layer: Layer, hidden: int, attn_width: int, ffn_width: int) ->
     a, f = layer.attention, layer.ffn
     total = 4 * hidden * attn_width + 2 * hidden * ffn_width
     if attn_width:
-        total += sum(attn_width for p in (a.q, a.k, a.v) if p.add is not None)
+        total += 3 * attn_width if a.fused is not None else sum(attn_width for p in (a.q, a.k, a.v) if p.add is not None)
     if ffn_width and f.w1.add is not None:
         total += ffn_width
     total += hidden * ((a.o.add is not None) + (f.w2.add is not None))
