@@ -364,10 +364,10 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 def match_fused_attention(g: Graph, node: onnx.NodeProto) -> AttentionBlock:
     """A com.microsoft Attention node (packed [H, 3w] QKV weight and [3w] bias, num_heads attribute)
     followed by the output projection and the residual (Add or SkipLayerNormalization)."""
-    where = f"fused attention at {_where(node)}"
+    where = f"fused {node.op_type} at {_where(node)}"
     if node.op_type != "Attention" or node.domain != "com.microsoft":
-        raise GraphPatternError(f"{where}: fused {node.op_type} is not supported; shrink the graph before the ORT optimizer fuses it")
-    w = g.const(node.input[1])
+        raise GraphPatternError(f"{where}: only com.microsoft Attention is rewritten; shrink the graph before the ORT optimizer fuses it")
+    w = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
     if w is None or w.ndim != 2:
         raise GraphPatternError(f"{where}: the packed QKV weight is not a constant 2-D tensor")
     if len(node.input) < 3 or not node.input[2] or g.const(node.input[2]) is None:
