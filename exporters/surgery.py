@@ -68,10 +68,15 @@ class Projection:
     bias_index: int = 0  # which input of `add` is the constant bias
     split: onnx.NodeProto | None = None  # packed QKV: the Split node, and which of its outputs is ours
     split_output: int = 0
+    # ORT dynamic int8 (QOperator): `matmul` is MatMulInteger(x_q, W_q, x_zp, W_zp) -> Cast -> `int_out`
+    # = Mul(., `int_scale`), where int_scale = Mul(x_scale, W_scale) with W_scale at input int_scale_index.
+    int_out: onnx.NodeProto | None = None
+    int_scale: onnx.NodeProto | None = None
+    int_scale_index: int = 0
 
     @property
     def output(self) -> str:
-        node = self.add or self.matmul
+        node = self.add or self.int_out or self.matmul
         return node.output[0]
 
 
@@ -112,6 +117,52 @@ class Layer:
 # --------------------------------------------------------------------------------------- matching
 def _where(node: onnx.NodeProto) -> str:
     return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def _integer_matmul(g: Graph, node: onnx.NodeProto | None):
+    """For the output Mul of ORT's dynamic int8 MatMul — Mul(Cast(MatMulInteger(x_q, W_q, x_zp, W_zp)),
+    Mul(x_scale, W_scale)) — return (MatMulInteger, scale Mul, index of W_scale in it); else None."""
+    if node is None or node.op_type != "Mul":
+        return None
+    for i in (0, 1):
+        cast, sm = g.producer.get(node.input[i]), g.producer.get(node.input[1 - i])
+        if cast is None or cast.op_type != "Cast" or sm is None or sm.op_type != "Mul":
+            continue
+        mmi = g.producer.get(cast.input[0])
+        consts = [j for j, x in enumerate(sm.input) if g.is_const(x)]
+        if mmi is not None and mmi.op_type == "MatMulInteger" and g.is_const(mmi.input[1]) and len(consts) == 1:
+            return mmi, sm, consts[0]
+    return None
+
+
+def _matmul_out(g: Graph, mm: onnx.NodeProto) -> str:
+    """The float result of a weight MatMul: its output, or for MatMulInteger the rescaling Mul's."""
+    if mm.op_type != "MatMulInteger":
+        return mm.output[0]
+    cast = g.sole_child(mm.output[0], "Cast")
+    mul = g.sole_child(cast.output[0], "Mul") if cast is not None else None
+    found = _integer_matmul(g, mul)
+    return mul.output[0] if found is not None and found[0] is mm else mm.output[0]
+
+
+def _projection(g: Graph, mm: onnx.NodeProto) -> Projection:
+    """A Projection for a weight MatMul / MatMulInteger (bias filled in by the caller)."""
+    p = Projection(mm)
+    out = _matmul_out(g, mm)
+    if out != mm.output[0]:
+        p.int_out = g.producer[out]
+        _, p.int_scale, p.int_scale_index = _integer_matmul(g, p.int_out)
+    return p
+
+
+def _weight(g: Graph, p: Projection) -> np.ndarray:
+    """The float [in, out] weight a projection multiplies by (int8 ones dequantized)."""
+    w = g.const(p.matmul.input[1])
+    if p.matmul.op_type != "MatMulInteger":
+        return w
+    zp = g.const(p.matmul.input[3]) if len(p.matmul.input) > 3 and p.matmul.input[3] else np.zeros((), np.int8)
+    scale = g.const(p.int_scale.input[p.int_scale_index]) if p.int_scale is not None else np.ones((), np.float32)
+    return (w.astype(np.float32) - zp.astype(np.float32).reshape(-1)[None, :] if zp.size > 1 else w.astype(np.float32) - float(zp)) * scale.reshape(-1)
 
 
 # Ops that can turn tensor shapes into a scale factor (torch's SDPA decomposition computes
@@ -220,7 +271,10 @@ def _projection_above(g: Graph, name: str, what: str, where: str) -> Projection:
             raise GraphPatternError(f"{where}: the {what} projection's Add has no constant bias operand ({_where(node)})")
         add, bias_index = node, consts[0]
         node = g.producer.get(_up_qdq(g, node.input[1 - bias_index]))
-    if node is None or node.op_type != "MatMul":
+    integer = _integer_matmul(g, node)
+    if integer is not None:
+        node = integer[0]
+    if node is None or node.op_type not in ("MatMul", "MatMulInteger"):
         found = _where(node) if node is not None else "a graph input"
         raise GraphPatternError(f"{where}: expected the {what} projection MatMul, found {found}")
     w = g.const(node.input[1])
@@ -228,7 +282,9 @@ def _projection_above(g: Graph, name: str, what: str, where: str) -> Projection:
         raise GraphPatternError(f"{where}: the {what} projection {_where(node)} has no constant 2-D weight")
     if add is not None and g.const(add.input[bias_index]).shape != (w.shape[1],):
         raise GraphPatternError(f"{where}: the {what} bias does not match its weight's output width")
-    return Projection(node, add, bias_index, split, split_output)
+    p = _projection(g, node)
+    p.add, p.bias_index, p.split, p.split_output = add, bias_index, split, split_output
+    return p
 
 
 def _compose(perms: list[list[int]]) -> list[int]:
@@ -347,8 +403,8 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
     if _compose(perms) != MERGE_PERM:
         raise GraphPatternError(f"{where}: the context is transposed with {_compose(perms)} before merging, expected {MERGE_PERM}")
     merged = _down_qdq(g, merge.output[0])
-    o_mm = g.sole_child(merged, "MatMul")
-    if o_mm is None or o_mm.input[0] != merged:
+    o_mm = _weight_matmul_below(g, merged)
+    if o_mm is None:
         raise GraphPatternError(f"{where}: expected the merged heads to feed the output projection MatMul")
     o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
     residual, residual_in = _residual_after(g, o, where)
@@ -379,8 +435,8 @@ def match_fused_attention(g: Graph, node: onnx.NodeProto) -> AttentionBlock:
     if len(set(sizes)) != 1 or sum(sizes) != w.shape[1] or n <= 0 or sizes[0] % n:
         raise GraphPatternError(f"{where}: Q/K/V widths {sizes} with {n} heads are not a layout surgery can slice")
     out = _down_qdq(g, node.output[0])
-    o_mm = g.sole_child(out, "MatMul")
-    if o_mm is None or o_mm.input[0] != out:
+    o_mm = _weight_matmul_below(g, out)
+    if o_mm is None:
         raise GraphPatternError(f"{where}: expected the attention output to feed the output projection MatMul")
     o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
     residual, residual_in = _residual_after(g, o, where)
@@ -390,15 +446,25 @@ def match_fused_attention(g: Graph, node: onnx.NodeProto) -> AttentionBlock:
     return block
 
 
+def _weight_matmul_below(g: Graph, x: str) -> onnx.NodeProto | None:
+    """The MatMul reading `x` as its input, or the MatMulInteger reading x's DynamicQuantizeLinear."""
+    node = g.sole_child(x)
+    if node is not None and node.op_type == "DynamicQuantizeLinear":
+        kids = g.children(node.output[0])
+        node = kids[0] if len(kids) == 1 and kids[0].op_type == "MatMulInteger" and kids[0].input[0] == node.output[0] else None
+        return node
+    return node if node is not None and node.op_type == "MatMul" and node.input[0] == x else None
+
+
 def _bias_add_or_self(g: Graph, mm: onnx.NodeProto) -> str:
     """Output of the MatMul's bias Add when there is one (a constant [out] operand), else of the MatMul."""
-    add = g.sole_child(_down_qdq(g, mm.output[0]), "Add")
+    add = g.sole_child(_down_qdq(g, _matmul_out(g, mm)), "Add")
     w = g.const(mm.input[1])
     if add is not None and w is not None and w.ndim == 2:
         consts = [g.const(i) for i in add.input]
         if sum(c is not None for c in consts) == 1 and any(c is not None and c.shape == (w.shape[1],) for c in consts):
             return add.output[0]
-    return mm.output[0]
+    return _matmul_out(g, mm)
 
 
 def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
@@ -417,6 +483,15 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
             return None
         for node in g.children(tensor):
             if any(node is n for n in region_nodes) or any(node is s for s in stops):
+                continue
+            if node.op_type == "DynamicQuantizeLinear":  # ORT dynamic int8: quantizes W2's input
+                node = _weight_matmul_below(g, tensor)
+                if node is None:
+                    return None
+                w2 = g.const(node.input[1])
+                if w2 is None or w2.ndim != 2 or w2.shape[0] != width:
+                    return None
+                stops.append(node)
                 continue
             if node.op_type == "MatMul" and node.input[0] in region_tensors and node.input[1] not in region_tensors:
                 w2 = g.const(node.input[1])
@@ -446,13 +521,13 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
                 per_dim.append((node, i))
     if len(stops) != 1 or not region_nodes:
         return None
-    w1_proj = Projection(mm1)
-    if src != mm1.output[0]:
+    w1_proj = _projection(g, mm1)
+    if src != _matmul_out(g, mm1):
         add = g.producer[src]
         w1_proj.add, w1_proj.bias_index = add, [g.is_const(i) for i in add.input].index(True)
     w2_out = _bias_add_or_self(g, stops[0])
-    w2_proj = Projection(stops[0])
-    if w2_out != stops[0].output[0]:
+    w2_proj = _projection(g, stops[0])
+    if w2_out != _matmul_out(g, stops[0]):
         add = g.producer[w2_out]
         w2_proj.add, w2_proj.bias_index = add, [g.is_const(i) for i in add.input].index(True)
     residual_in = _down_qdq(g, w2_out)
@@ -467,7 +542,7 @@ def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
     is missing rather than returning a partial match."""
     fused = [match_fused_attention(g, n) for n in g.graph.node if n.op_type in FUSED_ATTENTION]
     attention = fused + [b for b in (match_attention(g, s) for s in g.nodes("Softmax")) if b is not None]
-    ffns = [b for b in (match_ffn(g, m) for m in g.nodes("MatMul")) if b is not None]
+    ffns = [b for b in (match_ffn(g, m) for m in g.nodes("MatMul") + g.nodes("MatMulInteger")) if b is not None]
     if not attention:
         raise GraphPatternError("no attention block found (no Softmax fed by MatMul(Q, K^T) from per-head Reshapes)")
     if not ffns:
@@ -576,10 +651,10 @@ def detect_kept(g: Graph, layers: list[Layer]) -> list[dict]:
     kept = []
     for layer in layers:
         a, f = layer.attention, layer.ffn
-        wo = g.const(a.o.matmul.input[1])
+        wo = _weight(g, a.o)
         d = a.head_size
         heads = [h for h in range(a.num_heads) if np.any(wo[h * d : (h + 1) * d])]
-        w2 = g.const(f.w2.matmul.input[1])
+        w2 = _weight(g, f.w2)
         dims = np.flatnonzero(np.any(w2 != 0, axis=1)).tolist()
         kept.append({"heads_kept": heads, "ffn_dims_kept": dims})
     return kept
@@ -641,6 +716,11 @@ def _slice_const(g: Graph, node: onnx.NodeProto, i: int, index: np.ndarray, axis
 
 def _slice_projection_out(g: Graph, p: Projection, cols: np.ndarray, hint: str) -> None:
     _slice_const(g, p.matmul, 1, cols, 1, f"{hint}.weight")
+    if p.matmul.op_type == "MatMulInteger":  # per-channel (per output column) zero point and scale
+        if len(p.matmul.input) > 3 and p.matmul.input[3] and g.const(p.matmul.input[3]).size > 1:
+            _slice_const(g, p.matmul, 3, cols, 0, f"{hint}.weight_zero_point")
+        if p.int_scale is not None and g.const(p.int_scale.input[p.int_scale_index]).size > 1:
+            _slice_const(g, p.int_scale, p.int_scale_index, cols, 0, f"{hint}.weight_scale")
     if p.add is not None:
         _slice_const(g, p.add, p.bias_index, cols, 0, f"{hint}.bias")
 
@@ -662,7 +742,7 @@ def _set_reshape(g: Graph, reshape: onnx.NodeProto, shape_name: str) -> None:
 def _bypass(g: Graph, residual: onnx.NodeProto, block_out: str, bias: Projection, hint: str) -> None:
     """Drop a whole block: the residual Add now adds the block's output bias (what an empty block computes),
     passed through the fake-quant the block output went through in a QDQ graph, so it stays exact."""
-    w = g.const(bias.matmul.input[1])
+    w = _weight(g, bias)
     if bias.add is not None:
         b = g.const(bias.add.input[bias.bias_index])
     else:
