@@ -192,7 +192,7 @@ def exports(tmp_path_factory):
     for family, exporter in (("bert", "torchscript"), ("bert", "dynamo"), ("roberta", "torchscript"), ("distilbert", "torchscript")):
         model = kill_structure(tiny_model(family, layers=3), DEAD_HEADS, DEAD_DIMS)
         ck = save_checkpoint(model, root / f"ck_{family}_{exporter}")
-        result = export_checkpoint(ck, root / f"onnx_{family}_{exporter}", task="feature-extraction", exporter=exporter)
+        result = export_checkpoint(ck, root / f"onnx_{family}_{exporter}", task="feature-extraction", exporter=exporter, shrink=False)
         assert result.exporter == exporter
         out[(family, exporter)] = result.path
     return out
@@ -244,7 +244,7 @@ def test_optimize_reports_when_attention_does_not_fuse(exports):
 def test_cli_export_then_shrink(tmp_path, capsys):
     model = kill_structure(tiny_model("bert", layers=3), DEAD_HEADS, DEAD_DIMS)
     ck = save_checkpoint(model, tmp_path / "ck")
-    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense")]) == 0
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense"), "--no-shrink"]) == 0
     out, report = tmp_path / "small.onnx", tmp_path / "report.json"
     assert main(["shrink", str(tmp_path / "dense" / "model.onnx"), str(out), "--optimize", "--report", str(report)]) == 0
     text = capsys.readouterr().out
@@ -266,7 +266,7 @@ def test_cli_uses_and_guards_compression_json(tmp_path, capsys):
     model = kill_structure(tiny_model("distilbert", layers=3), DEAD_HEADS, DEAD_DIMS)
     ck = save_checkpoint(model, tmp_path / "ck")
     write_compression_json(ck, model)
-    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense")]) == 0
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense"), "--no-shrink"]) == 0
     assert main(["shrink", str(tmp_path / "dense" / "model.onnx"), str(tmp_path / "s.onnx")]) == 0
     assert "structure from" in capsys.readouterr().out
     assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "small"), "--shrink"]) == 0
@@ -286,3 +286,23 @@ def test_dense_graph_normalised_for_fusion(exports):
     assert assert_close(dense, same, feeds, 1e-5, "normalised") < 1e-5
     fused, report = optimize(same, feeds)  # ... but every layer's head count is now readable by ORT
     assert report["applied"] and report["fusions"]["Attention"] == 3
+
+
+def test_cli_export_shrinks_pruned_checkpoints_by_default(tmp_path, capsys):
+    """Issue 16: exporting a pruned model must not give the unshrunk graph by accident."""
+    model = kill_structure(tiny_model("bert", layers=3), DEAD_HEADS, DEAD_DIMS)
+    ck = save_checkpoint(model, tmp_path / "ck")  # no compression.json: the zero weights tell
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "auto")]) == 0
+    text = capsys.readouterr().out
+    assert "attention removed" in text and "FFN removed" in text  # what was removed is printed
+    small = op_counts(onnx.load(str(tmp_path / "auto" / "model.onnx")))
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "full"), "--no-shrink"]) == 0
+    full = op_counts(onnx.load(str(tmp_path / "full" / "model.onnx")))
+    assert (small["Softmax"], full["Softmax"]) == (2, 3) and "removed" not in capsys.readouterr().out
+    # a dense checkpoint has nothing to cut: exported as is, and the note says why
+    dense = save_checkpoint(tiny_model("bert", layers=2), tmp_path / "dense_ck")
+    assert main(["export", "--onnx", str(dense), "--output", str(tmp_path / "dense")]) == 0
+    assert "not shrunk: no all-zero heads or FFN dims in the graph" in capsys.readouterr().out
+    # --shrink is still accepted
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "forced"), "--shrink"]) == 0
+    assert op_counts(onnx.load(str(tmp_path / "forced" / "model.onnx")))["Softmax"] == 2

@@ -3,8 +3,10 @@
 DIR receives model.onnx, config.json, the tokenizer files and compression.json (when the checkpoint
 has one; its checksums are verified first and rewritten for DIR). The graph is validated against
 PyTorch on tokenized sentences at several batch sizes and lengths; nothing is written if it differs
-by more than --atol. With --shrink, DIR/model.onnx is the graph with the pruned heads and FFN dims
-cut out (each step is checked against the previous one and, at the end, against PyTorch).
+by more than --atol. A pruned checkpoint (compression.json, or all-zero heads / FFN dims) is shrunk
+by default: DIR/model.onnx is the graph with the pruned heads and FFN dims cut out (each step is
+checked against the previous one and, at the end, against PyTorch), and what was removed is printed.
+--no-shrink keeps the full graph.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--onnx", metavar="CHECKPOINT", required=True, help="Hugging Face checkpoint directory to export to ONNX")
     p.add_argument("--output", "-o", metavar="DIR", required=True, help="output directory (must be new or empty unless --overwrite)")
     p.add_argument("--task", choices=sorted(TASKS), help="which head to export (default: from the checkpoint's architecture)")
-    p.add_argument("--shrink", action="store_true", help="also remove pruned heads / FFN dims from the graph")
+    p.add_argument("--no-shrink", dest="shrink", action="store_const", const=False, default=None,
+                   help="keep the full graph (default: remove pruned heads / FFN dims whenever the checkpoint has any)")
+    p.add_argument("--shrink", dest="shrink", action="store_const", const=True,
+                   help="run the surgery even when no dead structure is found (shrinking pruned checkpoints is the default)")
     p.add_argument("--optimize", action="store_true", help="apply ONNX Runtime transformer fusions (kept only if outputs match)")
     p.add_argument("--exporter", choices=EXPORTER_NAMES, default="torchscript",
                    help="torch.onnx exporter (default torchscript: fast, and ORT can fuse its attention; the other is tried if it fails)")
