@@ -300,6 +300,20 @@ def _compose(perms: list[list[int]]) -> list[int]:
 Q_PERM, K_PERM, V_PERM, MERGE_PERM = [0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3], [0, 2, 1, 3]
 
 
+def _flattened_swap(g: Graph, reshape: onnx.NodeProto) -> str | None:
+    """torch's SDPA decomposition (dynamo exporter) transposes K as Reshape [B*h, L, d] -> Transpose
+    [0, 2, 1] -> Reshape [B, h, d, L]: a swap of the last two axes. Returns the 4-D tensor it starts
+    from. Both shapes must be computed at run time (from Shape of the tensors), so they follow the new
+    head count; constant ones would bake the old count in."""
+    t = g.producer.get(reshape.input[0])
+    if t is None or t.op_type != "Transpose" or list(_attr(t, "perm", [])) != [0, 2, 1]:
+        return None
+    inner = g.producer.get(t.input[0])
+    if inner is None or inner.op_type != "Reshape" or g.is_const(inner.input[1]) or g.is_const(reshape.input[1]):
+        return None
+    return inner.input[0]
+
+
 def _head_path(g: Graph, name: str, what: str, where: str, expect: list[int]) -> tuple[Projection, onnx.NodeProto]:
     """From a per-head tensor up to its split Reshape (checking the Transposes on the way) and projection."""
     perms = []
@@ -312,6 +326,9 @@ def _head_path(g: Graph, name: str, what: str, where: str, expect: list[int]) ->
             name = node.input[0]
         elif _is_fake_quant(g, node):
             name = node.input[0]
+        elif node.op_type == "Reshape" and _flattened_swap(g, node) is not None:
+            perms.append([0, 1, 3, 2])
+            name = _flattened_swap(g, node)
         elif node.op_type in ("Mul", "Div"):
             name, _ = _skip_scalar_ops(g, name)
             if g.producer.get(name) is node:
@@ -355,11 +372,27 @@ def _sole_data_child(g: Graph, name: str) -> onnx.NodeProto | None:
 
 
 def _follow_down(g: Graph, name: str, passthrough: tuple[str, ...]) -> tuple[str, onnx.NodeProto | None]:
+    name = _skip_nan_guard(g, name)
     node = g.sole_child(name)
     while node is not None and node.op_type in passthrough:
-        name = node.output[0]
+        name = _skip_nan_guard(g, node.output[0])
         node = g.sole_child(name)
     return name, node
+
+
+def _skip_nan_guard(g: Graph, name: str) -> str:
+    """torch's SDPA decomposition guards the probabilities with Where(IsNaN(P), 0, P) (fully masked
+    rows); per element, so it is looked through like a Cast."""
+    kids = g.children(name)
+    if len(kids) != 2 or name in g.graph_outputs:
+        return name
+    isnan = next((k for k in kids if k.op_type == "IsNaN"), None)
+    where = next((k for k in kids if k.op_type == "Where"), None)
+    if isnan is None or where is None or list(where.input) != [isnan.output[0], where.input[1], name]:
+        return name
+    if not g.is_scalar_const(where.input[1]) or len(g.children(isnan.output[0])) != 1:
+        return name
+    return where.output[0]
 
 
 def _residual_after(g: Graph, proj: Projection, where: str) -> tuple[onnx.NodeProto, str]:
@@ -864,6 +897,43 @@ def _shrink_ffn(g: Graph, i: int, f: FfnBlock, dims: list[int]) -> None:
     _slice_const(g, f.w2.matmul, 1, idx, 0, f"layer{i}.ffn.out.weight")
 
 
+# Ops whose count before / after shrink shows that fusions and quantization survived the surgery.
+REPORTED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+                "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "FusedMatMul", "MatMulInteger",
+                "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear")
+
+
+def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts = op_counts(model)
+    return {k: counts[k] for k in REPORTED_OPS if counts.get(k)}
+
+
+def describe_layer(g: Graph, layer: Layer) -> dict:
+    """What the matcher found in one layer, in words (for `compress shrink --report`)."""
+    a, f = layer.attention, layer.ffn
+
+    def weights(p: Projection) -> str:
+        if p.matmul.op_type == "MatMulInteger":
+            return "int8 dynamic (MatMulInteger)"
+        src = p.matmul.input[1]
+        return "int8 QDQ" if g.producer.get(src) is not None and g.producer[src].op_type == "DequantizeLinear" else "fp32"
+
+    if a.fused is not None:
+        attention = f"fused {a.fused.op_type} ({a.fused.domain or 'ai.onnx'}, packed QKV)"
+    elif a.q.split is not None:
+        attention = "MatMul + Softmax, packed QKV + Split"
+    else:
+        attention = "MatMul + Softmax, separate Q/K/V"
+    act = sorted({n.op_type for n in f.activation} - set(QDQ))
+    return {
+        "attention": attention,
+        "attention_weights": weights(a.o),
+        "ffn_activation": "+".join(act),
+        "ffn_weights": weights(f.w2),
+        "residual": a.residual.op_type,
+    }
+
+
 def _layer_params(layer: Layer, hidden: int, attn_width: int, ffn_width: int) -> int:
     """Weights + biases of one layer's Q/K/V/O and FFN projections at the given widths. The output
     biases of a removed block stay (they are added to the residual), so they always count."""
@@ -912,7 +982,7 @@ def shrink(
     else:
         _check_kept(g, layers, kept)
 
-    params_before, nodes_before = param_count(out), len(out.graph.node)
+    params_before, nodes_before, fused_before = param_count(out), len(out.graph.node), fused_op_counts(out)
     shapes: dict = {}
     for i, (layer, k) in enumerate(zip(layers, kept)):
         heads = sorted(int(h) for h in k["heads_kept"])
@@ -930,6 +1000,8 @@ def shrink(
             "ffn_removed": not dims,
             "params_before": _layer_params(layer, hidden, a.num_heads * head_size, f.width),
             "params_after": _layer_params(layer, hidden, len(heads) * head_size, len(dims)),
+            "heads_removed": sorted(set(range(a.num_heads)) - set(heads)),
+            "found": describe_layer(g, layer),
         }
         _shrink_attention(g, i, a, heads, shapes)
         _shrink_ffn(g, i, f, dims)
@@ -944,6 +1016,8 @@ def shrink(
         "params_after": param_count(out),
         "nodes_before": nodes_before,
         "nodes_after": len(out.graph.node),
+        "fused_ops_before": fused_before,
+        "fused_ops_after": fused_op_counts(out),
         "op_counts": op_counts(out),
     }
     if sample_inputs:

@@ -6,6 +6,8 @@ listed in REFUSED with the exact one-line message, so a refusal is a decision, n
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import zoo_check
@@ -47,3 +49,22 @@ def test_zoo_graph_shrinks_exactly_or_is_refused(name):
         return
     assert rec["status"] == "pass", rec.get("message")
     assert np.isfinite(rec["max_abs_diff"])
+
+
+def test_cli_shrink_report_on_a_fused_zoo_graph(tmp_path, capsys):
+    """`compress shrink --report` says per layer what it found and removed, and which fusions survive."""
+    import onnx
+
+    from compress.cli import main
+
+    m = zoo_check.meta("bert_optimum_O2")
+    zeroed, _, _ = zoo_check.zero_structure(zoo_check.load("bert_optimum_O2"), m["hidden"], m["num_heads"])
+    onnx.save(zeroed, str(tmp_path / "in.onnx"))
+    assert main(["shrink", str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--report"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "Attention 2 -> 1" in text and "SkipLayerNormalization 4 -> 3" in text and "BiasGelu 2 -> 2" in text
+    assert "layer 0: found fused Attention (com.microsoft, packed QKV)" in text and "removed heads [1, 3]" in text
+    assert "removed heads [0, 1, 2, 3] (whole attention block)" in text
+    assert main(["shrink", str(tmp_path / "in.onnx"), str(tmp_path / "out2.onnx"), "--report", str(tmp_path / "r.json")]) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["fused_ops_before"]["Attention"] == 2 and data["fused_ops_after"]["Attention"] == 1

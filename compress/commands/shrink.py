@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--head-size", type=int, help="attention head size (default: compression.json, config.json, or read from the graph)")
     p.add_argument("--optimize", action="store_true", help="then apply ONNX Runtime's transformer fusions (kept only if outputs match)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs output difference allowed (default 1e-4)")
-    p.add_argument("--report", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--report", metavar="PATH", nargs="?", const="",
+                   help="print per layer what was found and removed and the fused-op counts before/after; with PATH also write it as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.onnx if it exists")
     p.set_defaults(func=run)
 
@@ -82,12 +83,12 @@ def run(args) -> int:
         from ..artifacts import write_json
 
         write_json(args.report, report)
-    print_report(report, title=f"shrink {args.input} -> {args.output}")
+    print_report(report, title=f"shrink {args.input} -> {args.output}", details=args.report is not None)
     return 0
 
 
-def print_report(report: dict, title: str) -> None:
-    """Per-layer table + totals, via rich (stdout)."""
+def print_report(report: dict, title: str, details: bool = False) -> None:
+    """Per-layer table + totals, via rich (stdout); with details, what was matched in each layer."""
     from rich.console import Console
     from rich.table import Table
 
@@ -111,6 +112,19 @@ def print_report(report: dict, title: str) -> None:
         f"{report['params_before']:,} -> {report['params_after']:,}; nodes {report['nodes_before']} -> {report['nodes_after']}; "
         f"max abs diff vs input {report.get('max_abs_diff', float('nan')):.2g}"
     )
+    before, after = report.get("fused_ops_before", {}), report.get("fused_ops_after", {})
+    if before or after:
+        console.print("fused / quantized ops before -> after: " + ", ".join(
+            f"{k} {before.get(k, 0)} -> {after.get(k, 0)}" for k in sorted(set(before) | set(after))))
+    if details:
+        for r in report["layers"]:
+            f = r.get("found", {})
+            console.print(
+                f"layer {r['layer']}: found {f.get('attention', '?')} ({f.get('attention_weights', '?')} weights), FFN "
+                f"{f.get('ffn_activation', '?')} ({f.get('ffn_weights', '?')}), residual {f.get('residual', '?')}; removed heads "
+                f"{r.get('heads_removed', [])}" + (" (whole attention block)" if r["attention_removed"] else "")
+                + f", {r['ffn_before'] - r['ffn_after']} of {r['ffn_before']} FFN dims" + (" (whole FFN block)" if r["ffn_removed"] else "")
+            )
     opt = report.get("optimize")
     if opt is not None:
         fused = ", ".join(f"{k} x{v}" for k, v in opt["fusions"].items()) or "none"
