@@ -693,6 +693,94 @@ def detect_kept(g: Graph, layers: list[Layer]) -> list[dict]:
     return kept
 
 
+# ---------------------------------------------------------------------- dead by input, bias folded
+QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QLinearMatMul"}
+
+
+def _output_bias_slot(proj: Projection, residual: onnx.NodeProto) -> tuple[onnx.NodeProto, int] | None:
+    """Where a constant can be added to a block's output: its bias Add, or SkipLayerNorm's bias input."""
+    if proj.add is not None:
+        return proj.add, proj.bias_index
+    if residual.op_type == "SkipLayerNormalization" and len(residual.input) > 4 and residual.input[4]:
+        return residual, 4
+    return None
+
+
+def _v_columns(g: Graph, a: AttentionBlock) -> tuple[np.ndarray, np.ndarray | None]:
+    """V's weight columns [H, heads*d] and bias (None without one), wherever V is packed."""
+    if a.fused is not None:
+        width = a.num_heads * a.head_size
+        return g.const(a.fused.input[1])[:, 2 * width:], g.const(a.fused.input[2])[2 * width:]
+    p = a.v
+    w = _weight(g, p)
+    b = g.const(p.add.input[p.bias_index]) if p.add is not None else None
+    if p.split is not None:  # the bias Add sits before the Split: both cover Q, K and V
+        sizes = _split_sizes(g, p.split, w.shape[1])
+        start = sum(sizes[: p.split_output])
+        cut = slice(start, start + sizes[p.split_output])
+        w, b = w[:, cut], (b[cut] if b is not None else None)
+    return w, b
+
+
+def _activation_of(g: Graph, f: FfnBlock, x: np.ndarray) -> np.ndarray:
+    """The FFN activation region evaluated by ONNX Runtime on a constant [F] input (what a dim whose
+    W1 column is zero feeds W2: its bias through GELU / BiasGelu / any decomposition)."""
+    pos = g.index()
+    nodes = sorted(f.activation, key=lambda n: pos[id(n)])
+    made = {o for n in nodes for o in n.output}
+    src, dst = f.w1.output, f.w2.matmul.input[0]
+    consts = {i for n in nodes for i in n.input if i and i != src and i not in made}
+    inits = [onnx.numpy_helper.from_array(np.asarray(g.const(c)), c) for c in sorted(consts)]
+    graph = onnx.helper.make_graph(
+        [copy.deepcopy(n) for n in nodes], "ffn_activation",
+        [onnx.helper.make_tensor_value_info(src, onnx.TensorProto.FLOAT, [1, len(x)])],
+        [onnx.helper.make_tensor_value_info(dst, onnx.TensorProto.FLOAT, None)], inits)
+    model = onnx.helper.make_model(graph, opset_imports=list(g.model.opset_import), ir_version=g.model.ir_version)
+    return run(model, {src: x[None, :].astype(np.float32)})[dst].reshape(-1)
+
+
+def fold_input_dead(g: Graph, layers: list[Layer], kept: list[dict]) -> list[dict]:
+    """Heads whose V columns and FFN dims whose W1 column are all zero, though their output weights are
+    not: each adds a constant to the block output (P @ (1 b_v) = b_v, since softmax rows sum to 1, then
+    through W_O; act(b1_j) W2[j]). That constant is folded into the output bias and the structure is
+    dropped from `kept` (edited in place). Quantized graphs are left alone: the activation quantization
+    between those constants and the output projection would make the fold inexact, so the structure
+    stays (exact, just not smaller). Returns per layer what was folded."""
+    folded = [{"heads": [], "ffn_dims": []} for _ in layers]
+    if any(n.op_type in QUANTIZED for n in g.graph.node):
+        return folded
+    for i, (layer, k) in enumerate(zip(layers, kept)):
+        a, f = layer.attention, layer.ffn
+        d = a.head_size
+        slot = _output_bias_slot(a.o, a.residual)
+        wv, bv = _v_columns(g, a)
+        heads = [h for h in k["heads_kept"] if not np.any(wv[:, h * d:(h + 1) * d])]
+        if heads and (slot is not None or bv is None or not np.any(bv)):
+            wo = _weight(g, a.o)
+            if bv is not None and slot is not None:
+                delta = sum(bv[h * d:(h + 1) * d].astype(np.float64) @ wo[h * d:(h + 1) * d].astype(np.float64) for h in heads)
+                node, j = slot
+                _replace_const(g, node, j, g.const(node.input[j]) + delta, f"layer{i}.attention.output.bias_folded")
+            k["heads_kept"] = [h for h in k["heads_kept"] if h not in heads]
+            folded[i]["heads"] = heads
+        slot = _output_bias_slot(f.w2, f.residual)
+        w1 = _weight(g, f.w1)
+        dims = [j for j in k["ffn_dims_kept"] if not np.any(w1[:, j])]
+        if dims:
+            b1 = g.const(f.w1.add.input[f.w1.bias_index]) if f.w1.add is not None else np.zeros(f.width, np.float32)
+            act = _activation_of(g, f, b1)
+            w2 = _weight(g, f.w2)
+            delta = act[dims].astype(np.float64) @ w2[dims].astype(np.float64)
+            if slot is None and np.any(delta):
+                continue  # nowhere to fold a nonzero constant: keep the dims
+            if slot is not None:
+                node, j = slot
+                _replace_const(g, node, j, g.const(node.input[j]) + delta, f"layer{i}.ffn.output.bias_folded")
+            k["ffn_dims_kept"] = [j for j in k["ffn_dims_kept"] if j not in set(dims)]
+            folded[i]["ffn_dims"] = dims
+    return folded
+
+
 def _check_kept(g: Graph, layers: list[Layer], kept: list[dict]) -> None:
     """kept (from compression.json) must index this graph and only drop structures that are zero;
     anything else means the graph and the json don't belong together."""
@@ -977,12 +1065,14 @@ def shrink(
                     f"{num_heads}: the graph was already shrunk or comes from another model"
                 )
     source = "compression.json" if kept is not None else "zero weights"
+    params_before, nodes_before, fused_before = param_count(out), len(out.graph.node), fused_op_counts(out)
+    folded = [{"heads": [], "ffn_dims": []} for _ in layers]
     if kept is None:
         kept = detect_kept(g, layers)
+        folded = fold_input_dead(g, layers, kept)
     else:
         _check_kept(g, layers, kept)
 
-    params_before, nodes_before, fused_before = param_count(out), len(out.graph.node), fused_op_counts(out)
     shapes: dict = {}
     for i, (layer, k) in enumerate(zip(layers, kept)):
         heads = sorted(int(h) for h in k["heads_kept"])
@@ -1002,6 +1092,7 @@ def shrink(
             "params_after": _layer_params(layer, hidden, len(heads) * head_size, len(dims)),
             "heads_removed": sorted(set(range(a.num_heads)) - set(heads)),
             "found": describe_layer(g, layer),
+            "bias_folded": folded[i],
         }
         _shrink_attention(g, i, a, heads, shapes)
         _shrink_ffn(g, i, f, dims)

@@ -39,9 +39,13 @@ def test_zeroing_finds_every_layer_and_changes_the_outputs(name):
     assert zoo_check.max_diff(zoo_check.outputs(model, batches), zoo_check.outputs(zeroed, batches)) > 1e-3
 
 
+@pytest.mark.parametrize("side", ["both", "input"], ids=["output-zeroed", "input-zeroed"])
 @pytest.mark.parametrize("name", zoo_check.entries())
-def test_zoo_graph_shrinks_exactly_or_is_refused(name):
-    rec = zoo_check.check(name)
+def test_zoo_graph_shrinks_exactly_or_is_refused(name, side):
+    """output-zeroed: Q/K/V+O and W1+W2 of the dead structure are zero. input-zeroed: only Q/K/V and W1,
+    so each dead head / dim still adds a constant (V bias through softmax and W_O; act(b1) through W2)
+    that must be folded into the output bias (fp32) or the structure kept (int8)."""
+    rec = zoo_check.check(name, side)
     if name in REFUSED:
         assert rec["status"] == "refused", f"{name} is listed as refused but now {rec['status']}: update REFUSED"
         assert rec["message"] == REFUSED[name]
@@ -68,3 +72,21 @@ def test_cli_shrink_report_on_a_fused_zoo_graph(tmp_path, capsys):
     assert main(["shrink", str(tmp_path / "in.onnx"), str(tmp_path / "out2.onnx"), "--report", str(tmp_path / "r.json")]) == 0
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["fused_ops_before"]["Attention"] == 2 and data["fused_ops_after"]["Attention"] == 1
+
+
+def test_input_zeroed_structure_is_folded_not_dropped():
+    """The fold is what makes input-zeroed removal exact: the dead heads' V biases and the dead dims'
+    activations are nonzero in the zoo graphs (random biases), so the output bias must change."""
+    rec = zoo_check.check("bert_legacy_op14_tt", "input")
+    assert rec["status"] == "pass", rec["message"]
+    assert rec["bias_folded"][0] == {"heads": [1, 3], "ffn_dims": list(range(0, 128, 3))}
+    assert rec["bias_folded"][1]["heads"] == [0, 1, 2, 3] and len(rec["bias_folded"][1]["ffn_dims"]) == 32
+    import onnx
+
+    m = zoo_check.meta("bert_legacy_op14_tt")
+    zeroed, _, _ = zoo_check.zero_structure(zoo_check.load("bert_legacy_op14_tt"), m["hidden"], m["num_heads"], "input")
+    small, _ = zoo_check.shrink_fn()(zeroed)
+    folded = {t.name: onnx.numpy_helper.to_array(t) for t in small.graph.initializer if "bias_folded" in t.name}
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in zeroed.graph.initializer}
+    ffn0 = folded["layer0.ffn.output.bias_folded"]
+    assert not np.allclose(ffn0, original["model.bert.encoder.layer.0.output.dense.bias"], atol=1e-3)

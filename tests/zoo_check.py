@@ -140,9 +140,11 @@ def _zero(arrays: dict, masks: dict, w: Weight, rows=None, cols=None) -> None:
     m |= sel
 
 
-def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int) -> tuple[onnx.ModelProto, int, list[dict]]:
+def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: str = "both") -> tuple[onnx.ModelProto, int, list[dict]]:
     """A copy with DEAD_HEADS / dead_dims zeroed (Q/K/V columns and O rows; W1 columns and W2 rows;
-    biases untouched, as a pruned checkpoint has them). Returns (model, zeroed elements, kept per layer)."""
+    biases untouched, as a pruned checkpoint has them). side="input" zeroes only Q/K/V and W1 columns:
+    those heads / dims still add a constant (their biases through softmax / the activation) that shrink
+    must fold into the next bias, or keep the structure. Returns (model, zeroed elements, kept per layer)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     layers = locate(model, hidden)
     d = hidden // num_heads
@@ -157,13 +159,15 @@ def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int) -> tuple
         for w in layer.qkv:
             segs = w.shape[1] // hidden
             _zero(arrays, masks, w, cols=np.concatenate([cols + s * hidden for s in range(segs)]))
-        _zero(arrays, masks, layer.o, rows=cols)
+        if side == "both":
+            _zero(arrays, masks, layer.o, rows=cols)
         width = layer.w1.shape[1]
         dims = dead_dims(width).get(i, [])
         _zero(arrays, masks, layer.w1, cols=dims)
-        _zero(arrays, masks, layer.w2, rows=dims)
+        if side == "both":
+            _zero(arrays, masks, layer.w2, rows=dims)
         kept.append({"heads_kept": [h for h in range(num_heads) if h not in heads],
-                     "ffn_dims_kept": [j for j in range(width) if j not in set(dims)]})
+                     "ffn_dims_kept": [j for j in range(width) if j not in set(dims)], "ffn_width": width})
     for t in model.graph.initializer:
         if t.name in arrays:
             t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
@@ -228,14 +232,17 @@ def shrink_fn():
     return shrink
 
 
-def check(name: str) -> dict:
-    """Run the zoo check on one entry; returns a record (status 'pass', 'fail' or 'refused')."""
+def check(name: str, side: str = "both") -> dict:
+    """Run the zoo check on one entry; returns a record (status 'pass', 'fail' or 'refused').
+    side="input": only Q/K/V and W1 columns zeroed; fp32 graphs must fold the dead structure's bias
+    contribution and remove it, int8 graphs may keep it (the fold would not be exact through the
+    activation quantization); both must match the unshrunk graph."""
     from compress.errors import CompressError
 
     m = meta(name)
     model = load(name)
-    rec = {"name": name, "meta": m, "fused_before": fused_counts(model)}
-    zeroed, n_zeroed, kept = zero_structure(model, m["hidden"], m["num_heads"])
+    rec = {"name": name, "side": side, "meta": m, "fused_before": fused_counts(model)}
+    zeroed, n_zeroed, kept = zero_structure(model, m["hidden"], m["num_heads"], side)
     rec["zeroed"] = n_zeroed
     try:
         small, report = shrink_fn()(zeroed)
@@ -250,17 +257,21 @@ def check(name: str) -> dict:
     if m.get("int8"):
         # The int8 graph's own rounding: how far it is from the fp32 graph it was made from (zeroed alike).
         src = load(m["source"])
-        src_zeroed, _, _ = zero_structure(src, m["hidden"], m["num_heads"])
+        src_zeroed, _, _ = zero_structure(src, m["hidden"], m["num_heads"], side)
         rec["tolerance"] = max(1e-4, max_diff(outputs(src_zeroed, batches), ref))
     rec["removed"] = elements(zeroed) - elements(small)
     rec["removed_fraction"] = rec["removed"] / n_zeroed
     rec["fused_after"] = fused_counts(small)
     rec["layers"] = [(r["heads_after"], r["ffn_after"]) for r in report["layers"]]
+    rec["bias_folded"] = [r.get("bias_folded") for r in report["layers"]]
     rec["expected_layers"] = [(len(k["heads_kept"]), len(k["ffn_dims_kept"])) for k in kept]
+    keeps = side == "input" and m.get("int8")
+    if keeps:  # allowed to keep the structure (exactly): then nothing is removed
+        rec["expected_layers"] = [(m["num_heads"], k["ffn_width"]) for k in kept]
     problems = []
     if not rec["max_abs_diff"] <= rec["tolerance"]:
         problems.append(f"outputs differ by {rec['max_abs_diff']:.3g} > {rec['tolerance']:.3g}")
-    if rec["removed_fraction"] < 0.95:
+    if not keeps and rec["removed_fraction"] < 0.95:
         problems.append(f"removed {rec['removed']} of {n_zeroed} zeroed parameters ({rec['removed_fraction']:.0%})")
     if rec["layers"] != rec["expected_layers"]:
         problems.append(f"kept (heads, dims) per layer {rec['layers']} instead of {rec['expected_layers']}")
