@@ -47,7 +47,9 @@ ELEMENTWISE = {
 }
 # Fused attention kernels. com.microsoft Attention (packed QKV weight, what `optimum-cli onnxruntime
 # optimize` and ORT's transformers optimizer emit) is rewritten; the others are refused by name.
-FUSED_ATTENTION = {"Attention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention", "GroupQueryAttention"}
+FUSED_ATTENTION = {"Attention", "QAttention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention", "GroupQueryAttention"}
+# Inputs of the rewritten kernels that must be empty (past state, attention bias, ...): index onwards.
+_FUSED_EXTRA_INPUTS = {"Attention": 4, "QAttention": 8}
 # Residual + LayerNorm fused by ORT; the block output is input 0 or 1, a folded output bias input 4.
 SKIP_LN = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
 # Activation fake-quantization of QDQ graphs (QuantizeLinear -> DequantizeLinear, per-tensor): looked
@@ -454,14 +456,14 @@ def match_fused_attention(g: Graph, node: onnx.NodeProto) -> AttentionBlock:
     """A com.microsoft Attention node (packed [H, 3w] QKV weight and [3w] bias, num_heads attribute)
     followed by the output projection and the residual (Add or SkipLayerNormalization)."""
     where = f"fused {node.op_type} at {_where(node)}"
-    if node.op_type != "Attention" or node.domain != "com.microsoft":
-        raise GraphPatternError(f"{where}: only com.microsoft Attention is rewritten; shrink the graph before the ORT optimizer fuses it")
+    if node.op_type not in _FUSED_EXTRA_INPUTS or node.domain != "com.microsoft":
+        raise GraphPatternError(f"{where}: only com.microsoft Attention / QAttention are rewritten; shrink the graph before the ORT optimizer fuses it")
     w = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
     if w is None or w.ndim != 2:
         raise GraphPatternError(f"{where}: the packed QKV weight is not a constant 2-D tensor")
     if len(node.input) < 3 or not node.input[2] or g.const(node.input[2]) is None:
         raise GraphPatternError(f"{where}: the packed QKV bias is missing or not constant")
-    if any(node.input[4:]) or any(node.output[1:]):
+    if any(node.input[_FUSED_EXTRA_INPUTS[node.op_type]:]) or any(node.output[1:]):
         raise GraphPatternError(f"{where}: past state / attention bias inputs or present outputs are not supported")
     n = int(_attr(node, "num_heads", 0))
     sizes = list(_attr(node, "qkv_hidden_sizes", []) or [w.shape[1] // 3] * 3)
@@ -573,6 +575,12 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
 def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
     """All encoder layers in graph order, and the head size used. Raises GraphPatternError naming what
     is missing rather than returning a partial match."""
+    qlinear = sorted({n.op_type for n in g.graph.node if n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "MatMulIntegerToFloat")})
+    if qlinear:
+        raise GraphPatternError(
+            f"static QOperator int8 ops ({', '.join(qlinear)}) are not rewritten: shrink the fp32 graph, then quantize "
+            "(dynamic, or static in QDQ format, both of which shrink)"
+        )
     fused = [match_fused_attention(g, n) for n in g.graph.node if n.op_type in FUSED_ATTENTION]
     attention = fused + [b for b in (match_attention(g, s) for s in g.nodes("Softmax")) if b is not None]
     ffns = [b for b in (match_ffn(g, m) for m in g.nodes("MatMul") + g.nodes("MatMulInteger")) if b is not None]
@@ -940,6 +948,10 @@ def _shrink_fused_attention(g: Graph, i: int, a: AttentionBlock, heads: list[int
     all_cols = np.concatenate([cols + s * width for s in range(3)])
     _slice_const(g, node, 1, all_cols, 1, f"layer{i}.attention.qkv.weight")
     _slice_const(g, node, 2, all_cols, 0, f"layer{i}.attention.qkv.bias")
+    if node.op_type == "QAttention":  # int8 packed weight: per-column scale / zero point go with it
+        for j, what in ((4, "weight_scale"), (7, "weight_zero_point")):
+            if j < len(node.input) and node.input[j] and g.const(node.input[j]).size > 1:
+                _slice_const(g, node, j, all_cols, 0, f"layer{i}.attention.qkv.{what}")
     for attr in node.attribute:
         if attr.name == "num_heads":
             attr.i = len(heads)
@@ -986,7 +998,7 @@ def _shrink_ffn(g: Graph, i: int, f: FfnBlock, dims: list[int]) -> None:
 
 
 # Ops whose count before / after shrink shows that fusions and quantization survived the surgery.
-REPORTED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+REPORTED_OPS = ("Attention", "QAttention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
                 "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "FusedMatMul", "MatMulInteger",
                 "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear")
 

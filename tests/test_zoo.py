@@ -13,12 +13,17 @@ import pytest
 import zoo_check
 
 # name -> the exact refusal. Empty entries would be hidden failures; every refusal names the pattern.
-REFUSED: dict[str, str] = {}
+REFUSED: dict[str, str] = {
+    "bert_legacy_op14_int8_qoperator_static": (
+        "static QOperator int8 ops (QGemm, QLinearAdd, QLinearMatMul, QLinearMul, QLinearSoftmax) are not rewritten: "
+        "shrink the fp32 graph, then quantize (dynamic, or static in QDQ format, both of which shrink)"
+    ),
+}
 
 
 def test_zoo_is_complete_and_small():
     names = zoo_check.entries()
-    assert len(names) >= 19
+    assert len(names) >= 22
     kinds = {(m["exporter"].split()[0], bool(m["fused"]), bool(m["int8"])) for m in map(zoo_check.meta, names)}
     assert {k[1] for k in kinds} == {False, True} and {k[2] for k in kinds} == {False, True}
     total = sum(p.stat().st_size for p in zoo_check.ZOO.iterdir())

@@ -7,9 +7,10 @@
 #   legacy  torch 2.13.0 + transformers 4.46.3 + sentence-transformers 3.3.1: torch.onnx.export(dynamo=False)
 #           (the TorchScript exporter) at opset 14 and 17, with/without token_type_ids, sentence-transformers
 #           mean pooling, external-data format; then ORT int8 (dynamic QOperator, static QDQ, per-tensor /
-#           per-channel) on top of one of them.
+#           per-channel; static QOperator, which surgery refuses by name) on top of one of them.
 #   optimum torch 2.13.0 + transformers 4.57.6 + optimum-onnx 0.1.0: `optimum-cli export onnx`, plain and
-#           after `optimum-cli onnxruntime optimize -O2` (fused com.microsoft Attention, SkipLayerNorm, BiasGelu).
+#           after `optimum-cli onnxruntime optimize -O2` / -O3 (fused com.microsoft Attention, SkipLayerNorm,
+#           BiasGelu / FastGelu), and the -O2 graph quantized to int8 (QAttention; its fp32 source in sources/).
 #   dynamo  the project's own .venv (torch 2.13, transformers 5): torch.onnx.export(dynamo=True).
 #
 # Why torch 2.13 and not the torch 2.3 that the graph in issue 16 came from: only the 2.13 CPU wheel is on

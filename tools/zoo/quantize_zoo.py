@@ -60,6 +60,13 @@ def main():
                        fused=False, int8=f"static QDQ, {'per-channel' if per_channel else 'per-tensor'}",
                        source=SOURCE, model_type="bert", head=meta["head"], num_heads=4, hidden=64, external_data=False,
                        attn_implementation=meta["attn_implementation"])
+        # static QOperator (QLinearMatMul, QLinearAdd ...): every op in the integer domain
+        dst = OUT / "bert_legacy_op14_int8_qoperator_static.onnx"
+        quantize_static(str(clean), str(dst), Reader(meta["inputs"]), quant_format=QuantFormat.QOperator,
+                        per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        write_meta(dst, exporter=meta["exporter"] + " + onnxruntime.quantization.quantize_static (QOperator)", versions=vers,
+                   fused=False, int8="static QOperator, per-tensor", source=SOURCE, model_type="bert", head=meta["head"],
+                   num_heads=4, hidden=64, external_data=False, attn_implementation=meta["attn_implementation"])
 
 
 if __name__ == "__main__":
