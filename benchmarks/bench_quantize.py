@@ -22,10 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compress.artifacts import write_json  # noqa: E402
-from compress.bench import BenchConfig, onnx_runner, run_benchmark  # noqa: E402
-from compress.onnx_runtime import evaluate_onnx, make_session  # noqa: E402
-from compress.quantize import QuantizeConfig, quantize_onnx  # noqa: E402
+from compress.core.artifacts import write_json  # noqa: E402
+from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark  # noqa: E402
+from compress.ort.evaluate import evaluate_onnx  # noqa: E402
+from exporters.toolbox import make_session
+from compress.ort.quantize import QuantizeConfig, quantize_onnx  # noqa: E402
 
 
 @dataclass
@@ -58,7 +59,7 @@ VARIANTS = [
 
 
 def export(model: str, work: Path) -> dict[str, Path]:
-    from exporters.onnx_export import export_checkpoint
+    from exporters.export import export_checkpoint
 
     out = {}
     for name, optimize in (("fp32", False), ("fused", True)):
@@ -88,7 +89,7 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from compress.data import load_task_data
+    from compress.training.data import load_task_data
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

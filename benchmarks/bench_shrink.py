@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.bench import cpu_model
+from compress.ort.bench import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared"))  # ../shared beside the checkout
@@ -77,7 +77,7 @@ def zero_pruned(model, kept):
     """Bake the structure in as zeros, the way a pruned checkpoint looks."""
     import torch
 
-    from compress.structure import geometry, layer_linears
+    from compress.core.structure import geometry, layer_linears
 
     d = geometry(model.config).head_size
     with torch.no_grad():
@@ -99,9 +99,9 @@ def masked_checkpoint(args, directory: Path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.artifacts import FORMAT_VERSION, record_checksums, write_json
-    from compress.sparsity import kept_structure
-    from compress.structure import geometry
+    from compress.core.artifacts import FORMAT_VERSION, record_checksums, write_json
+    from compress.core.sparsity import kept_structure
+    from compress.core.structure import geometry
 
     model = AutoModelForSequenceClassification.from_pretrained(str(args.teacher)).eval()
     geo = geometry(model.config)
@@ -193,8 +193,8 @@ def main() -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from compress.sparsity import flops_per_token
-    from exporters.onnx_export import export_checkpoint
+    from compress.core.sparsity import flops_per_token
+    from exporters.export import export_checkpoint
 
     torch.set_num_threads(args.threads)
     started = time.time()

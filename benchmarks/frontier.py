@@ -50,13 +50,13 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also quantize each pruned graph (dynamic int8)")
     a = ap.parse_args()
 
-    from compress.bench import BenchConfig, onnx_runner, run_benchmark
-    from compress.config import DistillConfig, PruneConfig, TrainConfig
-    from compress.data import load_task_data
-    from compress.models import load_tokenizer
-    from compress.onnx_runtime import evaluate_onnx
-    from compress.prune import DataArgs, prune
-    from exporters.onnx_export import export_checkpoint
+    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
+    from compress.core.config import DistillConfig, PruneConfig, TrainConfig
+    from compress.training.data import load_task_data
+    from compress.training.models import load_tokenizer
+    from compress.ort.evaluate import evaluate_onnx
+    from compress.training.driver import DataArgs, prune
+    from exporters.export import export_checkpoint
 
     work = Path(a.work) / a.task
     res_path = RESULTS / f"frontier_{a.task}{a.tag}.json"
@@ -94,7 +94,7 @@ def main():
             onnx_path = export_checkpoint(out / "pruned", out / "onnx", shrink=True, optimize=True, overwrite=True).path
             models = {"dense": dense, key: onnx_path}
             if a.int8:
-                from compress.quantize import QuantizeConfig, quantize_onnx
+                from compress.ort.quantize import QuantizeConfig, quantize_onnx
 
                 q = quantize_onnx(out / "onnx", out / "onnx-int8", QuantizeConfig(), overwrite=True)
                 models[key + " int8"] = Path(q.output) if str(q.output).endswith(".onnx") else Path(q.output) / "model.onnx"

@@ -1,3 +1,5 @@
 """compress: prune transformer encoders and ship them as smaller, faster ONNX graphs."""
 
-__version__ = "0.1.0"
+from compress.core.version import __version__
+
+__all__ = ["__version__"]

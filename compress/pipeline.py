@@ -15,10 +15,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .artifacts import atomic_dir, read_compression_json, write_json
-from .config import DistillConfig, PruneConfig, TrainConfig, from_dict
-from .errors import InvalidConfigError
-from .prune import DataArgs
+from compress.core.artifacts import atomic_dir, read_compression_json, write_json
+from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.errors import InvalidConfigError
+from compress.training.driver import DataArgs
 
 console = Console()
 
@@ -68,12 +68,12 @@ class RunConfig:
 
 
 def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
-    from exporters.onnx_export import export_checkpoint
+    from exporters.export import export_checkpoint
 
-    from .models import load_tokenizer
-    from .onnx_runtime import evaluate_onnx
-    from .prune import prune
-    from .data import load_task_data
+    from compress.training.models import load_tokenizer
+    from compress.ort.evaluate import evaluate_onnx
+    from compress.training.driver import prune
+    from compress.training.data import load_task_data
 
     t_start = time.time()
     out = Path(output)
@@ -119,7 +119,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         # 3. quantize
         if cfg.quantize:
             console.rule("[bold]3/5 quantize")
-            from .quantize import QuantizeConfig, quantize_onnx
+            from compress.ort.quantize import QuantizeConfig, quantize_onnx
 
             t = time.time()
             for name in ("dense", "pruned"):
@@ -153,7 +153,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
 
 def bench_models(models: dict, cfg: RunConfig) -> dict:
     """p50 latency (ms) per model and batch size at cfg.bench_seq_len; compress.bench interleaves models."""
-    from .bench import BenchConfig, onnx_runner, run_benchmark
+    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
 
     bc = BenchConfig(batch_sizes=tuple(cfg.bench_batch_sizes), seq_lens=(cfg.bench_seq_len,), threads=cfg.bench_threads,
                      iterations=cfg.bench_iterations)
@@ -219,7 +219,7 @@ def _recipe_label(recipe: dict) -> str:
 def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[str, dict] | None = None) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from .report import plot_frontier, plot_kept, plot_pattern
+    from compress.report import plot_frontier, plot_kept, plot_pattern
 
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
     plot_pattern(model, directory / "pattern.png", f"{summary['recipe']['prune']['method']}: kept weights per matrix")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .structure import geometry, layer_linears
+from compress.core.structure import geometry, layer_linears
 
 
 def _plt():

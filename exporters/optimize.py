@@ -13,15 +13,12 @@ and the report says why.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 
 import onnx
 
-from compress.errors import ValidationError
-
-from .surgery import assert_close
+from compress.core.errors import ValidationError
+from exporters.toolbox import assert_close, import_contrib_domains, ort_logging
 
 # ORT's report lists every fusion it knows; we keep the ones that happened.
 _COUNTED = (
@@ -48,38 +45,21 @@ def fusion_options():
     return options
 
 
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        msg = record.getMessage().splitlines()[0]
-        if msg not in self.messages:
-            self.messages.append(msg)
-
-
-@contextlib.contextmanager
-def _quiet_ort_logging():
-    """ORT's fusion modules log through their own (top-level) loggers; gather instead of printing."""
-    root = logging.getLogger()
-    handler = _Collect()
-    saved = (root.handlers[:], root.level)
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    try:
-        yield handler.messages
-    finally:
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
-
-
 def optimize(
     model: onnx.ModelProto,
     sample_inputs: list[dict],
     atol: float = 1e-4,
+    *,
+    num_heads: int = 0,
+    hidden_size: int = 0,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Run ORT's BERT fusions; return (model to use, report). Never raises for a fusion problem: the
-    unfused model comes back with report["applied"] = False and a note."""
+    """Run ORT's BERT fusions, then check the fused graph against `model` on sample_inputs; return
+    (model to use, report). The one fuse-then-check path (export --optimize and quantize --optimize).
+
+    num_heads/hidden_size 0: each layer's head count is read from its head Reshape (what
+    exporters.surgery.rewrite.normalize_heads writes); a global count is only right for dense graphs.
+    Never raises for a fusion problem: the unfused model comes back with report["applied"] = False
+    and a note saying why."""
     attention_layers = sum(n.op_type == "Softmax" for n in model.graph.node)  # one per attention block
     report: dict = {"applied": False, "fusions": {}, "note": "", "optimizer_messages": []}
     try:
@@ -88,19 +68,15 @@ def optimize(
         report["note"] = f"onnxruntime.transformers is not available ({e}); graph left unfused"
         return model, report
     try:
-        with _quiet_ort_logging() as messages:
-            optimizer = optimize_by_fusion(copy.deepcopy(model), model_type="bert", num_heads=0, hidden_size=0,
+        with ort_logging() as messages:
+            optimizer = optimize_by_fusion(copy.deepcopy(model), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                            optimization_options=fusion_options())
             stats = optimizer.get_fused_operator_statistics()
         candidate = optimizer.model
     except Exception as e:  # ORT's fusion code raises assorted exception types
         report["note"] = f"ORT transformer optimizer failed ({type(e).__name__}: {e}); graph left unfused"
         return model, report
-    # ORT's fused ops live in the com.microsoft domain; declare it so onnx.checker accepts the graph.
-    if any(n.domain == "com.microsoft" for n in candidate.graph.node) and not any(
-        o.domain == "com.microsoft" for o in candidate.opset_import
-    ):
-        candidate.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    import_contrib_domains(candidate)  # fused ops live in com.microsoft; declare it so onnx.checker accepts the graph
     del candidate.graph.value_info[:]  # with them ORT's runtime fuses SkipLayerNormalization anyway
     report["optimizer_messages"] = messages[:5]
     report["fusions"] = {k: v for k, v in stats.items() if v and k in _COUNTED}

@@ -15,17 +15,17 @@ DEFAULT_ATOL = 1e-4
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class ExportSpec:
     auto_class: str  # transformers Auto class that loads the head
     outputs: tuple[str, ...]  # ModelOutput fields exported, in order
     per_token: bool  # outputs have a sequence axis
     architecture_suffixes: tuple[str, ...]  # config.architectures endings that imply this task
 
 
-TASKS: dict[str, TaskSpec] = {
-    "sequence-classification": TaskSpec("AutoModelForSequenceClassification", ("logits",), False, ("ForSequenceClassification",)),
-    "token-classification": TaskSpec("AutoModelForTokenClassification", ("logits",), True, ("ForTokenClassification",)),
-    "question-answering": TaskSpec("AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, ("ForQuestionAnswering",)),
-    "feature-extraction": TaskSpec("AutoModel", ("last_hidden_state",), True, ("Model",)),
+TASKS: dict[str, ExportSpec] = {
+    "sequence-classification": ExportSpec("AutoModelForSequenceClassification", ("logits",), False, ("ForSequenceClassification",)),
+    "token-classification": ExportSpec("AutoModelForTokenClassification", ("logits",), True, ("ForTokenClassification",)),
+    "question-answering": ExportSpec("AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, ("ForQuestionAnswering",)),
+    "feature-extraction": ExportSpec("AutoModel", ("last_hidden_state",), True, ("Model",)),
 }
 

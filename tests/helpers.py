@@ -54,7 +54,7 @@ def tiny_model(model_type: str = "bert", seed: int = 0, **kw):
 @torch.no_grad()
 def kill_structure(model, dead_heads: dict[int, list[int]], dead_dims: dict[int, list[int]]):
     """Zero the given heads (Q/K/V rows, O columns) and FFN dims (W1 rows, W2 columns) per layer."""
-    from compress.structure import geometry, layer_linears
+    from compress.core.structure import geometry, layer_linears
 
     d = geometry(model.config).head_size
     for i, lin in enumerate(layer_linears(model)):

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 import helpers
-from compress.bench import BenchConfig, Runner, run_benchmark, summarize, time_grid_point, unique_labels
-from compress.cli import main
+from compress.ort.bench import BenchConfig, Runner, run_benchmark, summarize, time_grid_point, unique_labels
+from compress.cli.main import main
 from test_onnx_runtime import export_tiny
 
 
@@ -18,7 +18,7 @@ from test_onnx_runtime import export_tiny
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     fp32 = export_tiny(root / "fp32")
-    from compress.quantize import quantize_onnx
+    from compress.ort.quantize import quantize_onnx
 
     quantize_onnx(fp32, root / "int8")
     return fp32, root / "int8"

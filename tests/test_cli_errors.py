@@ -5,7 +5,7 @@ import pytest
 from transformers import GPT2Config, GPT2Model
 
 import helpers as h
-from compress.cli import main
+from compress.cli.main import main
 
 
 @pytest.fixture(scope="module")

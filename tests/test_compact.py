@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import kill_structure, save_checkpoint, tiny_model
 
-from compress.compact import compact_model, linear_params, load_compact
-from compress.errors import ArtifactError
-from compress.structure import ROLES, encoder_layers, layer_linears, spec_for
+from compress.pruning.compact import compact_model, linear_params, load_compact
+from compress.core.errors import ArtifactError
+from compress.core.structure import ROLES, encoder_layers, layer_linears, spec_for
 
 DEAD_HEADS = {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}
 DEAD_DIMS = {0: list(range(0, 64, 3)), 1: list(range(10)), 2: list(range(64))}

@@ -9,13 +9,13 @@ import pytest
 import torch
 from helpers import kill_structure, save_checkpoint, tiny_config, tiny_model
 
-from compress.artifacts import FORMAT_VERSION, read_compression_json, record_checksums, write_json
-from compress.errors import ArtifactError, InvalidConfigError, ValidationError
-from compress.sparsity import kept_structure
-from compress.structure import geometry
-from exporters import onnx_export
-from exporters.onnx_export import export_checkpoint, export_onnx
-from exporters.surgery import run
+from compress.core.artifacts import FORMAT_VERSION, read_compression_json, record_checksums, write_json
+from compress.core.errors import ArtifactError, InvalidConfigError, ValidationError
+from compress.core.sparsity import kept_structure
+from compress.core.structure import geometry
+from exporters import export as onnx_export
+from exporters.export import export_checkpoint, export_onnx
+from exporters.toolbox import run
 
 
 def write_compression_json(checkpoint, model, layers=None):

@@ -1,7 +1,7 @@
 import torch
 
-from compress.masks import Layout, threshold_ste, topk_mask, topk_ste
-from compress.schedule import cubic
+from compress.pruning.masks import Layout, threshold_ste, topk_mask, topk_ste
+from compress.pruning.schedule import cubic
 
 
 def test_topk_mask_keeps_exact_fraction():

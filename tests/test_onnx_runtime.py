@@ -16,11 +16,12 @@ import pytest
 import torch
 
 import helpers
-from compress.errors import ArtifactError, CompressError
-from compress.onnx_runtime import evaluate_onnx, make_session, onnx_logits, resolve_onnx
+from compress.core.errors import ArtifactError, CompressError
+from compress.ort.evaluate import evaluate_onnx, onnx_logits
+from exporters.toolbox import make_session, resolve_onnx
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-HAVE_EXPORTER = importlib.util.find_spec("exporters.onnx_export") is not None
+HAVE_EXPORTER = importlib.util.find_spec("exporters.export") is not None
 
 
 class _Logits(torch.nn.Module):
@@ -60,7 +61,7 @@ def export_tiny(directory: Path, model=None, use_exporter: bool = True) -> Path:
     """A tiny model as an ONNX directory; through the project's exporter when it exists."""
     model = model if model is not None else helpers.tiny_model()
     if use_exporter and HAVE_EXPORTER:
-        from exporters.onnx_export import export_onnx
+        from exporters.export import export_onnx
 
         ckpt = helpers.save_checkpoint(model, directory.parent / f"{directory.name}-ckpt")
         export_onnx(ckpt, directory, task="sequence-classification", overwrite=True)
@@ -95,7 +96,7 @@ def shrunk_tiny_model(heads=((0, 2), (1, 2, 3)), ffn=(40, 64), sharpen: float = 
 
 
 def tokenized_dev(tmp_path: Path, n_dev: int = 16):
-    from compress.data import load_task_data
+    from compress.training.data import load_task_data
 
     data = helpers.write_sst2_like(tmp_path / "glue" / "sst2", n_train=32, n_dev=n_dev)
     return load_task_data("sst2", helpers.tiny_tokenizer(), data_dir=str(data.parent), splits=("dev",))
@@ -170,7 +171,7 @@ def test_only_declared_inputs_are_fed(tmp_path):
 
 
 def test_evaluate_onnx_matches_compute_metrics(tiny_onnx, tmp_path):
-    from compress.data import compute_metrics
+    from compress.training.data import compute_metrics
 
     model, d = tiny_onnx
     task = tokenized_dev(tmp_path)

@@ -3,7 +3,7 @@
 import json
 
 import helpers as h
-from compress.cli import main
+from compress.cli.main import main
 
 
 def test_run_chain_tiny(tmp_path):

@@ -7,13 +7,13 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import helpers as h
-from compress.config import DistillConfig, PruneConfig, TrainConfig
-from compress.errors import InvalidConfigError
-from compress.masks import topk_mask
-from compress.methods import METHODS, get_method
-from compress.prune import DataArgs, prune
-from compress.pruner import Pruner
-from compress.training import StudentWithLoss
+from compress.core.config import DistillConfig, PruneConfig, TrainConfig
+from compress.core.errors import InvalidConfigError
+from compress.pruning.masks import topk_mask
+from compress.pruning.methods import METHODS, get_method
+from compress.training.driver import DataArgs, prune
+from compress.pruning.pruner import Pruner
+from compress.training.loop import StudentWithLoss
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_config_errors(workspace):
 
 
 def test_smp_bitmask_roundtrip(workspace, tmp_path):
-    from compress.cli import main
+    from compress.cli.main import main
 
     src = workspace / "out-smp-l"
     if not src.exists():
@@ -184,8 +184,8 @@ def test_smp_bitmask_roundtrip(workspace, tmp_path):
 def test_smp_label_words_head_free(workspace, tmp_path):
     from transformers import AutoModelForMaskedLM
 
-    from compress.cli import main
-    from compress.errors import InvalidConfigError
+    from compress.cli.main import main
+    from compress.core.errors import InvalidConfigError
 
     torch.manual_seed(0)
     mlm = AutoModelForMaskedLM.from_config(h.tiny_config("bert"))

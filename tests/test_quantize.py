@@ -11,10 +11,10 @@ import onnx
 import pytest
 
 import helpers
-from compress.cli import main
-from compress.errors import ArtifactError, GraphPatternError, InvalidConfigError
-from compress.onnx_runtime import make_session
-from compress.quantize import QuantizeConfig, quantize_onnx
+from compress.cli.main import main
+from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError
+from exporters.toolbox import make_session
+from compress.ort.quantize import QuantizeConfig, quantize_onnx
 from test_onnx_runtime import export_tiny, shrunk_tiny_model, torch_export
 
 
@@ -86,7 +86,7 @@ def test_per_channel_and_keep_patterns(dense, tmp_path):
 
 @pytest.mark.parametrize("fmt,expect", [("qoperator", "QLinearMatMul"), ("qdq", "QuantizeLinear")])
 def test_static_with_tiny_calibration(dense, glue, tmp_path, fmt, expect):
-    from compress.data import load_task_data
+    from compress.training.data import load_task_data
 
     task = load_task_data("sst2", helpers.tiny_tokenizer(), data_dir=str(glue), splits=("train", "dev"),
                           max_train_samples=8)
@@ -162,10 +162,13 @@ def test_shrunk_graph_fuses_with_per_layer_heads(tmp_path):
 def test_wrong_fusion_is_caught(tmp_path, monkeypatch):
     """Without per-layer head counts, the global count (4) would split shrunk layers wrongly; the
     numeric check rejects that graph and the unfused one is quantized instead."""
-    import compress.quantize as q
+    import compress.ort.quantize as q
 
     src = torch_export(shrunk_tiny_model(sharpen=20.0), tmp_path / "shrunk")
-    monkeypatch.setattr(q, "explicit_head_counts", lambda model: 0)
+    def no_per_layer_counts(model):  # as for a graph whose attention surgery cannot match
+        raise GraphPatternError("attention not matched")
+
+    monkeypatch.setattr(q, "normalize_heads", no_per_layer_counts)
     r = quantize_onnx(src, tmp_path / "q", QuantizeConfig(optimize=True), threads=1)
     assert r.fusion is None and any("not equivalent" in w for w in r.warnings)
     assert ops(tmp_path / "q" / "model.onnx")["QAttention"] == 0
@@ -173,7 +176,7 @@ def test_wrong_fusion_is_caught(tmp_path, monkeypatch):
 
 
 def test_compression_json_carried_and_verified(dense, tmp_path):
-    from compress.artifacts import read_compression_json, record_checksums, write_json
+    from compress.core.artifacts import read_compression_json, record_checksums, write_json
 
     src = tmp_path / "src"
     src.mkdir()

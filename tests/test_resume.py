@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import helpers as h
-from compress.config import DistillConfig, PruneConfig, TrainConfig
-from compress.prune import DataArgs, prune
-from compress.training import checkpoint_dir
+from compress.core.config import DistillConfig, PruneConfig, TrainConfig
+from compress.training.driver import DataArgs, prune
+from compress.training.loop import checkpoint_dir
 
 
 class Crash(TrainerCallback):

@@ -12,12 +12,14 @@ import pytest
 from helpers import kill_structure, save_checkpoint, tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.cli import main
-from compress.errors import ArtifactError, GraphPatternError
+from compress.cli.main import main
+from compress.core.errors import ArtifactError, GraphPatternError
 from exporters.graph import Graph, op_counts
-from exporters.onnx_export import export_checkpoint, load_tokenizer, sample_inputs
+from exporters.export import export_checkpoint, load_tokenizer, sample_inputs
 from exporters.optimize import optimize
-from exporters.surgery import assert_close, detect_kept, find_layers, run, shrink
+from exporters.surgery.match import detect_kept, find_layers
+from exporters.surgery.shrink import shrink
+from exporters.toolbox import assert_close, run
 
 DEAD_HEADS = {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}  # uneven; layer 1 loses its attention
 DEAD_DIMS = {0: list(range(0, 64, 3)), 1: list(range(10)), 2: list(range(64))}  # layer 2 loses its FFN
@@ -138,7 +140,7 @@ def test_tiny_graph_structure_from_json_must_match_the_weights():
     g = Graph(dense)
     layers, _ = find_layers(g, None)
     kept = detect_kept(g, layers)
-    assert kept[0]["heads_kept"] == [0, 2, 3] and len(kept[1]["ffn_dims_kept"]) == 30
+    assert kept[0].heads == (0, 2, 3) and len(kept[1].ffn_dims) == 30
     # keeping a zero structure is allowed (nothing removed for it) ...
     _, report = shrink(dense, [{"heads_kept": [0, 1, 2, 3], "ffn_dims_kept": list(range(32))}] * 2, num_heads=4,
                        sample_inputs=float_feeds())
@@ -179,7 +181,7 @@ def test_unrecognised_graphs_raise_graph_pattern_error():
         shrink(fused)
     other = build_encoder(layers=1)
     other.graph.node.append(helper.make_node("MultiHeadAttention", ["x", "x", "x"], ["unused"], domain="com.microsoft", num_heads=4))
-    with pytest.raises(GraphPatternError, match="fused MultiHeadAttention .*only com.microsoft Attention is rewritten"):
+    with pytest.raises(GraphPatternError, match="fused MultiHeadAttention .*only com.microsoft Attention / QAttention are rewritten"):
         shrink(other)
 
 
@@ -276,7 +278,7 @@ def test_cli_uses_and_guards_compression_json(tmp_path, capsys):
 
 
 def test_dense_graph_normalised_for_fusion(exports):
-    from exporters.surgery import normalize_heads
+    from exporters.surgery.rewrite import normalize_heads
 
     path = exports[("bert", "torchscript")]
     dense = onnx.load(str(path))

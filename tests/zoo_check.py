@@ -238,7 +238,7 @@ def check(name: str, side: str = "both") -> dict:
     side="input": only Q/K/V and W1 columns zeroed; fp32 graphs must fold the dead structure's bias
     contribution and remove it, int8 graphs may keep it (the fold would not be exact through the
     activation quantization); both must match the unshrunk graph."""
-    from compress.errors import CompressError
+    from compress.core.errors import CompressError
 
     m = meta(name)
     model = load(name)

@@ -1,0 +1,5 @@
+import sys
+
+from compress.cli.main import main
+
+sys.exit(main())

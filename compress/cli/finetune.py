@@ -1,0 +1,16 @@
+from compress.cli.common import add_data_args, add_train_args, data_args, print_summary, train_config
+
+
+def register(sub):
+    p = sub.add_parser("finetune", help="dense fine-tuning (a teacher or a baseline)")
+    p.add_argument("--model", "-m", help="a local dir or hub name (default: minilm)")
+    add_data_args(p)
+    add_train_args(p, epochs=1.0, lr=5e-5)
+    p.set_defaults(func=run)
+
+
+def run(a):
+    from compress.training.driver import finetune
+
+    info = finetune(train_config(a), data_args(a), a.model)
+    print_summary(info, a.output)

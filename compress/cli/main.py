@@ -1,0 +1,76 @@
+"""`compress` command line. Each verb lives in compress/commands/<verb>.py with two functions:
+`register(subparsers)` adding its parser (which sets `func`), and the function it points at.
+
+Every CompressError (and bad flags) ends as one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+
+from compress.core.errors import CompressError
+
+# Order is the order shown by `compress --help`.
+VERB_MODULES = (
+    "methods",
+    "prune",
+    "finetune",
+    "eval",
+    "export",
+    "shrink",
+    "quantize",
+    "bench",
+    "run",
+    "mask",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too; keep just the line)
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compress", description="Prune, export, shrink, quantize and benchmark transformer encoders.")
+    from compress.core.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"compress {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for name in VERB_MODULES:
+        try:
+            mod = importlib.import_module(f"compress.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"compress.cli.{name}":
+                continue  # verb not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # The command as the user typed it, for reports that record how they were made.
+    args.command_line = "compress " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except CompressError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: no partial output was kept\n")
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

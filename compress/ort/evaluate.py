@@ -1,0 +1,153 @@
+"""Accuracy of an ONNX model with ONNX Runtime: batching tokenized rows for a graph's inputs, logits,
+task metrics, and `compress eval` on a .onnx with its sidecar files.
+
+Accuracy is measured on exactly the .onnx file that ships, with the same session settings the
+benchmark uses (exporters.toolbox.make_session), so the two numbers describe one artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.errors import ArtifactError, CompressError, DataError
+from exporters.toolbox import make_session, resolve_onnx
+
+# ONNX tensor element types we feed, as numpy dtypes.
+_ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+
+
+def output_index(session) -> int:
+    """Index of the logits output: the one named `logits`, else the first."""
+    names = [o.name for o in session.get_outputs()]
+    return names.index("logits") if "logits" in names else 0
+
+
+def session_inputs(session) -> list[tuple[str, str]]:
+    """(name, ONNX type string such as 'tensor(int64)') for each input of a session."""
+    return [(i.name, i.type) for i in session.get_inputs()]
+
+
+def pad_batch(rows: dict[str, list], inputs: list[tuple[str, str]], pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Pad one batch of tokenized rows to its longest row, for exactly the graph's `inputs`.
+
+    Graphs exported for models without token types (RoBERTa, DistilBERT) do not declare
+    token_type_ids, and tokenizers for such models do not produce it; a declared but absent
+    token_type_ids is filled with zeros, a missing attention_mask from the row lengths.
+    """
+    ids = rows["input_ids"]
+    n, longest = len(ids), max(len(r) for r in ids)
+    feeds: dict[str, np.ndarray] = {}
+    for name, kind in inputs:
+        dtype = _ORT_DTYPES.get(kind)
+        if dtype is None or dtype is np.float32:
+            raise ArtifactError(f"graph input {name!r} has type {kind}; only integer token inputs are supported")
+        if name in rows:
+            arr = np.full((n, longest), pad_id if name == "input_ids" else 0, dtype=dtype)
+            for k, r in enumerate(rows[name]):
+                arr[k, : len(r)] = r
+        elif name == "attention_mask":
+            arr = np.zeros((n, longest), dtype=dtype)
+            for k, r in enumerate(ids):
+                arr[k, : len(r)] = 1
+        elif name == "token_type_ids":
+            arr = np.zeros((n, longest), dtype=dtype)
+        else:
+            raise DataError(
+                f"the graph needs input {name!r} which the tokenized data does not provide (it has {', '.join(sorted(rows))})"
+            )
+        feeds[name] = arr
+    return feeds
+
+
+def iter_batches(dataset, inputs: list[tuple[str, str]], batch_size: int, pad_id: int = 0, sort: bool = True):
+    """Yield (row indices, feeds) over a tokenized dataset; rows grouped by length when `sort`."""
+    if "input_ids" not in dataset.column_names:
+        raise DataError(f"the dataset has no input_ids column (it has {dataset.column_names}); tokenize it first")
+    names = {n for n, _ in inputs}
+    columns = [c for c in dataset.column_names if c in names or c == "input_ids"]
+    data = {c: dataset[c] for c in columns}
+    lengths = [len(r) for r in data["input_ids"]]
+    order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
+    for start in range(0, len(order), batch_size):
+        sel = order[start : start + batch_size]
+        yield sel, pad_batch({c: [data[c][i] for i in sel] for c in columns}, inputs, pad_id)
+
+
+def onnx_logits(session, dataset, batch_size: int = 32, pad_id: int = 0) -> np.ndarray:
+    """Run `session` over a tokenized dataset (columns input_ids, attention_mask, ...) -> logits.
+
+    Rows are batched by length (then put back in dataset order) so little time goes into padding;
+    with the attention mask the padded positions do not change the real tokens' outputs.
+    """
+    if batch_size < 1:
+        raise CompressError(f"batch size must be >= 1, got {batch_size}")
+    if len(dataset) == 0:
+        raise DataError("the dataset is empty; nothing to evaluate")
+    out_name = session.get_outputs()[output_index(session)].name
+    inputs = session_inputs(session)
+    indices, chunks = [], []
+    for sel, feeds in iter_batches(dataset, inputs, batch_size, pad_id):
+        indices.append(sel)
+        chunks.append(session.run([out_name], feeds)[0])
+    logits = np.concatenate(chunks)
+    result = np.empty_like(logits)
+    result[np.concatenate(indices)] = logits
+    return result
+
+
+def read_pad_id(model_path: Path) -> int:
+    """The pad token id from config.json next to the model (0 when absent)."""
+    cfg = model_path.parent / "config.json"
+    try:
+        value = json.loads(cfg.read_text()).get("pad_token_id")
+    except (OSError, json.JSONDecodeError):
+        return 0
+    return int(value) if isinstance(value, int) else 0
+
+
+def evaluate_onnx(
+    path: str | os.PathLike,
+    task_data,
+    batch_size: int = 32,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    session=None,
+) -> dict[str, float]:
+    """Task metrics (compress.data.compute_metrics) of the ONNX model at `path` on task_data.dev.
+
+    Pass `session` to reuse one already built (it must have been made from `path`).
+    """
+    from compress.training.data import compute_metrics
+
+    if task_data.dev is None:
+        raise DataError("no evaluation split loaded; load the task with splits=('dev',)")
+    model = resolve_onnx(path, check=session is None)
+    session = session or make_session(model, provider, threads, check=False)
+    logits = onnx_logits(session, task_data.dev, batch_size, pad_id=read_pad_id(model))
+    if logits.ndim != 2 or logits.shape[-1] != task_data.num_labels:
+        raise ArtifactError(
+            f"{model} outputs logits of shape {list(logits.shape)} but task {task_data.spec.name!r} has "
+            f"{task_data.num_labels} labels; is this the right model?"
+        )
+    return compute_metrics(task_data.spec, logits, np.asarray(task_data.dev["labels"]))
+
+
+def evaluate_onnx_path(path: str, data, batch_size: int = 64, max_length: int = 128, max_eval_samples: int | None = None,
+                       provider: str = "cpu", threads: int | None = None) -> dict:
+    from compress.training.data import load_task_data
+    from compress.training.models import load_tokenizer
+
+    model = resolve_onnx(path)
+    if not (model.parent / "tokenizer_config.json").exists():
+        raise ArtifactError(f"no tokenizer beside {model}; export with `compress export --onnx` (it copies the tokenizer)")
+    tok = load_tokenizer(str(model.parent))
+    td = load_task_data(data.task, tok, data_dir=data.data_dir, validation_file=data.validation_file,
+                        text_column=data.text_column, text_pair_column=data.text_pair_column,
+                        label_column=data.label_column, num_labels=data.num_labels, max_length=max_length,
+                        max_eval_samples=max_eval_samples, splits=("dev",))
+    return {k: round(v, 6) for k, v in evaluate_onnx(model, td, batch_size, provider=provider, threads=threads).items()}

@@ -1,0 +1,458 @@
+"""int8 quantization of exported encoders with ONNX Runtime's quantization tools.
+
+Two recipes:
+- dynamic (default): int8 weights, activation ranges computed per batch at run time
+  (DynamicQuantizeLinear + MatMulInteger, fused by ORT into DynamicQuantizeMatMul). No data needed.
+- static: activation ranges calibrated on real task text, emitted as QOperator ops (QLinearMatMul...)
+  or as QuantizeLinear/DequantizeLinear pairs (QDQ) that ORT fuses at load time.
+
+Pre-processing matters more than the recipe for graphs coming from other tools:
+- exporters leave `graph.value_info` entries whose concrete shapes disagree with what ONNX shape
+  inference derives for dynamic axes, and quantize_dynamic then stops with a ShapeInferenceError;
+  the stale entries are dropped first.
+- ORT's transformer optimizer emits com.microsoft ops (Attention, SkipLayerNormalization, ...) that
+  ONNX shape inference cannot type, and the quantizer then fails with "Unable to find data type for
+  weight_name=..."; ORT's symbolic shape inference knows those ops, so it is run on such graphs.
+Together these make export -> shrink -> (optional fusion) -> quantize work in one chain.
+
+Defaults follow benchmarks/results/quantize.md (MiniLM-L6 SST-2, ORT 1.31, AVX512-VNNI CPU): dynamic,
+per-tensor, no reduce_range (-2.9 points on VNNI CPUs, which do not need it), no fusion (the fused
+QAttention graph was slower), attention score MatMuls left fp32 (quantizing them cost 0.5 point and
+gained nothing), classifier kept fp32 (free, and a guard for small heads).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.artifacts import COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, record_checksums, write_json
+from compress.core.errors import CompressError, DataError, GraphPatternError, InvalidConfigError
+from compress.ort.evaluate import iter_batches, output_index, read_pad_id
+from exporters.optimize import optimize as fuse_and_check
+from exporters.surgery.rewrite import normalize_heads
+from exporters.toolbox import (
+    MODEL_FILE, SIDECAR_FILES, first_line, graph_inputs, has_contrib_ops, import_contrib_domains, load_tokenizer,
+    make_session, random_feeds, read_config, resolve_onnx, sample_inputs, vocab_size, ort_logging,
+)
+
+# Ops whose presence shows that a graph was really quantized (QOperator and QDQ forms).
+INTEGER_OPS = (
+    "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+    "QLinearMatMul", "QGemm", "QAttention", "QEmbedLayerNormalization", "QLinearAdd", "QLinearMul",
+    "QuantizeLinear", "DequantizeLinear",
+)
+
+# Weighted ops worth quantizing in an encoder. Gather makes the embedding tables int8 (4x smaller
+# files, a dequantize of the gathered rows only); Attention/EmbedLayerNormalization appear after fusion.
+DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Gather", "Attention", "EmbedLayerNormalization")
+
+# Keyword for --keep-fp32: the last MatMul/Gemm before the logits, found from the graph structure
+# because exporters name it differently (/classifier/MatMul, node_linear_3, ...).
+CLASSIFIER = "classifier"
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class QuantizeConfig:
+    mode: str = "dynamic"  # "dynamic" | "static"
+    format: str = "qoperator"  # "qoperator" | "qdq"; dynamic quantization always emits QOperator ops
+    # One scale per output channel of each weight. Default since it held accuracy on both CPUs measured:
+    # on AVX2 without VNNI (where ORT's u8*s8 kernels can saturate) the SST-2 teacher lost 0.46 points
+    # per-tensor and 0.00 per-channel (benchmarks/results/quantize.md), three pruned frontier graphs
+    # -0.34..0.00 vs +0.12..+0.46 (int8_side_checks.md); on AVX-512 VNNI -0.23 vs -0.35. Same speed.
+    per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI where u8*s8 sums can saturate
+    keep_fp32: tuple[str, ...] = (CLASSIFIER,)  # node-name globs, op types, or the `classifier` keyword
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    optimize: bool = False  # ORT transformer fusion (Attention, SkipLayerNorm, ...) before quantizing
+    # (works on shrunk graphs: per-layer head counts are made explicit first; result checked numerically)
+    calibration_method: str = "minmax"  # static only
+    num_samples: int = 128  # static only: calibration sentences
+    symmetric_activations: bool = False  # static only
+    # Quantize only MatMuls with a constant weight. False also quantizes the attention products
+    # (Q K^T, P V): optimum's default; measured slower and less accurate here (bench_quantize).
+    const_b_only: bool = True
+
+    def validate(self) -> None:
+        if self.mode not in ("dynamic", "static"):
+            raise InvalidConfigError(f"unknown quantization mode {self.mode!r}; choose dynamic or static")
+        if self.format not in ("qoperator", "qdq"):
+            raise InvalidConfigError(f"unknown format {self.format!r}; choose qoperator or qdq")
+        if self.mode == "dynamic" and self.format == "qdq":
+            raise InvalidConfigError("--format qdq needs --mode static (dynamic quantization emits QOperator ops)")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise InvalidConfigError(
+                f"unknown calibration method {self.calibration_method!r}; choose {', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.num_samples < 1:
+            raise InvalidConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
+
+
+@dataclass
+class QuantizeResult:
+    output: Path
+    size_before: int
+    size_after: int
+    config: dict
+    kept_fp32: list[str]  # node names excluded from quantization
+    op_counts: dict[str, int]  # integer ops in the output graph
+    fusion: dict[str, int] | None = None  # fused-op counts when config.optimize
+    max_abs_diff: float | None = None  # logits, fp32 vs int8, on random tokens (a sanity check)
+    metrics_before: dict[str, float] | None = None
+    metrics_after: dict[str, float] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["output"] = str(self.output)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-processing
+
+
+def prepare_graph(model):
+    """Drop stale value_info; type contrib ops with ORT's symbolic shape inference when present."""
+    del model.graph.value_info[:]
+    if not has_contrib_ops(model):
+        return model  # the quantizer's own ONNX shape inference is enough (and is what it runs)
+    import_contrib_domains(model)
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        with ort_logging(logging.ERROR):
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception as e:
+        raise GraphPatternError(
+            f"shape inference failed on this graph's fused (com.microsoft) ops ({first_line(e)}); "
+            "quantize the graph before running ORT's optimizer on it, or quantize without --optimize"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Which nodes stay in fp32
+
+
+def classifier_nodes(model) -> list[str]:
+    """Names of the last MatMul/Gemm on the path from each graph output back into the graph."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for out in model.graph.output:
+        seen, stack = set(), [out.name]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("MatMul", "Gemm"):
+                found.append(node.name)
+                continue  # stop at the first one on this path: that is the classifier
+            stack.extend(node.input)
+    return sorted(set(found))
+
+
+def match_nodes(model, patterns: tuple[str, ...] | list[str]) -> list[str]:
+    """Node names selected by `patterns`: an op type, a glob over node names, a plain substring of a
+    node name, or the keyword `classifier`. A pattern that selects nothing is an error (a typo would
+    otherwise silently quantize what the user meant to protect)."""
+    names: set[str] = set()
+    for pat in patterns:
+        hit = set()
+        if pat == CLASSIFIER:
+            hit.update(classifier_nodes(model))
+        for n in model.graph.node:
+            if n.op_type == pat or fnmatch.fnmatchcase(n.name, pat) or (
+                not any(c in pat for c in "*?[") and pat in n.name
+            ):
+                hit.add(n.name)
+        if not hit:
+            raise InvalidConfigError(
+                f"--keep-fp32 {pat!r} matches no node; give an op type (MatMul), a node-name glob "
+                f"(*classifier*) or the keyword {CLASSIFIER!r}"
+            )
+        names |= hit
+    unnamed = [n for n in model.graph.node if not n.name]
+    if unnamed and names:
+        # The quantizer identifies nodes by name; name the anonymous ones so exclusion is exact.
+        for k, n in enumerate(unnamed):
+            n.name = f"{n.op_type}_unnamed_{k}"
+    return sorted(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+
+
+def calibration_reader(model, dataset, num_samples: int, pad_id: int = 0):
+    """A CalibrationDataReader yielding one sentence per batch, so that no padded position enters
+    the activation ranges (padding would widen them with values that never matter)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    n = min(num_samples, len(dataset))
+    if n == 0:
+        raise DataError("the calibration data is empty")
+    inputs = graph_inputs(model)
+    feeds = [f for _, f in iter_batches(dataset.select(range(n)), inputs, 1, pad_id, sort=False)]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def __len__(self):
+            return len(feeds)
+
+        def rewind(self):
+            self._it = iter(feeds)
+
+    return _Reader()
+
+
+def tokenized_texts(texts: list[str], tokenizer, max_length: int = 128):
+    """A tokenized datasets.Dataset from raw sentences (for --calibration-file)."""
+    import datasets
+
+    texts = [t for t in (s.strip() for s in texts) if t]
+    if not texts:
+        raise DataError("the calibration file holds no text")
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return datasets.Dataset.from_dict({k: list(v) for k, v in enc.items()})
+
+
+def read_calibration_file(path: str | Path, text_column: str = "sentence") -> list[str]:
+    """Sentences from a .txt file (one per line) or a tsv/csv/json(l) file's text column."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"calibration file {path} not found")
+    if path.suffix.lower() == ".txt":
+        return path.read_text(encoding="utf-8").splitlines()
+    from compress.training.data import _read_any  # shared tsv/csv/json reader (GLUE quoting rules included)
+
+    cols = _read_any(path)
+    if text_column not in cols:
+        raise DataError(f"{path} has no column {text_column!r} (it has {list(cols)}); pass --text-column")
+    return [str(t) for t in cols[text_column]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks on the result
+
+
+def integer_op_counts(model) -> dict[str, int]:
+    counts = Counter(n.op_type for n in model.graph.node)
+    return {op: counts[op] for op in INTEGER_OPS if counts.get(op)}
+
+
+def _logits(path: Path, feeds: dict, threads: int | None) -> np.ndarray:
+    session = make_session(path, "cpu", threads, check=False)
+    try:
+        return session.run(None, feeds)[output_index(session)]
+    except Exception as e:  # ORT kernel errors (bad shapes, out-of-range indices) on this graph
+        raise GraphPatternError(f"ONNX Runtime cannot run {path.name}: {first_line(e)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Main entry
+
+
+def _run_ort_quantizer(src: Path, dst: Path, config: QuantizeConfig, exclude: list[str], reader) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    op_types = list(config.op_types)
+    if config.mode == "dynamic":
+        # quantize_dynamic first rewrites each Gemm "X" into MatMul "X_MatMul" + Add "X_Add" and then
+        # matches nodes_to_exclude by name, so an excluded Gemm must be named in its rewritten form too.
+        exclude = exclude + [f"{n}_MatMul" for n in exclude]
+    try:
+        with ort_logging(logging.ERROR):
+            if config.mode == "dynamic":
+                quantize_dynamic(
+                    src, dst, op_types_to_quantize=op_types, per_channel=config.per_channel,
+                    reduce_range=config.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    extra_options={"MatMulConstBOnly": config.const_b_only},
+                )
+            else:
+                method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                          "percentile": CalibrationMethod.Percentile}[config.calibration_method]
+                quantize_static(
+                    src, dst, reader,
+                    quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+                    op_types_to_quantize=op_types, per_channel=config.per_channel,
+                    reduce_range=config.reduce_range, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=method,
+                    extra_options={"MatMulConstBOnly": config.const_b_only,
+                                   "ActivationSymmetric": config.symmetric_activations},
+                )
+    except CompressError:
+        raise
+    except Exception as e:  # ORT raises RuntimeError/ValueError/InferenceError with internals in them
+        raise GraphPatternError(
+            f"ONNX Runtime could not quantize this graph ({e.__class__.__name__}: {first_line(e)}); "
+            "try --keep-fp32 on the failing node, or quantize before running other graph optimizers"
+        ) from None
+
+
+def quantize_onnx(
+    model_path: str | Path,
+    output: str | Path,
+    config: QuantizeConfig | None = None,
+    *,
+    calibration_data=None,
+    task_data=None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    eval_batch_size: int = 32,
+) -> QuantizeResult:
+    """Quantize `model_path` (a .onnx file or a dir with model.onnx) into `output`.
+
+    `output` ending in .onnx is a file (sidecars copied next to it when missing there); anything else
+    is a directory that receives model.onnx, the sidecars and an updated compression.json.
+    `calibration_data`: tokenized dataset for static mode. `task_data`: TaskData whose dev split is
+    used to report accuracy before and after.
+    """
+    config = config or QuantizeConfig()
+    config.validate()
+    if config.mode == "static" and calibration_data is None:
+        raise InvalidConfigError("static quantization needs calibration data: pass --task or --calibration-file")
+    import onnx
+
+    src = resolve_onnx(model_path)
+    src_dir = src.parent
+    out = Path(output)
+    as_file = out.suffix == ".onnx"
+    if as_file and out.exists() and not overwrite:
+        raise InvalidConfigError(f"{out} exists; pass --overwrite or choose another path")
+    if not as_file:
+        check_output_dir(out, overwrite)
+    if (out if as_file else out / MODEL_FILE).resolve() == src.resolve():
+        raise InvalidConfigError("the output would replace the input model; choose another --output")
+
+    warnings: list[str] = []
+    model = onnx.load(str(src))
+    fusion = None
+    if config.optimize:
+        model, fusion = _fuse(model, src_dir, warnings)
+    model = prepare_graph(model)
+    exclude = match_nodes(model, config.keep_fp32) if config.keep_fp32 else []
+
+    with tempfile.TemporaryDirectory(prefix="compress-quant-") as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
+        onnx.save(model, str(prepared))
+        reader = None
+        if config.mode == "static":
+            reader = calibration_reader(model, calibration_data, config.num_samples, read_pad_id(src))
+        _run_ort_quantizer(prepared, quantized, config, exclude, reader)
+
+        qmodel = onnx.load(str(quantized))
+        if qmodel.graph.value_info:
+            # The quantizer's shape inference writes value_info; with it, ORT's runtime optimizer
+            # fuses residual Add + LayerNorm into SkipLayerNormalization, whose CPU kernel is
+            # slower than the two ops it replaces (ORT 1.31: 22 vs 9 ms per run at 32x128 on
+            # MiniLM-L6; int8 speedup 1.82x -> 1.94x without it). ORT re-infers shapes at load
+            # (exporters.surgery.finalize drops them for the same reason).
+            del qmodel.graph.value_info[:]
+            onnx.save(qmodel, str(quantized))
+        ops = integer_op_counts(qmodel)
+        if not ops:
+            raise GraphPatternError(
+                f"nothing in {src} was quantized (no {', '.join(config.op_types)} ops outside --keep-fp32); "
+                "check --keep-fp32 and the op types"
+            )
+        # The quantized graph must load and run; compare its logits with fp32 as a sanity figure.
+        feeds = random_feeds(graph_inputs(qmodel), vocab_size(model, src_dir))
+        diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
+
+        result = QuantizeResult(
+            output=out if as_file else out / MODEL_FILE, size_before=src.stat().st_size,
+            size_after=quantized.stat().st_size, config=asdict(config), kept_fp32=exclude, op_counts=ops,
+            fusion=fusion, max_abs_diff=diff, warnings=warnings,
+        )
+        if task_data is not None:
+            from compress.ort.evaluate import evaluate_onnx
+
+            result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads)
+            result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads)
+        _write_outputs(quantized, src, out, as_file, overwrite, result)
+    return result
+
+
+def _fuse(model, model_dir: Path, warnings: list[str]):
+    """ORT transformer fusion, kept only if it computes what the unfused graph does.
+
+    Each layer's head count is first written into its head Reshapes (normalize_heads), so shrunk
+    layers that kept fewer heads fuse with their own count; only a graph whose attention cannot be
+    matched falls back to the global count in config.json. That fallback silently miscomputes shrunk
+    layers, which the numeric check catches: the unfused graph (still quantizable) is used instead.
+    """
+    try:
+        model, heads, hidden = normalize_heads(model), 0, 0
+    except GraphPatternError:
+        cfg = read_config(model_dir)
+        heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
+        hidden = int(cfg.get("hidden_size") or cfg.get("dim") or 0)
+    names = [name for name, _ in graph_inputs(model)]
+    batches = sample_inputs(names, load_tokenizer(model_dir), vocab_size(model, model_dir))
+    fused, report = fuse_and_check(model, batches, num_heads=heads, hidden_size=hidden)
+    if not report["fusions"]:
+        why = f" ({report['note']})" if report["note"] else ""
+        warnings.append(f"ORT's optimizer fused nothing in this graph{why}; quantizing it unfused")
+        return model, None
+    if not report["applied"]:
+        warnings.append(f"the fused graph is not equivalent ({report['note']}); quantizing the unfused graph instead")
+        return model, None
+    return fused, report["fusions"]
+
+
+def _copy_sidecars(src_dir: Path, dst_dir: Path, replace: bool) -> list[str]:
+    copied = []
+    for name in SIDECAR_FILES:
+        f = src_dir / name
+        if f.is_file() and (replace or not (dst_dir / name).exists()):
+            shutil.copy2(f, dst_dir / name)
+            copied.append(name)
+    return copied
+
+
+def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, result: QuantizeResult) -> None:
+    """Carry compression.json over with a `quantization` section and checksums of the new files."""
+    from compress.core.artifacts import read_compression_json
+
+    data = read_compression_json(src_dir, verify=False)
+    if data is None:
+        return
+    listed = [n for n in data.get("files", {}) if not n.endswith(".onnx")] + [onnx_name]
+    q = result.to_dict()
+    data["quantization"] = {k: q[k] for k in (
+        "config", "kept_fp32", "op_counts", "fusion", "size_before", "size_after", "max_abs_diff",
+        "metrics_before", "metrics_after")}
+    record_checksums(dst_dir, data, [n for n in listed if (dst_dir / n).exists()])
+    write_json(dst_dir / COMPRESSION_JSON, data)
+
+
+def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeResult) -> None:
+    if as_file:
+        with atomic_file(out) as tmp:
+            shutil.copyfile(quantized, tmp)
+        if out.parent.resolve() != src.parent.resolve():
+            _copy_sidecars(src.parent, out.parent, replace=False)
+            if not (out.parent / COMPRESSION_JSON).exists():
+                _updated_compression_json(src.parent, out.parent, out.name, result)
+            elif (src.parent / COMPRESSION_JSON).exists():
+                result.warnings.append(f"kept the existing {out.parent / COMPRESSION_JSON}; it does not describe {out.name}")
+        return
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        shutil.copyfile(quantized, tmp / MODEL_FILE)
+        _copy_sidecars(src.parent, tmp, replace=True)
+        _updated_compression_json(src.parent, tmp, MODEL_FILE, result)

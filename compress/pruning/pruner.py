@@ -1,0 +1,155 @@
+"""The Pruner: owns the mask scores of a model, turns them into masks at the scheduled level, and
+supplies the regularisation term. One instance per run; it is a submodule of the training wrapper
+(so the optimizer, DDP and Trainer checkpoints see the scores) and never of the Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from compress.pruning import masks as M
+from compress.core.config import PruneConfig
+from compress.pruning.methods import Method
+from compress.pruning.schedule import cubic
+
+
+class Pruner(nn.Module):
+    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.method = method
+        self.cfg = cfg
+        self.groups = method.build(model, cfg)
+        self.sparsity = cfg.sparsity if cfg.sparsity is not None else (method.default_sparsity or 0.0)
+        self.lam_final = cfg.lambda_reg if cfg.lambda_reg is not None else (method.default_lambda or 0.0)
+        self.scores = nn.ParameterDict()
+        if method.binarizer in ("topk", "threshold", "smp-s"):
+            for g in self.groups:
+                self.scores[_key(g.name)] = nn.Parameter(_initial_scores(g, method.binarizer, cfg.score_init))
+        for g in self.groups:
+            if method.binarizer == "fixed":
+                self.register_buffer(f"fixed_{_key(g.name)}", fixed_masks[g.name].float().clone())
+        # Schedule state (derived from the step, so a resumed run recomputes it exactly).
+        self.keep = 1.0
+        self.tau = 0.0
+        self.lam = 0.0
+        self._cache: dict[str, torch.Tensor] = {}
+        M.attach(self.groups, self._mask_getter)
+
+    # ------------------------------------------------------------ schedule
+    def set_step(self, step: int, total: int, warmup: int) -> None:
+        c = self.cfg
+        ramp = lambda a, b: cubic(step, total, warmup, c.initial_warmup, c.final_warmup, a, b)  # noqa: E731
+        self.keep = ramp(1.0, 1.0 - self.sparsity)
+        self.tau = ramp(0.0, c.tau)
+        self.lam = ramp(0.0, self.lam_final)
+        self.invalidate()
+
+    def finalize(self) -> None:
+        """Jump to the end of the schedule (final keep ratio / threshold)."""
+        self.set_step(1, 1, 0)
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    # ------------------------------------------------------------ masks
+    def _mask_getter(self, name: str):
+        return lambda: self.group_mask(name)
+
+    def group_mask(self, name: str) -> torch.Tensor:
+        if name not in self._cache or (torch.is_grad_enabled() and not self._cache[name].requires_grad and self.scores):
+            self._compute_all()
+        return self._cache[name]
+
+    def _compute_all(self) -> None:
+        b = self.method.binarizer
+        if b == "smp-s":
+            ratios = self._smp_s_ratios()
+        for g in self.groups:
+            k = _key(g.name)
+            if b == "magnitude":
+                w = _raw_weight(g.members[0][0])
+                m = M.topk_mask(w.detach().abs(), self.keep)
+            elif b == "topk":
+                m = M.topk_ste(self.scores[k], self.keep)
+            elif b == "threshold":
+                m = M.threshold_ste(self.scores[k], self.tau)
+            elif b == "smp-s":
+                m = M.topk_ste(self.scores[k], ratios[g.name])
+            else:  # fixed
+                m = getattr(self, f"fixed_{k}")
+            self._cache[g.name] = m
+
+    @torch.no_grad()
+    def _smp_s_ratios(self) -> dict[str, float]:
+        """SMP-S: within each matrix type, layer l keeps v * L * m_l / sum(m), m_l = mean sigmoid(S_l).
+
+        Budget moves to the layers whose scores stay high; the overall keep ratio of the type stays v.
+        """
+        by_role: dict[str, list] = {}
+        for g in self.groups:
+            by_role.setdefault(g.role, []).append(g)
+        ratios = {}
+        for gs in by_role.values():
+            means = torch.stack([torch.sigmoid(self.scores[_key(g.name)]).mean() for g in gs])
+            r = self.keep * len(gs) * means / means.sum().clamp_min(1e-12)
+            for g, ri in zip(gs, r.tolist()):
+                ratios[g.name] = min(1.0, ri)
+        return ratios
+
+    def regularization(self) -> torch.Tensor | float:
+        """lambda * (lambda_att * mean over attn groups + lambda_ffn * mean over ffn groups) of mean sigmoid(S)."""
+        if not self.method.regularised or self.lam == 0.0:
+            return 0.0
+        terms = {"attn": [], "ffn": []}
+        for g in self.groups:
+            terms[g.kind].append(torch.sigmoid(self.scores[_key(g.name)]).mean())
+        weights = {"attn": self.cfg.lambda_att, "ffn": self.cfg.lambda_ffn}
+        reg = sum(weights[k] * torch.stack(v).mean() for k, v in terms.items() if v)
+        return self.lam * reg
+
+    # ------------------------------------------------------------ stats
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """Current fraction of zeros over all masked weights (and the schedule values)."""
+        total = zeros = 0
+        for g in self.groups:
+            mask = self.group_mask(g.name).detach()
+            for linear, layout in g.members:
+                shape = _raw_weight(linear).shape
+                full = layout.expand(mask, shape)
+                n = shape[0] * shape[1]
+                total += n
+                zeros += n - float(full.sum()) * (n / full.numel())
+        return {"mask_sparsity": zeros / max(total, 1), "keep": self.keep, "tau": self.tau, "lambda": self.lam}
+
+
+def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor:
+    """Initial mask scores of one group.
+
+    Top-k scores per weight start at |W| / mean|W| of their matrix ("magnitude", the default) unless a
+    constant is given. The papers start from a constant, which assumes tens of thousands of steps:
+    Adam moves every score by about one score-lr per step whatever its gradient, so after a few hundred
+    steps the top-k of constant-initialised scores is close to random. Measured on MiniLM-L6 / SST-2,
+    600 steps: movement at 70% and SMP-S at 50% collapsed to the majority class (50.9%) from a constant
+    init. The magnitude prior keeps the first masks sensible and consistent score movement (a few units
+    over a run at lr 1e-2) still re-ranks weights. Soft (threshold) scores stay constant: their mask
+    is 1[sigmoid(S) > tau] and tau ramps up from 0, so they never start random.
+    """
+    linear, layout = g.members[0]
+    if binarizer not in ("topk", "smp-s") or layout.kind != "full":
+        return torch.full(g.score_shape, float(init) if isinstance(init, (int, float)) else 0.0)
+    w = linear.weight.detach().abs()
+    relative = (w / w.mean().clamp_min(1e-12)).float()
+    if init is None or init == "magnitude":
+        return relative
+    # Constant scores tie and torch.topk would then keep weights by index; a tiny |W| term breaks ties.
+    return float(init) + 1e-6 * relative
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _raw_weight(linear: nn.Linear) -> torch.Tensor:
+    return linear.parametrizations.weight.original

@@ -1,0 +1,247 @@
+"""Task data through `datasets`: built-in GLUE tasks from a local folder (or the hub when online),
+or generic train/validation files with column flags. Shared by prune, finetune, eval, quantize.
+
+Local GLUE folder: --data-dir, else $COMPRESS_DATA_DIR, else $GLUE_DIR; it holds <task>/train.tsv and
+<task>/dev.tsv. GLUE tsv files contain unescaped double quotes (MRPC) and a UTF-8 BOM, so they are read
+with quoting disabled rather than with the datasets csv loader.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    text_column: str
+    text_pair_column: str | None
+    label_column: str
+    num_labels: int
+    metrics: tuple[str, ...]
+    train_file: str = "train.tsv"
+    dev_file: str = "dev.tsv"
+    hub: tuple[str, str] | None = None  # (dataset path, config) on the Hugging Face hub
+    hub_columns: dict = field(default_factory=dict)  # hub column -> our column
+    label_words: tuple[str, ...] = ()  # for SMP's head-free mode: one vocabulary word per label
+
+
+TASKS: dict[str, DatasetSpec] = {
+    "sst2": DatasetSpec(
+        "sst2", "sentence", None, "label", 2, ("accuracy",), hub=("nyu-mll/glue", "sst2"),
+        label_words=("terrible", "great"),
+    ),
+    "mrpc": DatasetSpec(
+        "mrpc", "#1 String", "#2 String", "Quality", 2, ("accuracy", "f1"), hub=("nyu-mll/glue", "mrpc"),
+        hub_columns={"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"},
+        label_words=("no", "yes"),
+    ),
+}
+
+
+@dataclass
+class TaskData:
+    spec: DatasetSpec
+    train: object | None  # datasets.Dataset, tokenized, with a `labels` column
+    dev: object | None
+    label_names: list[str] | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_labels
+
+
+def data_dir_from_env(data_dir: str | None) -> Path | None:
+    d = data_dir or os.environ.get("COMPRESS_DATA_DIR") or os.environ.get("GLUE_DIR")
+    return Path(d) if d else None
+
+
+def read_tsv(path: Path) -> dict[str, list]:
+    """Read a GLUE-style tsv (header row, tabs, no quoting, optional BOM) into columns."""
+    if not path.exists():
+        raise DataError(f"data file {path} not found; check --data-dir / $COMPRESS_DATA_DIR or the file flags")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if len(rows) < 2:
+        raise DataError(f"data file {path} is empty (no rows after the header)")
+    header = rows[0]
+    cols: dict[str, list] = {h: [] for h in header}
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}:{n} has {len(row)} fields, the header has {len(header)}; fix the row")
+        for h, v in zip(header, row):
+            cols[h].append(v)
+    return cols
+
+
+def _read_any(path: str | Path) -> dict[str, list]:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".tsv":
+        return read_tsv(path)
+    if not path.exists():
+        raise DataError(f"data file {path} not found")
+    import datasets
+
+    kind = {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(suffix)
+    if kind is None:
+        raise DataError(f"unsupported data file type {suffix!r} for {path}; use .tsv, .csv, .json or .jsonl")
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:  # datasets raises many types for malformed files
+        raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+    if len(ds) == 0:
+        raise DataError(f"data file {path} is empty")
+    return ds.to_dict()
+
+
+def _from_hub(spec: DatasetSpec) -> tuple[dict, dict]:
+    if spec.hub is None or os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise DataError(
+            f"no local data for task {spec.name!r}: pass --data-dir (a folder with {spec.name}/train.tsv and "
+            f"{spec.name}/dev.tsv) or set COMPRESS_DATA_DIR"
+        )
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(*spec.hub)
+    except Exception as e:
+        raise DataError(f"could not load {spec.hub} from the hub ({e.__class__.__name__}); pass --data-dir") from None
+    rename = spec.hub_columns or {}
+    conv = lambda split: {rename.get(k, k): v for k, v in ds[split].to_dict().items()}  # noqa: E731
+    return conv("train"), conv("validation")
+
+
+def _check_columns(cols: dict, needed: list[str], where: str) -> None:
+    missing = [c for c in needed if c not in cols]
+    if missing:
+        raise DataError(f"{where} lacks column(s) {missing}; it has {list(cols)}; set the column flags to match")
+
+
+def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int, where: str) -> tuple[list[int], list[str] | None]:
+    try:
+        ids = [int(v) for v in values]
+    except (TypeError, ValueError):
+        # String labels: map them to ids in sorted order (recorded as label names).
+        if label_names is None:
+            label_names = sorted({str(v) for v in values})
+        index = {n: i for i, n in enumerate(label_names)}
+        unknown = sorted({str(v) for v in values} - set(index))
+        if unknown:
+            raise DataError(f"{where} has labels {unknown[:5]} not seen in training; fix the data") from None
+        ids = [index[str(v)] for v in values]
+    bad = sorted({i for i in ids if not 0 <= i < num_labels})
+    if bad:
+        raise DataError(
+            f"{where} has label values {bad[:5]} outside 0..{num_labels - 1}; the model has {num_labels} labels "
+            "(fix the labels or pass --num-labels)"
+        )
+    return ids, label_names
+
+
+def load_task_data(
+    task: str | None,
+    tokenizer,
+    *,
+    data_dir: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    num_labels: int | None = None,
+    max_length: int = 128,
+    eval_max_length: int | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    splits: tuple[str, ...] = ("train", "dev"),
+    template: str | None = None,
+) -> TaskData:
+    """Load, validate and tokenize a task. `splits` limits which of train/dev are needed."""
+    if task is None and not (train_file or validation_file):
+        raise DataError("no data given: pass --task (" + ", ".join(TASKS) + ") or --train-file/--validation-file")
+    if task is not None and task not in TASKS:
+        raise DataError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or use --train-file/--validation-file)")
+    if task is not None:
+        base = TASKS[task]
+        spec = DatasetSpec(
+            base.name, text_column or base.text_column, text_pair_column or base.text_pair_column,
+            label_column or base.label_column, num_labels or base.num_labels, base.metrics,
+            base.train_file, base.dev_file, base.hub, base.hub_columns, base.label_words,
+        )
+    else:
+        spec = DatasetSpec(
+            "custom", text_column or "sentence", text_pair_column, label_column or "label", num_labels or 2,
+            ("accuracy", "f1") if (num_labels or 2) == 2 else ("accuracy",),
+        )
+
+    raw: dict[str, dict | None] = {"train": None, "dev": None}
+    files = {"train": train_file, "dev": validation_file}
+    root = data_dir_from_env(data_dir)
+    if any(files.values()):
+        for split in splits:
+            if files[split]:
+                raw[split] = _read_any(files[split])
+            elif split == "dev" and "train" not in splits:
+                raise DataError("--validation-file is needed for evaluation")
+    elif root is not None:
+        folder = root / task if (root / task).is_dir() else root
+        for split in splits:
+            raw[split] = read_tsv(folder / (spec.train_file if split == "train" else spec.dev_file))
+    else:
+        raw["train"], raw["dev"] = _from_hub(spec)
+
+    import datasets
+
+    needed = [spec.text_column] + ([spec.text_pair_column] if spec.text_pair_column else []) + [spec.label_column]
+    label_names = None
+    out = {}
+    for split in ("train", "dev"):
+        cols = raw.get(split)
+        if cols is None or split not in splits:
+            out[split] = None
+            continue
+        _check_columns(cols, needed, f"the {split} data")
+        labels, label_names = _labels_to_ids(cols[spec.label_column], label_names, spec.num_labels, f"the {split} data")
+        limit = max_train_samples if split == "train" else max_eval_samples
+        n = len(labels) if not limit else min(limit, len(labels))
+        if n == 0:
+            raise DataError(f"the {split} data is empty")
+        data = {"text": [str(t) for t in cols[spec.text_column][:n]], "labels": labels[:n]}
+        if spec.text_pair_column:
+            data["text_pair"] = [str(t) for t in cols[spec.text_pair_column][:n]]
+        if template is not None:  # prompt mode (SMP label words): one text holding the mask token
+            pairs = data.pop("text_pair", [None] * n)
+            data["text"] = [template.format(text=a, text_pair=b, mask=tokenizer.mask_token) for a, b in zip(data["text"], pairs)]
+        ds = datasets.Dataset.from_dict(data)
+
+        length = max_length if split == "train" else (eval_max_length or max_length)
+
+        def tok(batch, length=length):
+            args = (batch["text"], batch["text_pair"]) if "text_pair" in batch else (batch["text"],)
+            return tokenizer(*args, truncation=True, max_length=length)
+
+        ds = ds.map(tok, batched=True, remove_columns=[c for c in ds.column_names if c != "labels"],
+                    desc=f"tokenizing {spec.name} {split}")
+        out[split] = ds
+    return TaskData(spec=spec, train=out["train"], dev=out["dev"], label_names=label_names)
+
+
+def compute_metrics(spec: DatasetSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and binary F1 with numpy (the `evaluate` library fetches metric code from the hub)."""
+    preds = np.asarray(logits).argmax(-1)
+    labels = np.asarray(labels)
+    out = {"accuracy": float((preds == labels).mean())}
+    if "f1" in spec.metrics:
+        tp = float(((preds == 1) & (labels == 1)).sum())
+        fp = float(((preds == 1) & (labels == 0)).sum())
+        fn = float(((preds == 0) & (labels == 1)).sum())
+        out["f1"] = 2 * tp / max(2 * tp + fp + fn, 1.0)
+    return out
