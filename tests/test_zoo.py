@@ -95,3 +95,21 @@ def test_input_zeroed_structure_is_folded_not_dropped():
     original = {t.name: onnx.numpy_helper.to_array(t) for t in zeroed.graph.initializer}
     ffn0 = folded["layer0.ffn.output.bias_folded"]
     assert not np.allclose(ffn0, original["model.bert.encoder.layer.0.output.dense.bias"], atol=1e-3)
+
+
+def test_cli_shrink_reads_external_data(tmp_path, capsys):
+    """Graphs saved with external data (as every model past 2 GB is) shrink from the command line."""
+    import onnx
+
+    from compress.cli import main
+
+    m = zoo_check.meta("bert_legacy_op17_extdata")
+    assert m["external_data"]
+    zeroed, _, _ = zoo_check.zero_structure(zoo_check.load("bert_legacy_op17_extdata"), m["hidden"], m["num_heads"])
+    onnx.save(zeroed, str(tmp_path / "in.onnx"), save_as_external_data=True, location="in.onnx.data", size_threshold=0)
+    assert (tmp_path / "in.onnx.data").stat().st_size > (tmp_path / "in.onnx").stat().st_size
+    assert main(["shrink", str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx")]) == 0
+    small = onnx.load(str(tmp_path / "out.onnx"))
+    batches = zoo_check.feeds(zeroed)
+    assert zoo_check.max_diff(zoo_check.outputs(zeroed, batches), zoo_check.outputs(small, batches)) < 1e-4
+    assert zoo_check.elements(small) < zoo_check.elements(zeroed)
