@@ -22,23 +22,24 @@ import onnx
 from onnx import numpy_helper
 
 ZOO = Path(__file__).parent / "zoo"
-DEAD_HEADS = {0: [1, 3], 1: [0, 1, 2, 3]}  # layer 1 loses all its heads
+def dead_heads(num_heads: int) -> dict[int, list[int]]:
+    return {0: [1, 3], 1: list(range(num_heads))}  # layer 1 loses all its heads
 
 
 def dead_dims(width: int) -> dict[int, list[int]]:
     return {0: list(range(0, width, 3)), 1: list(range(width // 4))}
 
 
-def entries() -> list[str]:
-    return sorted(p.stem for p in ZOO.glob("*.json"))
+def entries(root: Path = ZOO) -> list[str]:
+    return sorted(p.stem for p in Path(root).glob("*.json"))
 
 
-def meta(name: str) -> dict:
-    return json.loads((ZOO / f"{name}.json").read_text())
+def meta(name: str, root: Path = ZOO) -> dict:
+    return json.loads((Path(root) / f"{name}.json").read_text())
 
 
-def load(name: str) -> onnx.ModelProto:
-    return onnx.load(str(ZOO / f"{name}.onnx"))  # external data is read from beside the file
+def load(name: str, root: Path = ZOO) -> onnx.ModelProto:
+    return onnx.load(str(Path(root) / f"{name}.onnx"))  # external data is read from beside the file
 
 
 # ------------------------------------------------------------------------------------------ locating
@@ -142,7 +143,7 @@ def _zero(arrays: dict, masks: dict, w: Weight, rows=None, cols=None) -> None:
 
 
 def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: str = "both") -> tuple[onnx.ModelProto, int, list[dict]]:
-    """A copy with DEAD_HEADS / dead_dims zeroed (Q/K/V columns and O rows; W1 columns and W2 rows;
+    """A copy with dead_heads / dead_dims zeroed (Q/K/V columns and O rows; W1 columns and W2 rows;
     biases untouched, as a pruned checkpoint has them). side="input" zeroes only Q/K/V and W1 columns:
     those heads / dims still add a constant (their biases through softmax / the activation) that shrink
     must fold into the next bias, or keep the structure. Returns (model, zeroed elements, kept per layer)."""
@@ -155,7 +156,7 @@ def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: st
             arrays.setdefault(w.init, _array(model, w.init).copy())
     kept = []
     for i, layer in enumerate(layers):
-        heads = DEAD_HEADS.get(i, [])
+        heads = dead_heads(num_heads).get(i, [])
         cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads]) if heads else np.array([], int)
         for w in layer.qkv:
             segs = w.shape[1] // hidden
@@ -233,15 +234,15 @@ def shrink_fn():
     return shrink
 
 
-def check(name: str, side: str = "both") -> dict:
+def check(name: str, side: str = "both", root: Path = ZOO) -> dict:
     """Run the zoo check on one entry; returns a record (status 'pass', 'fail' or 'refused').
     side="input": only Q/K/V and W1 columns zeroed; fp32 graphs must fold the dead structure's bias
     contribution and remove it, int8 graphs may keep it (the fold would not be exact through the
     activation quantization); both must match the unshrunk graph."""
     from compress.core.errors import CompressError
 
-    m = meta(name)
-    model = load(name)
+    m = meta(name, root)
+    model = load(name, root)
     rec = {"name": name, "side": side, "meta": m, "fused_before": fused_counts(model)}
     try:
         zeroed, n_zeroed, kept = zero_structure(model, m["hidden"], m["num_heads"], side)
@@ -264,7 +265,7 @@ def check(name: str, side: str = "both") -> dict:
     rec["tolerance"] = 1e-4
     if m.get("int8"):
         # The int8 graph's own rounding: how far it is from the fp32 graph it was made from (zeroed alike).
-        src = load(m["source"])
+        src = load(m["source"], root)
         src_zeroed, _, _ = zero_structure(src, m["hidden"], m["num_heads"], side)
         rec["tolerance"] = max(1e-4, max_diff(outputs(src_zeroed, batches), ref))
     rec["removed"] = elements(zeroed) - elements(small)

