@@ -185,6 +185,35 @@ def test_unrecognised_graphs_raise_graph_pattern_error():
         shrink(other)
 
 
+@pytest.mark.parametrize("axis", [-1, 1], ids=["head-size", "head-count"])
+def test_runtime_scale_factor_must_read_the_head_size(axis):
+    """torch's SDPA decomposition scales Q by a factor computed from Shape(Q_heads)[-1] (issue 16). That
+    one survives cutting heads; a factor read from another dim (here the head count) would not, so the
+    block is refused rather than silently changed."""
+    model = build_encoder(layers=1, dead_heads={0: [1, 3]})
+    nodes = list(model.graph.node)
+    qk = next(n for n in nodes if n.name == "l0.qk")
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(axis, np.int64), "axis_idx")])
+    extra = [
+        helper.make_node("Shape", ["l0.qh"], ["q_shape"], name="q_shape"),
+        helper.make_node("Gather", ["q_shape", "axis_idx"], ["q_dim"], name="q_dim", axis=0),
+        helper.make_node("Cast", ["q_dim"], ["q_dim_f"], name="q_dim_f", to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["q_dim_f"], ["q_sqrt"], name="q_sqrt"),
+        helper.make_node("Reciprocal", ["q_sqrt"], ["q_factor"], name="q_factor"),
+        helper.make_node("Mul", ["l0.qh", "q_factor"], ["q_scaled"], name="q_scaled"),
+    ]
+    qk.input[0] = "q_scaled"
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[: nodes.index(qk)] + extra + nodes[nodes.index(qk):])
+    onnx.checker.check_model(model)
+    if axis == -1:
+        small, report = shrink(model, sample_inputs=float_feeds(), atol=1e-5)
+        assert report["layers"][0]["heads_kept"] == [0, 2]
+    else:
+        with pytest.raises(GraphPatternError, match="expected a Reshape splitting Q into heads, found Mul node 'q_scaled'"):
+            shrink(model)
+
+
 # ------------------------------------------------------------------------------------ real exports
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):

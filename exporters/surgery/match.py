@@ -166,18 +166,41 @@ _SHAPE_ARITH = {"Shape", "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Add",
 
 
 def _is_shape_scalar(g: Graph, name: str, depth: int = 0) -> bool:
-    """True when `name` is a one-element value computed only from tensor shapes and constants. Such a
-    factor does not depend on data, and the one exporters emit reads the head size, which surgery keeps."""
+    """True when `name` is a one-element value computed only from constants and the LAST dim of a 4-D
+    tensor's shape (the head size, which surgery keeps; torch's SDPA decomposition reads it from the
+    per-head Q). A factor read from any other dim (hidden size, head count) would change when heads
+    are cut, so it is not looked through and the block is refused instead."""
     if g.is_const(name):
         return depth > 0 or g.is_scalar_const(name)
     node = g.producer.get(name)
     if node is None or node.op_type not in _SHAPE_ARITH or depth > 12:
         return False
     if node.op_type == "Shape":
-        return True
-    if depth == 0 and node.op_type in ("Shape", "Concat", "Reshape"):
+        start = node_attr(node, "start", 0)
+        return depth > 0 and start in (-1, 3) and node_attr(node, "end", None) is None  # Shape(x, start=-1)
+    if node.op_type in ("Slice", "Gather") and g.producer.get(node.input[0]) is not None \
+            and g.producer[node.input[0]].op_type == "Shape":
+        return _reads_last_dim(g, node)
+    if depth == 0 and node.op_type in ("Concat", "Reshape"):
         return False  # a whole shape vector is no scale factor
     return all(not i or _is_shape_scalar(g, i, depth + 1) for i in node.input)
+
+
+def _reads_last_dim(g: Graph, node: onnx.NodeProto) -> bool:
+    """Slice(Shape(x), [-1], [big]) or Gather(Shape(x), -1): the last dim of x, with x 4-D when known."""
+    shape = g.producer[node.input[0]]
+    if any(a.name in ("start", "end") for a in shape.attribute):
+        return False
+    if node.op_type == "Gather":
+        idx = g.const(node.input[1])
+        return idx is not None and idx.size == 1 and int(idx.reshape(-1)[0]) in (-1, 3)
+    starts = g.const(node.input[1]) if len(node.input) > 1 else None
+    ends = g.const(node.input[2]) if len(node.input) > 2 else None
+    axes = g.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if starts is None or ends is None or (axes is not None and axes.reshape(-1).tolist() != [0]):
+        return False
+    start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+    return (start == -1 and end > 2**30) or (start == 3 and (end == 4 or end > 2**30))
 
 
 def _is_fake_quant(g: Graph, node: onnx.NodeProto | None) -> bool:
