@@ -178,29 +178,52 @@ def _is_shape_scalar(g: Graph, name: str, depth: int = 0) -> bool:
     if node.op_type == "Shape":
         start = node_attr(node, "start", 0)
         return depth > 0 and start in (-1, 3) and node_attr(node, "end", None) is None  # Shape(x, start=-1)
-    if node.op_type in ("Slice", "Gather") and g.producer.get(node.input[0]) is not None \
-            and g.producer[node.input[0]].op_type == "Shape":
+    if node.op_type in ("Slice", "Gather") and _shape_axes(g, node.input[0]) is not None:
         return _reads_last_dim(g, node)
     if depth == 0 and node.op_type in ("Concat", "Reshape"):
         return False  # a whole shape vector is no scale factor
     return all(not i or _is_shape_scalar(g, i, depth + 1) for i in node.input)
 
 
+def _shape_axes(g: Graph, name: str) -> list[int] | None:
+    """For Shape(x) -> [] (all axes, in order); for Gather(Shape(x), const axes) -> those axes (ORT's
+    transpose optimizer writes Shape(Transpose(x)) so); else None."""
+    node = g.producer.get(name)
+    if node is None:
+        return None
+    if node.op_type == "Shape":
+        return None if any(a.name in ("start", "end") for a in node.attribute) else []
+    if node.op_type == "Gather" and node_attr(node, "axis", 0) == 0 and _shape_axes(g, node.input[0]) == []:
+        idx = g.const(node.input[1])
+        return [int(i) for i in idx.reshape(-1)] if idx is not None and idx.ndim == 1 else None
+    return None
+
+
 def _reads_last_dim(g: Graph, node: onnx.NodeProto) -> bool:
-    """Slice(Shape(x), [-1], [big]) or Gather(Shape(x), -1): the last dim of x, with x 4-D when known."""
-    shape = g.producer[node.input[0]]
-    if any(a.name in ("start", "end") for a in shape.attribute):
-        return False
+    """Slice(dims, [-1], [big]) / Slice(dims, [3], [4]) / Gather(dims, -1 or 3) where dims is a shape
+    (see _shape_axes): true when the dim picked is the last axis of a 4-D [B, heads, L, head_size] or
+    [B, L, heads, head_size] tensor, i.e. the head size."""
+    axes = _shape_axes(g, node.input[0])
     if node.op_type == "Gather":
         idx = g.const(node.input[1])
-        return idx is not None and idx.size == 1 and int(idx.reshape(-1)[0]) in (-1, 3)
-    starts = g.const(node.input[1]) if len(node.input) > 1 else None
-    ends = g.const(node.input[2]) if len(node.input) > 2 else None
-    axes = g.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    if starts is None or ends is None or (axes is not None and axes.reshape(-1).tolist() != [0]):
-        return False
-    start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
-    return (start == -1 and end > 2**30) or (start == 3 and (end == 4 or end > 2**30))
+        if idx is None or idx.size != 1:
+            return False
+        pick = int(idx.reshape(-1)[0])
+    else:
+        starts = g.const(node.input[1]) if len(node.input) > 1 else None
+        ends = g.const(node.input[2]) if len(node.input) > 2 else None
+        slice_axes = g.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        if starts is None or ends is None or (slice_axes is not None and slice_axes.reshape(-1).tolist() != [0]):
+            return False
+        start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+        if not ((start == -1 and end > 2**30) or (start == 3 and (end == 4 or end > 2**30))):
+            return False
+        pick = start
+    if axes:  # through the Gather: which axis of x that element is
+        if not -len(axes) <= pick < len(axes):
+            return False
+        pick = axes[pick]
+    return pick in (-1, 3)
 
 
 def _is_fake_quant(g: Graph, node: onnx.NodeProto | None) -> bool:

@@ -87,7 +87,7 @@ def shrink(
         layer.report = {"layer": layer.report["layer"], **heads, **ffn, **{k: v for k, v in layer.report.items() if k != "layer"}}
     g.commit()
     g.prune_dead()
-    finalize(out)
+    finalize(out, source=model)
     report = {
         "source": source,
         "head_size": head_size,

@@ -1,6 +1,7 @@
-"""Zoo: int8 graphs from ONNX Runtime's quantization tools, made from the legacy fp32 BERT export:
-dynamic (QOperator: DynamicQuantizeLinear + MatMulInteger) and static QDQ (QuantizeLinear /
-DequantizeLinear around the weights and activations), each per-tensor and per-channel.
+"""Zoo: what ONNX Runtime's own tools make of the legacy fp32 BERT export: int8 graphs — dynamic
+(QOperator: DynamicQuantizeLinear + MatMulInteger) and static QDQ (QuantizeLinear / DequantizeLinear
+around the weights and activations), each per-tensor and per-channel, and static QOperator — and the
+graph an InferenceSession saves with optimized_model_filepath (LayerNormalization, BiasGelu, FusedGemm).
 Run by make_zoo.sh in /tmp/zoo-legacy (its pinned onnxruntime) after export_legacy.py."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from zoo_common import versions, write_meta
 
@@ -36,10 +38,25 @@ class Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
+def session_optimized(src: Path, meta: dict, vers: dict) -> None:
+    """Users save ORT's runtime-optimized graph to skip optimization at load time; EXTENDED is the
+    highest level ORT says is portable across machines."""
+    dst = OUT / "bert_legacy_op14_ort_extended.onnx"
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    fused = sorted({n.op_type for n in onnx.load(str(dst)).graph.node if n.domain == "com.microsoft"})
+    write_meta(dst, exporter=meta["exporter"] + " + InferenceSession(optimized_model_filepath, ORT_ENABLE_EXTENDED)",
+               versions=vers, fused=fused or False, int8=None, model_type="bert", head=meta["head"], num_heads=4, hidden=64,
+               external_data=False, attn_implementation=meta["attn_implementation"])
+
+
 def main():
     src = OUT / f"{SOURCE}.onnx"
     meta = json.loads(src.with_suffix(".json").read_text())
     vers = {**meta["versions"], **versions("onnxruntime")}
+    session_optimized(src, meta, vers)
     with tempfile.TemporaryDirectory() as tmp:
         clean = Path(tmp) / "clean.onnx"
         m = onnx.load(str(src))
