@@ -121,6 +121,11 @@ class Graph:
         self._const_cache[name] = value
         return value
 
+    def is_stored(self, name: str) -> bool:
+        """A constant stored as such (initializer or Constant node, through Identity), as opposed to one
+        computed from constants (a QDQ weight's DequantizeLinear)."""
+        return self._resolve(name) is not None
+
     def is_const(self, name: str) -> bool:
         return self._resolve(name) is not None or self._folded_qdq(name) is not None
 

@@ -79,6 +79,16 @@ def test_cli_shrink_report_on_a_fused_zoo_graph(tmp_path, capsys):
     assert data["fused_ops_before"]["Attention"] == 2 and data["fused_ops_after"]["Attention"] == 1
 
 
+@pytest.mark.parametrize("name", [n for n in zoo_check.entries() if n not in REFUSED])
+def test_whole_ffn_block_removed(name):
+    """Layer 1 loses its whole FFN (and one head): the block's output bias goes to the residual, also
+    when that is a SkipLayerNormalization (replaced by Add + LayerNormalization) or behind fake-quant."""
+    rec = zoo_check.check(name, "both", heads_of=lambda i, n: [0] if i == 1 else [],
+                          dims_of=lambda i, width: list(range(width)) if i == 1 else [])
+    assert rec["status"] == "pass", rec["message"]
+    assert rec["layers"][1] == (rec["meta"]["num_heads"] - 1, 0)
+
+
 def test_input_zeroed_structure_is_folded_not_dropped():
     """The fold is what makes input-zeroed removal exact: the dead heads' V biases and the dead dims'
     activations are nonzero in the zoo graphs (random biases), so the output bias must change."""

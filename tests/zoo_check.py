@@ -236,7 +236,7 @@ def shrink_fn():
     return shrink
 
 
-def check(name: str, side: str = "both", root: Path = ZOO) -> dict:
+def check(name: str, side: str = "both", root: Path = ZOO, heads_of=None, dims_of=None) -> dict:
     """Run the zoo check on one entry; returns a record (status 'pass', 'fail' or 'refused').
     side="input": only Q/K/V and W1 columns zeroed; fp32 graphs must fold the dead structure's bias
     contribution and remove it, int8 graphs may keep it (the fold would not be exact through the
@@ -247,7 +247,7 @@ def check(name: str, side: str = "both", root: Path = ZOO) -> dict:
     model = load(name, root)
     rec = {"name": name, "side": side, "meta": m, "fused_before": fused_counts(model)}
     try:
-        zeroed, n_zeroed, kept = zero_structure(model, m["hidden"], m["num_heads"], side)
+        zeroed, n_zeroed, kept = zero_structure(model, m["hidden"], m["num_heads"], side, heads_of, dims_of)
     except AssertionError as e:  # weights the harness cannot find (e.g. QLinearMatMul): surgery must refuse
         zeroed, n_zeroed, kept = model, 0, []
         rec["harness_note"] = str(e)
@@ -268,7 +268,7 @@ def check(name: str, side: str = "both", root: Path = ZOO) -> dict:
     if m.get("int8"):
         # The int8 graph's own rounding: how far it is from the fp32 graph it was made from (zeroed alike).
         src = load(m["source"], root)
-        src_zeroed, _, _ = zero_structure(src, m["hidden"], m["num_heads"], side)
+        src_zeroed, _, _ = zero_structure(src, m["hidden"], m["num_heads"], side, heads_of, dims_of)
         rec["tolerance"] = max(1e-4, max_diff(outputs(src_zeroed, batches), ref))
     rec["removed"] = elements(zeroed) - elements(small)
     rec["removed_fraction"] = rec["removed"] / n_zeroed

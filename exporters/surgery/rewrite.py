@@ -136,7 +136,7 @@ def _slice_const(g: Graph, node: onnx.NodeProto, i: int, index: np.ndarray, axis
     (DequantizeLinear of int8) is sliced in its int8 values, with its scale and zero point when they
     are per channel along that axis (per-tensor ones stay); a new DequantizeLinear reads the slices."""
     name = node.input[i]
-    dq = g.dequantized(name) if g._resolve(name) is None else None
+    dq = g.dequantized(name) if not g.is_stored(name) else None
     if dq is None:
         _replace_const(g, node, i, np.take(g.const(name), index, axis=axis), hint)
         return
