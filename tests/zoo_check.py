@@ -216,7 +216,7 @@ def elements(model: onnx.ModelProto) -> int:
     return sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
 
 
-FUSED = ("Attention", "QAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "EmbedLayerNormalization", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear")
+FUSED = ("Attention", "QAttention", "FusedMatMul", "SkipLayerNormalization", "BiasGelu", "FastGelu", "EmbedLayerNormalization", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear")
 
 
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:

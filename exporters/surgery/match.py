@@ -386,11 +386,15 @@ def _head_path(g: Graph, name: str, what: str, where: str, expect: list[int]) ->
 
 
 def _scores_matmul(g: Graph, name: str, depth: int = 0) -> onnx.NodeProto | None:
-    """MatMul(Q, K^T) feeding the Softmax through mask Add / scale Mul / Where / Cast, else None."""
+    """MatMul(Q, K^T) feeding the Softmax through mask Add / scale Mul / Where / Cast, else None. ORT's
+    saved graphs have com.microsoft FusedMatMul(Q, K, alpha, transB) there (MatMul + scale fused)."""
     node = g.producer.get(name)
     if node is None or depth > 6:
         return None
-    if node.op_type == "MatMul" and not g.is_const(node.input[0]) and not g.is_const(node.input[1]):
+    plain = node.op_type == "MatMul" or (
+        node.op_type == "FusedMatMul" and not node_attr(node, "transA", 0) and not node_attr(node, "transBatchA", 0)
+        and not node_attr(node, "transBatchB", 0))
+    if plain and not g.is_const(node.input[0]) and not g.is_const(node.input[1]):
         return node
     if node.op_type in _PASS_SCORES:
         for inp in node.input:
@@ -461,7 +465,9 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
         return None
     where = f"attention at {node_desc(softmax)}"
     q, q_reshape = _head_path(g, scores.input[0], "Q", where, Q_PERM)
-    k, k_reshape = _head_path(g, scores.input[1], "K", where, K_PERM)
+    # FusedMatMul(transB=1) transposes K itself: the graph then holds K in the Q layout
+    k_layout = Q_PERM if scores.op_type == "FusedMatMul" and node_attr(scores, "transB", 0) else K_PERM
+    k, k_reshape = _head_path(g, scores.input[1], "K", where, k_layout)
     probs, ctx = _follow_down(g, softmax.output[0], _PASS_PROBS)
     if ctx is None or ctx.op_type != "MatMul" or ctx.input[0] != probs:
         raise GraphPatternError(f"{where}: expected the probabilities to feed MatMul(P, V)")

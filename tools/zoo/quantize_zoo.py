@@ -38,10 +38,10 @@ class Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
-def session_optimized(src: Path, meta: dict, vers: dict) -> None:
+def session_optimized(src: Path, meta: dict, vers: dict, name: str = "bert_legacy_op14_ort_extended") -> None:
     """Users save ORT's runtime-optimized graph to skip optimization at load time; EXTENDED is the
     highest level ORT says is portable across machines."""
-    dst = OUT / "bert_legacy_op14_ort_extended.onnx"
+    dst = OUT / f"{name}.onnx"
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(dst)
@@ -57,6 +57,10 @@ def main():
     meta = json.loads(src.with_suffix(".json").read_text())
     vers = {**meta["versions"], **versions("onnxruntime")}
     session_optimized(src, meta, vers)
+    # eager attention (Div after MatMul(Q, K^T)): ORT fuses them into FusedMatMul(alpha, transB)
+    eager = OUT / "bert_legacy_op17_nott_eager.onnx"
+    eager_meta = json.loads(eager.with_suffix(".json").read_text())
+    session_optimized(eager, eager_meta, {**eager_meta["versions"], **versions("onnxruntime")}, "bert_legacy_op17_eager_ort_extended")
     with tempfile.TemporaryDirectory() as tmp:
         clean = Path(tmp) / "clean.onnx"
         m = onnx.load(str(src))
