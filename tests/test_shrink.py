@@ -214,6 +214,23 @@ def test_runtime_scale_factor_must_read_the_head_size(axis):
             shrink(model)
 
 
+def test_fused_matmul_with_transposed_k():
+    """ORT's saved graphs can hold the scores as com.microsoft FusedMatMul(Q, K, transB=1, alpha): K then
+    stays in the Q layout (the zoo's ORT graph has transB=0; this covers the other form)."""
+    model = build_encoder(layers=1, dead_heads={0: [0, 2]})
+    kt = next(n for n in model.graph.node if n.name == "l0.kt")
+    kt.attribute[0].ints[:] = [0, 2, 1, 3]
+    qk = next(n for n in model.graph.node if n.name == "l0.qk")
+    qk.op_type, qk.domain = "FusedMatMul", "com.microsoft"
+    qk.attribute.extend([helper.make_attribute("transB", 1), helper.make_attribute("alpha", 1.0)])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    small, report = shrink(model, sample_inputs=float_feeds(), atol=1e-5)
+    assert report["layers"][0]["heads_kept"] == [1, 3] and report["max_abs_diff"] < 1e-5
+    kt.attribute[0].ints[:] = [0, 2, 3, 1]  # K transposed twice: not attention heads any more
+    with pytest.raises(GraphPatternError, match=r"K heads are transposed with \[0, 2, 3, 1\], expected \[0, 2, 1, 3\]"):
+        shrink(model)
+
+
 # ------------------------------------------------------------------------------------ real exports
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
