@@ -6,19 +6,17 @@ fields, `train` and `distill` nest inside it); it is saved into the output as re
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from compress.core.artifacts import atomic_dir, read_compression_json, write_json
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, from_dict
 from compress.core.errors import InvalidConfigError
-from compress.training.driver import DataArgs
 
 console = Console()
 
@@ -59,7 +57,7 @@ class RunConfig:
             else:
                 data = json.loads(text)
         except Exception as e:
-            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from None
+            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from e
         prune = data.pop("prune", None)
         cfg = from_dict(cls, data)
         if prune is not None:
@@ -83,6 +81,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     if dense_src is None:
         raise InvalidConfigError("give --teacher (a fine-tuned model, also the dense baseline) or --model")
     cfg.prune.validate()
+    target, cfg = _speed_target(cfg)
     if cfg.fill_steps < 0 or (cfg.fill_steps and cfg.prune.method == "hybrid-filled"):
         raise InvalidConfigError("--fill-steps must be >= 0 and follows a pruning method other than hybrid-filled")
     timings = {}
@@ -91,18 +90,19 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         # 1. prune
         console.rule("[bold]1/5 prune")
         t = time.time()
-        cfg.prune.train.output_dir = str(tmp / "pruned")
-        cfg.prune.train.overwrite = True
-        prune(cfg.prune, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student)
+        # Copies: the caller's config stays as given (it is what recipe.json and summary.json record).
+        prune_cfg = replace(cfg.prune, train=replace(cfg.prune.train, overwrite=True))
+        prune(prune_cfg, DataConfig(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
         pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
         if cfg.fill_steps:
             console.rule("[bold]1b/5 fill (hybrid-filled)")
             t = time.time()
-            fill = copy.deepcopy(cfg.prune)
-            fill.method, fill.source, fill.lambda_reg, fill.sparsity = "hybrid-filled", str(pruned), None, None
-            fill.train.max_steps, fill.train.output_dir = cfg.fill_steps, str(tmp / "filled")
-            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir))
+            # The structure is frozen from here: the speed target was the pruning step's.
+            fill = replace(prune_cfg, method="hybrid-filled", source=str(pruned), lambda_reg=None, sparsity=None,
+                           target_speedup=None, target_latency_ms=None, target_flops=None,
+                           train=replace(prune_cfg.train, max_steps=cfg.fill_steps))
+            prune(fill, DataConfig(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
             pruned = tmp / "filled"
             timings["fill"] = time.time() - t
         info = read_compression_json(pruned)  # what was written, geometry and checksums included
@@ -111,7 +111,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         onnx_dir = tmp / "onnx"
         models = {
-            "dense fp32": export_checkpoint(dense_src, onnx_dir / "dense", optimize=cfg.optimize).path,
+            "dense fp32": export_checkpoint(dense_src, onnx_dir / "dense", shrink=False, optimize=cfg.optimize).path,
             "pruned fp32": (pr := export_checkpoint(pruned, onnx_dir / "pruned", shrink=True, optimize=cfg.optimize)).path,
         }
         shrink_report = pr.shrink
@@ -139,16 +139,53 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
         rows = _rows(models, metrics, latency, info, cfg)
+        for row in rows:  # paths inside the run folder, valid once the temporary folder is renamed
+            row["path"] = str(Path(row["path"]).relative_to(tmp))
+        speed = _speed_summary(read_compression_json(tmp / "pruned"), latency, cfg) if target else None
         timings["total"] = time.time() - t_start
         summary = {"recipe": asdict(cfg), "rows": rows, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
                    "shrink": shrink_report, "layers": info["layers"], "geometry": info.get("geometry"),
                    "pruning": {"sparsity": info["sparsity"]["encoder_linear"], "params": info["params"],
                                "seconds_per_step": info["training"]["seconds_per_step"]}}
+        if speed:
+            summary["speed"] = speed
         write_json(tmp / "summary.json", summary)
         write_report(tmp, summary, pruned, others=known_runs(out))
     print_table(rows)
     console.print(f"report: {out / 'report.md'}  ({timings['total'] / 60:.1f} min)")
     return summary
+
+
+def _speed_target(cfg: RunConfig):
+    """(the prune step's speed target, the config to run): with a latency target the benchmark also runs
+    at its deploy shape and threads, so the measured speedup is the one that was asked for. A copy: the
+    caller's config is not changed."""
+    from compress.speed.budgeted import deploy_from, target_from
+
+    target = target_from(cfg.prune)
+    if target is None or target.kind == "flops":
+        return target, cfg
+    d = deploy_from(cfg.prune)
+    if d.seq != cfg.bench_seq_len:
+        console.print(f"benchmark sequence length set to the deploy shape's {d.seq} (was {cfg.bench_seq_len})")
+    return target, replace(cfg, bench_batch_sizes=sorted({*cfg.bench_batch_sizes, d.batch}), bench_seq_len=d.seq,
+                           bench_threads=d.threads or cfg.bench_threads)
+
+
+def _speed_summary(pruned_info: dict, latency: dict, cfg: RunConfig) -> dict:
+    """Requested vs predicted (latency table) vs measured (this run's benchmark) speedup over dense fp32."""
+    sp = dict(pruned_info["speed"])
+    sp.pop("table", None)
+    p = cfg.prune
+    if sp["unit"] == "ms":
+        from compress.speed.latency import parse_shape
+
+        b, _ = parse_shape(p.deploy_shape)
+        name = f"pruned {p.deploy}"
+        if name in latency:
+            sp["measured_speedup"] = round(latency["dense fp32"][b] / latency[name][b], 3)
+            sp["measured_at"] = f"batch {b} x seq {cfg.bench_seq_len}, {name} vs dense fp32, compress bench in this run"
+    return sp
 
 
 def bench_models(models: dict, cfg: RunConfig) -> dict:
@@ -247,6 +284,18 @@ def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[
               f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
               "measured in the same run.", "",
               "| layer | heads kept | FFN dims kept |", "|---|---|---|"]
+    sp = summary.get("speed")
+    if sp:  # one line above the layer table: requested, predicted by the table, measured in this run
+        from compress.training.checkpoint import _target_text
+
+        asked = _target_text(sp)
+        where = sp.get("deploy")
+        text = (f"Speed target {asked}" + (f" ({where['precision']} {where['shape']}, {where['threads']} threads, {where['provider']})"
+                                           if where else "") + f": predicted {sp['predicted_speedup']:.2f}x by the latency table"
+                + (f", measured {sp['measured_speedup']:.2f}x ({sp['measured_at']})" if "measured_speedup" in sp else "")
+                + " (speedups over dense fp32).")
+        at = lines.index("| layer | heads kept | FFN dims kept |")
+        lines[at:at] = [text, ""]
     geo = summary["geometry"]
     for i, l in enumerate(summary["layers"]):
         lines.append(f"| {i} | {len(l['heads_kept'])}/{geo['num_heads']} | {len(l['ffn_dims_kept'])}/{geo['intermediate_size']} |")

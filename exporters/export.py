@@ -1,7 +1,7 @@
 """Export a Hugging Face encoder checkpoint to ONNX and prove the graph computes what PyTorch does.
 
 Plain functions, one small table per concern (tasks, inputs), no registry:
-  export_checkpoint(...) -> ExportResult   full report (used by the CLI)
+  export_checkpoint(...) -> ExportReport   full report (used by the CLI)
   export_onnx(...) -> Path                 the same, returning DIR/model.onnx
 
 Choices, and why:
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Files a tokenizer may consist of; copied byte for byte so the ONNX directory is self-contained.
 @dataclass
-class ExportResult:
+class ExportReport:
     path: Path
     task: str
     exporter: str
@@ -83,7 +83,7 @@ def load_for_task(checkpoint_dir: str | Path, task: str):
             warnings.simplefilter("ignore")
             model, info = cls.from_pretrained(str(checkpoint_dir), attn_implementation="eager", output_loading_info=True)
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot load {checkpoint_dir} as a {task} model: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"cannot load {checkpoint_dir} as a {task} model: {str(e).splitlines()[0]}") from e
     # Buffers, and for feature extraction the pooler (its output is not exported), may be missing.
     ignorable = ("position_ids",) + (("pooler.",) if task == "feature-extraction" else ())
     missing = [k for k in info.get("missing_keys", []) if not any(s in k for s in ignorable)]
@@ -240,7 +240,7 @@ def export_checkpoint(
     exporter: str = "torchscript",
     shrink: bool | None = None,
     optimize: bool = False,
-) -> ExportResult:
+) -> ExportReport:
     """Checkpoint dir -> output_dir/{model.onnx, config.json, tokenizer files, compression.json}.
 
     shrink: cut the dead heads / FFN dims (from compression.json, else zero weights) so model.onnx is
@@ -279,7 +279,7 @@ def export_checkpoint(
         opset_used = next((o.version for o in dense.opset_import if o.domain in ("", "ai.onnx")), opset)
         batches = sample_inputs(input_names, tokenizer, getattr(config, "vocab_size", 100), max_sequence(config))
         validation = validate_against_torch(dense, model, task, input_names, batches, atol) if validate else {}
-        result = ExportResult(Path(output_dir) / MODEL_FILE, task, used, input_names, output_names, validation, notes=notes, opset=opset_used)
+        result = ExportReport(Path(output_dir) / MODEL_FILE, task, used, input_names, output_names, validation, notes=notes, opset=opset_used)
 
         final = dense
         if shrink is None:
@@ -375,4 +375,4 @@ def export_onnx(
     return export_checkpoint(checkpoint_dir, output_dir, task, overwrite, opset, validate, **kwargs).path
 
 
-__all__ = ["TASKS", "ExportResult", "export_checkpoint", "export_onnx", "infer_task", "load_tokenizer", "sample_inputs"]
+__all__ = ["TASKS", "ExportReport", "export_checkpoint", "export_onnx", "infer_task", "load_tokenizer", "sample_inputs"]

@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 import helpers as h
 from compress.core.config import DistillConfig, PruneConfig, TrainConfig
-from compress.training.driver import DataArgs, prune
+from compress.core.config import DataConfig
+from compress.training.driver import prune
 from compress.training.loop import checkpoint_dir
 
 
@@ -21,22 +22,22 @@ class Crash(TrainerCallback):
 
 def _cfg(tmp, out, resume=False):
     return PruneConfig(method="movement", sparsity=0.6, distill=DistillConfig(teacher=str(tmp / "base")),
-                       train=TrainConfig(output_dir=str(tmp / out), max_steps=10, batch_size=8, save_steps=3,
+                       train=TrainConfig(max_steps=10, batch_size=8, save_steps=3,
                                          progress=False, logging_steps=1000, resume=resume))
 
 
 def test_resume_matches_uninterrupted(tmp_path):
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=48, n_dev=16)
     h.save_checkpoint(h.tiny_model("bert"), tmp_path / "base")
-    data = DataArgs(task="sst2", data_dir=str(tmp_path / "data"))
-    full = prune(_cfg(tmp_path, "full"), data, str(tmp_path / "base"))
+    data = DataConfig(task="sst2", data_dir=str(tmp_path / "data"))
+    full = prune(_cfg(tmp_path, "full"), data, str(tmp_path / "base"), output=tmp_path / "full")
 
     with pytest.raises(KeyboardInterrupt):
-        prune(_cfg(tmp_path, "resumed"), data, str(tmp_path / "base"), callbacks=[Crash()])
+        prune(_cfg(tmp_path, "resumed"), data, str(tmp_path / "base"), output=tmp_path / "resumed", callbacks=[Crash()])
     assert not (tmp_path / "resumed").exists()  # nothing that looks complete was written
     assert (checkpoint_dir(tmp_path / "resumed") / "checkpoint-6").is_dir()
 
-    resumed = prune(_cfg(tmp_path, "resumed", resume=True), data, str(tmp_path / "base"))
+    resumed = prune(_cfg(tmp_path, "resumed", resume=True), data, str(tmp_path / "base"), output=tmp_path / "resumed")
     assert resumed["layers"] == full["layers"]
     assert resumed["metrics"] == pytest.approx(full["metrics"], abs=1e-6)
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")

@@ -24,6 +24,7 @@ VERB_MODULES = (
     "shrink",
     "quantize",
     "bench",
+    "latency_table",
     "run",
     "mask",
 )

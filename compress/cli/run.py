@@ -1,6 +1,11 @@
 import argparse
 
 
+# The speed-target and deployment fields of PruneConfig that `compress run` takes as flags.
+TARGET_FIELDS = ("target_speedup", "target_latency_ms", "target_flops", "deploy", "deploy_shape", "deploy_threads",
+                 "deploy_provider", "measure_speed", "ffn_block")
+
+
 def register(sub):
     p = sub.add_parser("run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report")
     p.add_argument("--recipe", help="YAML or JSON recipe (RunConfig keys); flags below override it")
@@ -17,6 +22,11 @@ def register(sub):
     p.add_argument("--no-quantize", action="store_true")
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
                    help="ORT transformer fusions on the exported graphs (default: from the recipe)")
+    from compress.cli.flags import add_config_args
+    from compress.core.config import PruneConfig
+
+    add_config_args(p, PruneConfig, only=TARGET_FIELDS,
+                    title="speed target (struct, hybrid): the final structure meets it, no --lambda needed")
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
@@ -37,6 +47,15 @@ def run(a):
         cfg.prune.method = a.method
         if not get_method(a.method).regularised:  # the recipe's default lambda belongs to soft methods
             cfg.prune.lambda_reg = None
+    from compress.cli.flags import given_fields
+    from compress.core.config import PruneConfig
+
+    targets = given_fields(PruneConfig, a, only=TARGET_FIELDS)
+    if any(k.startswith("target_") for k in targets):
+        # A target replaces the recipe's lambda: the structure is chosen to meet it (struct or hybrid).
+        cfg.prune.lambda_reg = None
+    for k, v in targets.items():
+        setattr(cfg.prune, k, v)
     if a.lambda_reg is not None:
         cfg.prune.lambda_reg = a.lambda_reg
     if a.sparsity is not None:

@@ -95,7 +95,7 @@ def read_compression_json(directory: str | os.PathLike, verify: bool = True) -> 
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{p} is not valid JSON ({e}); re-run the step that wrote it") from None
+        raise ArtifactError(f"{p} is not valid JSON ({e}); re-run the step that wrote it") from e
     if data.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{p} has format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
     if verify:

@@ -15,8 +15,8 @@ Pre-processing matters more than the recipe for graphs coming from other tools:
   weight_name=..."; ORT's symbolic shape inference knows those ops, so it is run on such graphs.
 Together these make export -> shrink -> (optional fusion) -> quantize work in one chain.
 
-Defaults follow benchmarks/results/quantize.md (MiniLM-L6 SST-2, ORT 1.31, AVX512-VNNI CPU): dynamic,
-per-tensor, no reduce_range (-2.9 points on VNNI CPUs, which do not need it), no fusion (the fused
+Defaults follow benchmarks/results/quantize.md (MiniLM-L6 SST-2, ORT 1.31-1.32): dynamic,
+per-channel weight scales (see QuantizeConfig.per_channel), no reduce_range (-2.9 points on VNNI CPUs, which do not need it), no fusion (the fused
 QAttention graph was slower), attention score MatMuls left fp32 (quantizing them cost 0.5 point and
 gained nothing), classifier kept fp32 (free, and a guard for small heads).
 """
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.core.config import arg
 from compress.core.artifacts import COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, record_checksums, write_json
 from compress.core.errors import CompressError, DataError, GraphPatternError, InvalidConfigError
 from compress.ort.evaluate import iter_batches, output_index, read_pad_id
@@ -63,24 +64,32 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 @dataclass
 class QuantizeConfig:
-    mode: str = "dynamic"  # "dynamic" | "static"
-    format: str = "qoperator"  # "qoperator" | "qdq"; dynamic quantization always emits QOperator ops
+    mode: str = arg("dynamic", "dynamic: activation ranges at run time, no data needed; static: calibrated",
+                    choices=["dynamic", "static"])
+    format: str = arg("qoperator", "static only: integer ops (QLinearMatMul) or QuantizeLinear/DequantizeLinear pairs "
+                      "(dynamic quantization always emits QOperator ops)", choices=["qoperator", "qdq"])
     # One scale per output channel of each weight. Default since it held accuracy on both CPUs measured:
     # on AVX2 without VNNI (where ORT's u8*s8 kernels can saturate) the SST-2 teacher lost 0.46 points
     # per-tensor and 0.00 per-channel (benchmarks/results/quantize.md), three pruned frontier graphs
     # -0.34..0.00 vs +0.12..+0.46 (int8_side_checks.md); on AVX-512 VNNI -0.23 vs -0.35. Same speed.
-    per_channel: bool = True
-    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI where u8*s8 sums can saturate
-    keep_fp32: tuple[str, ...] = (CLASSIFIER,)  # node-name globs, op types, or the `classifier` keyword
-    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
-    optimize: bool = False  # ORT transformer fusion (Attention, SkipLayerNorm, ...) before quantizing
-    # (works on shrunk graphs: per-layer head counts are made explicit first; result checked numerically)
-    calibration_method: str = "minmax"  # static only
-    num_samples: int = 128  # static only: calibration sentences
-    symmetric_activations: bool = False  # static only
+    per_channel: bool = arg(True, "one weight scale per output channel (--no-per-channel or --per-tensor: one per "
+                            "matrix)")
+    reduce_range: bool = arg(False, "7-bit weights: only for CPUs without VNNI where u8*s8 sums can saturate (costs "
+                             "accuracy; see benchmarks/results/quantize.md)")
+    keep_fp32: tuple[str, ...] = arg((CLASSIFIER,), f"nodes left in fp32: op types, node-name globs/substrings, or "
+                                     f"{CLASSIFIER!r} (the final MatMul before the logits). Pass the flag alone to "
+                                     "quantize everything", metavar="PATTERN")
+    op_types: tuple[str, ...] = arg(DEFAULT_OP_TYPES, "op types to quantize", metavar="OP")
+    optimize: bool = arg(False, "fuse with ORT's transformer optimizer (Attention, ...) before quantizing; kept only "
+                         "if it matches the unfused graph numerically. On CPU the fused int8 graph (QAttention) measured "
+                         "slower (benchmarks/results/quantize.md)")
+    calibration_method: str = arg("minmax", "static only: how activation ranges are calibrated",
+                                  choices=list(CALIBRATION_METHODS))
+    num_samples: int = arg(128, "static only: calibration sentences")
+    symmetric_activations: bool = arg(False, "static only: symmetric activation ranges")
     # Quantize only MatMuls with a constant weight. False also quantizes the attention products
     # (Q K^T, P V): optimum's default; measured slower and less accurate here (bench_quantize).
-    const_b_only: bool = True
+    const_b_only: bool = arg(True, "quantize only MatMuls with a constant weight (not the attention products)")
 
     def validate(self) -> None:
         if self.mode not in ("dynamic", "static"):
@@ -98,7 +107,7 @@ class QuantizeConfig:
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeReport:
     output: Path
     size_before: int
     size_after: int
@@ -136,7 +145,7 @@ def prepare_graph(model):
         raise GraphPatternError(
             f"shape inference failed on this graph's fused (com.microsoft) ops ({first_line(e)}); "
             "quantize the graph before running ORT's optimizer on it, or quantize without --optimize"
-        ) from None
+        ) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +269,7 @@ def _logits(path: Path, feeds: dict, threads: int | None) -> np.ndarray:
     try:
         return session.run(None, feeds)[output_index(session)]
     except Exception as e:  # ORT kernel errors (bad shapes, out-of-range indices) on this graph
-        raise GraphPatternError(f"ONNX Runtime cannot run {path.name}: {first_line(e)}") from None
+        raise GraphPatternError(f"ONNX Runtime cannot run {path.name}: {first_line(e)}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +310,7 @@ def _run_ort_quantizer(src: Path, dst: Path, config: QuantizeConfig, exclude: li
         raise GraphPatternError(
             f"ONNX Runtime could not quantize this graph ({e.__class__.__name__}: {first_line(e)}); "
             "try --keep-fp32 on the failing node, or quantize before running other graph optimizers"
-        ) from None
+        ) from e
 
 
 def quantize_onnx(
@@ -314,7 +323,7 @@ def quantize_onnx(
     overwrite: bool = False,
     threads: int | None = None,
     eval_batch_size: int = 32,
-) -> QuantizeResult:
+) -> QuantizeReport:
     """Quantize `model_path` (a .onnx file or a dir with model.onnx) into `output`.
 
     `output` ending in .onnx is a file (sidecars copied next to it when missing there); anything else
@@ -374,7 +383,7 @@ def quantize_onnx(
         feeds = random_feeds(graph_inputs(qmodel), vocab_size(model, src_dir))
         diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
 
-        result = QuantizeResult(
+        result = QuantizeReport(
             output=out if as_file else out / MODEL_FILE, size_before=src.stat().st_size,
             size_after=quantized.stat().st_size, config=asdict(config), kept_fp32=exclude, op_counts=ops,
             fusion=fusion, max_abs_diff=diff, warnings=warnings,
@@ -425,7 +434,7 @@ def _copy_sidecars(src_dir: Path, dst_dir: Path, replace: bool) -> list[str]:
     return copied
 
 
-def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, result: QuantizeResult) -> None:
+def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, result: QuantizeReport) -> None:
     """Carry compression.json over with a `quantization` section and checksums of the new files."""
     from compress.core.artifacts import read_compression_json
 
@@ -441,7 +450,7 @@ def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, resu
     write_json(dst_dir / COMPRESSION_JSON, data)
 
 
-def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeResult) -> None:
+def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeReport) -> None:
     if as_file:
         with atomic_file(out) as tmp:
             shutil.copyfile(quantized, tmp)

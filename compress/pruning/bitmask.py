@@ -65,7 +65,7 @@ def apply_bitmask(backbone, path: str | Path):
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except Exception as e:
-        raise ArtifactError(f"cannot read bit-mask file {path} ({str(e).splitlines()[0]}); it may be truncated") from None
+        raise ArtifactError(f"cannot read bit-mask file {path} ({str(e).splitlines()[0]}); it may be truncated") from e
     if meta.get("format") != "compress-bitmask-1":
         raise ArtifactError(f"{path} is not a compress bit-mask file")
     shapes = json.loads(meta["shapes"])

@@ -13,7 +13,7 @@ from typing import Callable
 
 from compress.core.config import PruneConfig
 from compress.core.errors import InvalidConfigError
-from compress.pruning.masks import Group, Layout
+from compress.pruning.masks import Binarizer, Group, Layout
 from compress.core.structure import ATTN_ROLES, FFN_ROLES, geometry, layer_linears
 
 
@@ -22,7 +22,7 @@ class Method:
     name: str
     help: str
     build: Callable  # (model, PruneConfig) -> list[Group]
-    binarizer: str  # "magnitude" | "topk" | "threshold" | "smp-s" | "fixed"
+    binarizer: Binarizer
     train_weights: bool = True  # False: SMP, encoder weights frozen
     default_sparsity: float | None = None  # top-k methods: target fraction of zeros
     default_lambda: float | None = None  # soft methods: final regularisation weight
@@ -31,17 +31,17 @@ class Method:
 
     @property
     def targets_sparsity(self) -> bool:
-        return self.binarizer in ("magnitude", "topk", "smp-s")
+        return self.binarizer.top_k
 
     @property
     def regularised(self) -> bool:
-        return self.binarizer in ("threshold", "smp-s")
+        return self.binarizer.regularised
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, help: str, binarizer: str, **kw):
+def register(name: str, help: str, binarizer: Binarizer, **kw):
     def deco(fn):
         METHODS[name] = Method(name=name, help=help, build=fn, binarizer=binarizer, **kw)
         return fn
@@ -100,58 +100,58 @@ def _struct_groups(model, cfg: PruneConfig) -> list[Group]:
 
 # ------------------------------------------------------------------ Block Pruning paper, Table 1
 @register("magnitude", "gradual magnitude pruning baseline: keep the largest |W| per matrix, cubic schedule",
-          "magnitude", default_sparsity=0.5)
+          Binarizer.MAGNITUDE, default_sparsity=0.5)
 def magnitude(model, cfg):
     return _unstructured(model, cfg)
 
 
 @register("movement", "movement pruning (Sanh et al.): hard top-k of learned scores per matrix, weights fine-tuned",
-          "topk", default_sparsity=0.5)
+          Binarizer.TOPK, default_sparsity=0.5)
 def movement(model, cfg):
     return _unstructured(model, cfg)
 
 
 @register("soft-movement", "soft movement: mask = sigmoid(S) > tau (STE), loss + lambda * mean sigmoid(S); sparsity set by lambda",
-          "threshold", default_lambda=1.0)
+          Binarizer.THRESHOLD, default_lambda=1.0)
 def soft_movement(model, cfg):
     return _unstructured(model, cfg)
 
 
 @register("block", "soft movement on square N x N blocks (--block-size) of every encoder linear",
-          "threshold", default_lambda=1.0)
+          Binarizer.THRESHOLD, default_lambda=1.0)
 def block(model, cfg):
     n = cfg.block_size
     return _per_matrix(model, lambda role: Layout("block", n, n))
 
 
 @register("hybrid", "32x32 blocks on attention Q/K/V/O + FFN Dim (row of W1 and column of W2 share a score); "
-          "the paper's main method (use --teacher; without it this is Hybrid NT)", "threshold", default_lambda=1.0)
+          "the paper's main method (use --teacher; without it this is Hybrid NT)", Binarizer.THRESHOLD, default_lambda=1.0)
 def hybrid(model, cfg):
     return _hybrid_groups(model, cfg)
 
 
 @register("struct", "one score per attention head across Q/K/V/O + FFN Dim: removes whole heads directly",
-          "threshold", default_lambda=1.0)
+          Binarizer.THRESHOLD, default_lambda=1.0)
 def struct(model, cfg):
     return _struct_groups(model, cfg)
 
 
 @register("hybrid-filled", "takes a hybrid result (--source), re-initialises zeroed weights inside surviving heads "
           "and fine-tunes with the heads/FFN-dim structure frozen: same speed, better accuracy",
-          "fixed", needs_source=True)
+          Binarizer.FIXED, needs_source=True)
 def hybrid_filled(model, cfg):
     return _struct_groups(model, cfg)
 
 
 # ------------------------------------------------------------------ Static Model Pruning
 @register("smp-l", "SMP-L: encoder weights frozen, only mask scores (+ classifier) train; top-k per matrix at one keep ratio",
-          "topk", train_weights=False, default_sparsity=0.5, score_lr=2e-2)
+          Binarizer.TOPK, train_weights=False, default_sparsity=0.5, score_lr=2e-2)
 def smp_l(model, cfg):
     return _unstructured(model, cfg)
 
 
 @register("smp-s", "SMP-S: frozen weights, per-layer budgets from mean sigmoid(S) per matrix type, "
-          "regulariser lambda * mean sigmoid(S)", "smp-s", train_weights=False, default_sparsity=0.5,
+          "regulariser lambda * mean sigmoid(S)", Binarizer.SMP_S, train_weights=False, default_sparsity=0.5,
           default_lambda=1.0, score_lr=2e-2)
 def smp_s(model, cfg):
     return _unstructured(model, cfg)

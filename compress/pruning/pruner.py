@@ -15,19 +15,26 @@ from compress.pruning.schedule import cubic
 
 
 class Pruner(nn.Module):
-    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None):
+    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None,
+                 budget=None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.groups = method.build(model, cfg)
         self.sparsity = cfg.sparsity if cfg.sparsity is not None else (method.default_sparsity or 0.0)
         self.lam_final = cfg.lambda_reg if cfg.lambda_reg is not None else (method.default_lambda or 0.0)
+        # With a speed target the structure comes from a budget solver over the scores, not from a
+        # threshold: no regulariser, and the budget follows the cubic schedule. `budget` is a callable
+        # groups -> object with masks(scores) (compress.speed.budgeted.StructureBudget, built by the driver).
+        self.budget = budget(self.groups) if budget is not None else None
+        if self.budget is not None:
+            self.lam_final = 0.0
         self.scores = nn.ParameterDict()
-        if method.binarizer in ("topk", "threshold", "smp-s"):
+        if method.binarizer.learned:
             for g in self.groups:
                 self.scores[_key(g.name)] = nn.Parameter(_initial_scores(g, method.binarizer, cfg.score_init))
         for g in self.groups:
-            if method.binarizer == "fixed":
+            if method.binarizer is M.Binarizer.FIXED:
                 self.register_buffer(f"fixed_{_key(g.name)}", fixed_masks[g.name].float().clone())
         # Schedule state (derived from the step, so a resumed run recomputes it exactly).
         self.keep = 1.0
@@ -43,6 +50,8 @@ class Pruner(nn.Module):
         self.keep = ramp(1.0, 1.0 - self.sparsity)
         self.tau = ramp(0.0, c.tau)
         self.lam = ramp(0.0, self.lam_final)
+        if self.budget is not None:
+            self.budget.set_level(ramp(self.budget.start, self.budget.plan.budget))
         self.invalidate()
 
     def finalize(self) -> None:
@@ -62,21 +71,25 @@ class Pruner(nn.Module):
         return self._cache[name]
 
     def _compute_all(self) -> None:
+        if self.budget is not None:
+            self._cache.update(self.budget.masks(self.scores))
+            return
+        B = M.Binarizer
         b = self.method.binarizer
-        if b == "smp-s":
+        if b is B.SMP_S:
             ratios = self._smp_s_ratios()
         for g in self.groups:
             k = _key(g.name)
-            if b == "magnitude":
+            if b is B.MAGNITUDE:
                 w = _raw_weight(g.members[0][0])
                 m = M.topk_mask(w.detach().abs(), self.keep)
-            elif b == "topk":
+            elif b is B.TOPK:
                 m = M.topk_ste(self.scores[k], self.keep)
-            elif b == "threshold":
+            elif b is B.THRESHOLD:
                 m = M.threshold_ste(self.scores[k], self.tau)
-            elif b == "smp-s":
+            elif b is B.SMP_S:
                 m = M.topk_ste(self.scores[k], ratios[g.name])
-            else:  # fixed
+            else:  # B.FIXED
                 m = getattr(self, f"fixed_{k}")
             self._cache[g.name] = m
 
@@ -121,10 +134,14 @@ class Pruner(nn.Module):
                 n = shape[0] * shape[1]
                 total += n
                 zeros += n - float(full.sum()) * (n / full.numel())
-        return {"mask_sparsity": zeros / max(total, 1), "keep": self.keep, "tau": self.tau, "lambda": self.lam}
+        out = {"mask_sparsity": zeros / max(total, 1), "keep": self.keep, "tau": self.tau, "lambda": self.lam}
+        if self.budget is not None:
+            out["budget"] = self.budget.level
+            out["predicted"] = self.budget.last.predicted if self.budget.last else float("nan")
+        return out
 
 
-def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor:
+def _initial_scores(g, binarizer: M.Binarizer, init: float | str | None) -> torch.Tensor:
     """Initial mask scores of one group.
 
     Top-k scores per weight start at |W| / mean|W| of their matrix ("magnitude", the default) unless a
@@ -137,7 +154,7 @@ def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor
     is 1[sigmoid(S) > tau] and tau ramps up from 0, so they never start random.
     """
     linear, layout = g.members[0]
-    if binarizer not in ("topk", "smp-s") or layout.kind != "full":
+    if binarizer not in (M.Binarizer.TOPK, M.Binarizer.SMP_S) or layout.kind != "full":
         return torch.full(g.score_shape, float(init) if isinstance(init, (int, float)) else 0.0)
     w = linear.weight.detach().abs()
     relative = (w / w.mean().clamp_min(1e-12)).float()

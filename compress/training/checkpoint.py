@@ -63,6 +63,15 @@ def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = F
     return Path(output_dir)
 
 
+def _target_text(sp: dict) -> str:
+    t = sp["target"]
+    if t["kind"] == "speedup":
+        return f"{t['speedup']:g}x faster than dense"
+    if t["kind"] == "latency":
+        return f"{t['latency_ms']:g} ms"
+    return f"{t['flops_fraction']:g} of dense FLOPs"
+
+
 def model_card(d: dict) -> str:
     geo = d["geometry"]
     lines = [f"# {d.get('method', 'model')} — compressed with compress {d['versions']['compress']}", ""]
@@ -82,6 +91,15 @@ def model_card(d: dict) -> str:
                      f"{params['encoder_linear_after_removal']:,} |")
     for k, v in (d.get("metrics") or {}).items():
         lines.append(f"| dev {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    sp = d.get("speed")
+    if sp:
+        lines.append(f"| speed target | {_target_text(sp)} |")
+        where = sp.get("deploy")
+        on = (f" ({where['precision']} {where['shape']}, {where['threads']} threads, {where['provider']}; "
+              f"vs dense fp32)") if where else " (FLOPs)"
+        lines.append(f"| predicted speedup{on} | {sp['predicted_speedup']:.2f}x |")
+        if sp.get("measured"):
+            lines.append(f"| measured speedup (shrunk ONNX graph vs dense export, ORT) | {sp['measured']['speedup']:.2f}x |")
     if d.get("layers"):
         lines += ["", "| layer | heads kept | FFN dims kept |", "|---|---|---|"]
         for i, l in enumerate(d["layers"]):

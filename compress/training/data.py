@@ -96,7 +96,7 @@ def _read_any(path: str | Path) -> dict[str, list]:
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files
-        raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
     if len(ds) == 0:
         raise DataError(f"data file {path} is empty")
     return ds.to_dict()
@@ -113,7 +113,7 @@ def _from_hub(spec: DatasetSpec) -> tuple[dict, dict]:
     try:
         ds = datasets.load_dataset(*spec.hub)
     except Exception as e:
-        raise DataError(f"could not load {spec.hub} from the hub ({e.__class__.__name__}); pass --data-dir") from None
+        raise DataError(f"could not load {spec.hub} from the hub ({e.__class__.__name__}); pass --data-dir") from e
     rename = spec.hub_columns or {}
     conv = lambda split: {rename.get(k, k): v for k, v in ds[split].to_dict().items()}  # noqa: E731
     return conv("train"), conv("validation")
@@ -128,14 +128,14 @@ def _check_columns(cols: dict, needed: list[str], where: str) -> None:
 def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int, where: str) -> tuple[list[int], list[str] | None]:
     try:
         ids = [int(v) for v in values]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as e:
         # String labels: map them to ids in sorted order (recorded as label names).
         if label_names is None:
             label_names = sorted({str(v) for v in values})
         index = {n: i for i, n in enumerate(label_names)}
         unknown = sorted({str(v) for v in values} - set(index))
         if unknown:
-            raise DataError(f"{where} has labels {unknown[:5]} not seen in training; fix the data") from None
+            raise DataError(f"{where} has labels {unknown[:5]} not seen in training; fix the data") from e
         ids = [index[str(v)] for v in values]
     bad = sorted({i for i in ids if not 0 <= i < num_labels})
     if bad:

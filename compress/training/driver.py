@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import os
+from dataclasses import replace
 
 import torch
 
 from compress.core.artifacts import check_output_dir, read_compression_json
 from compress.training.checkpoint import save_model_dir
-from compress.core.config import PruneConfig, TrainConfig
+from compress.core.config import DataConfig, PruneConfig, TrainConfig
 from compress.training.data import TaskData, compute_metrics, load_task_data
 from compress.core.errors import InvalidConfigError
 from compress.pruning.masks import bake
@@ -26,19 +27,7 @@ SMP_NOTE = ("Static Model Pruning here trains the mask scores plus a fresh class
             "MLM head, which this model does not have).")
 
 
-@dataclass
-class DataArgs:
-    task: str | None = "sst2"
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    num_labels: int | None = None
-
-
-def _load_data(data: DataArgs, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
+def _load_data(data: DataConfig, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None) -> TaskData:
     return load_task_data(
         data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
         text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
@@ -104,18 +93,19 @@ def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callbacks: list | None = None) -> dict:
-    """Run one pruning method end to end; returns the compression.json content."""
+def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike,
+          callbacks: list | None = None) -> dict:
+    """Run one pruning method end to end, writing the checkpoint to `output`; returns the compression.json content."""
     cfg.validate()
     method = get_method(cfg.method)
     t = cfg.train
     if not t.resume:
-        check_output_dir(t.output_dir, t.overwrite)
+        check_output_dir(output, t.overwrite)
     if method.needs_source and not cfg.source:
         raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
-    if method.targets_sparsity is False and cfg.sparsity is not None and method.binarizer != "fixed":
+    if not method.targets_sparsity and cfg.sparsity is not None and method.binarizer.learned:
         raise InvalidConfigError(f"--method {method.name} sets sparsity through --lambda, not --sparsity")
-    if method.binarizer in ("magnitude", "topk") and cfg.lambda_reg is not None:
+    if method.binarizer.top_k and not method.regularised and cfg.lambda_reg is not None:
         raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
 
     source_info = None
@@ -128,7 +118,11 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     if cfg.distill.teacher:
         load_config(resolve_model(cfg.distill.teacher))
     if t.resume:
-        _require_checkpoint(t)
+        _require_checkpoint(output)
+    # A speed target: check it and get the latency table (cached, or measured now) before any data work.
+    from compress.speed.budgeted import plan_for
+
+    speed_plan = plan_for(cfg, model_name, method.name, progress=t.progress)
     tokenizer = load_tokenizer(model_name)
     template = None
     if cfg.label_words:
@@ -165,13 +159,18 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         pooler = getattr(student.base_model, "pooler", None)
         for p in (pooler.parameters() if pooler is not None else []):
             p.requires_grad_(True)
-    pruner = Pruner(student, method, cfg, fixed_masks=fixed)
+    budget = None
+    if speed_plan is not None:
+        from compress.speed.budgeted import budget_for
+
+        budget = budget_for(student, method.name, speed_plan, cfg.ffn_block)
+    pruner = Pruner(student, method, cfg, fixed_masks=fixed, budget=budget)
     score_lr = cfg.score_lr or method.score_lr
     if not method.train_weights and not cfg.label_words:
         # Only the fresh head trains with the frozen encoder; at a fine-tuning lr it stays near its random
         # init for a whole short run (SMP-S at 50% stayed at the majority class with lr 3e-5).
         t = replace(t, lr=cfg.head_lr)
-    stats = train(student, tokenizer, td.train, t, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
+    stats = train(student, tokenizer, td.train, t, output, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
                   callbacks=callbacks)
 
     pruner.finalize()
@@ -182,12 +181,13 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
     rep = sparsity_report(student)
     info = {
         "method": method.name,
-        "base_model": model_name,
+        # hybrid-filled: the model it all started from, not the intermediate hybrid result
+        "base_model": (source_info or {}).get("base_model", model_name),
         "teacher": cfg.distill.teacher,
         "task": td.spec.name,
-        "recipe": {"binarizer": method.binarizer, "train_weights": method.train_weights,
+        "recipe": {"binarizer": method.binarizer.value, "train_weights": method.train_weights,
                    "score_lr": score_lr, "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
-                   "lambda_final": pruner.lam_final if method.regularised else None, **cfg.to_dict()},
+                   "lambda_final": pruner.lam_final if method.regularised else None, **_recorded(cfg, output)},
         **rep,
         "metrics": metrics,
         "training": {k: v for k, v in stats.items() if k != "is_main_process"},
@@ -196,14 +196,20 @@ def prune(cfg: PruneConfig, data: DataArgs, model_name: str | None = None, callb
         info.update(head="mlm-label-words", label_words=list(cfg.label_words), template=template)
     elif not method.train_weights:
         info["smp_note"] = SMP_NOTE
+    if speed_plan is not None:
+        from compress.speed.budgeted import measure_speedup, speed_info
+
+        info["speed"] = speed_info(speed_plan, rep["layers"])
+        if speed_plan.deploy is not None and cfg.measure_speed and stats["is_main_process"]:
+            info["speed"]["measured"] = measure_speedup(student, rep["layers"], speed_plan.deploy)
     if stats["is_main_process"]:  # under DDP only rank 0 writes
-        save_model_dir(student, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
+        save_model_dir(student, tokenizer, output, info, overwrite=t.overwrite or t.resume,
                        sample=_sample_batch(td, tokenizer, student), reload=_reloader(info))
-        _cleanup_checkpoints(t)
+        _cleanup_checkpoints(output)
     return info
 
 
-def _is_pair(data: DataArgs) -> bool:
+def _is_pair(data: DataConfig) -> bool:
     from compress.training.data import TASKS
 
     return bool(data.text_pair_column or (data.task in TASKS and TASKS[data.task].text_pair_column))
@@ -224,45 +230,54 @@ def _reloader(info: dict):
     return load
 
 
-def finetune(t: TrainConfig, data: DataArgs, model_name: str | None = None) -> dict:
-    """Dense fine-tuning (a teacher or a baseline) with the same data plumbing."""
+def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
+    """Dense fine-tuning (a teacher or a baseline) with the same data plumbing, written to `output`."""
     if not t.resume:
-        check_output_dir(t.output_dir, t.overwrite)
+        check_output_dir(output, t.overwrite)
     model_name = resolve_model(model_name)
     load_config(model_name)
     if t.resume:
-        _require_checkpoint(t)
+        _require_checkpoint(output)
     tokenizer = load_tokenizer(model_name)
     td = _load_data(data, tokenizer, t)
     torch.manual_seed(t.seed)
     model = load_classifier(model_name, td.num_labels)
-    stats = train(model, tokenizer, td.train, t)
+    stats = train(model, tokenizer, td.train, t, output)
     metrics = _evaluate(model, td, tokenizer, t)
     info = {"method": None, "base_model": model_name, "task": td.spec.name, "recipe": {"train": vars(t)},
             **sparsity_report(model), "metrics": metrics,
             "training": {k: v for k, v in stats.items() if k != "is_main_process"}}
     if stats["is_main_process"]:
-        save_model_dir(model, tokenizer, t.output_dir, info, overwrite=t.overwrite or t.resume,
+        save_model_dir(model, tokenizer, output, info, overwrite=t.overwrite or t.resume,
                        sample=_sample_batch(td, tokenizer, model))
-        _cleanup_checkpoints(t)
+        _cleanup_checkpoints(output)
     return info
 
 
-def _require_checkpoint(t: TrainConfig) -> None:
-    ckpt = checkpoint_dir(t.output_dir)
+def _recorded(cfg: PruneConfig, output) -> dict:
+    """The config as recorded in compression.json: a --source beside the output is written relative to
+    the output folder, so the record stays true after the folder (or its parent) is moved or renamed."""
+    d = cfg.to_dict()
+    if cfg.source:
+        d["source"] = os.path.relpath(os.path.abspath(cfg.source), os.path.abspath(output))
+    return d
+
+
+def _require_checkpoint(output) -> None:
+    ckpt = checkpoint_dir(output)
     if not (ckpt.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt.iterdir())):
         raise InvalidConfigError(f"--resume: no checkpoint found in {ckpt}; run without --resume to start fresh")
 
 
-def _cleanup_checkpoints(t: TrainConfig) -> None:
+def _cleanup_checkpoints(output) -> None:
     import shutil
 
-    ckpt = checkpoint_dir(t.output_dir)
-    if ckpt.is_dir() and not getattr(t, "keep_checkpoints", False):
+    ckpt = checkpoint_dir(output)
+    if ckpt.is_dir():
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def evaluate_checkpoint(path: str, data: DataArgs, batch_size: int = 64, max_length: int = 128,
+def evaluate_checkpoint(path: str, data: DataConfig, batch_size: int = 64, max_length: int = 128,
                         max_eval_samples: int | None = None, progress: bool = True) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
     info = read_compression_json(path) or {}

@@ -171,6 +171,7 @@ def train(
     tokenizer,
     train_dataset,
     cfg: TrainConfig,
+    output_dir: str | os.PathLike,
     *,
     pruner: nn.Module | None = None,
     teacher: nn.Module | None = None,
@@ -183,7 +184,7 @@ def train(
     from transformers.trainer_utils import get_last_checkpoint
 
     PruneTrainer, ScheduleCallback = _trainer_classes()
-    ckpt = checkpoint_dir(cfg.output_dir)
+    ckpt = checkpoint_dir(output_dir)
     resume = None
     if cfg.resume:
         resume = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None

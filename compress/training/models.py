@@ -46,7 +46,7 @@ def load_config(name: str):
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot read model config at {name}: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"cannot read model config at {name}: {str(e).splitlines()[0]}") from e
     spec_for(config)  # raises UnsupportedModelError listing the supported types
     return config
 
@@ -69,17 +69,15 @@ def load_classifier(name: str, num_labels: int | None = None):
         model = AutoModelForSequenceClassification.from_pretrained(name, **kw)
     except Exception as e:  # safetensors/torch raise many types for corrupt or truncated files
         raise ArtifactError(f"cannot load weights from {name} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); "
-                            "the file may be corrupt or truncated: re-download or re-create it") from None
+                            "the file may be corrupt or truncated: re-download or re-create it") from e
     return model
 
 
 def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
+    """The tokenizer of a local model folder or hub name (an ArtifactError naming it when it cannot load)."""
+    from exporters.toolbox import load_tokenizer as load
 
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as e:
-        raise ArtifactError(f"cannot load a tokenizer from {name} ({str(e).splitlines()[0][:200]})") from None
+    return load(name, required=True)
 
 
 def check_teacher(student, teacher) -> None:

@@ -134,7 +134,7 @@ def shrink_file(
     try:
         model = onnx.load(str(src))
     except Exception as e:  # protobuf DecodeError and friends
-        raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from None
+        raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from e
     batches = sample_inputs([i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size(model, src.parent))
     new, report = shrink(model, kept, num_heads, head_size, sample_inputs=batches, atol=atol)
     if optimize is not None:

@@ -41,7 +41,8 @@ def finalize(model: onnx.ModelProto, source: onnx.ModelProto | None = None) -> N
     the FFN output Add + residual + LayerNorm into SkipLayerNormalization, which the fresh exports it
     would be compared with don't get — and that kernel is several times slower than Add + LayerNorm
     on our CPU (ORT 1.31). A shrunk graph should differ from its source only in size. (Stale
-    value_info also breaks quantize_dynamic; see DESIGN.md.)
+    value_info also makes quantize_dynamic stop with a ShapeInferenceError; compress.ort.quantize
+    drops it before quantizing for the same reason.)
 
     source: the graph it was made from. Graphs saved by ONNX Runtime itself can fail onnx.checker while
     ORT runs them (e.g. its LayerNormalization fusion at opset < 17); the result may fail the same way,
@@ -52,7 +53,7 @@ def finalize(model: onnx.ModelProto, source: onnx.ModelProto | None = None) -> N
     except onnx.checker.ValidationError as e:
         if source is not None and _checker_error(source) == str(e).splitlines()[0]:
             return
-        raise ValidationError(f"the rewritten graph fails onnx.checker: {e}") from None
+        raise ValidationError(f"the rewritten graph fails onnx.checker: {e}") from e
 
 
 def _checker_error(model: onnx.ModelProto) -> str | None:

@@ -1,0 +1,242 @@
+"""Budget-aware structure selection during training (`compress prune --target-speedup ...`).
+
+The Pruner hands its mask scores here at every step. The kept budget follows the cubic schedule from
+the dense cost to the target; at each step the structure is re-chosen from the method's own scores:
+  struct: one score per head and per FFN dim;
+  hybrid: FFN-dim scores, and per head the mean importance of its 32x32 attention blocks
+          (its row blocks in Q/K/V, its column blocks in O).
+Importance of a structure = sigmoid(score) x the number of weights it holds: a score is the
+importance density of the weights its mask covers, so a head (4 * hidden * head_size weights) and an
+FFN dim (2 * hidden) compare on the same footing, and the solver ranks them per unit of latency.
+(float64: in float32 sigmoid rounds to exactly 1 from a score of about 17 up, and ties would then be
+broken by index instead of by score.)
+solve_budget picks the structure; the masks pass gradients straight through to every score (kept or
+not), as in movement pruning, so scores keep learning which structure matters and the network is
+distilled into the final shape instead of being cut at the end. No regulariser, no lambda.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compress.core.errors import InvalidConfigError
+from compress.speed.budget import BudgetResult, Target, resolve_target, solve_budget
+from compress.speed.latency import DeployConfig, LatencyTable
+
+BUDGET_METHODS = ("struct", "hybrid")
+
+
+class _Chosen(torch.autograd.Function):
+    """Returns a precomputed 0/1 mask; the gradient passes straight through to the scores."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+@dataclass
+class SpeedPlan:
+    """What prune() decided before training: the table, the target and the final budget."""
+
+    target: Target
+    table: LatencyTable
+    budget: float
+    deploy: DeployConfig | None  # None for the FLOPs table
+    cache_file: str | None = None
+    from_cache: bool = False
+
+
+class StructureBudget:
+    """Owns the budget schedule and turns scores into masks for the Pruner's groups."""
+
+    def __init__(self, groups, method_name: str, geometry, plan: SpeedPlan, ffn_block: int = 32):
+        if method_name not in BUDGET_METHODS:
+            raise InvalidConfigError(f"--target-* works with the structured methods {', '.join(BUDGET_METHODS)}, not "
+                                     f"--method {method_name}")
+        self.geo = geometry
+        self.plan = plan
+        self.table = plan.table
+        self.ffn_block = ffn_block
+        self.method = method_name
+        self.by_name = {g.name: g for g in groups}
+        d, h = geometry.head_size, geometry.hidden_size
+        self.head_weights = 4 * h * d
+        self.dim_weights = 2 * h
+        if method_name == "hybrid":
+            rows = groups[0].members[0][1].rows  # block size of the attention groups
+            if d % rows:
+                raise InvalidConfigError(
+                    f"hybrid with a speed target needs the head size ({d}) to be a multiple of its {rows}x{rows} "
+                    "attention blocks, so a block belongs to one head; use --method struct for this model")
+            self.blocks_per_head = d // rows
+        # Start from whatever the dense structure costs, so the first steps keep everything.
+        self.start = max(self.table.predicted_dense_ms, plan.budget)
+        self.level = self.start
+        self.last: BudgetResult | None = None
+
+    def set_level(self, level: float) -> None:
+        self.level = level
+
+    # ------------------------------------------------------------------ importance
+    @torch.no_grad()
+    def importance(self, scores) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        heads, ffn = [], []
+        for i in range(self.geo.num_layers):
+            ffn.append(torch.sigmoid(scores[_key(f"layer.{i}.ffn_dim")].double()).cpu() * self.dim_weights)
+            if self.method == "struct":
+                density = torch.sigmoid(scores[_key(f"layer.{i}.heads")].double()).cpu()
+            else:
+                parts = []
+                for role in ("query", "key", "value"):  # row blocks of head j: j*b .. (j+1)*b
+                    s = torch.sigmoid(scores[_key(f"layer.{i}.{role}")].double()).cpu()
+                    parts.append(s.reshape(self.geo.num_heads, -1))
+                s = torch.sigmoid(scores[_key(f"layer.{i}.attn_out")].double()).cpu()  # column blocks
+                parts.append(s.t().reshape(self.geo.num_heads, -1))
+                density = torch.cat(parts, dim=1).mean(dim=1)
+            heads.append(density * self.head_weights)
+        return heads, ffn
+
+    # ------------------------------------------------------------------ masks
+    def masks(self, scores) -> dict[str, torch.Tensor]:
+        hi, fi = self.importance(scores)
+        res = solve_budget([h.numpy() for h in hi], [f.numpy() for f in fi], self.table, self.level, self.ffn_block)
+        self.last = res
+        out = {}
+        H, F = self.geo.num_heads, self.geo.intermediate_size
+        for i in range(self.geo.num_layers):
+            fname = f"layer.{i}.ffn_dim"
+            s = scores[_key(fname)]
+            f = torch.zeros(F, dtype=s.dtype, device=s.device)
+            f[res.ffn_dims[i]] = 1
+            out[fname] = _Chosen.apply(s, f)
+            hm = torch.zeros(H, dtype=s.dtype, device=s.device)
+            hm[res.heads[i]] = 1
+            if self.method == "struct":
+                out[f"layer.{i}.heads"] = _Chosen.apply(scores[_key(f"layer.{i}.heads")], hm)
+                continue
+            per_block = hm.repeat_interleave(self.blocks_per_head)
+            for role in ("query", "key", "value", "attn_out"):
+                name = f"layer.{i}.{role}"
+                sc = scores[_key(name)]
+                m = per_block[:, None].expand(sc.shape) if role != "attn_out" else per_block[None, :].expand(sc.shape)
+                out[name] = _Chosen.apply(sc, m.contiguous())
+        return out
+
+    def report(self) -> dict:
+        t = self.table
+        return {"budget": round(self.plan.budget, 4), "level": round(self.level, 4), "unit": t.unit}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
+# ---------------------------------------------------------------------- prune() glue
+def target_from(cfg) -> Target | None:
+    """The speed target of a PruneConfig, or None."""
+    if cfg.target_speedup is None and cfg.target_latency_ms is None and cfg.target_flops is None:
+        return None
+    t = Target(speedup=cfg.target_speedup, latency_ms=cfg.target_latency_ms, flops=cfg.target_flops)
+    t.validate()
+    return t
+
+
+def deploy_from(cfg) -> DeployConfig:
+    from compress.speed.latency import parse_shape
+
+    batch, seq = parse_shape(cfg.deploy_shape)
+    d = DeployConfig(precision=cfg.deploy, batch=batch, seq=seq, threads=cfg.deploy_threads, provider=cfg.deploy_provider)
+    d.validate()
+    return d
+
+
+def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> SpeedPlan | None:
+    """Check the flags, load or build the table, resolve the budget (fails before any training)."""
+    target = target_from(cfg)
+    if target is None:
+        return None
+    if method_name not in BUDGET_METHODS:
+        raise InvalidConfigError(f"--target-speedup/--target-latency-ms/--target-flops choose heads and FFN dims, so they "
+                                 f"need a structured method ({', '.join(BUDGET_METHODS)}), not --method {method_name}")
+    if cfg.lambda_reg is not None or cfg.sparsity is not None:
+        raise InvalidConfigError("a speed target sets the final structure: drop --lambda / --sparsity")
+    if target.kind == "flops":
+        from compress.training.models import load_config
+
+        d = deploy_from(cfg)
+        table = flops_table_for(load_config(model_name), d)
+        return SpeedPlan(target, table, resolve_target(target, table), None)
+    from compress.speed.latency import load_or_build_table
+
+    deploy = deploy_from(cfg)
+    table, path, cached = load_or_build_table(model_name, deploy, progress=progress)
+    return SpeedPlan(target, table, resolve_target(target, table), deploy, str(path) if path else None, cached)
+
+
+def flops_table_for(config, deploy: DeployConfig) -> LatencyTable:
+    from compress.core.structure import geometry
+    from compress.speed.latency import flops_table, model_key
+
+    return flops_table(geometry(config), deploy.batch, deploy.seq, model_key(config))
+
+
+def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
+    """compression.json's `speed` section: target, table, prediction for the structure that was kept."""
+    t = plan.table
+    predicted = t.predict_kept(kept)
+    info = {
+        "target": {"kind": plan.target.kind, "speedup": plan.target.speedup, "latency_ms": plan.target.latency_ms,
+                   "flops_fraction": plan.target.flops},
+        "budget": round(plan.budget, 4),
+        "unit": t.unit,
+        "predicted": round(predicted, 4),
+        "dense": round(t.dense_ms, 4),
+        "baseline_fp32": round(t.baseline_ms, 4),
+        "predicted_speedup": round(t.baseline_ms / predicted, 4) if predicted > 0 else None,
+        "table": {"key": t.key, "fixed": round(t.fixed_ms, 4), "cache_file": plan.cache_file, "from_cache": plan.from_cache},
+    }
+    if plan.deploy is not None:
+        info["deploy"] = {"precision": plan.deploy.precision, "shape": plan.deploy.shape, "threads": plan.deploy.threads,
+                          "provider": plan.deploy.provider}
+    return info
+
+
+def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int = 9, progress: bool = False) -> dict:
+    """Measured speedup of the shrunk deploy graph of `model` (an in-memory, baked classifier) against
+    the same export unshrunk (the dense graph's cost: zeros do not make dense kernels faster), both
+    built and timed the way the latency table was, interleaved, in the same rounds."""
+    import copy
+    import tempfile
+
+    from compress.speed.latency import DeployGraphs, time_graphs
+
+    d = copy.copy(deploy)
+    d.repeats = repeats
+    with tempfile.TemporaryDirectory(prefix="compress-speed-") as tmp:
+        graphs = DeployGraphs("in-memory", tmp, d, classifier=copy.deepcopy(model).cpu())
+        paths = {"dense": graphs.build(None, "dense"), "pruned": graphs.build(kept, "pruned")}
+        if d.precision != "fp32":
+            paths["dense-fp32"] = graphs.build(None, "dense-fp32", precision="fp32")
+        res = time_graphs(paths, d, reference="dense-fp32" if "dense-fp32" in paths else "dense")
+    med = {k: v["ms"] for k, v in res.items()}
+    base = med.get("dense-fp32", med["dense"])
+    return {"baseline_fp32_ms": round(base, 4), "dense_ms": round(med["dense"], 4), "pruned_ms": round(med["pruned"], 4),
+            "speedup": round(base / med["pruned"], 4), "speedup_vs_dense_same_precision": round(med["dense"] / med["pruned"], 4),
+            "runs": res["pruned"]["runs"], "shape": d.shape, "precision": d.precision,
+            "statistic": d.statistic,
+            "note": "shrunk deploy graph vs the same export unshrunk (dense cost: zeros do not speed up dense kernels), "
+                    "interleaved rounds; speedup is against dense fp32"}
+
+
+def budget_for(model, method_name: str, plan, ffn_block: int):
+    """What Pruner(budget=...) takes: groups -> StructureBudget for this model, method and plan."""
+    from compress.core.structure import geometry
+
+    geo = geometry(model.config)
+    return lambda groups: StructureBudget(groups, method_name, geo, plan, ffn_block)
