@@ -1,8 +1,8 @@
 """Export a Hugging Face encoder checkpoint to ONNX and prove the graph computes what PyTorch does.
 
 Plain functions, one small table per concern (tasks, inputs), no registry:
-  export_checkpoint(...) -> ExportReport   full report (used by the CLI)
-  export_onnx(...) -> Path                 the same, returning DIR/model.onnx
+  export_checkpoint(...) -> ExportReport   checkpoint dir -> DIR/model.onnx + sidecars, and the report
+  (compress.export_onnx is the public wrapper)
 
 Choices, and why:
   * Attention runs as "eager" during export: the SDPA path decomposes into a graph with NaN guards
@@ -363,17 +363,4 @@ def shrink_dense(dense: onnx.ModelProto, structure: dict | None, config, batches
     return shrink_graph(dense, kept, geo.num_heads, geo.head_size, sample_inputs=batches, atol=atol)
 
 
-def export_onnx(
-    checkpoint_dir: str | Path,
-    output_dir: str | Path,
-    task: str | None = None,
-    overwrite: bool = False,
-    opset: int = DEFAULT_OPSET,
-    validate: bool = True,
-    **kwargs,
-) -> Path:
-    """Export and validate; returns output_dir/model.onnx. See export_checkpoint for the options."""
-    return export_checkpoint(checkpoint_dir, output_dir, task, overwrite, opset, validate, **kwargs).path
-
-
-__all__ = ["TASKS", "ExportReport", "export_checkpoint", "export_onnx", "infer_task", "load_tokenizer", "sample_inputs"]
+__all__ = ["TASKS", "ExportReport", "export_checkpoint", "infer_task", "load_tokenizer", "sample_inputs"]

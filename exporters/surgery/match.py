@@ -481,14 +481,19 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
         raise GraphPatternError(f"{where}: expected Transpose -> Reshape merging the heads after MatMul(P, V)")
     if _compose(perms) != MERGE_PERM:
         raise GraphPatternError(f"{where}: the context is transposed with {_compose(perms)} before merging, expected {MERGE_PERM}")
-    merged = _down_qdq(g, merge.output[0])
-    o_mm = _weight_matmul_below(g, merged)
-    if o_mm is None:
-        raise GraphPatternError(f"{where}: expected the merged heads to feed the output projection MatMul")
-    o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
-    residual, residual_in = _residual_after(g, o, where)
+    o, residual, residual_in = _output_projection(g, merge.output[0], "the merged heads", where)
     block = AttentionBlock(softmax, q, k, v, [q_reshape, k_reshape, v_reshape], merge, o, residual, residual_in=residual_in)
     return block
+
+
+def _output_projection(g: Graph, name: str, what: str, where: str):
+    """(O projection, residual node, residual input index) below the attention context `name`."""
+    o_mm = _weight_matmul_below(g, _down_qdq(g, name))
+    if o_mm is None:
+        raise GraphPatternError(f"{where}: expected {what} to feed the output projection MatMul")
+    o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
+    residual, residual_in = _residual_after(g, o, where)
+    return o, residual, residual_in
 
 
 def node_attr(node: onnx.NodeProto, name: str, default=None):
@@ -513,12 +518,7 @@ def match_fused_attention(g: Graph, node: onnx.NodeProto) -> AttentionBlock:
     sizes = list(node_attr(node, "qkv_hidden_sizes", []) or [w.shape[1] // 3] * 3)
     if len(set(sizes)) != 1 or sum(sizes) != w.shape[1] or n <= 0 or sizes[0] % n:
         raise GraphPatternError(f"{where}: Q/K/V widths {sizes} with {n} heads are not a layout surgery can slice")
-    out = _down_qdq(g, node.output[0])
-    o_mm = _weight_matmul_below(g, out)
-    if o_mm is None:
-        raise GraphPatternError(f"{where}: expected the attention output to feed the output projection MatMul")
-    o = _projection_above(g, _bias_add_or_self(g, o_mm), "O", where)
-    residual, residual_in = _residual_after(g, o, where)
+    o, residual, residual_in = _output_projection(g, node.output[0], "the attention output", where)
     packed = Projection(node)  # `matmul` is the Attention node: weight input 1, bias input 2
     block = AttentionBlock(node, packed, packed, packed, [], node, o, residual, residual_in=residual_in, fused=node)
     block.num_heads, block.head_size = n, sizes[0] // n
