@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.core.artifacts import atomic_dir, check_output_dir, read_compression_json, write_json
-from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, arg, from_dict
 from compress.core.errors import InvalidConfigError
 
 console = Console()
@@ -23,25 +23,27 @@ console = Console()
 
 @dataclass
 class RunConfig:
-    model: str | None = None  # student; default: the teacher when given (prune the fine-tuned model), else minilm
-    task: str = "sst2"
-    data_dir: str | None = None
+    model: str | None = arg(None, "student (default: the teacher when given, i.e. prune the fine-tuned model; else "
+                            "minilm)", aliases=("-m",))
+    task: str = arg("sst2", "sst2 or mrpc")
+    data_dir: str | None = arg(None, "GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(
         method="hybrid", lambda_reg=10.0, score_lr=0.05, lambda_att=1.0, lambda_ffn=1.0,
         train=TrainConfig(max_steps=600, batch_size=32, max_length=64, lr=3e-5, warmup_ratio=0.1, logging_steps=50),
-        distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0)))
+        distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0)), metadata={"cli": False})
     # Hybrid Filled (Block Pruning paper, section 4): after hybrid pruning, re-initialise the zeroed
     # weights inside the surviving heads / FFN dims and fine-tune this many steps with the structure
     # frozen: same speed, accuracy recovered (+0.7 points on the main job). 0 skips it.
-    fill_steps: int = 300
-    quantize: bool = True
+    fill_steps: int = arg(300, "then Hybrid Filled: fine-tune this many steps with the structure frozen and the zeroed "
+                          "weights inside kept heads/dims re-initialised (0: skip)")
+    quantize: bool = arg(True, "also quantize the dense and pruned graphs to int8 (dynamic)")
     # ORT transformer fusions after surgery (Attention, BiasGelu: exporters.optimize.fusion_options);
     # faster at batch 1 and 32 on our CPU, int8 is quantized from the fused graph (results/shrink.md, quantize.md)
-    optimize: bool = True
-    bench_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    bench_seq_len: int = 128
-    bench_threads: int = 2
-    bench_iterations: int = 20  # timed runs per model and shape, interleaved
+    optimize: bool = arg(True, "ORT transformer fusions on the exported graphs")
+    bench_batch_sizes: list[int] = arg([1, 32], "batch sizes timed", metavar="N")
+    bench_seq_len: int = arg(128, "sequence length timed")
+    bench_threads: int = arg(2, "ONNX Runtime intra-op threads when timing")
+    bench_iterations: int = arg(20, "timed runs per model and shape, interleaved")
 
     @classmethod
     def load(cls, path: str) -> "RunConfig":
