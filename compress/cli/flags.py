@@ -2,8 +2,9 @@
 dataclass field and its metadata), as transformers' HfArgumentParser does.
 
 Field metadata keys: "help"; "flag" (the flag name when it is not --field-name, e.g. --lambda);
-"type" (a parser for values when the annotation is not a plain type); "choices"; "cli": False to leave a
-field off the command line (set by the command itself, e.g. a nested config).
+"aliases" (more names, e.g. -m); "type" (a parser for values when the annotation is not a plain type);
+"choices"; "metavar"; "cli": False to leave a field off the command line (set by the command itself,
+e.g. a nested config). Annotations stay strings (postponed evaluation), hence the small parser below.
 """
 
 from __future__ import annotations
@@ -41,26 +42,33 @@ def add_config_args(parser, cls, *, skip: tuple[str, ...] = (), only: tuple[str,
     metadata cli=False).
 
     `defaults` overrides the dataclass defaults shown and used on this command (e.g. finetune's lr).
-    Flags default to None internally (argparse.SUPPRESS) so config_from_args can tell a flag the user
-    gave from one they did not and leave the dataclass default in charge.
+    A flag the user did not give is absent from the namespace (argparse.SUPPRESS), so config_from_args
+    leaves the dataclass default (or this command's) in charge and a default is never written twice.
     """
     group = parser.add_argument_group(title) if title else parser
     for f in dataclasses.fields(cls):
         if f.name in skip or f.metadata.get("cli") is False or (only is not None and f.name not in only):
             continue
-        default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
+        if f.name in (defaults or {}):
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         kind, _ = _parse_annotation(str(f.type))
         help_text = f.metadata.get("help", "")
         shown = f" (default: {default})" if default not in (None, "", ()) and kind != "bool" else ""
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": (help_text + shown).strip() or None}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
         if kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         elif kind in ("list", "tuple"):
             kw["nargs"] = "*" if kind == "tuple" else "+"
             kw["type"] = f.metadata.get("type") or _element_type(str(f.type))
-            kw["metavar"] = f.metadata.get("metavar", "X")
+            kw.setdefault("metavar", "X")
         else:
             kw["type"] = f.metadata.get("type") or _SCALARS.get(kind, str)
         group.add_argument(flag_name(f), *f.metadata.get("aliases", ()), **kw)
