@@ -26,7 +26,7 @@ from compress.core.record import LayerKeep, as_layer_keeps
 from compress.ort.bench import BenchConfig
 from compress.ort.quantize import QuantizeConfig
 from compress.pipeline import RunConfig
-from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES
+from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE
 from exporters.spec import TASKS as EXPORT_TASKS
 
 PathLike = str | os.PathLike
@@ -150,7 +150,7 @@ def _checkpoint_result(output: PathLike, info: dict) -> PruneResult:
 
 def is_onnx(path: PathLike) -> bool:
     p = Path(path)
-    return p.suffix == ".onnx" or (p.is_dir() and (p / "model.onnx").exists() and not (p / "model.safetensors").exists())
+    return p.suffix == ".onnx" or (p.is_dir() and (p / MODEL_FILE).exists() and not (p / "model.safetensors").exists())
 
 
 def evaluate(model: PathLike, data: DataConfig | None = None, config: EvalConfig | None = None) -> EvalResult:

@@ -305,9 +305,8 @@ def export_checkpoint(
                 result.validation["final_max_abs_diff"] = validate_against_torch(final, model, task, input_names, batches, atol)["max_abs_diff"]
             onnx.save(final, str(path))
 
-        shutil.copy2(checkpoint_dir / "config.json", tmp / "config.json")
-        for name in SIDECAR_FILES:  # config.json was copied above
-            if name != "config.json" and (checkpoint_dir / name).exists():
+        for name in SIDECAR_FILES:  # config.json (checked above) and the tokenizer files
+            if (checkpoint_dir / name).exists():
                 shutil.copy2(checkpoint_dir / name, tmp / name)
         if structure is not None:
             data = copy.deepcopy(structure)

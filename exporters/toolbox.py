@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import ArtifactError, CompressError, ValidationError
-
-MODEL_FILE = "model.onnx"
+from exporters.spec import MODEL_FILE
 
 # Files that describe the model next to model.onnx: copied along so an exported, shrunk or quantized
 # model stays usable on its own (tokenizer + config).
