@@ -1,7 +1,7 @@
 def register(sub):
     p = sub.add_parser("mask", help="SMP: save a pruned result as a packed bit-mask over its backbone, or re-apply one")
     s = p.add_subparsers(dest="mask_verb", metavar="save|apply")
-    a = s.add_parser("save", help="DIR (an smp-l/smp-s result) -> MASK file")
+    a = s.add_parser("save", help="DIR (an smp-l/smp-s/smp-struct result) -> MASK file (smp-struct: one bit per head and FFN dim)")
     a.add_argument("pruned")
     a.add_argument("--backbone", help="the pre-trained model it was pruned from (default: base_model in compression.json)")
     a.add_argument("--output", "-o", required=True)

@@ -93,6 +93,29 @@ class TrainConfig:
 
 
 @dataclass
+class RetrainFreeConfig:
+    """retrain-free (Kwon et al. 2022): sample sizes and solver settings of the post-training search."""
+
+    fisher_samples: int = arg(2048, "retrain-free: examples for the Fisher information of the masks (the paper: 2k)")
+    tune_samples: int = arg(512, "retrain-free: examples for the layer-wise least-squares mask tuning")
+    fisher_labels: str = arg("model", "retrain-free: labels of the Fisher loss, the model's own predictions (no labels "
+                             "needed) or the data's", choices=("model", "data"))
+    rearrange_swaps: int = arg(128, "retrain-free: max greedy swaps per layer and unit type in mask rearrangement (0: off)")
+    damping: float = arg(1e-3, "retrain-free: ridge toward the untuned masks, relative to the mean diagonal of A^T A")
+    # a tuned value beyond this (ill-conditioned solve) raises the ridge tenfold
+    max_mask_value: float = field(default=10.0, metadata={"cli": False})
+    batch_size: int = field(default=32, metadata={"cli": False})  # of the Fisher / tuning passes (not --batch-size)
+
+    def validate(self) -> None:
+        if self.fisher_samples < 1 or self.tune_samples < 1:
+            raise InvalidConfigError("--fisher-samples and --tune-samples must be >= 1, e.g. 2048 and 512")
+        if self.fisher_labels not in ("model", "data"):
+            raise InvalidConfigError(f"--fisher-labels {self.fisher_labels!r}: use 'model' or 'data'")
+        if self.rearrange_swaps < 0 or self.damping < 0 or self.batch_size < 1:
+            raise InvalidConfigError("--rearrange-swaps and damping must be >= 0, batch size >= 1")
+
+
+@dataclass
 class PruneConfig:
     method: str = arg("hybrid", "pruning method (see `compress methods`)")
     sparsity: float | None = arg(None, "target fraction of zeros for top-k methods (magnitude, movement, smp-l, smp-s)")
@@ -126,6 +149,9 @@ class PruneConfig:
     deploy_provider: str = arg("cpu", "execution provider of the deployment", flag="--provider", choices=["cpu", "cuda"])
     measure_speed: bool = arg(True, "after a latency target: time the shrunk deploy graph against dense (compression.json)")
     ffn_block: int = arg(32, "kept FFN widths are multiples of this (the budget is met within one block or one head)")
+    fill_steps: int = arg(0, "retrain-free: distillation steps afterwards with the structure frozen, from --teacher or else "
+                          "the dense input model (0: no SGD at all)")
+    retrain_free: RetrainFreeConfig = field(default_factory=RetrainFreeConfig, metadata={"cli": False})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"cli": False})
     distill: DistillConfig = field(default_factory=DistillConfig, metadata={"cli": False})
 
@@ -145,6 +171,11 @@ class PruneConfig:
             raise InvalidConfigError(f"score_init {self.score_init!r} must be a number or 'magnitude'")
         if not 0.0 < self.tau < 1.0:
             raise InvalidConfigError(f"--tau {self.tau} is out of range; use (0, 1)")
+        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
+            raise InvalidConfigError(f"--target-flops {self.target_flops} is out of range; give the fraction kept in (0, 1], e.g. 0.5")
+        if self.fill_steps < 0:
+            raise InvalidConfigError(f"--fill-steps {self.fill_steps} must be >= 0")
+        self.retrain_free.validate()
         if self.ffn_block < 1:
             raise InvalidConfigError(f"--ffn-block {self.ffn_block} must be >= 1, e.g. 32")
         d = self.distill
@@ -164,6 +195,6 @@ def from_dict(cls, data: dict):
         raise InvalidConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
     kw = {}
     for k, v in data.items():
-        sub = {"train": TrainConfig, "distill": DistillConfig}.get(k) if cls is PruneConfig else None
+        sub = {"train": TrainConfig, "distill": DistillConfig, "retrain_free": RetrainFreeConfig}.get(k) if cls is PruneConfig else None
         kw[k] = from_dict(sub, v) if sub and isinstance(v, dict) else v
     return cls(**kw)

@@ -28,10 +28,14 @@ class Method:
     default_lambda: float | None = None  # soft methods: final regularisation weight
     score_lr: float = 1e-2
     needs_source: bool = False  # hybrid-filled starts from a hybrid result
+    # Post-training structure selection (retrain-free): (model, train dataset, tokenizer, cost, budget, cfg) -> info.
+    # It prunes the model in place with no SGD; training afterwards (--fill-steps) keeps that structure fixed.
+    select: Callable | None = None
+    budget_as: str | None = None  # a speed target (--target-speedup/-latency-ms/-flops) chooses its structure like this method's
 
     @property
     def targets_sparsity(self) -> bool:
-        return self.binarizer.top_k
+        return self.binarizer.top_k and self.select is None
 
     @property
     def regularised(self) -> bool:
@@ -155,3 +159,25 @@ def smp_l(model, cfg):
           default_lambda=1.0, score_lr=2e-2)
 def smp_s(model, cfg):
     return _unstructured(model, cfg)
+
+
+@register("smp-struct", "SMP with structure (the SMP authors' future work): encoder frozen, one mask score per head "
+          "(Q/K/V/O) and per FFN Dim + the classifier train; hard top-k at the scheduled keep ratio, so the result "
+          "is physically smaller; with --target-speedup/--target-flops the speed budget solver picks heads/dims", Binarizer.TOPK, train_weights=False,
+          default_sparsity=0.5, score_lr=2e-2, budget_as="struct")
+def smp_struct(model, cfg):
+    return _struct_groups(model, cfg)
+
+
+# ------------------------------------------------------------------ Kwon et al. 2022
+def _retrain_free_select(model, dataset, tokenizer, cost, budget, cfg):
+    from compress.pruning.retrain_free import retrain_free
+
+    return retrain_free(model, dataset, tokenizer, cost, budget, cfg.retrain_free, seed=cfg.train.seed)
+
+
+@register("retrain-free", "post-training pruning (Kwon et al. 2022), no SGD: Fisher information of head/FFN-dim masks on a "
+          "small sample, search under the --target-speedup/--target-flops budget, rearrangement, least-squares mask tuning; "
+          "--fill-steps N then distils with the structure frozen", Binarizer.FIXED, select=_retrain_free_select, budget_as="struct")
+def retrain_free(model, cfg):
+    return _struct_groups(model, cfg)

@@ -154,6 +154,9 @@ def _initial_scores(g, binarizer: M.Binarizer, init: float | str | None) -> torc
     is 1[sigmoid(S) > tau] and tau ramps up from 0, so they never start random.
     """
     linear, layout = g.members[0]
+    if binarizer == M.Binarizer.TOPK and layout.kind in ("rows", "cols") and (init is None or init == "magnitude"):
+        # Structured top-k (smp-struct): a constant would tie and keep heads/dims by index.
+        return _unit_magnitude(g)
     if binarizer not in (M.Binarizer.TOPK, M.Binarizer.SMP_S) or layout.kind != "full":
         return torch.full(g.score_shape, float(init) if isinstance(init, (int, float)) else 0.0)
     w = linear.weight.detach().abs()
@@ -162,6 +165,20 @@ def _initial_scores(g, binarizer: M.Binarizer, init: float | str | None) -> torc
         return relative
     # Constant scores tie and torch.topk would then keep weights by index; a tiny |W| term breaks ties.
     return float(init) + 1e-6 * relative
+
+
+def _unit_magnitude(g) -> torch.Tensor:
+    """Per structural unit (head, FFN dim): mean |W| over its rows/columns in each member matrix, relative
+    to the matrix's mean over units, averaged over members (Q/K/V/O for a head, W1/W2 for an FFN dim)."""
+    total = 0
+    for linear, layout in g.members:
+        w = linear.weight.detach().abs().float()
+        if layout.kind == "cols":
+            w = w.T.contiguous()
+        per_unit = layout.rows if layout.kind == "rows" else layout.cols
+        u = w.reshape(-1, per_unit * w.shape[1]).mean(1)
+        total = total + u / u.mean().clamp_min(1e-12)
+    return total / len(g.members)
 
 
 def _key(name: str) -> str:

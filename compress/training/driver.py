@@ -127,6 +127,9 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
     if method.binarizer.top_k and not method.regularised and cfg.lambda_reg is not None:
         raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
 
+    if method.select is None and cfg.fill_steps:
+        raise InvalidConfigError("--fill-steps follows --method retrain-free; for other methods use --method hybrid-filled --source DIR")
+
     source_info = None
     if method.needs_source:
         source_info = read_compression_json(cfg.source)
@@ -142,7 +145,11 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
     # A speed target: check it and get the latency table (cached, or measured now) before any data work.
     from compress.speed.budgeted import plan_for
 
-    speed_plan = plan_for(cfg, model_name, method.name, progress=t.progress)
+    # retrain-free and smp-struct keep whole heads and FFN dims exactly like struct: same tables and solver.
+    speed_plan = plan_for(cfg, model_name, method.budget_as or method.name, progress=t.progress)
+    if method.select is not None and speed_plan is None:
+        raise InvalidConfigError(f"--method {method.name} needs a budget: --target-speedup X, --target-latency-ms MS or "
+                                 "--target-flops FRACTION (e.g. 0.5)")
     tokenizer = load_tokenizer(model_name, config)
     template = None
     if cfg.label_words:
@@ -175,6 +182,15 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
                                      "use a teacher trained with the same label names")
 
     fixed = None
+    selection = None
+    if method.select is not None:
+        if cfg.fill_steps and teacher is None:
+            import copy
+
+            teacher = copy.deepcopy(student).eval()  # the fill distils from the dense model it started from
+        selection = method.select(student, td.train, tokenizer, speed_plan.table, speed_plan.budget, cfg)
+        fixed = _fixed_struct_masks(student, sparsity_report(student)["layers"])
+        t = replace(t, max_steps=cfg.fill_steps)
     if method.needs_source:
         kept = source_info["layers"] if source_info else sparsity_report(student)["layers"]
         fixed = _fixed_struct_masks(student, kept)
@@ -190,18 +206,21 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         for p in (pooler.parameters() if pooler is not None else []):
             p.requires_grad_(True)
     budget = None
-    if speed_plan is not None:
+    if speed_plan is not None and not method.select:  # retrain-free chose its structure already: held fixed
         from compress.speed.budgeted import budget_for
 
-        budget = budget_for(student, method.name, speed_plan, cfg.ffn_block)
+        budget = budget_for(student, method.budget_as or method.name, speed_plan, cfg.ffn_block)
     pruner = Pruner(student, method, cfg, fixed_masks=fixed, budget=budget)
     score_lr = cfg.score_lr or method.score_lr
     if not method.train_weights and not cfg.label_words:
         # Only the fresh head trains with the frozen encoder; at a fine-tuning lr it stays near its random
         # init for a whole short run (SMP-S at 50% stayed at the majority class with lr 3e-5).
         t = replace(t, lr=cfg.head_lr)
-    stats = train(student, tokenizer, td.train, t, output, pruner=pruner, teacher=teacher, distill=cfg.distill, score_lr=score_lr,
-                  callbacks=callbacks)
+    if method.select is not None and not cfg.fill_steps:
+        stats = {"steps": 0, "train_loss": None, "train_seconds": 0.0, "seconds_per_step": 0.0, "is_main_process": True}
+    else:
+        stats = train(student, tokenizer, td.train, t, output, pruner=pruner, teacher=teacher, distill=cfg.distill,
+                      score_lr=score_lr, callbacks=callbacks)
 
     pruner.finalize()
     bake(student)
@@ -222,6 +241,8 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         "metrics": metrics,
         "training": {k: v for k, v in stats.items() if k != "is_main_process"},
     }
+    if selection is not None:
+        info["retrain_free"] = selection
     if cfg.label_words:
         info.update(head="mlm-label-words", label_words=list(cfg.label_words), template=template)
     elif not method.train_weights:
