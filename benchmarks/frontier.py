@@ -66,7 +66,7 @@ def main():
     td = load_task_data(a.task, tok, max_length=128, splits=("dev",))
     dense = work / "dense-onnx" / "model.onnx"
     if not dense.exists():  # exported and fused exactly like the pruned graphs (what `compress run` ships)
-        export_checkpoint(a.teacher, dense.parent, overwrite=True, optimize=True)
+        export_checkpoint(a.teacher, dense.parent, overwrite=True, shrink=False, optimize=True)
     if "dense" not in doc["entries"]:
         doc["entries"]["dense"] = {"method": "dense teacher", **evaluate_onnx(dense, td, 64), "speedup_b1": 1.0, "speedup_b32": 1.0,
                                    "command": "(the teacher's export, in every run)"}

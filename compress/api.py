@@ -47,7 +47,8 @@ class EvalConfig:
 class ExportConfig:
     task: str | None = arg(None, "which head to export (default: from the checkpoint's architecture)",
                            choices=sorted(EXPORT_TASKS))
-    shrink: bool = arg(False, "also remove pruned heads / FFN dims from the graph")
+    shrink: bool | None = arg(None, "remove pruned heads / FFN dims from the graph (default: whenever the checkpoint "
+                              "has any, from compression.json or all-zero weights; --no-shrink keeps the full graph)")
     optimize: bool = arg(False, "apply ONNX Runtime transformer fusions (kept only if outputs match)")
     exporter: str = arg("torchscript", "torch.onnx exporter (torchscript: fast, and ORT can fuse its attention; the "
                         "other is tried if it fails)", choices=list(EXPORTER_NAMES))

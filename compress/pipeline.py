@@ -116,7 +116,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         onnx_dir = tmp / "onnx"
         models = {
-            "dense fp32": export_checkpoint(dense_src, onnx_dir / "dense", optimize=cfg.optimize).path,
+            "dense fp32": export_checkpoint(dense_src, onnx_dir / "dense", shrink=False, optimize=cfg.optimize).path,
             "pruned fp32": (pr := export_checkpoint(pruned, onnx_dir / "pruned", shrink=True, optimize=cfg.optimize)).path,
         }
         shrink_report = pr.shrink

@@ -3,8 +3,10 @@
 DIR receives model.onnx, config.json, the tokenizer files and compression.json (when the checkpoint
 has one; its checksums are verified first and rewritten for DIR). The graph is validated against
 PyTorch on tokenized sentences at several batch sizes and lengths; nothing is written if it differs
-by more than --atol. With --shrink, DIR/model.onnx is the graph with the pruned heads and FFN dims
-cut out (each step is checked against the previous one and, at the end, against PyTorch).
+by more than --atol. A pruned checkpoint (compression.json, or all-zero heads / FFN dims) is shrunk
+by default: DIR/model.onnx is the graph with the pruned heads and FFN dims cut out (each step is
+checked against the previous one and, at the end, against PyTorch), and what was removed is printed.
+--no-shrink keeps the full graph; --shrink runs the surgery even when no dead structure is found.
 """
 
 from __future__ import annotations

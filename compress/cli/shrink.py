@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("input", metavar="IN.onnx", help="dense-shaped graph from `compress export --onnx`")
     p.add_argument("output", metavar="OUT.onnx", help="where to write the shrunk graph")
     add_config_args(p, ShrinkConfig)
-    p.add_argument("--report", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--report", metavar="PATH", nargs="?", const="",
+                   help="print per layer what was found and removed and the fused-op counts before/after; with PATH also write it as JSON")
     p.set_defaults(func=run)
 
 
@@ -34,18 +35,19 @@ def run(args) -> int:
 
     from compress.core.artifacts import check_output_file
 
-    check_output_file(args.report, inputs=(args.input,))  # before the surgery, not after it
+    if args.report:  # a path to write the JSON to (bare --report only prints): checked before the surgery
+        check_output_file(args.report, inputs=(args.input,))
     result = shrink(args.input, args.output, config_from_args(ShrinkConfig, args))
     if args.report:
         from compress.core.artifacts import write_json
 
         write_json(args.report, result.report)
-    print_report(result.report, title=f"shrink {args.input} -> {args.output}")
+    print_report(result.report, title=f"shrink {args.input} -> {args.output}", details=args.report is not None)
     return 0
 
 
-def print_report(report: dict, title: str) -> None:
-    """Per-layer table + totals, via rich (stdout)."""
+def print_report(report: dict, title: str, details: bool = False) -> None:
+    """Per-layer table + totals, via rich (stdout); with details, what was matched in each layer."""
     from rich.console import Console
     from rich.table import Table
 
@@ -69,6 +71,19 @@ def print_report(report: dict, title: str) -> None:
         f"{report['params_before']:,} -> {report['params_after']:,}; nodes {report['nodes_before']} -> {report['nodes_after']}; "
         f"max abs diff vs input {report.get('max_abs_diff', float('nan')):.2g}"
     )
+    before, after = report.get("fused_ops_before", {}), report.get("fused_ops_after", {})
+    if before or after:
+        console.print("fused / quantized ops before -> after: " + ", ".join(
+            f"{k} {before.get(k, 0)} -> {after.get(k, 0)}" for k in sorted(set(before) | set(after))))
+    if details:
+        for r in report["layers"]:
+            f = r.get("found", {})
+            console.print(
+                f"layer {r['layer']}: found {f.get('attention', '?')} ({f.get('attention_weights', '?')} weights), FFN "
+                f"{f.get('ffn_activation', '?')} ({f.get('ffn_weights', '?')}), residual {f.get('residual', '?')}; removed heads "
+                f"{r.get('heads_removed', [])}" + (" (whole attention block)" if r["attention_removed"] else "")
+                + f", {r['ffn_before'] - r['ffn_after']} of {r['ffn_before']} FFN dims" + (" (whole FFN block)" if r["ffn_removed"] else "")
+            )
     opt = report.get("optimize")
     if opt is not None:
         fused = ", ".join(f"{k} x{v}" for k, v in opt["fusions"].items()) or "none"

@@ -320,7 +320,7 @@ class DeployGraphs:
         ckpt = self.workdir / "checkpoint"
         model_obj = classifier if classifier is not None else load_classifier(model)
         model_obj.save_pretrained(ckpt)  # no tokenizer needed: graphs are checked on random ids
-        export_checkpoint(ckpt, self.workdir / "dense-export", validate=False)
+        export_checkpoint(ckpt, self.workdir / "dense-export", validate=False, shrink=False)  # build() cuts it
         self.dense = onnx.load(str(self.workdir / "dense-export" / "model.onnx"))
         shutil.rmtree(ckpt, ignore_errors=True)
         names = [i.name for i in self.dense.graph.input]
