@@ -123,7 +123,7 @@ def part_targets(a) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     report = {"teacher": a.teacher, "env_start": _env(), "runs": []}
     b, s = (int(x) for x in a.shape.split("x"))
-    models = {"dense fp32": export_checkpoint(a.teacher, work / "dense", optimize=True, overwrite=True).path}
+    models = {"dense fp32": export_checkpoint(a.teacher, work / "dense", shrink=False, optimize=True, overwrite=True).path}
     requests = [("fp32", float(x)) for x in a.fp32] + [("int8", float(x)) for x in a.int8]
     for precision, x in requests:
         out = work / f"struct-{precision}-{x:g}x"

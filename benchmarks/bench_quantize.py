@@ -65,7 +65,7 @@ def export(model: str, work: Path) -> dict[str, Path]:
     for name, optimize in (("fp32", False), ("fused", True)):
         d = work / f"export-{name}"
         if not (d / "model.onnx").exists():
-            export_checkpoint(model, d, overwrite=True, optimize=optimize)
+            export_checkpoint(model, d, overwrite=True, shrink=False, optimize=optimize)
         out[name] = d
     return out
 

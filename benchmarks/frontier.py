@@ -55,7 +55,8 @@ def main():
     from compress.training.data import load_task_data
     from compress.training.models import load_tokenizer
     from compress.ort.evaluate import evaluate_onnx
-    from compress.training.driver import DataArgs, prune
+    from compress.core.config import DataConfig
+    from compress.training.driver import prune
     from exporters.export import export_checkpoint
 
     work = Path(a.work) / a.task
@@ -65,7 +66,7 @@ def main():
     td = load_task_data(a.task, tok, max_length=128, splits=("dev",))
     dense = work / "dense-onnx" / "model.onnx"
     if not dense.exists():  # exported and fused exactly like the pruned graphs (what `compress run` ships)
-        export_checkpoint(a.teacher, dense.parent, overwrite=True, optimize=True)
+        export_checkpoint(a.teacher, dense.parent, overwrite=True, shrink=False, optimize=True)
     if "dense" not in doc["entries"]:
         doc["entries"]["dense"] = {"method": "dense teacher", **evaluate_onnx(dense, td, 64), "speedup_b1": 1.0, "speedup_b32": 1.0,
                                    "command": "(the teacher's export, in every run)"}
@@ -90,7 +91,7 @@ def main():
             for k, v in flags.items():
                 setattr(cfg, k, v)
             student = None if method == "hybrid-filled" else (a.teacher if not method.startswith("smp") else None)
-            info = prune(cfg, DataArgs(task=a.task), student, output=out / "pruned")
+            info = prune(cfg, DataConfig(task=a.task), student, output=out / "pruned")
             onnx_path = export_checkpoint(out / "pruned", out / "onnx", shrink=True, optimize=True, overwrite=True).path
             models = {"dense": dense, key: onnx_path}
             if a.int8:

@@ -14,35 +14,36 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from compress.core.artifacts import atomic_dir, read_compression_json, write_json
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig, from_dict
+from compress.core.artifacts import atomic_dir, check_output_dir, read_compression_json, write_json
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, arg, from_dict
 from compress.core.errors import InvalidConfigError
-from compress.training.driver import DataArgs
 
 console = Console()
 
 
 @dataclass
 class RunConfig:
-    model: str | None = None  # student; default: the teacher when given (prune the fine-tuned model), else minilm
-    task: str = "sst2"
-    data_dir: str | None = None
+    model: str | None = arg(None, "student (default: the teacher when given, i.e. prune the fine-tuned model; else "
+                            "minilm)", aliases=("-m",))
+    task: str = arg("sst2", "sst2 or mrpc")
+    data_dir: str | None = arg(None, "GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(
         method="hybrid", lambda_reg=10.0, score_lr=0.05, lambda_att=1.0, lambda_ffn=1.0,
         train=TrainConfig(max_steps=600, batch_size=32, max_length=64, lr=3e-5, warmup_ratio=0.1, logging_steps=50),
-        distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0)))
+        distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0)), metadata={"cli": False})
     # Hybrid Filled (Block Pruning paper, section 4): after hybrid pruning, re-initialise the zeroed
     # weights inside the surviving heads / FFN dims and fine-tune this many steps with the structure
     # frozen: same speed, accuracy recovered (+0.7 points on the main job). 0 skips it.
-    fill_steps: int = 300
-    quantize: bool = True
+    fill_steps: int = arg(300, "then Hybrid Filled: fine-tune this many steps with the structure frozen and the zeroed "
+                          "weights inside kept heads/dims re-initialised (0: skip)")
+    quantize: bool = arg(True, "also quantize the dense and pruned graphs to int8 (dynamic)")
     # ORT transformer fusions after surgery (Attention, BiasGelu: exporters.optimize.fusion_options);
     # faster at batch 1 and 32 on our CPU, int8 is quantized from the fused graph (results/shrink.md, quantize.md)
-    optimize: bool = True
-    bench_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    bench_seq_len: int = 128
-    bench_threads: int = 2
-    bench_iterations: int = 20  # timed runs per model and shape, interleaved
+    optimize: bool = arg(True, "ORT transformer fusions on the exported graphs")
+    bench_batch_sizes: list[int] = arg([1, 32], "batch sizes timed", metavar="N")
+    bench_seq_len: int = arg(128, "sequence length timed")
+    bench_threads: int = arg(2, "ONNX Runtime intra-op threads when timing")
+    bench_iterations: int = arg(20, "timed runs per model and shape, interleaved")
 
     @classmethod
     def load(cls, path: str) -> "RunConfig":
@@ -58,7 +59,10 @@ class RunConfig:
             else:
                 data = json.loads(text)
         except Exception as e:
-            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from None
+            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from e
+        if not isinstance(data, dict):
+            raise InvalidConfigError(f"recipe {p} must be a mapping of RunConfig keys (model: ..., prune: {{...}}), "
+                                     f"not a {type(data).__name__}")
         prune = data.pop("prune", None)
         cfg = from_dict(cls, data)
         if prune is not None:
@@ -70,7 +74,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     from exporters.export import export_checkpoint
 
     from compress.training.models import load_tokenizer
-    from compress.ort.evaluate import evaluate_onnx
+    from compress.ort.evaluate import evaluate_onnx, is_dynamic_int8
     from compress.training.driver import prune
     from compress.training.data import load_task_data
 
@@ -85,6 +89,8 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
     target, cfg = _speed_target(cfg)
     if cfg.fill_steps < 0 or (cfg.fill_steps and cfg.prune.method == "hybrid-filled"):
         raise InvalidConfigError("--fill-steps must be >= 0 and follows a pruning method other than hybrid-filled")
+    # Before any work: an output that is (or holds) the teacher or student would replace it at the end.
+    check_output_dir(out, overwrite, inputs=(teacher, student, cfg.data_dir))
     timings = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "recipe.json", asdict(cfg))
@@ -93,7 +99,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         # Copies: the caller's config stays as given (it is what recipe.json and summary.json record).
         prune_cfg = replace(cfg.prune, train=replace(cfg.prune.train, overwrite=True))
-        prune(prune_cfg, DataArgs(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
+        prune(prune_cfg, DataConfig(task=cfg.task, data_dir=cfg.data_dir), student, output=tmp / "pruned")
         pruned = tmp / "pruned"
         timings["prune"] = time.time() - t
         if cfg.fill_steps:
@@ -103,7 +109,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
             fill = replace(prune_cfg, method="hybrid-filled", source=str(pruned), lambda_reg=None, sparsity=None,
                            target_speedup=None, target_latency_ms=None, target_flops=None,
                            train=replace(prune_cfg.train, max_steps=cfg.fill_steps))
-            prune(fill, DataArgs(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
+            prune(fill, DataConfig(task=cfg.task, data_dir=cfg.data_dir), output=tmp / "filled")
             pruned = tmp / "filled"
             timings["fill"] = time.time() - t
         info = read_compression_json(pruned)  # what was written, geometry and checksums included
@@ -112,7 +118,7 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         onnx_dir = tmp / "onnx"
         models = {
-            "dense fp32": export_checkpoint(dense_src, onnx_dir / "dense", optimize=cfg.optimize).path,
+            "dense fp32": export_checkpoint(dense_src, onnx_dir / "dense", shrink=False, optimize=cfg.optimize).path,
             "pruned fp32": (pr := export_checkpoint(pruned, onnx_dir / "pruned", shrink=True, optimize=cfg.optimize)).path,
         }
         shrink_report = pr.shrink
@@ -132,14 +138,19 @@ def run_pipeline(cfg: RunConfig, output: str, overwrite: bool = False) -> dict:
         t = time.time()
         tok = load_tokenizer(str(pruned))
         td = load_task_data(cfg.task, tok, data_dir=cfg.data_dir, max_length=128, splits=("dev",))
-        metrics = {name: evaluate_onnx(path, td, 64) for name, path in models.items()}
+        # Dynamic int8 results depend on the batch a row is run in (one activation range per batch tensor);
+        # batch 1, each row alone, is the answer that does not (compress.ort.evaluate, issue 17).
+        eval_batch = {name: 1 if is_dynamic_int8(path) else 64 for name, path in models.items()}
+        metrics = {name: evaluate_onnx(path, td, eval_batch[name]) for name, path in models.items()}
         timings["eval"] = time.time() - t
         # 5. bench
         console.rule("[bold]5/5 bench")
         t = time.time()
         latency = bench_models(models, cfg)
         timings["bench"] = time.time() - t
-        rows = _rows(models, metrics, latency, info, cfg)
+        rows = _rows(models, metrics, latency, info, cfg, eval_batch)
+        for row in rows:  # paths inside the run folder, valid once the temporary folder is renamed
+            row["path"] = str(Path(row["path"]).relative_to(tmp))
         speed = _speed_summary(read_compression_json(tmp / "pruned"), latency, cfg) if target else None
         timings["total"] = time.time() - t_start
         summary = {"recipe": asdict(cfg), "rows": rows, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
@@ -200,7 +211,7 @@ def bench_models(models: dict, cfg: RunConfig) -> dict:
     return out
 
 
-def _rows(models, metrics, latency, info, cfg) -> list[dict]:
+def _rows(models, metrics, latency, info, cfg, eval_batch: dict | None = None) -> list[dict]:
     dense_params = info["params"]["encoder_linear_dense"]
     rows = []
     base = latency["dense fp32"]
@@ -208,7 +219,8 @@ def _rows(models, metrics, latency, info, cfg) -> list[dict]:
         m = metrics[name]
         params = info["params"]["encoder_linear_after_removal"] if name.startswith("pruned") else dense_params
         row = {"model": name, "path": str(path), **{f"dev_{k}": round(v, 4) for k, v in m.items()},
-               "encoder_linear_params": params, "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
+               "eval_batch": (eval_batch or {}).get(name, 64), "encoder_linear_params": params,
+               "size_mb": round(Path(path).stat().st_size / 1e6, 2)}
         for b, ms in latency[name].items():
             row[f"p50_ms_b{b}"] = round(ms, 2)
             row[f"speedup_b{b}"] = round(base[b] / ms, 2)
@@ -281,11 +293,12 @@ def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[
               f"{p['seconds_per_step']:.2f} s per training step.", "",
               "Latency: ONNX Runtime CPU, p50, sequence length "
               f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
-              "measured in the same run.", "",
+              "measured in the same run. Accuracy at eval_batch rows per batch: dynamic int8 at 1, because its "
+              "activation ranges are computed per batch and its accuracy moves with the batch "
+              "(benchmarks/results/int8_batch_dependence.md).", "",
               "| layer | heads kept | FFN dims kept |", "|---|---|---|"]
     sp = summary.get("speed")
     if sp:  # one line above the layer table: requested, predicted by the table, measured in this run
-        t = sp["target"]
         from compress.training.checkpoint import _target_text
 
         asked = _target_text(sp)

@@ -1,8 +1,8 @@
 """Export a Hugging Face encoder checkpoint to ONNX and prove the graph computes what PyTorch does.
 
 Plain functions, one small table per concern (tasks, inputs), no registry:
-  export_checkpoint(...) -> ExportResult   full report (used by the CLI)
-  export_onnx(...) -> Path                 the same, returning DIR/model.onnx
+  export_checkpoint(...) -> ExportReport   checkpoint dir -> DIR/model.onnx + sidecars, and the report
+  (compress.export_onnx is the public wrapper)
 
 Choices, and why:
   * Attention runs as "eager" during export: the SDPA path decomposes into a graph with NaN guards
@@ -33,7 +33,9 @@ import numpy as np
 import onnx
 import torch
 
-from compress.core.artifacts import COMPRESSION_JSON, atomic_dir, read_compression_json, record_checksums, write_json
+from compress.core.artifacts import (
+    COMPRESSION_JSON, atomic_dir, check_output_dir, load_pretrained, read_compression_json, record_checksums, write_json,
+)
 from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError, UnsupportedModelError, ValidationError
 
 from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, ExportSpec
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Files a tokenizer may consist of; copied byte for byte so the ONNX directory is self-contained.
 @dataclass
-class ExportResult:
+class ExportReport:
     path: Path
     task: str
     exporter: str
@@ -78,12 +80,10 @@ def load_for_task(checkpoint_dir: str | Path, task: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with our report
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, info = cls.from_pretrained(str(checkpoint_dir), attn_implementation="eager", output_loading_info=True)
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot load {checkpoint_dir} as a {task} model: {str(e).splitlines()[0]}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The loader every verb uses: a truncated model.safetensors is one line here too, not a traceback.
+        model, info = load_pretrained(cls, checkpoint_dir, attn_implementation="eager", output_loading_info=True)
     # Buffers, and for feature extraction the pooler (its output is not exported), may be missing.
     ignorable = ("position_ids",) + (("pooler.",) if task == "feature-extraction" else ())
     missing = [k for k in info.get("missing_keys", []) if not any(s in k for s in ignorable)]
@@ -238,18 +238,21 @@ def export_checkpoint(
     validate: bool = True,
     atol: float = DEFAULT_ATOL,
     exporter: str = "torchscript",
-    shrink: bool = False,
+    shrink: bool | None = None,
     optimize: bool = False,
-) -> ExportResult:
+) -> ExportReport:
     """Checkpoint dir -> output_dir/{model.onnx, config.json, tokenizer files, compression.json}.
 
-    shrink: also cut the dead heads / FFN dims (from compression.json, else zero weights) so model.onnx
-    is the small graph. optimize: run ORT's transformer fusions afterwards (kept only if they match).
+    shrink: cut the dead heads / FFN dims (from compression.json, else zero weights) so model.onnx is
+    the small graph. None (the default) shrinks whenever there is dead structure: a pruned model must
+    not ship unshrunk by accident ("pruned, but not faster"); False keeps the full graph; True always
+    runs the surgery. optimize: run ORT's transformer fusions afterwards (kept only if they match).
     Every step is checked against the previous one on the same tokenized batches (atol).
     """
     from transformers import AutoConfig
 
     checkpoint_dir = Path(checkpoint_dir)
+    check_output_dir(output_dir, overwrite, inputs=(checkpoint_dir,))  # before any loading work
     if not (checkpoint_dir / "config.json").exists():
         raise ArtifactError(f"{checkpoint_dir} is not a Hugging Face checkpoint (no config.json)")
     structure = read_compression_json(checkpoint_dir, verify=True)  # raises on checksum mismatch
@@ -277,9 +280,13 @@ def export_checkpoint(
         opset_used = next((o.version for o in dense.opset_import if o.domain in ("", "ai.onnx")), opset)
         batches = sample_inputs(input_names, tokenizer, getattr(config, "vocab_size", 100), max_sequence(config))
         validation = validate_against_torch(dense, model, task, input_names, batches, atol) if validate else {}
-        result = ExportResult(Path(output_dir) / MODEL_FILE, task, used, input_names, output_names, validation, notes=notes, opset=opset_used)
+        result = ExportReport(Path(output_dir) / MODEL_FILE, task, used, input_names, output_names, validation, notes=notes, opset=opset_used)
 
         final = dense
+        if shrink is None:
+            shrink, why = dead_structure(dense, structure, config)
+            if not shrink:
+                notes.append(f"not shrunk: {why}")
         if shrink:
             final, result.shrink = shrink_dense(dense, structure, config, batches, atol)
         if optimize:
@@ -298,15 +305,14 @@ def export_checkpoint(
                 result.validation["final_max_abs_diff"] = validate_against_torch(final, model, task, input_names, batches, atol)["max_abs_diff"]
             onnx.save(final, str(path))
 
-        shutil.copy2(checkpoint_dir / "config.json", tmp / "config.json")
-        for name in SIDECAR_FILES:  # config.json was copied above
-            if name != "config.json" and (checkpoint_dir / name).exists():
+        for name in SIDECAR_FILES:  # config.json (checked above) and the tokenizer files
+            if (checkpoint_dir / name).exists():
                 shutil.copy2(checkpoint_dir / name, tmp / name)
         if structure is not None:
             data = copy.deepcopy(structure)
             data["onnx"] = {
                 "file": MODEL_FILE, "task": task, "exporter": used, "opset": opset_used, "inputs": input_names,
-                "outputs": output_names, "shrunk": bool(shrink), "optimized": bool(result.optimize and result.optimize["applied"]),
+                "outputs": output_names, "shrunk": result.shrink is not None, "optimized": bool(result.optimize and result.optimize["applied"]),
                 "validation": result.validation,
             }
             write_json(tmp / COMPRESSION_JSON, record_checksums(tmp, data, [MODEL_FILE, "config.json"]))
@@ -322,6 +328,29 @@ def geometry_of(config):
         return None
 
 
+def dead_structure(dense: onnx.ModelProto, structure: dict | None, config) -> tuple[bool, str]:
+    """Whether the export has heads / FFN dims to cut (compression.json's kept structure, else all-zero
+    output weights in the graph), and why not when it has none."""
+    from exporters.graph import Graph
+    from exporters.surgery.match import detect_kept, find_layers
+
+    geo = geometry_of(config)
+    layers = (structure or {}).get("layers")
+    if layers and geo is not None:
+        dead = any(len(k["heads_kept"]) < geo.num_heads or len(k["ffn_dims_kept"]) < geo.intermediate_size for k in layers)
+        return dead, "" if dead else "compression.json keeps every head and FFN dim"
+    g = Graph(dense)
+    try:
+        found, _ = find_layers(g, geo.head_size if geo else None)
+    except GraphPatternError as e:
+        if structure:  # a pruned checkpoint whose graph surgery cannot read: say so, do not ship it silently
+            raise GraphPatternError(f"{e} (the checkpoint is pruned; pass --no-shrink to export the full graph anyway)") from None
+        return False, f"encoder structure not recognised in the graph ({e})"
+    kept = detect_kept(g, found)
+    dead = any(len(k.heads) < b.attention.num_heads or len(k.ffn_dims) < b.ffn.width for k, b in zip(kept, found))
+    return dead, "" if dead else "no all-zero heads or FFN dims in the graph"
+
+
 def shrink_dense(dense: onnx.ModelProto, structure: dict | None, config, batches, atol: float):
     """Surgery on a fresh export: kept structure from compression.json when there is one."""
     from compress.core.structure import geometry
@@ -333,17 +362,4 @@ def shrink_dense(dense: onnx.ModelProto, structure: dict | None, config, batches
     return shrink_graph(dense, kept, geo.num_heads, geo.head_size, sample_inputs=batches, atol=atol)
 
 
-def export_onnx(
-    checkpoint_dir: str | Path,
-    output_dir: str | Path,
-    task: str | None = None,
-    overwrite: bool = False,
-    opset: int = DEFAULT_OPSET,
-    validate: bool = True,
-    **kwargs,
-) -> Path:
-    """Export and validate; returns output_dir/model.onnx. See export_checkpoint for the options."""
-    return export_checkpoint(checkpoint_dir, output_dir, task, overwrite, opset, validate, **kwargs).path
-
-
-__all__ = ["TASKS", "ExportResult", "export_checkpoint", "export_onnx", "infer_task", "load_tokenizer", "sample_inputs"]
+__all__ = ["TASKS", "ExportReport", "export_checkpoint", "infer_task", "load_tokenizer", "sample_inputs"]

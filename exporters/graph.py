@@ -72,14 +72,45 @@ class Graph:
             return node if node.op_type == "Constant" else None
         return None
 
+    def dequantized(self, name: str) -> onnx.NodeProto | None:
+        """The DequantizeLinear node producing `name` from constant int8 values, scale and zero point
+        (a weight or bias of a QDQ-quantized graph), else None."""
+        node = self.producer.get(name)
+        if node is None or node.op_type != "DequantizeLinear":
+            return None
+        if any(a.name == "block_size" and a.i for a in node.attribute):
+            return None  # blocked quantization: not a layout surgery can slice
+        if all(not i or self._resolve(i) is not None for i in node.input):
+            return node
+        return None
+
+    def _folded_qdq(self, name: str, depth: int = 0) -> onnx.NodeProto | None:
+        """A QuantizeLinear / DequantizeLinear whose inputs are all constants (QDQ graphs quantize
+        weights as DequantizeLinear(int8 initializer) and constants as DQ(Q(Constant)))."""
+        node = self.producer.get(name)
+        if node is None or node.op_type not in ("QuantizeLinear", "DequantizeLinear") or depth > 4:
+            return None
+        if any(a.name == "block_size" and a.i for a in node.attribute):
+            return None
+        for i in node.input:
+            if i and self._resolve(i) is None and self._folded_qdq(i, depth + 1) is None:
+                return None
+        return node
+
     def const(self, name: str) -> np.ndarray | None:
-        """Value of a tensor known at graph-build time, else None. Cached: initializers are never
+        """Value of a tensor known at graph-build time, else None (QuantizeLinear / DequantizeLinear of
+        constants count: their value is what the graph computes with). Cached: initializers are never
         edited in place (edits add new ones), so a name's value never changes."""
         if name in self._const_cache:
             return self._const_cache[name]
         src = self._resolve(name)
         value = None
-        if isinstance(src, str):
+        qdq = self._folded_qdq(name) if src is None else None
+        if qdq is not None:
+            args = [self.const(i) if i else None for i in list(qdq.input) + [""] * (3 - len(qdq.input))]
+            axis = next((a.i for a in qdq.attribute if a.name == "axis"), 1)
+            value = (dequantize if qdq.op_type == "DequantizeLinear" else quantize)(*args, axis=axis)
+        elif isinstance(src, str):
             value = numpy_helper.to_array(self.initializers[src])
         elif src is not None:
             attr = next((a for a in src.attribute if a.name.startswith("value")), None)
@@ -90,10 +121,17 @@ class Graph:
         self._const_cache[name] = value
         return value
 
-    def is_const(self, name: str) -> bool:
+    def is_stored(self, name: str) -> bool:
+        """A constant stored as such (initializer or Constant node, through Identity), as opposed to one
+        computed from constants (a QDQ weight's DequantizeLinear)."""
         return self._resolve(name) is not None
 
+    def is_const(self, name: str) -> bool:
+        return self._resolve(name) is not None or self._folded_qdq(name) is not None
+
     def is_scalar_const(self, name: str) -> bool:
+        if self._folded_qdq(name) is not None:
+            return self.const(name).size == 1
         src = self._resolve(name)
         if isinstance(src, str):
             return int(np.prod(self.initializers[src].dims)) == 1
@@ -238,6 +276,31 @@ def topological_sort(nodes: list[onnx.NodeProto], available: set[str]) -> list[o
     if len(out) != len(nodes):
         raise ValueError("graph has a cycle or a node reads a tensor nobody produces")
     return out
+
+
+def dequantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int = 1) -> np.ndarray:
+    """ONNX DequantizeLinear: (x - zero_point) * scale, per tensor or per channel along `axis`."""
+    x = x.astype(np.float32)
+    if zero_point is not None:
+        zero_point = zero_point.astype(np.float32)
+    if scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero_point = None if zero_point is None else zero_point.reshape(shape)
+    return ((x - zero_point) if zero_point is not None else x) * scale.astype(np.float32)
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int = 1) -> np.ndarray:
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point) in the zero point's type."""
+    dtype = zero_point.dtype if zero_point is not None else np.uint8
+    zp = zero_point.astype(np.float32) if zero_point is not None else np.zeros((), np.float32)
+    if scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.size > 1 else zp
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x.astype(np.float32) / scale) + zp, info.min, info.max).astype(dtype)
 
 
 def param_count(model: onnx.ModelProto) -> int:

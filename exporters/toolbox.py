@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import ArtifactError, CompressError, ValidationError
-
-MODEL_FILE = "model.onnx"
+from exporters.spec import MODEL_FILE
 
 # Files that describe the model next to model.onnx: copied along so an exported, shrunk or quantized
 # model stays usable on its own (tokenizer + config).
@@ -124,6 +123,7 @@ def check_onnx(path: Path) -> None:
 
     if path.stat().st_size == 0:
         raise ArtifactError(f"{path} is empty (0 bytes); re-export it")
+    _check_external_data(path)
     try:
         # The path form of the checker also follows external data and works beyond 2 GB.
         onnx.checker.check_model(str(path))
@@ -136,6 +136,24 @@ def check_onnx(path: Path) -> None:
             f"{path} is not a valid ONNX file ({e.__class__.__name__}: {first_line(e)}); "
             "it is corrupt or truncated: re-export it"
         ) from e
+
+
+def _check_external_data(path: Path) -> None:
+    """Weights saved as external data live in files beside the .onnx; a copy without them fails in the
+    checker with a message about a tensor, so name the missing file instead."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return  # not parseable: the checker below reports it
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), None)
+        if location and not (path.parent / location).is_file():
+            raise ArtifactError(f"{path} keeps its weights in the external data file {location}, which is missing "
+                                f"beside it; copy {location} into {path.parent}")
 
 
 def _valid_with_domain_imports(path: Path) -> bool:

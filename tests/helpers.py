@@ -91,3 +91,10 @@ def write_sst2_like(directory: str | Path, n_train: int = 64, n_dev: int = 16) -
             rows.append(f"{pool[k % len(pool)]}\t{label}")
         (directory / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     return directory
+
+
+def main(argv: list[str]) -> int:
+    """The `compress` command line, in-process. Imported here only, so the CLI module can move."""
+    from compress.cli.main import main as cli_main
+
+    return cli_main(argv)

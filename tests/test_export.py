@@ -14,7 +14,7 @@ from compress.core.errors import ArtifactError, InvalidConfigError, ValidationEr
 from compress.core.sparsity import kept_structure
 from compress.core.structure import geometry
 from exporters import export as onnx_export
-from exporters.export import export_checkpoint, export_onnx
+from exporters.export import export_checkpoint
 from exporters.toolbox import run
 
 
@@ -91,7 +91,7 @@ def test_export_tasks(tmp_path, auto_class, task, outputs):
 def test_export_refuses_a_head_the_checkpoint_does_not_have(tmp_path):
     ck = save_checkpoint(tiny_model("bert"), tmp_path / "ck")
     with pytest.raises(ArtifactError, match="no trained weights for the question-answering head"):
-        export_onnx(ck, tmp_path / "out", task="question-answering")
+        export_checkpoint(ck, tmp_path / "out", task="question-answering")
     assert not (tmp_path / "out").exists()
 
 
@@ -100,7 +100,7 @@ def test_validation_failure_writes_nothing(tmp_path, monkeypatch):
     real = onnx_export._torch_outputs
     monkeypatch.setattr(onnx_export, "_torch_outputs", lambda *a: {k: v + 0.01 for k, v in real(*a).items()})
     with pytest.raises(ValidationError, match=r"differs from PyTorch by 0\.01"):
-        export_onnx(ck, tmp_path / "out")
+        export_checkpoint(ck, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary directory left behind
 
@@ -112,10 +112,10 @@ def test_output_dir_and_checksums_are_guarded(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
     with pytest.raises(InvalidConfigError, match="not empty"):
-        export_onnx(ck, tmp_path / "busy")
+        export_checkpoint(ck, tmp_path / "busy")
     (ck / "config.json").write_text((ck / "config.json").read_text() + "\n")  # edited after pruning
     with pytest.raises(ArtifactError, match="does not match the checksum"):
-        export_onnx(ck, tmp_path / "out")
+        export_checkpoint(ck, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -61,10 +61,10 @@ def export_tiny(directory: Path, model=None, use_exporter: bool = True) -> Path:
     """A tiny model as an ONNX directory; through the project's exporter when it exists."""
     model = model if model is not None else helpers.tiny_model()
     if use_exporter and HAVE_EXPORTER:
-        from exporters.export import export_onnx
+        from exporters.export import export_checkpoint
 
         ckpt = helpers.save_checkpoint(model, directory.parent / f"{directory.name}-ckpt")
-        export_onnx(ckpt, directory, task="sequence-classification", overwrite=True)
+        export_checkpoint(ckpt, directory, task="sequence-classification", overwrite=True)
         return directory
     return torch_export(model, directory)
 

@@ -24,6 +24,8 @@ def test_run_chain_tiny(tmp_path):
     assert names == ["dense fp32", "pruned fp32", "dense int8", "pruned int8"]
     for r in summary["rows"]:
         assert 0 <= r["dev_accuracy"] <= 1 and r["p50_ms_b1"] > 0 and r["speedup_b4"] > 0
+    # Dynamic int8 accuracy depends on the eval batch (issue 17): measured row by row, and said so.
+    assert [r["eval_batch"] for r in summary["rows"]] == [64, 64, 1, 1]
     for f in ("report.md", "pattern.png", "kept.png", "frontier.png", "recipe.json", "pruned/compression.json",
               "onnx/pruned/model.onnx", "onnx/pruned-int8/model.onnx"):
         assert (out / f).exists(), f

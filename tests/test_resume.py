@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 import helpers as h
 from compress.core.config import DistillConfig, PruneConfig, TrainConfig
-from compress.training.driver import DataArgs, prune
+from compress.core.config import DataConfig
+from compress.training.driver import prune
 from compress.training.loop import checkpoint_dir
 
 
@@ -28,7 +29,7 @@ def _cfg(tmp, out, resume=False):
 def test_resume_matches_uninterrupted(tmp_path):
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=48, n_dev=16)
     h.save_checkpoint(h.tiny_model("bert"), tmp_path / "base")
-    data = DataArgs(task="sst2", data_dir=str(tmp_path / "data"))
+    data = DataConfig(task="sst2", data_dir=str(tmp_path / "data"))
     full = prune(_cfg(tmp_path, "full"), data, str(tmp_path / "base"), output=tmp_path / "full")
 
     with pytest.raises(KeyboardInterrupt):

@@ -175,8 +175,60 @@ def test_unrecognised_graphs_raise_graph_pattern_error():
 
     fused = build_encoder(layers=1)
     fused.graph.node.append(helper.make_node("Attention", ["x"], ["unused"], domain="com.microsoft", num_heads=4))
-    with pytest.raises(GraphPatternError, match="already contains fused Attention"):
+    # fused com.microsoft Attention is rewritten since issue 16 (tests/test_zoo.py); one without its
+    # packed weight is still refused, naming the node and what is missing
+    with pytest.raises(GraphPatternError, match="fused Attention at Attention node 'unused': the packed QKV weight is not a constant"):
         shrink(fused)
+    other = build_encoder(layers=1)
+    other.graph.node.append(helper.make_node("MultiHeadAttention", ["x", "x", "x"], ["unused"], domain="com.microsoft", num_heads=4))
+    with pytest.raises(GraphPatternError, match="fused MultiHeadAttention .*only com.microsoft Attention / QAttention are rewritten"):
+        shrink(other)
+
+
+@pytest.mark.parametrize("axis", [-1, 1], ids=["head-size", "head-count"])
+def test_runtime_scale_factor_must_read_the_head_size(axis):
+    """torch's SDPA decomposition scales Q by a factor computed from Shape(Q_heads)[-1] (issue 16). That
+    one survives cutting heads; a factor read from another dim (here the head count) would not, so the
+    block is refused rather than silently changed."""
+    model = build_encoder(layers=1, dead_heads={0: [1, 3]})
+    nodes = list(model.graph.node)
+    qk = next(n for n in nodes if n.name == "l0.qk")
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(axis, np.int64), "axis_idx")])
+    extra = [
+        helper.make_node("Shape", ["l0.qh"], ["q_shape"], name="q_shape"),
+        helper.make_node("Gather", ["q_shape", "axis_idx"], ["q_dim"], name="q_dim", axis=0),
+        helper.make_node("Cast", ["q_dim"], ["q_dim_f"], name="q_dim_f", to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["q_dim_f"], ["q_sqrt"], name="q_sqrt"),
+        helper.make_node("Reciprocal", ["q_sqrt"], ["q_factor"], name="q_factor"),
+        helper.make_node("Mul", ["l0.qh", "q_factor"], ["q_scaled"], name="q_scaled"),
+    ]
+    qk.input[0] = "q_scaled"
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[: nodes.index(qk)] + extra + nodes[nodes.index(qk):])
+    onnx.checker.check_model(model)
+    if axis == -1:
+        small, report = shrink(model, sample_inputs=float_feeds(), atol=1e-5)
+        assert report["layers"][0]["heads_kept"] == [0, 2]
+    else:
+        with pytest.raises(GraphPatternError, match="expected a Reshape splitting Q into heads, found Mul node 'q_scaled'"):
+            shrink(model)
+
+
+def test_fused_matmul_with_transposed_k():
+    """ORT's saved graphs can hold the scores as com.microsoft FusedMatMul(Q, K, transB=1, alpha): K then
+    stays in the Q layout (the zoo's ORT graph has transB=0; this covers the other form)."""
+    model = build_encoder(layers=1, dead_heads={0: [0, 2]})
+    kt = next(n for n in model.graph.node if n.name == "l0.kt")
+    kt.attribute[0].ints[:] = [0, 2, 1, 3]
+    qk = next(n for n in model.graph.node if n.name == "l0.qk")
+    qk.op_type, qk.domain = "FusedMatMul", "com.microsoft"
+    qk.attribute.extend([helper.make_attribute("transB", 1), helper.make_attribute("alpha", 1.0)])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    small, report = shrink(model, sample_inputs=float_feeds(), atol=1e-5)
+    assert report["layers"][0]["heads_kept"] == [1, 3] and report["max_abs_diff"] < 1e-5
+    kt.attribute[0].ints[:] = [0, 2, 3, 1]  # K transposed twice: not attention heads any more
+    with pytest.raises(GraphPatternError, match=r"K heads are transposed with \[0, 2, 3, 1\], expected \[0, 2, 1, 3\]"):
+        shrink(model)
 
 
 # ------------------------------------------------------------------------------------ real exports
@@ -188,7 +240,7 @@ def exports(tmp_path_factory):
     for family, exporter in (("bert", "torchscript"), ("bert", "dynamo"), ("roberta", "torchscript"), ("distilbert", "torchscript")):
         model = kill_structure(tiny_model(family, layers=3), DEAD_HEADS, DEAD_DIMS)
         ck = save_checkpoint(model, root / f"ck_{family}_{exporter}")
-        result = export_checkpoint(ck, root / f"onnx_{family}_{exporter}", task="feature-extraction", exporter=exporter)
+        result = export_checkpoint(ck, root / f"onnx_{family}_{exporter}", task="feature-extraction", exporter=exporter, shrink=False)
         assert result.exporter == exporter
         out[(family, exporter)] = result.path
     return out
@@ -240,7 +292,7 @@ def test_optimize_reports_when_attention_does_not_fuse(exports):
 def test_cli_export_then_shrink(tmp_path, capsys):
     model = kill_structure(tiny_model("bert", layers=3), DEAD_HEADS, DEAD_DIMS)
     ck = save_checkpoint(model, tmp_path / "ck")
-    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense")]) == 0
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense"), "--no-shrink"]) == 0
     out, report = tmp_path / "small.onnx", tmp_path / "report.json"
     assert main(["shrink", str(tmp_path / "dense" / "model.onnx"), str(out), "--optimize", "--report", str(report)]) == 0
     text = capsys.readouterr().out
@@ -262,7 +314,7 @@ def test_cli_uses_and_guards_compression_json(tmp_path, capsys):
     model = kill_structure(tiny_model("distilbert", layers=3), DEAD_HEADS, DEAD_DIMS)
     ck = save_checkpoint(model, tmp_path / "ck")
     write_compression_json(ck, model)
-    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense")]) == 0
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense"), "--no-shrink"]) == 0
     assert main(["shrink", str(tmp_path / "dense" / "model.onnx"), str(tmp_path / "s.onnx")]) == 0
     assert "structure from" in capsys.readouterr().out
     assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "small"), "--shrink"]) == 0
@@ -282,3 +334,23 @@ def test_dense_graph_normalised_for_fusion(exports):
     assert assert_close(dense, same, feeds, 1e-5, "normalised") < 1e-5
     fused, report = optimize(same, feeds)  # ... but every layer's head count is now readable by ORT
     assert report["applied"] and report["fusions"]["Attention"] == 3
+
+
+def test_cli_export_shrinks_pruned_checkpoints_by_default(tmp_path, capsys):
+    """Issue 16: exporting a pruned model must not give the unshrunk graph by accident."""
+    model = kill_structure(tiny_model("bert", layers=3), DEAD_HEADS, DEAD_DIMS)
+    ck = save_checkpoint(model, tmp_path / "ck")  # no compression.json: the zero weights tell
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "auto")]) == 0
+    text = capsys.readouterr().out
+    assert "attention removed" in text and "FFN removed" in text  # what was removed is printed
+    small = op_counts(onnx.load(str(tmp_path / "auto" / "model.onnx")))
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "full"), "--no-shrink"]) == 0
+    full = op_counts(onnx.load(str(tmp_path / "full" / "model.onnx")))
+    assert (small["Softmax"], full["Softmax"]) == (2, 3) and "removed" not in capsys.readouterr().out
+    # a dense checkpoint has nothing to cut: exported as is, and the note says why
+    dense = save_checkpoint(tiny_model("bert", layers=2), tmp_path / "dense_ck")
+    assert main(["export", "--onnx", str(dense), "--output", str(tmp_path / "dense")]) == 0
+    assert "not shrunk: no all-zero heads or FFN dims in the graph" in capsys.readouterr().out
+    # --shrink is still accepted
+    assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "forced"), "--shrink"]) == 0
+    assert op_counts(onnx.load(str(tmp_path / "forced" / "model.onnx")))["Softmax"] == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,10 +11,11 @@ import helpers as h
 from compress.core.config import DistillConfig, PruneConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
 from compress.pruning.methods import get_method
-from compress.training.driver import DataArgs, prune
+from compress.core.config import DataConfig
+from compress.training.driver import prune
 from compress.pruning.pruner import Pruner
 from compress.speed.budget import Target, marginal_step, resolve_target
-from compress.speed.budgeted import SpeedPlan
+from compress.speed.budgeted import SpeedPlan, budget_for
 from compress.speed.latency import LatencyTable, flops_table
 from compress.core.structure import geometry, layer_linears
 from compress.training.loop import StudentWithLoss
@@ -54,7 +54,7 @@ def test_struct_budget_masks_meet_the_schedule_and_train_scores(model_type):
     model = h.tiny_model(model_type, ffn=128)
     plan = _plan(model, 0.4)
     cfg = PruneConfig(method="struct", target_flops=0.4, ffn_block=16)
-    pruner = Pruner(model, get_method("struct"), cfg, speed_plan=plan)
+    pruner = Pruner(model, get_method("struct"), cfg, budget=budget_for(model, "struct", plan, cfg.ffn_block))
     assert pruner.lam_final == 0.0 and pruner.regularization() == 0.0
     pruner.set_step(0, 100, 10)  # before pruning starts: everything kept
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_budget_level_follows_the_cubic_schedule():
     model = h.tiny_model("bert", ffn=128)
     plan = _plan(model, 0.3)
     pruner = Pruner(model, get_method("struct"), PruneConfig(method="struct", target_flops=0.3, initial_warmup=1, final_warmup=2),
-                    speed_plan=plan)
+                    budget=budget_for(model, "struct", plan, 32))
     levels = []
     for step in range(0, 101, 10):
         pruner.set_step(step, 100, 10)
@@ -93,7 +93,8 @@ def test_hybrid_budget_uses_block_scores_per_head():
     # head size 32 = one 32x32 block row per head
     model = h.tiny_model("bert", hidden=64, heads=2, ffn=64)
     plan = _plan(model, 0.5)
-    pruner = Pruner(model, get_method("hybrid"), PruneConfig(method="hybrid", target_flops=0.5, ffn_block=16), speed_plan=plan)
+    pruner = Pruner(model, get_method("hybrid"), PruneConfig(method="hybrid", target_flops=0.5, ffn_block=16),
+                    budget=budget_for(model, "hybrid", plan, 16))
     with torch.no_grad():  # make head 1 of layer 0 clearly more important in its Q blocks
         pruner.scores["layer_0_query"][1] += 5.0
         pruner.scores["layer_0_query"][0] -= 5.0
@@ -113,7 +114,8 @@ def test_hybrid_budget_uses_block_scores_per_head():
 def test_hybrid_budget_refuses_heads_smaller_than_blocks():
     model = h.tiny_model("bert")  # head size 8 < 32
     with pytest.raises(InvalidConfigError, match="multiple of its 32x32"):
-        Pruner(model, get_method("hybrid"), PruneConfig(method="hybrid", target_flops=0.5), speed_plan=_plan(model))
+        Pruner(model, get_method("hybrid"), PruneConfig(method="hybrid", target_flops=0.5),
+               budget=budget_for(model, "hybrid", _plan(model), 32))
 
 
 # ------------------------------------------------------------------------------ prune() end to end
@@ -131,7 +133,7 @@ def _cfg(steps=16, **kw):
 
 
 def _prune(d, out, cfg):
-    return prune(cfg, DataArgs(task="sst2", data_dir=str(d / "data")), str(d / "base"), output=d / out)
+    return prune(cfg, DataConfig(task="sst2", data_dir=str(d / "data")), str(d / "base"), output=d / out)
 
 
 def test_prune_with_target_speedup_meets_its_table(workspace, monkeypatch):

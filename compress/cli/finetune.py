@@ -5,12 +5,12 @@ def register(sub):
     p = sub.add_parser("finetune", help="dense fine-tuning (a teacher or a baseline)")
     p.add_argument("--model", "-m", help="a local dir or hub name (default: minilm)")
     add_data_args(p)
-    add_train_args(p, epochs=1.0, lr=5e-5)
+    add_train_args(p, lr=5e-5)
     p.set_defaults(func=run)
 
 
 def run(a):
-    from compress.training.driver import finetune
+    from compress.api import finetune
 
-    info = finetune(train_config(a), data_args(a), a.model, output=a.output)
-    print_summary(info, a.output)
+    result = finetune(train_config(a), a.output, model=a.model, data=data_args(a))
+    print_summary(result.report, a.output)

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 
-def add_deploy_args(p, with_model_help: bool = True) -> None:
-    """The deployment flags shared by latency-table, prune and run."""
-    g = p.add_argument_group("deployment target (latency table)")
-    g.add_argument("--deploy", choices=["fp32", "int8"], default="fp32",
-                   help="precision the model ships in: fp32, or int8 (compress quantize's dynamic int8) (default: %(default)s)")
-    g.add_argument("--deploy-shape", default="32x128", metavar="BATCHxSEQ", help="batch x sequence length (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: %(default)s)")
-    g.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="execution provider (default: %(default)s)")
+DEPLOY_FIELDS = ("deploy", "deploy_shape", "deploy_threads", "deploy_provider")
 
 
 def deploy_config(a):
+    """The deployment of PruneConfig's deploy_* flags (one source of their defaults) as a DeployConfig."""
+    from compress.cli.flags import config_from_args
+    from compress.core.config import PruneConfig
     from compress.speed.latency import DeployConfig, parse_shape
 
-    batch, seq = parse_shape(a.deploy_shape)
-    return DeployConfig(precision=a.deploy, batch=batch, seq=seq, threads=a.threads, provider=a.provider)
+    c = config_from_args(PruneConfig, a)
+    batch, seq = parse_shape(c.deploy_shape)
+    return DeployConfig(precision=c.deploy, batch=batch, seq=seq, threads=c.deploy_threads, provider=c.deploy_provider)
 
 
 def register(sub):
@@ -27,7 +24,10 @@ def register(sub):
                        "cached in $COMPRESS_CACHE_DIR/latency or ~/.cache/compress/latency and reused by "
                        "`compress prune --target-speedup`.")
     p.add_argument("model", metavar="MODEL", nargs="?", help="a local model dir or hub name (default: minilm)")
-    add_deploy_args(p)
+    from compress.cli.flags import add_config_args
+    from compress.core.config import PruneConfig
+
+    add_config_args(p, PruneConfig, only=DEPLOY_FIELDS, title="deployment target (latency table)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per graph, interleaved (default: %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="measure again even when a cached table exists")
     p.add_argument("--json", dest="json_path", help="also write the table to this JSON file")

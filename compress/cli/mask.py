@@ -1,7 +1,7 @@
 def register(sub):
     p = sub.add_parser("mask", help="SMP: save a pruned result as a packed bit-mask over its backbone, or re-apply one")
     s = p.add_subparsers(dest="mask_verb", metavar="save|apply")
-    a = s.add_parser("save", help="DIR (an smp-l/smp-s result) -> MASK file")
+    a = s.add_parser("save", help="DIR (an smp-l/smp-s/smp-struct result) -> MASK file (smp-struct: one bit per head and FFN dim)")
     a.add_argument("pruned")
     a.add_argument("--backbone", help="the pre-trained model it was pruned from (default: base_model in compression.json)")
     a.add_argument("--output", "-o", required=True)
@@ -37,8 +37,16 @@ def apply(a):
     from safetensors import safe_open
     import json
 
-    with safe_open(a.mask, "np") as f:
-        num_labels = json.loads((f.metadata() or {}).get("config", "{}")).get("num_labels")
+    from compress.core.artifacts import check_output_dir
+    from compress.core.errors import ArtifactError
+
+    check_output_dir(a.output, a.overwrite, inputs=(a.backbone, a.mask))
+    try:
+        with safe_open(a.mask, "np") as f:
+            num_labels = json.loads((f.metadata() or {}).get("config", "{}")).get("num_labels")
+    except Exception as e:  # missing, truncated or not safetensors: safetensors raises several types
+        raise ArtifactError(f"cannot read bit-mask file {a.mask} ({e.__class__.__name__}: {str(e).splitlines()[0][:150]}); "
+                            "pass the file written by `compress mask save`") from e
     model = apply_bitmask(load_classifier(a.backbone, num_labels), a.mask)
     with atomic_dir(a.output, overwrite=a.overwrite) as tmp:
         model.save_pretrained(tmp)

@@ -15,7 +15,11 @@ def run(args):
     t.add_column("description")
     for m in METHODS.values():
         ctl = "--sparsity" if m.targets_sparsity else ("--lambda" if m.regularised else "--source")
-        if m.binarizer == "smp-s":
+        if m.select is not None:
+            ctl = "--target-speedup / --target-flops"
+        elif m.budget_as:
+            ctl = "--sparsity or --target-speedup / --target-flops"
+        elif m.targets_sparsity and m.regularised:
             ctl = "--sparsity, --lambda"
         t.add_row(m.name, ctl, m.help)
     Console(width=160).print(t)

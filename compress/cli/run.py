@@ -1,37 +1,36 @@
-import argparse
+# The speed-target and deployment fields of PruneConfig that `compress run` takes as flags.
+TARGET_FIELDS = ("target_speedup", "target_latency_ms", "target_flops", "deploy", "deploy_shape", "deploy_threads",
+                 "deploy_provider", "measure_speed", "ffn_block")
 
 
 def register(sub):
+    from compress.cli.flags import add_config_args
+    from compress.core.config import PruneConfig
+    from compress.pipeline import RunConfig
+
     p = sub.add_parser("run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report")
     p.add_argument("--recipe", help="YAML or JSON recipe (RunConfig keys); flags below override it")
-    p.add_argument("--model", "-m", help="student (default: the teacher, i.e. prune the fine-tuned model)")
-    p.add_argument("--teacher", help="fine-tuned teacher and dense baseline (e.g. ../shared/models/minilm-l6-sst2)")
-    p.add_argument("--task", help="sst2 (default) or mrpc")
-    p.add_argument("--data-dir", help="GLUE folder (default: $COMPRESS_DATA_DIR)")
-    p.add_argument("--method", help="pruning method (default: hybrid)")
-    p.add_argument("--lambda", dest="lambda_reg", type=float)
-    p.add_argument("--sparsity", type=float)
-    p.add_argument("--max-steps", type=int, help="pruning steps (default 600)")
-    p.add_argument("--fill-steps", type=int, help="then Hybrid Filled: fine-tune this many steps with the structure "
-                   "frozen and the zeroed weights inside kept heads/dims re-initialised (0: skip)")
-    p.add_argument("--no-quantize", action="store_true")
-    p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
-                   help="ORT transformer fusions on the exported graphs (default: from the recipe)")
-    from compress.cli.prune import add_target_args
-
-    add_target_args(p)
+    add_config_args(p, RunConfig)
+    g = p.add_argument_group("pruning (shortcuts into the recipe's `prune` section)")
+    g.add_argument("--teacher", help="fine-tuned teacher and dense baseline (e.g. ../shared/models/minilm-l6-sst2)")
+    g.add_argument("--method", help="pruning method (default: hybrid)")
+    g.add_argument("--lambda", dest="lambda_reg", type=float, help="final regularisation weight (default: 10)")
+    g.add_argument("--sparsity", type=float, help="target fraction of zeros for top-k methods")
+    g.add_argument("--max-steps", type=int, help="pruning steps (default 600)")
+    add_config_args(p, PruneConfig, only=TARGET_FIELDS,
+                    title="speed target (struct, hybrid): the final structure meets it, no --lambda needed")
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(a):
+    from compress.cli.flags import given_fields
     from compress.pipeline import RunConfig, run_pipeline
 
     cfg = RunConfig.load(a.recipe) if a.recipe else RunConfig()
-    for key, value in (("model", a.model), ("task", a.task), ("data_dir", a.data_dir)):
-        if value is not None:
-            setattr(cfg, key, value)
+    for key, value in given_fields(RunConfig, a).items():
+        setattr(cfg, key, value)
     if a.teacher:
         cfg.prune.distill.teacher = a.teacher
     if a.method:
@@ -40,23 +39,18 @@ def run(a):
         cfg.prune.method = a.method
         if not get_method(a.method).regularised:  # the recipe's default lambda belongs to soft methods
             cfg.prune.lambda_reg = None
-    if a.target_speedup is not None or a.target_latency_ms is not None or a.target_flops is not None:
-        from compress.cli.prune import target_fields
+    from compress.core.config import PruneConfig
 
+    targets = given_fields(PruneConfig, a, only=TARGET_FIELDS)
+    if any(k.startswith("target_") for k in targets):
         # A target replaces the recipe's lambda: the structure is chosen to meet it (struct or hybrid).
-        for k, v in target_fields(a).items():
-            setattr(cfg.prune, k, v)
         cfg.prune.lambda_reg = None
+    for k, v in targets.items():
+        setattr(cfg.prune, k, v)
     if a.lambda_reg is not None:
         cfg.prune.lambda_reg = a.lambda_reg
     if a.sparsity is not None:
         cfg.prune.sparsity = a.sparsity
     if a.max_steps:
         cfg.prune.train.max_steps = a.max_steps
-    if a.fill_steps is not None:
-        cfg.fill_steps = a.fill_steps
-    if a.no_quantize:
-        cfg.quantize = False
-    if a.optimize is not None:
-        cfg.optimize = a.optimize
     run_pipeline(cfg, a.output, overwrite=a.overwrite)

@@ -24,6 +24,10 @@ from compress.core.errors import ArtifactError, InvalidConfigError
 COMPRESSION_JSON = "compression.json"
 FORMAT_VERSION = 1
 
+# Files of a model folder (checkpoint or ONNX export) that no report may be written over.
+MODEL_FOLDER_FILES = ("model.onnx", "model.onnx.data", "model.safetensors", "config.json", COMPRESSION_JSON,
+                      "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
@@ -33,14 +37,87 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse a non-empty output directory unless overwrite is set."""
+def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs: tuple = ()) -> Path:
+    """Refuse a non-empty output directory unless overwrite is set, an output that is or holds one of
+    `inputs`, and a location that cannot be written (checked before any work starts)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InvalidConfigError(f"output {path} exists and is a file; choose a directory path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InvalidConfigError(f"output directory {path} exists and is not empty; pass --overwrite or pick another path")
+    check_not_input(path, inputs)
+    check_writable(path, directory=True, replace=path.is_dir())
     return path
+
+
+def check_output_file(path: str | os.PathLike | None, inputs: tuple = ()) -> Path | None:
+    """For a report/JSON/ONNX file written at the end of a verb: fail now, not after the work."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidConfigError(f"output {path} is a directory; give a file path")
+    check_not_input(path, inputs)
+    check_writable(path, directory=False)
+    return path
+
+
+def check_not_input(output: Path, inputs) -> None:
+    """An output that is one of the inputs, or a folder holding one, would be replaced while in use."""
+    out = Path(output).resolve()
+    for i in inputs:
+        if not i:
+            continue
+        src = Path(i).expanduser()
+        if not src.exists():
+            continue
+        src = src.resolve()
+        if out == src or out in src.parents:
+            what = "is" if out == src else "contains"
+            raise InvalidConfigError(f"output {output} {what} the input {i}; write the result somewhere else")
+
+
+def check_writable(path: Path, directory: bool, replace: bool = False) -> None:
+    """Can `path` be created (or, with `replace`, swapped for a new one)? Tried, not guessed from mode
+    bits: a probe file in the nearest existing folder, which also covers read-only mounts and root."""
+    path = Path(path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidConfigError(f"cannot write {path}: {parent} is a file, not a folder; choose another output path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.tmp-probe-", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise InvalidConfigError(f"cannot write {path}: {e.strerror} in {parent}; choose a writable output location") from e
+    if replace and directory and not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidConfigError(f"cannot write {path}: the existing folder is read-only, so --overwrite could not "
+                                 "remove its files; fix its permissions or choose another output")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: Path) -> None:
+    """mkdtemp/mkstemp create 0700/0600 and copy2 copies source modes (a read-only teacher's 0444);
+    give every output the modes a plain mkdir/open would, so a serving process under another user
+    can read model.onnx."""
+    mask = _umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+            for f in files:
+                if not os.path.islink(os.path.join(root, f)):
+                    os.chmod(os.path.join(root, f), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
 
 
 @contextlib.contextmanager
@@ -50,10 +127,14 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     On any exception (Ctrl-C included) the temporary directory is removed and `path` is untouched.
     """
     path = check_output_dir(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidConfigError(f"cannot write {path}: {e.strerror}; choose a writable output location") from e
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        _apply_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -70,11 +151,18 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `path`; renamed onto it only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InvalidConfigError(f"output {path} is a directory; give a file path")
+    check_writable(path, directory=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidConfigError(f"cannot write {path}: {e.strerror}; choose a writable output location") from e
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        _apply_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -95,7 +183,7 @@ def read_compression_json(directory: str | os.PathLike, verify: bool = True) -> 
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{p} is not valid JSON ({e}); re-run the step that wrote it") from None
+        raise ArtifactError(f"{p} is not valid JSON ({e}); re-run the step that wrote it") from e
     if data.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{p} has format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
     if verify:
@@ -114,3 +202,15 @@ def read_compression_json(directory: str | os.PathLike, verify: bool = True) -> 
 def record_checksums(directory: str | os.PathLike, data: dict, names: list[str]) -> dict:
     data["files"] = {n: sha256_file(Path(directory) / n) for n in names if (Path(directory) / n).exists()}
     return data
+
+
+def load_pretrained(cls, path, **kw):
+    """`cls.from_pretrained(path)` for every verb (prune, eval, export, ...), so a corrupt or truncated
+    weights file gives the same one-line error everywhere (safetensors, torch and transformers raise
+    many types for it)."""
+    try:
+        return cls.from_pretrained(str(path), **kw)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        raise ArtifactError(f"cannot load weights from {path} ({e.__class__.__name__}: {first}); the file may be corrupt "
+                            "or truncated: re-download or re-create it") from e

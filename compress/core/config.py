@@ -3,73 +3,164 @@ paths are arguments of the functions that write them, never config fields."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from compress.core.errors import InvalidConfigError
 
 
+def _score_init(text: str) -> float | str:
+    if text == "magnitude":
+        return text
+    try:
+        return float(text)
+    except ValueError as e:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'magnitude'") from e
+
+
+def arg(default, help: str = "", **meta):
+    """A config field whose help text (and CLI flag details) live beside its default: compress.cli.flags
+    turns these into command-line flags, so a default is written once."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class DataConfig:
+    """Where the task data comes from: a built-in task (GLUE layout or the hub) or generic files."""
+
+    task: str | None = arg(None, "built-in task: sst2, mrpc (default: sst2, unless data files are given)")
+    data_dir: str | None = arg(None, "local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
+    train_file: str | None = arg(None, "generic training file (.tsv, .csv, .json, .jsonl); overrides --task files")
+    validation_file: str | None = arg(None, "generic validation file")
+    text_column: str | None = arg(None, "text column of the data files")
+    text_pair_column: str | None = arg(None, "second text column (sentence pairs)")
+    label_column: str | None = arg(None, "label column of the data files")
+    num_labels: int | None = arg(None, "number of labels (default: from the data)")
+
+    def resolved(self) -> "DataConfig":
+        """With data files and no task, the files define the task (generic columns); else sst2."""
+        if self.task is None and not (self.train_file or self.validation_file):
+            return replace(self, task="sst2")
+        return self
+
+
 @dataclass
 class DistillConfig:
-    teacher: str | None = None
-    alpha_ce: float = 0.1  # weight of the task cross-entropy when a teacher is given
-    alpha_teacher: float = 0.9  # weight of T^2 * KL(student || teacher)
-    temperature: float = 2.0
+    teacher: str | None = arg(None, "fine-tuned teacher (same task and vocabulary; may be larger)")
+    alpha_ce: float = arg(0.1, "weight of the task cross-entropy when a teacher is given")
+    alpha_teacher: float = arg(0.9, "weight of T^2 * KL(student || teacher)")
+    temperature: float = arg(2.0, "distillation temperature T")
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_length: int = 64
-    eval_max_length: int = 128
-    lr: float = 3e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1  # W = warmup_ratio * T: LR warm-up and the unit of the pruning schedule
-    seed: int = 42
-    save_steps: int = 500
-    logging_steps: int = 25
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    epochs: float = arg(1.0, "training epochs")
+    max_steps: int = arg(-1, "> 0 overrides --epochs")
+    batch_size: int = arg(32, "training batch size")
+    eval_batch_size: int = arg(64, "evaluation batch size")
+    max_length: int = arg(64, "training sequence length")
+    eval_max_length: int = arg(128, "evaluation sequence length")
+    lr: float = arg(3e-5, "learning rate of the weights")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    warmup_ratio: float = arg(0.1, "W = ratio * total steps: LR warm-up and the unit of the pruning schedule")
+    seed: int = arg(42, "random seed")
+    save_steps: int = arg(500, "periodic checkpoint interval (for --resume)")
+    logging_steps: int = arg(25, "log every N steps")
+    max_train_samples: int | None = arg(None, "use at most N training rows")
+    max_eval_samples: int | None = arg(None, "use at most N dev rows")
+    resume: bool = arg(False, "continue an interrupted run from its last checkpoint")
+    overwrite: bool = arg(False, "replace a non-empty output directory")
+    progress: bool = arg(True, "progress bars")
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.lr <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
+            raise InvalidConfigError("training needs --batch-size >= 1, --lr > 0 and positive --epochs or --max-steps")
+        # -1 is the "not set" default (train for --epochs); other values <= 0 are typos, not requests.
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise InvalidConfigError(f"--max-steps {self.max_steps} is not a step count; give a number >= 1, or leave it "
+                                     "out to train for --epochs")
+        for flag, n in (("--max-length", self.max_length), ("--eval-max-length", self.eval_max_length)):
+            if n < 1:
+                raise InvalidConfigError(f"{flag} {n} must be >= 1 (the tokens kept per row, e.g. 128)")
+        for flag, n in (("--max-train-samples", self.max_train_samples), ("--max-eval-samples", self.max_eval_samples)):
+            if n is not None and n < 1:
+                raise InvalidConfigError(f"{flag} {n} must be >= 1 (leave it out to use every row)")
+        if self.eval_batch_size < 1:
+            raise InvalidConfigError(f"--batch-size {self.eval_batch_size} must be >= 1")
+
+
+@dataclass
+class RetrainFreeConfig:
+    """retrain-free (Kwon et al. 2022): sample sizes and solver settings of the post-training search."""
+
+    fisher_samples: int = arg(2048, "retrain-free: examples for the Fisher information of the masks (the paper: 2k)")
+    tune_samples: int = arg(512, "retrain-free: examples for the layer-wise least-squares mask tuning")
+    fisher_labels: str = arg("model", "retrain-free: labels of the Fisher loss, the model's own predictions (no labels "
+                             "needed) or the data's", choices=("model", "data"))
+    rearrange_swaps: int = arg(128, "retrain-free: max greedy swaps per layer and unit type in mask rearrangement (0: off)")
+    damping: float = arg(1e-3, "retrain-free: ridge toward the untuned masks, relative to the mean diagonal of A^T A")
+    # a tuned value beyond this (ill-conditioned solve) raises the ridge tenfold
+    max_mask_value: float = field(default=10.0, metadata={"cli": False})
+    batch_size: int = field(default=32, metadata={"cli": False})  # of the Fisher / tuning passes (not --batch-size)
+
+    def validate(self) -> None:
+        if self.fisher_samples < 1 or self.tune_samples < 1:
+            raise InvalidConfigError("--fisher-samples and --tune-samples must be >= 1, e.g. 2048 and 512")
+        if self.fisher_labels not in ("model", "data"):
+            raise InvalidConfigError(f"--fisher-labels {self.fisher_labels!r}: use 'model' or 'data'")
+        if self.rearrange_swaps < 0 or self.damping < 0 or self.batch_size < 1:
+            raise InvalidConfigError("--rearrange-swaps and damping must be >= 0, batch size >= 1")
 
 
 @dataclass
 class PruneConfig:
-    method: str = "hybrid"
-    sparsity: float | None = None  # target fraction of zeros (top-k methods); None -> method default
-    lambda_reg: float | None = None  # final regularisation lambda (soft methods); None -> method default
-    lambda_att: float = 1.0  # multipliers on lambda for attention / FFN groups
-    lambda_ffn: float = 1.0
-    block_size: int = 32  # `block` method: N x N blocks; hybrid attention blocks are 32 x 32 (paper)
-    tau: float = 0.1  # final sigmoid threshold of soft methods (ramps from 0)
-    initial_warmup: float = 1.0  # in units of W warm-up steps
-    final_warmup: float = 2.0
-    score_lr: float | None = None  # None -> method default (1e-2 movement, 2e-2 SMP)
-    head_lr: float = 1e-3  # SMP (frozen encoder): lr of the fresh classifier head, which --lr (3e-5) barely moves
-    score_init: float | str | None = None  # a constant, or "magnitude" (default for per-weight top-k: |W| / mean|W|)
-    source: str | None = None  # hybrid-filled: the hybrid result to fill
-    label_words: list[str] | None = None  # SMP head-free mode
+    method: str = arg("hybrid", "pruning method (see `compress methods`)")
+    sparsity: float | None = arg(None, "target fraction of zeros for top-k methods (magnitude, movement, smp-l, smp-s)")
+    lambda_reg: float | None = arg(None, "final regularisation weight for soft methods", flag="--lambda")
+    lambda_att: float = arg(1.0, "multiplier of lambda on attention groups")
+    lambda_ffn: float = arg(1.0, "multiplier of lambda on FFN groups")
+    # `block` method: N x N blocks; hybrid attention blocks are 32 x 32 (paper)
+    block_size: int = arg(32, "block method: N x N blocks, 4..64")
+    tau: float = arg(0.1, "final sigmoid threshold of soft methods (ramps from 0)")
+    initial_warmup: float = arg(1.0, "steps (in units of W) before pruning starts")
+    final_warmup: float = arg(2.0, "cool-down steps (in units of W) at the final mask")
+    score_lr: float | None = arg(None, "mask-score learning rate (default 1e-2; SMP 2e-2)")
+    head_lr: float = arg(1e-3, "SMP methods: lr of the fresh classifier head (the encoder is frozen, so --lr "
+                         "(3e-5) would barely move it)")
+    score_init: float | str | None = arg(
+        None, "initial mask scores: a constant (the papers' 0), or 'magnitude' (|W| / mean|W|; the default for "
+        "per-weight top-k methods: movement, smp-l, smp-s; a constant init leaves their top-k near-random in short runs)",
+        type=_score_init)
+    source: str | None = arg(None, "hybrid-filled: the output directory of a hybrid run")
+    label_words: list[str] | None = arg(None, "SMP head-free mode: one word per label read from the MLM head "
+                                        "(e.g. terrible great); needs a model saved with its MLM head", metavar="WORD")
     # Speed targets (struct, hybrid): the final structure is chosen to meet one of them (compress.speed),
     # measured on the deployment below; no lambda needed.
-    target_speedup: float | None = None  # x faster than the dense fp32 deploy graph
-    target_latency_ms: float | None = None  # absolute budget at the deploy shape
-    target_flops: float | None = None  # fraction of dense encoder FLOPs to keep (hardware-free)
-    deploy: str = "fp32"  # precision the model ships in: fp32 | int8
-    deploy_shape: str = "32x128"  # batch x sequence length
-    deploy_threads: int | None = 2
-    deploy_provider: str = "cpu"
-    measure_speed: bool = True  # after a latency target: time the shrunk deploy graph against dense (compression.json)
-    ffn_block: int = 32  # kept FFN widths are multiples of this (the budget is met within one block or one head)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    target_speedup: float | None = arg(None, "x faster than the dense fp32 ONNX graph on the deployment below, e.g. 3")
+    target_latency_ms: float | None = arg(None, "absolute latency budget (ms) at --deploy-shape")
+    target_flops: float | None = arg(None, "fraction of dense encoder FLOPs to keep (hardware-free), e.g. 0.33")
+    deploy: str = arg("fp32", "precision the model ships in: fp32, or int8 (compress quantize's dynamic int8)",
+                      choices=["fp32", "int8"])
+    deploy_shape: str = arg("32x128", "deployment batch x sequence length", metavar="BATCHxSEQ")
+    deploy_threads: int | None = arg(2, "ONNX Runtime intra-op threads of the deployment", flag="--threads")
+    deploy_provider: str = arg("cpu", "execution provider of the deployment", flag="--provider", choices=["cpu", "cuda"])
+    measure_speed: bool = arg(True, "after a latency target: time the shrunk deploy graph against dense (compression.json)")
+    ffn_block: int = arg(32, "kept FFN widths are multiples of this (the budget is met within one block or one head)")
+    fill_steps: int = arg(0, "retrain-free: distillation steps afterwards with the structure frozen, from --teacher or else "
+                          "the dense input model (0: no SGD at all)")
+    retrain_free: RetrainFreeConfig = field(default_factory=RetrainFreeConfig, metadata={"cli": False})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"cli": False})
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata={"cli": False})
 
     def validate(self) -> None:
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
-            raise InvalidConfigError(f"--sparsity {self.sparsity} is out of range; give a fraction in [0, 1), e.g. 0.5")
+            raise InvalidConfigError(f"--sparsity {self.sparsity} is out of range; give a fraction in (0, 1), e.g. 0.5")
+        if self.sparsity == 0:
+            raise InvalidConfigError("--sparsity 0 removes nothing; give a fraction in (0, 1), e.g. 0.5 "
+                                     "(or use `compress finetune` for a dense model)")
         if self.lambda_reg is not None and self.lambda_reg < 0:
             raise InvalidConfigError(f"--lambda {self.lambda_reg} is negative; give a value >= 0")
         if not 4 <= self.block_size <= 64:
@@ -80,14 +171,17 @@ class PruneConfig:
             raise InvalidConfigError(f"score_init {self.score_init!r} must be a number or 'magnitude'")
         if not 0.0 < self.tau < 1.0:
             raise InvalidConfigError(f"--tau {self.tau} is out of range; use (0, 1)")
+        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
+            raise InvalidConfigError(f"--target-flops {self.target_flops} is out of range; give the fraction kept in (0, 1], e.g. 0.5")
+        if self.fill_steps < 0:
+            raise InvalidConfigError(f"--fill-steps {self.fill_steps} must be >= 0")
+        self.retrain_free.validate()
         if self.ffn_block < 1:
             raise InvalidConfigError(f"--ffn-block {self.ffn_block} must be >= 1, e.g. 32")
         d = self.distill
         if d.temperature <= 0 or d.alpha_ce < 0 or d.alpha_teacher < 0:
             raise InvalidConfigError("distillation needs --temperature > 0 and non-negative alphas")
-        t = self.train
-        if t.batch_size < 1 or t.lr <= 0 or (t.epochs <= 0 and t.max_steps <= 0):
-            raise InvalidConfigError("training needs --batch-size >= 1, --lr > 0 and positive --epochs or --max-steps")
+        self.train.validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +195,6 @@ def from_dict(cls, data: dict):
         raise InvalidConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
     kw = {}
     for k, v in data.items():
-        sub = {"train": TrainConfig, "distill": DistillConfig}.get(k) if cls is PruneConfig else None
+        sub = {"train": TrainConfig, "distill": DistillConfig, "retrain_free": RetrainFreeConfig}.get(k) if cls is PruneConfig else None
         kw[k] = from_dict(sub, v) if sub and isinstance(v, dict) else v
     return cls(**kw)

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from compress.core.config import arg
 from compress.core.artifacts import atomic_file, write_json
 from compress.core.errors import CompressError, InvalidConfigError
 from exporters.toolbox import first_line, graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
@@ -35,13 +36,14 @@ SCHEMA = "compress.bench/1"
 
 @dataclass
 class BenchConfig:
-    batch_sizes: tuple[int, ...] = (1, 32)
-    seq_lens: tuple[int, ...] = (128,)
-    provider: str = "cpu"  # "cpu" | "cuda" (CUDA runs with IO binding: inputs live on the GPU)
-    threads: int | None = 2  # intra-op threads; None = ONNX Runtime's default (all cores)
-    warmup: int = 3  # untimed runs per model and grid point
-    iterations: int = 20  # timed runs per model and grid point
-    seed: int = 0
+    batch_sizes: tuple[int, ...] = arg((1, 32), "batch sizes of the grid", metavar="N")
+    seq_lens: tuple[int, ...] = arg((128,), "sequence lengths of the grid", metavar="N")
+    provider: str = arg("cpu", "execution provider; cuda uses IO binding (inputs live on the GPU) and needs "
+                        "onnxruntime-gpu", choices=["cpu", "cuda"])
+    threads: int | None = arg(2, "intra-op threads, recorded in the report (0 or None: ONNX Runtime's default, all cores)")
+    warmup: int = arg(3, "untimed runs per model and grid point")
+    iterations: int = arg(20, "timed runs per model and grid point")
+    seed: int = arg(0, "seed of the random token ids")
 
     def validate(self) -> None:
         if not self.batch_sizes or not self.seq_lens or min(self.batch_sizes) < 1 or min(self.seq_lens) < 1:
@@ -121,7 +123,7 @@ def torch_runner(checkpoint: str, config: BenchConfig, label: str | None = None)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval().to(device)
     except Exception as e:
-        raise ArtifactError(f"cannot load the PyTorch checkpoint {checkpoint}: {e.__class__.__name__}: {e}") from None
+        raise ArtifactError(f"cannot load the PyTorch checkpoint {checkpoint}: {e.__class__.__name__}: {e}") from e
     size = sum(f.stat().st_size for f in Path(checkpoint).glob("*.safetensors")) or sum(
         f.stat().st_size for f in Path(checkpoint).glob("*.bin"))
     vocab = int(getattr(model.config, "vocab_size", 100))
@@ -170,7 +172,7 @@ def time_grid_point(runners: list[Runner], batch: int, seq: int, config: BenchCo
         except CompressError:
             raise
         except Exception as e:  # ORT/torch errors: sequence too long for the positions table, OOM...
-            raise CompressError(f"{r.label} failed at batch {batch} x seq {seq}: {first_line(e)}") from None
+            raise CompressError(f"{r.label} failed at batch {batch} x seq {seq}: {first_line(e)}") from e
     times: dict[str, list[float]] = {r.label: [] for r in runners}
     n = len(runners)
     for it in range(config.iterations):

@@ -137,17 +137,62 @@ def evaluate_onnx(
     return compute_metrics(task_data.spec, logits, np.asarray(task_data.dev["labels"]))
 
 
-def evaluate_onnx_path(path: str, data, batch_size: int = 64, max_length: int = 128, max_eval_samples: int | None = None,
-                       provider: str = "cpu", threads: int | None = None) -> dict:
-    from compress.training.data import load_task_data
-    from compress.training.models import load_tokenizer
+# Dynamic int8 computes one activation range per tensor over the whole batch, padded positions
+# included, so a row's result depends on the rows it is batched with (benchmarks/results/
+# int8_batch_dependence.md: the SST-2 teacher's int8 graph scores 88.65 at batch 1, 88.53-89.33 at
+# 8-64). Batch 1 is the one answer that does not depend on the other rows: each row alone, as a
+# per-request server runs it.
+DYNAMIC_INT8_NOTE = ("dynamic int8: activation ranges are computed per batch (padding included), so accuracy depends "
+                     "on the batch size and on which rows share a batch; measured at batch size {b}")
+
+
+def is_dynamic_int8(path) -> bool:
+    """Does the graph quantize activations at run time (DynamicQuantizeLinear)? False for unreadable
+    files, which resolve_onnx then reports properly."""
+    import onnx
+
+    try:
+        model = onnx.load(str(resolve_onnx(path, check=False)), load_external_data=False)
+    except Exception:
+        return False
+    return any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in model.graph.node)
+
+
+def eval_batch_size(path, requested: int | None) -> tuple[int, str | None]:
+    """(batch size, note) for evaluating the graph at `path`: the requested one, else 1 for dynamic int8
+    graphs and 64 for the rest; the note says why the batch size matters for dynamic int8."""
+    from compress.core.errors import InvalidConfigError
+
+    if requested is not None and requested < 1:
+        raise InvalidConfigError(f"--batch-size {requested} must be >= 1")
+    dynamic = is_dynamic_int8(path)
+    batch = requested or (1 if dynamic else 64)
+    return batch, DYNAMIC_INT8_NOTE.format(b=batch) if dynamic else None
+
+
+def evaluate_onnx_path(path: str, data, batch_size: int = 64, max_length: int = 128,
+                       max_eval_samples: int | None = None, provider: str = "cpu", threads: int | None = None) -> dict:
+    """Dev metrics of an exported model, its tokenizer, config (label names, positions) read beside it."""
+    from types import SimpleNamespace
+
+    from compress.training.data import label_names_of, load_task_data
+    from compress.training.models import check_max_length, check_tokenizer, load_tokenizer
 
     model = resolve_onnx(path)
     if not (model.parent / "tokenizer_config.json").exists():
         raise ArtifactError(f"no tokenizer beside {model}; export with `compress export --onnx` (it copies the tokenizer)")
+    config = {}
+    if (model.parent / "config.json").is_file():
+        try:
+            config = json.loads((model.parent / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{model.parent / 'config.json'} is not valid JSON ({e}); re-export the model") from e
+    check_max_length(max_length, config, str(model.parent))
     tok = load_tokenizer(str(model.parent))
+    if config:
+        check_tokenizer(tok, SimpleNamespace(vocab_size=config.get("vocab_size")), str(model.parent))
     td = load_task_data(data.task, tok, data_dir=data.data_dir, validation_file=data.validation_file,
                         text_column=data.text_column, text_pair_column=data.text_pair_column,
                         label_column=data.label_column, num_labels=data.num_labels, max_length=max_length,
-                        max_eval_samples=max_eval_samples, splits=("dev",))
+                        max_eval_samples=max_eval_samples, splits=("dev",), label_names=label_names_of(config))
     return {k: round(v, 6) for k, v in evaluate_onnx(model, td, batch_size, provider=provider, threads=threads).items()}

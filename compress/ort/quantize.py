@@ -15,8 +15,8 @@ Pre-processing matters more than the recipe for graphs coming from other tools:
   weight_name=..."; ORT's symbolic shape inference knows those ops, so it is run on such graphs.
 Together these make export -> shrink -> (optional fusion) -> quantize work in one chain.
 
-Defaults follow benchmarks/results/quantize.md (MiniLM-L6 SST-2, ORT 1.31, AVX512-VNNI CPU): dynamic,
-per-tensor, no reduce_range (-2.9 points on VNNI CPUs, which do not need it), no fusion (the fused
+Defaults follow benchmarks/results/quantize.md (MiniLM-L6 SST-2, ORT 1.31-1.32): dynamic,
+per-channel weight scales (see QuantizeConfig.per_channel), no reduce_range (-2.9 points on VNNI CPUs, which do not need it), no fusion (the fused
 QAttention graph was slower), attention score MatMuls left fp32 (quantizing them cost 0.5 point and
 gained nothing), classifier kept fp32 (free, and a guard for small heads).
 """
@@ -33,7 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.artifacts import COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, record_checksums, write_json
+from compress.core.config import arg
+from compress.core.artifacts import (
+    COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, check_output_file, record_checksums, write_json,
+)
 from compress.core.errors import CompressError, DataError, GraphPatternError, InvalidConfigError
 from compress.ort.evaluate import iter_batches, output_index, read_pad_id
 from exporters.optimize import optimize as fuse_and_check
@@ -63,24 +66,32 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 @dataclass
 class QuantizeConfig:
-    mode: str = "dynamic"  # "dynamic" | "static"
-    format: str = "qoperator"  # "qoperator" | "qdq"; dynamic quantization always emits QOperator ops
+    mode: str = arg("dynamic", "dynamic: activation ranges at run time, no data needed; static: calibrated",
+                    choices=["dynamic", "static"])
+    format: str = arg("qoperator", "static only: integer ops (QLinearMatMul) or QuantizeLinear/DequantizeLinear pairs "
+                      "(dynamic quantization always emits QOperator ops)", choices=["qoperator", "qdq"])
     # One scale per output channel of each weight. Default since it held accuracy on both CPUs measured:
     # on AVX2 without VNNI (where ORT's u8*s8 kernels can saturate) the SST-2 teacher lost 0.46 points
     # per-tensor and 0.00 per-channel (benchmarks/results/quantize.md), three pruned frontier graphs
     # -0.34..0.00 vs +0.12..+0.46 (int8_side_checks.md); on AVX-512 VNNI -0.23 vs -0.35. Same speed.
-    per_channel: bool = True
-    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI where u8*s8 sums can saturate
-    keep_fp32: tuple[str, ...] = (CLASSIFIER,)  # node-name globs, op types, or the `classifier` keyword
-    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
-    optimize: bool = False  # ORT transformer fusion (Attention, SkipLayerNorm, ...) before quantizing
-    # (works on shrunk graphs: per-layer head counts are made explicit first; result checked numerically)
-    calibration_method: str = "minmax"  # static only
-    num_samples: int = 128  # static only: calibration sentences
-    symmetric_activations: bool = False  # static only
+    per_channel: bool = arg(True, "one weight scale per output channel (--no-per-channel or --per-tensor: one per "
+                            "matrix)")
+    reduce_range: bool = arg(False, "7-bit weights: only for CPUs without VNNI where u8*s8 sums can saturate (costs "
+                             "accuracy; see benchmarks/results/quantize.md)")
+    keep_fp32: tuple[str, ...] = arg((CLASSIFIER,), f"nodes left in fp32: op types, node-name globs/substrings, or "
+                                     f"{CLASSIFIER!r} (the final MatMul before the logits). Pass the flag alone to "
+                                     "quantize everything", metavar="PATTERN")
+    op_types: tuple[str, ...] = arg(DEFAULT_OP_TYPES, "op types to quantize", metavar="OP")
+    optimize: bool = arg(False, "fuse with ORT's transformer optimizer (Attention, ...) before quantizing; kept only "
+                         "if it matches the unfused graph numerically. On CPU the fused int8 graph (QAttention) measured "
+                         "slower (benchmarks/results/quantize.md)")
+    calibration_method: str = arg("minmax", "static only: how activation ranges are calibrated",
+                                  choices=list(CALIBRATION_METHODS))
+    num_samples: int = arg(128, "static only: calibration sentences")
+    symmetric_activations: bool = arg(False, "static only: symmetric activation ranges")
     # Quantize only MatMuls with a constant weight. False also quantizes the attention products
     # (Q K^T, P V): optimum's default; measured slower and less accurate here (bench_quantize).
-    const_b_only: bool = True
+    const_b_only: bool = arg(True, "quantize only MatMuls with a constant weight (not the attention products)")
 
     def validate(self) -> None:
         if self.mode not in ("dynamic", "static"):
@@ -98,7 +109,7 @@ class QuantizeConfig:
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeReport:
     output: Path
     size_before: int
     size_after: int
@@ -109,6 +120,7 @@ class QuantizeResult:
     max_abs_diff: float | None = None  # logits, fp32 vs int8, on random tokens (a sanity check)
     metrics_before: dict[str, float] | None = None
     metrics_after: dict[str, float] | None = None
+    eval_batch_size: int | None = None  # the batch the metrics were measured at (dynamic int8 depends on it)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -136,7 +148,7 @@ def prepare_graph(model):
         raise GraphPatternError(
             f"shape inference failed on this graph's fused (com.microsoft) ops ({first_line(e)}); "
             "quantize the graph before running ORT's optimizer on it, or quantize without --optimize"
-        ) from None
+        ) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +249,9 @@ def read_calibration_file(path: str | Path, text_column: str = "sentence") -> li
     if not path.exists():
         raise DataError(f"calibration file {path} not found")
     if path.suffix.lower() == ".txt":
-        return path.read_text(encoding="utf-8").splitlines()
+        from compress.training.data import read_text_utf8
+
+        return read_text_utf8(path, "calibration file").splitlines()
     from compress.training.data import _read_any  # shared tsv/csv/json reader (GLUE quoting rules included)
 
     cols = _read_any(path)
@@ -260,7 +274,7 @@ def _logits(path: Path, feeds: dict, threads: int | None) -> np.ndarray:
     try:
         return session.run(None, feeds)[output_index(session)]
     except Exception as e:  # ORT kernel errors (bad shapes, out-of-range indices) on this graph
-        raise GraphPatternError(f"ONNX Runtime cannot run {path.name}: {first_line(e)}") from None
+        raise GraphPatternError(f"ONNX Runtime cannot run {path.name}: {first_line(e)}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +315,7 @@ def _run_ort_quantizer(src: Path, dst: Path, config: QuantizeConfig, exclude: li
         raise GraphPatternError(
             f"ONNX Runtime could not quantize this graph ({e.__class__.__name__}: {first_line(e)}); "
             "try --keep-fp32 on the failing node, or quantize before running other graph optimizers"
-        ) from None
+        ) from e
 
 
 def quantize_onnx(
@@ -313,14 +327,15 @@ def quantize_onnx(
     task_data=None,
     overwrite: bool = False,
     threads: int | None = None,
-    eval_batch_size: int = 32,
-) -> QuantizeResult:
+    eval_batch_size: int | None = None,
+) -> QuantizeReport:
     """Quantize `model_path` (a .onnx file or a dir with model.onnx) into `output`.
 
     `output` ending in .onnx is a file (sidecars copied next to it when missing there); anything else
     is a directory that receives model.onnx, the sidecars and an updated compression.json.
     `calibration_data`: tokenized dataset for static mode. `task_data`: TaskData whose dev split is
-    used to report accuracy before and after.
+    used to report accuracy before and after, at `eval_batch_size` (default: 1 for dynamic int8, whose
+    result depends on the batch it runs in, see compress.ort.evaluate; 32 for static).
     """
     config = config or QuantizeConfig()
     config.validate()
@@ -334,13 +349,22 @@ def quantize_onnx(
     as_file = out.suffix == ".onnx"
     if as_file and out.exists() and not overwrite:
         raise InvalidConfigError(f"{out} exists; pass --overwrite or choose another path")
-    if not as_file:
-        check_output_dir(out, overwrite)
     if (out if as_file else out / MODEL_FILE).resolve() == src.resolve():
         raise InvalidConfigError("the output would replace the input model; choose another --output")
+    if as_file:
+        check_output_file(out, inputs=(src,))
+    else:
+        check_output_dir(out, overwrite, inputs=(src_dir,))
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise InvalidConfigError(f"--batch-size {eval_batch_size} must be >= 1")
+    eval_batch_size = eval_batch_size or (1 if config.mode == "dynamic" else 32)
 
     warnings: list[str] = []
     model = onnx.load(str(src))
+    already = integer_op_counts(model)
+    if already:
+        raise InvalidConfigError(f"{src} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())}); "
+                                 "quantize the fp32 export instead")
     fusion = None
     if config.optimize:
         model, fusion = _fuse(model, src_dir, warnings)
@@ -374,18 +398,41 @@ def quantize_onnx(
         feeds = random_feeds(graph_inputs(qmodel), vocab_size(model, src_dir))
         diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
 
-        result = QuantizeResult(
-            output=out if as_file else out / MODEL_FILE, size_before=src.stat().st_size,
+        result = QuantizeReport(
+            output=out if as_file else out / MODEL_FILE, size_before=onnx_size(src),
             size_after=quantized.stat().st_size, config=asdict(config), kept_fp32=exclude, op_counts=ops,
             fusion=fusion, max_abs_diff=diff, warnings=warnings,
         )
         if task_data is not None:
             from compress.ort.evaluate import evaluate_onnx
 
+            result.eval_batch_size = eval_batch_size
             result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads)
             result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads)
         _write_outputs(quantized, src, out, as_file, overwrite, result)
     return result
+
+
+def onnx_size(path: Path) -> int:
+    """Bytes of a model: the .onnx file plus the external-data files its tensors point at."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = set()
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            files.update(e.value for e in t.external_data if e.key == "location")
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+
+
+def _unrelated_files(folder: Path, src: Path) -> list[str]:
+    """Files in `folder` that are not model files: `-o DIR/x.onnx` must not scatter config and
+    tokenizer files among someone else's (issue 17)."""
+    if not folder.is_dir() or folder.resolve() == src.parent.resolve():
+        return []
+    ours = set(SIDECAR_FILES) | {COMPRESSION_JSON}
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ours
+                  and not p.name.endswith((".onnx", ".onnx.data")) and not p.name.startswith("."))
 
 
 def _fuse(model, model_dir: Path, warnings: list[str]):
@@ -425,7 +472,7 @@ def _copy_sidecars(src_dir: Path, dst_dir: Path, replace: bool) -> list[str]:
     return copied
 
 
-def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, result: QuantizeResult) -> None:
+def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, result: QuantizeReport) -> None:
     """Carry compression.json over with a `quantization` section and checksums of the new files."""
     from compress.core.artifacts import read_compression_json
 
@@ -436,16 +483,21 @@ def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, resu
     q = result.to_dict()
     data["quantization"] = {k: q[k] for k in (
         "config", "kept_fp32", "op_counts", "fusion", "size_before", "size_after", "max_abs_diff",
-        "metrics_before", "metrics_after")}
+        "metrics_before", "metrics_after", "eval_batch_size")}
     record_checksums(dst_dir, data, [n for n in listed if (dst_dir / n).exists()])
     write_json(dst_dir / COMPRESSION_JSON, data)
 
 
-def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeResult) -> None:
+def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeReport) -> None:
     if as_file:
         with atomic_file(out) as tmp:
             shutil.copyfile(quantized, tmp)
-        if out.parent.resolve() != src.parent.resolve():
+        other = _unrelated_files(out.parent, src)
+        if other:
+            result.warnings.append(
+                f"{out.parent} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so the config "
+                f"and tokenizer were not copied beside {out.name}; `compress eval` needs them: pass -o a new folder")
+        elif out.parent.resolve() != src.parent.resolve():
             _copy_sidecars(src.parent, out.parent, replace=False)
             if not (out.parent / COMPRESSION_JSON).exists():
                 _updated_compression_json(src.parent, out.parent, out.name, result)

@@ -19,7 +19,8 @@ from safetensors.numpy import load_file, save_file
 
 from compress.core.artifacts import atomic_file
 from compress.core.errors import ArtifactError, InvalidConfigError
-from compress.core.structure import encoder_linear_names
+from compress.core.sparsity import kept_structure
+from compress.core.structure import encoder_linear_names, geometry
 
 
 def _digest(tensors: list[torch.Tensor]) -> str:
@@ -29,19 +30,52 @@ def _digest(tensors: list[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _structure_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
+    """Per encoder linear, the boolean weight mask implied by kept heads (Q/K/V rows, O columns) and kept FFN
+    dims (W1 rows, W2 columns)."""
+    geo = geometry(model.config)
+    d = geo.head_size
+    out = {}
+    for name, (i, role) in encoder_linear_names(model).items():
+        heads = torch.zeros(geo.num_heads, dtype=torch.bool)
+        heads[kept[i]["heads_kept"]] = True
+        dims = torch.zeros(geo.intermediate_size, dtype=torch.bool)
+        dims[kept[i]["ffn_dims_kept"]] = True
+        unit = heads.repeat_interleave(d) if role in ("query", "key", "value", "attn_out") else dims
+        shape = model.get_submodule(name).weight.shape
+        out[name] = (unit[:, None].expand(shape) if role in ("query", "key", "value", "ffn_in")
+                     else unit[None, :].expand(shape))
+    return out
+
+
 def save_bitmask(pruned, backbone, path: str | Path) -> dict:
-    """pruned, backbone: loaded classifiers (same architecture). Writes `path`; returns sizes."""
+    """pruned, backbone: loaded classifiers (same architecture). Writes `path`; returns sizes.
+
+    A result whose zeros are exactly whole heads and FFN dims (smp-struct) is stored as one bit per head
+    and per FFN dim ("structured", ~1 KB for MiniLM-L6); any other zero pattern as one bit per weight."""
     names = encoder_linear_names(pruned)
     p_state, b_state = pruned.state_dict(), backbone.state_dict()
+    layers = kept_structure(pruned)
+    smask = _structure_masks(pruned, layers)
+    structured = all(torch.equal(p_state[f"{n}.weight"], b_state[f"{n}.weight"] * smask[n]) for n in names)
     tensors, kept = {}, []
     for name in names:
         w, base = p_state[f"{name}.weight"], b_state[f"{name}.weight"]
-        mask = w != 0
+        mask = smask[name] if structured else w != 0
         if not torch.equal(w[mask], base[mask]):
             raise InvalidConfigError(f"{name}: kept weights differ from the backbone's; a bit-mask only fits SMP results "
                                      "(frozen weights) pruned from this backbone")
-        tensors[f"mask.{name}"] = np.packbits(mask.numpy().astype(np.uint8).flatten())
+        if not structured:
+            tensors[f"mask.{name}"] = np.packbits(mask.numpy().astype(np.uint8).flatten())
         kept.append(base[mask])
+    if structured:
+        geo = geometry(pruned.config)
+        for i, k in enumerate(layers):
+            h = np.zeros(geo.num_heads, dtype=np.uint8)
+            h[k["heads_kept"]] = 1
+            f = np.zeros(geo.intermediate_size, dtype=np.uint8)
+            f[k["ffn_dims_kept"]] = 1
+            tensors[f"heads.{i}"], tensors[f"ffn_dims.{i}"] = np.packbits(h), np.packbits(f)
     # Everything else that changed (the task head; with SMP the embeddings/LayerNorms stay) is stored in full.
     linear_weights = {f"{n}.weight" for n in names}
     for k, v in p_state.items():
@@ -49,11 +83,11 @@ def save_bitmask(pruned, backbone, path: str | Path) -> dict:
             continue
         if k not in b_state or b_state[k].shape != v.shape or not torch.equal(b_state[k], v):
             tensors[f"full.{k}"] = v.detach().contiguous().numpy()
-    meta = {"format": "compress-bitmask-1", "shapes": json.dumps({n: list(p_state[f"{n}.weight"].shape) for n in names}),
+    meta = {"format": "compress-bitmask-1", "layout": "structured" if structured else "weights", "shapes": json.dumps({n: list(p_state[f"{n}.weight"].shape) for n in names}),
             "kept_digest": _digest(kept), "config": json.dumps(pruned.config.to_dict())}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-    return {"bytes": Path(path).stat().st_size, "linears": len(names)}
+    return {"bytes": Path(path).stat().st_size, "linears": len(names), "layout": meta["layout"]}
 
 
 def apply_bitmask(backbone, path: str | Path):
@@ -65,7 +99,7 @@ def apply_bitmask(backbone, path: str | Path):
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except Exception as e:
-        raise ArtifactError(f"cannot read bit-mask file {path} ({str(e).splitlines()[0]}); it may be truncated") from None
+        raise ArtifactError(f"cannot read bit-mask file {path} ({str(e).splitlines()[0]}); it may be truncated") from e
     if meta.get("format") != "compress-bitmask-1":
         raise ArtifactError(f"{path} is not a compress bit-mask file")
     shapes = json.loads(meta["shapes"])
@@ -74,10 +108,20 @@ def apply_bitmask(backbone, path: str | Path):
         raise InvalidConfigError(f"bit-mask {path} was made for a different architecture than this backbone")
     state = backbone.state_dict()
     kept = []
+    smask = None
+    if meta.get("layout") == "structured":
+        geo = geometry(backbone.config)
+        layers = [{"heads_kept": np.flatnonzero(np.unpackbits(tensors[f"heads.{i}"])[:geo.num_heads]).tolist(),
+                   "ffn_dims_kept": np.flatnonzero(np.unpackbits(tensors[f"ffn_dims.{i}"])[:geo.intermediate_size]).tolist()}
+                  for i in range(geo.num_layers)]
+        smask = _structure_masks(backbone, layers)
     with torch.no_grad():
         for name, shape in shapes.items():
             n = int(np.prod(shape))
-            mask = torch.from_numpy(np.unpackbits(tensors[f"mask.{name}"])[:n].astype(bool).reshape(shape))
+            if smask is not None:
+                mask = smask[name]
+            else:
+                mask = torch.from_numpy(np.unpackbits(tensors[f"mask.{name}"])[:n].astype(bool).reshape(shape))
             w = state[f"{name}.weight"]
             if list(w.shape) != shape:
                 raise InvalidConfigError(f"{name}: backbone shape {list(w.shape)} != mask shape {shape}")

@@ -58,7 +58,7 @@ def load_mlm(name: str):
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(name, output_loading_info=True)
     except Exception as e:
-        raise InvalidConfigError(f"cannot load {name} as a masked language model ({str(e).splitlines()[0][:150]})") from None
+        raise InvalidConfigError(f"cannot load {name} as a masked language model ({str(e).splitlines()[0][:150]})") from e
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     if missing:
         raise InvalidConfigError(

@@ -10,11 +10,38 @@ are untouched and `bake()` leaves a plain checkpoint with zeros.
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
+
+
+class Binarizer(StrEnum):
+    """How a method turns its scores (or weights) into a 0/1 mask. Owned by the method (Method.binarizer);
+    the pruner and the flag checks ask these properties instead of comparing names."""
+
+    MAGNITUDE = "magnitude"  # top-k of |W|, no learned scores
+    TOPK = "topk"  # top-k of learned scores (hard movement, SMP-L)
+    THRESHOLD = "threshold"  # 1[sigmoid(S) > tau] (soft movement, block, hybrid, struct)
+    SMP_S = "smp-s"  # top-k with per-layer budgets from mean sigmoid(S)
+    FIXED = "fixed"  # a frozen structure (hybrid-filled)
+
+    @property
+    def learned(self) -> bool:
+        """Has mask scores that train."""
+        return self in (Binarizer.TOPK, Binarizer.THRESHOLD, Binarizer.SMP_S)
+
+    @property
+    def top_k(self) -> bool:
+        """The keep ratio is scheduled directly (set with --sparsity)."""
+        return self in (Binarizer.MAGNITUDE, Binarizer.TOPK, Binarizer.SMP_S)
+
+    @property
+    def regularised(self) -> bool:
+        """Trains with lambda * mean sigmoid(S)."""
+        return self in (Binarizer.THRESHOLD, Binarizer.SMP_S)
 
 
 # ---------------------------------------------------------------- binarizers (straight-through)

@@ -16,28 +16,25 @@ from compress.pruning.schedule import cubic
 
 class Pruner(nn.Module):
     def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None,
-                 speed_plan=None):
+                 budget=None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.groups = method.build(model, cfg)
         self.sparsity = cfg.sparsity if cfg.sparsity is not None else (method.default_sparsity or 0.0)
         self.lam_final = cfg.lambda_reg if cfg.lambda_reg is not None else (method.default_lambda or 0.0)
-        # With a speed target (compress.speed.budgeted) the structure comes from a budget solver over the
-        # scores, not from a threshold: no regulariser, and the budget follows the cubic schedule.
-        self.budget = None
-        if speed_plan is not None:
-            from compress.speed.budgeted import StructureBudget
-            from compress.core.structure import geometry
-
-            self.budget = StructureBudget(self.groups, method.name, geometry(model.config), speed_plan, cfg.ffn_block)
+        # With a speed target the structure comes from a budget solver over the scores, not from a
+        # threshold: no regulariser, and the budget follows the cubic schedule. `budget` is a callable
+        # groups -> object with masks(scores) (compress.speed.budgeted.StructureBudget, built by the driver).
+        self.budget = budget(self.groups) if budget is not None else None
+        if self.budget is not None:
             self.lam_final = 0.0
         self.scores = nn.ParameterDict()
-        if method.binarizer in ("topk", "threshold", "smp-s"):
+        if method.binarizer.learned:
             for g in self.groups:
                 self.scores[_key(g.name)] = nn.Parameter(_initial_scores(g, method.binarizer, cfg.score_init))
         for g in self.groups:
-            if method.binarizer == "fixed":
+            if method.binarizer is M.Binarizer.FIXED:
                 self.register_buffer(f"fixed_{_key(g.name)}", fixed_masks[g.name].float().clone())
         # Schedule state (derived from the step, so a resumed run recomputes it exactly).
         self.keep = 1.0
@@ -77,21 +74,22 @@ class Pruner(nn.Module):
         if self.budget is not None:
             self._cache.update(self.budget.masks(self.scores))
             return
+        B = M.Binarizer
         b = self.method.binarizer
-        if b == "smp-s":
+        if b is B.SMP_S:
             ratios = self._smp_s_ratios()
         for g in self.groups:
             k = _key(g.name)
-            if b == "magnitude":
+            if b is B.MAGNITUDE:
                 w = _raw_weight(g.members[0][0])
                 m = M.topk_mask(w.detach().abs(), self.keep)
-            elif b == "topk":
+            elif b is B.TOPK:
                 m = M.topk_ste(self.scores[k], self.keep)
-            elif b == "threshold":
+            elif b is B.THRESHOLD:
                 m = M.threshold_ste(self.scores[k], self.tau)
-            elif b == "smp-s":
+            elif b is B.SMP_S:
                 m = M.topk_ste(self.scores[k], ratios[g.name])
-            else:  # fixed
+            else:  # B.FIXED
                 m = getattr(self, f"fixed_{k}")
             self._cache[g.name] = m
 
@@ -143,7 +141,7 @@ class Pruner(nn.Module):
         return out
 
 
-def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor:
+def _initial_scores(g, binarizer: M.Binarizer, init: float | str | None) -> torch.Tensor:
     """Initial mask scores of one group.
 
     Top-k scores per weight start at |W| / mean|W| of their matrix ("magnitude", the default) unless a
@@ -156,7 +154,10 @@ def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor
     is 1[sigmoid(S) > tau] and tau ramps up from 0, so they never start random.
     """
     linear, layout = g.members[0]
-    if binarizer not in ("topk", "smp-s") or layout.kind != "full":
+    if binarizer == M.Binarizer.TOPK and layout.kind in ("rows", "cols") and (init is None or init == "magnitude"):
+        # Structured top-k (smp-struct): a constant would tie and keep heads/dims by index.
+        return _unit_magnitude(g)
+    if binarizer not in (M.Binarizer.TOPK, M.Binarizer.SMP_S) or layout.kind != "full":
         return torch.full(g.score_shape, float(init) if isinstance(init, (int, float)) else 0.0)
     w = linear.weight.detach().abs()
     relative = (w / w.mean().clamp_min(1e-12)).float()
@@ -164,6 +165,20 @@ def _initial_scores(g, binarizer: str, init: float | str | None) -> torch.Tensor
         return relative
     # Constant scores tie and torch.topk would then keep weights by index; a tiny |W| term breaks ties.
     return float(init) + 1e-6 * relative
+
+
+def _unit_magnitude(g) -> torch.Tensor:
+    """Per structural unit (head, FFN dim): mean |W| over its rows/columns in each member matrix, relative
+    to the matrix's mean over units, averaged over members (Q/K/V/O for a head, W1/W2 for an FFN dim)."""
+    total = 0
+    for linear, layout in g.members:
+        w = linear.weight.detach().abs().float()
+        if layout.kind == "cols":
+            w = w.T.contiguous()
+        per_unit = layout.rows if layout.kind == "rows" else layout.cols
+        u = w.reshape(-1, per_unit * w.shape[1]).mean(1)
+        total = total + u / u.mean().clamp_min(1e-12)
+    return total / len(g.members)
 
 
 def _key(name: str) -> str:

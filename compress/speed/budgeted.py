@@ -168,7 +168,6 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
         raise InvalidConfigError("a speed target sets the final structure: drop --lambda / --sparsity")
     if target.kind == "flops":
         from compress.training.models import load_config
-        from compress.core.structure import geometry
 
         d = deploy_from(cfg)
         table = flops_table_for(load_config(model_name), d)
@@ -233,3 +232,11 @@ def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int 
             "statistic": d.statistic,
             "note": "shrunk deploy graph vs the same export unshrunk (dense cost: zeros do not speed up dense kernels), "
                     "interleaved rounds; speedup is against dense fp32"}
+
+
+def budget_for(model, method_name: str, plan, ffn_block: int):
+    """What Pruner(budget=...) takes: groups -> StructureBudget for this model, method and plan."""
+    from compress.core.structure import geometry
+
+    geo = geometry(model.config)
+    return lambda groups: StructureBudget(groups, method_name, geo, plan, ffn_block)

@@ -320,7 +320,7 @@ class DeployGraphs:
         ckpt = self.workdir / "checkpoint"
         model_obj = classifier if classifier is not None else load_classifier(model)
         model_obj.save_pretrained(ckpt)  # no tokenizer needed: graphs are checked on random ids
-        export_checkpoint(ckpt, self.workdir / "dense-export", validate=False)
+        export_checkpoint(ckpt, self.workdir / "dense-export", validate=False, shrink=False)  # build() cuts it
         self.dense = onnx.load(str(self.workdir / "dense-export" / "model.onnx"))
         shutil.rmtree(ckpt, ignore_errors=True)
         names = [i.name for i in self.dense.graph.input]
@@ -364,7 +364,7 @@ class DeployGraphs:
         (out / "model.onnx").unlink()
         return Path(res.output)
 
-    def _zeroed(self, kept: list[dict]) -> "onnx.ModelProto":
+    def _zeroed(self, kept: list[dict]):
         """The dense export with the output weights (W_O rows, W2 rows) of the removed heads / dims set
         to zero, as a pruned checkpoint's export would have them: the surgery only cuts structure it can
         see is dead. Latency does not depend on the values of the weights that remain."""

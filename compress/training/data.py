@@ -9,6 +9,7 @@ with quoting disabled rather than with the datasets csv loader.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +64,27 @@ def data_dir_from_env(data_dir: str | None) -> Path | None:
     return Path(d) if d else None
 
 
+def read_text_utf8(path: Path, what: str = "data file") -> str:
+    """The text of a UTF-8 file (a leading BOM dropped); anything else is a DataError naming the byte."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} not found; check --data-dir / $COMPRESS_DATA_DIR or the file flags")
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory; pass the file itself (e.g. {path}/dev.tsv)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # Decoded from the bytes in one go, so e.start is the offset in the file (not in a read buffer).
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x}); re-save it as UTF-8, "
+                        f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`") from e
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def read_tsv(path: Path) -> dict[str, list]:
     """Read a GLUE-style tsv (header row, tabs, no quoting, optional BOM) into columns."""
-    if not path.exists():
-        raise DataError(f"data file {path} not found; check --data-dir / $COMPRESS_DATA_DIR or the file flags")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    text = read_text_utf8(path)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if len(rows) < 2:
         raise DataError(f"data file {path} is empty (no rows after the header)")
     header = rows[0]
@@ -86,8 +102,7 @@ def _read_any(path: str | Path) -> dict[str, list]:
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         return read_tsv(path)
-    if not path.exists():
-        raise DataError(f"data file {path} not found")
+    read_text_utf8(path)  # missing, a folder, or not UTF-8: one clear line before the datasets loader
     import datasets
 
     kind = {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(suffix)
@@ -96,7 +111,7 @@ def _read_any(path: str | Path) -> dict[str, list]:
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files
-        raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
     if len(ds) == 0:
         raise DataError(f"data file {path} is empty")
     return ds.to_dict()
@@ -113,7 +128,7 @@ def _from_hub(spec: DatasetSpec) -> tuple[dict, dict]:
     try:
         ds = datasets.load_dataset(*spec.hub)
     except Exception as e:
-        raise DataError(f"could not load {spec.hub} from the hub ({e.__class__.__name__}); pass --data-dir") from None
+        raise DataError(f"could not load {spec.hub} from the hub ({e.__class__.__name__}); pass --data-dir") from e
     rename = spec.hub_columns or {}
     conv = lambda split: {rename.get(k, k): v for k, v in ds[split].to_dict().items()}  # noqa: E731
     return conv("train"), conv("validation")
@@ -125,18 +140,38 @@ def _check_columns(cols: dict, needed: list[str], where: str) -> None:
         raise DataError(f"{where} lacks column(s) {missing}; it has {list(cols)}; set the column flags to match")
 
 
-def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int, where: str) -> tuple[list[int], list[str] | None]:
+def label_names_of(config) -> list[str] | None:
+    """The label names a model's config.json gives (id2label), or None for transformers' LABEL_i defaults."""
+    id2label = getattr(config, "id2label", None) or (config.get("id2label") if isinstance(config, dict) else None) or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    if not names or names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return names
+
+
+def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int, where: str, first_row: int = 2,
+                   learn: bool = False) -> tuple[list[int], list[str] | None]:
+    """Labels -> ids. Integers are ids. Strings go through `label_names` (the model's, saved in its
+    config.json); only a training split of a model without names defines them (in sorted order)."""
+    missing = [k for k, v in enumerate(values) if v is None or str(v).strip() == ""]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{where}: missing label in row {first_row + missing[0]}{more}; fill it in or drop the row")
     try:
         ids = [int(v) for v in values]
-    except (TypeError, ValueError):
-        # String labels: map them to ids in sorted order (recorded as label names).
+    except (TypeError, ValueError) as e:
+        values = [str(v).strip() for v in values]
         if label_names is None:
-            label_names = sorted({str(v) for v in values})
+            if not learn:
+                raise DataError(f"{where} has string labels (e.g. {values[0]!r}) but the model has no label names "
+                                "(config.json id2label is LABEL_0, LABEL_1, ...); write the labels as ids 0..N-1")
+            label_names = sorted(set(values))
         index = {n: i for i, n in enumerate(label_names)}
-        unknown = sorted({str(v) for v in values} - set(index))
+        unknown = [k for k, v in enumerate(values) if v not in index]
         if unknown:
-            raise DataError(f"{where} has labels {unknown[:5]} not seen in training; fix the data") from None
-        ids = [index[str(v)] for v in values]
+            raise DataError(f"{where}: unknown label {values[unknown[0]]!r} in row {first_row + unknown[0]}; the model's "
+                            f"labels are {', '.join(label_names)}") from e
+        ids = [index[v] for v in values]
     bad = sorted({i for i in ids if not 0 <= i < num_labels})
     if bad:
         raise DataError(
@@ -163,8 +198,17 @@ def load_task_data(
     max_eval_samples: int | None = None,
     splits: tuple[str, ...] = ("train", "dev"),
     template: str | None = None,
+    label_names: list[str] | None = None,
 ) -> TaskData:
-    """Load, validate and tokenize a task. `splits` limits which of train/dev are needed."""
+    """Load, validate and tokenize a task. `splits` limits which of train/dev are needed.
+
+    `label_names`: the model's (label_names_of(config)); string labels in every file are mapped through
+    them. Without them only a training split may define names (sorted), which the caller then saves.
+    """
+    for flag, n in (("--max-length", max_length), ("--max-length", eval_max_length),
+                    ("--max-train-samples", max_train_samples), ("--max-eval-samples", max_eval_samples)):
+        if n is not None and n < 1:
+            raise DataError(f"{flag} {n} must be >= 1")
     if task is None and not (train_file or validation_file):
         raise DataError("no data given: pass --task (" + ", ".join(TASKS) + ") or --train-file/--validation-file")
     if task is not None and task not in TASKS:
@@ -201,15 +245,18 @@ def load_task_data(
     import datasets
 
     needed = [spec.text_column] + ([spec.text_pair_column] if spec.text_pair_column else []) + [spec.label_column]
-    label_names = None
     out = {}
+    learned = label_names is None
     for split in ("train", "dev"):
         cols = raw.get(split)
         if cols is None or split not in splits:
             out[split] = None
             continue
+        source = files[split] or (f"{spec.name} {split}" if not any(files.values()) else f"the {split} data")
         _check_columns(cols, needed, f"the {split} data")
-        labels, label_names = _labels_to_ids(cols[spec.label_column], label_names, spec.num_labels, f"the {split} data")
+        first_row = 1 if str(files[split] or "").lower().endswith((".json", ".jsonl")) else 2  # header line
+        labels, label_names = _labels_to_ids(cols[spec.label_column], label_names, spec.num_labels, str(source),
+                                             first_row, learn=learned and split == "train")
         limit = max_train_samples if split == "train" else max_eval_samples
         n = len(labels) if not limit else min(limit, len(labels))
         if n == 0:
@@ -231,7 +278,7 @@ def load_task_data(
         ds = ds.map(tok, batched=True, remove_columns=[c for c in ds.column_names if c != "labels"],
                     desc=f"tokenizing {spec.name} {split}")
         out[split] = ds
-    return TaskData(spec=spec, train=out["train"], dev=out["dev"], label_names=label_names)
+    return TaskData(spec=spec, train=out["train"], dev=out["dev"], label_names=label_names if learned else None)
 
 
 def compute_metrics(spec: DatasetSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -160,6 +160,17 @@ def _rss_mb() -> float:
     return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
+def _checkpoint_step(checkpoint: str) -> int:
+    """global_step saved in a Trainer checkpoint (trainer_state.json)."""
+    import json
+
+    try:
+        return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError) as e:
+        raise InvalidConfigError(f"--resume: {checkpoint} has no readable trainer_state.json ({e.__class__.__name__}); "
+                                 "remove that checkpoint folder to resume from the one before") from e
+
+
 def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
     """Periodic Trainer checkpoints live beside the output (the output itself is written atomically)."""
     p = Path(output_dir)
@@ -234,16 +245,20 @@ def train(
         callbacks=callbacks,
     )
     trainer.score_lr = score_lr
+    start = _checkpoint_step(resume) if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
-    steps = max(result.global_step, 1)
+    # train_runtime times this process only; after --resume it ran global_step - start steps.
+    run_steps = result.global_step - start
     runtime = result.metrics.get("train_runtime", float("nan"))
     if teacher is not None:
         teacher.to("cpu")
     return {
         "steps": result.global_step,
+        "resumed_from_step": start,
+        "steps_this_run": run_steps,
         "train_loss": result.training_loss,
         "train_seconds": runtime,
-        "seconds_per_step": runtime / steps,
+        "seconds_per_step": runtime / max(run_steps, 1),
         "is_main_process": trainer.is_world_process_zero(),
     }
 

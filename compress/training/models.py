@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from compress.core.artifacts import load_pretrained
 from compress.core.errors import ArtifactError, InvalidConfigError
 from compress.core.structure import spec_for
 
@@ -46,7 +47,7 @@ def load_config(name: str):
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot read model config at {name}: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"cannot read model config at {name}: {str(e).splitlines()[0]}") from e
     spec_for(config)  # raises UnsupportedModelError listing the supported types
     return config
 
@@ -65,24 +66,55 @@ def load_classifier(name: str, num_labels: int | None = None):
                 "use a matching model or a base encoder"
             )
         kw["num_labels"] = num_labels
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(name, **kw)
-    except Exception as e:  # safetensors/torch raise many types for corrupt or truncated files
-        raise ArtifactError(f"cannot load weights from {name} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); "
-                            "the file may be corrupt or truncated: re-download or re-create it") from None
-    return model
+    return load_pretrained(AutoModelForSequenceClassification, name, **kw)
 
 
-def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
+def load_tokenizer(name: str, config=None):
+    """The tokenizer of a local model folder or hub name (an ArtifactError naming it when it cannot load);
+    with `config` (the model's), checked against the model's embedding table."""
+    from exporters.toolbox import load_tokenizer as load
 
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as e:
-        raise ArtifactError(f"cannot load a tokenizer from {name} ({str(e).splitlines()[0][:200]})") from None
+    tok = load(name, required=True)
+    if config is not None:
+        check_tokenizer(tok, config, name)
+    return tok
 
 
-def check_teacher(student, teacher) -> None:
+def check_tokenizer(tokenizer, config, where) -> None:
+    """A tokenizer folder without its vocabulary file (an interrupted copy) loads as special tokens only,
+    and one from another model produces ids past the embedding table: both give nonsense, not errors."""
+    vocab = tokenizer.get_vocab()
+    regular = set(vocab) - set(tokenizer.all_special_tokens)
+    if not regular:
+        raise ArtifactError(f"the tokenizer in {where} has no vocabulary ({len(vocab)} special tokens only); copy its "
+                            "vocabulary file (vocab.txt, tokenizer.json, ...) from the model it belongs to")
+    rows = getattr(config, "vocab_size", None)
+    if isinstance(rows, int) and max(vocab.values()) >= rows:
+        raise ArtifactError(f"the tokenizer in {where} produces ids up to {max(vocab.values())} but the model's embedding "
+                            f"table has {rows} rows; the tokenizer belongs to another model")
+
+
+def max_positions(config) -> int | None:
+    n = getattr(config, "max_position_embeddings", None) if not isinstance(config, dict) else config.get("max_position_embeddings")
+    mtype = getattr(config, "model_type", None) if not isinstance(config, dict) else config.get("model_type")
+    if not isinstance(n, int):
+        return None
+    return n - 2 if mtype in ("roberta", "xlm-roberta") else n  # positions start after padding_idx
+
+
+def check_max_length(max_length: int, config, where) -> None:
+    """--max-length 0 disabled truncation (then a long row crashed deep in torch or ORT); a value past
+    the position table crashes on the first long row."""
+    if max_length is None:
+        return
+    if max_length < 1:
+        raise InvalidConfigError(f"--max-length {max_length} must be >= 1 (tokens kept per row, e.g. 128)")
+    n = max_positions(config)
+    if n is not None and max_length > n:
+        raise InvalidConfigError(f"--max-length {max_length} is more than the {n} positions {where} has; use at most {n}")
+
+
+def check_teacher(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:
     if teacher.config.num_labels != student.config.num_labels:
         raise InvalidConfigError(
             f"teacher has {teacher.config.num_labels} labels, the student {student.config.num_labels}; "
@@ -93,3 +125,13 @@ def check_teacher(student, teacher) -> None:
             f"teacher vocabulary ({teacher.config.vocab_size}) differs from the student's ({student.config.vocab_size}); "
             "distillation needs the same tokenizer"
         )
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        # Same size is not same vocabulary: the teacher would read other word pieces and its logits be noise.
+        a, b = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+        differ = sorted(w for w in set(a) | set(b) if a.get(w) != b.get(w))
+        if differ:
+            w = differ[0]
+            raise InvalidConfigError(
+                f"the teacher's vocabulary differs from the student's ({len(differ)} word pieces, e.g. {w!r}: id "
+                f"{b.get(w)} vs {a.get(w)}); distillation needs the same tokenizer: use a teacher fine-tuned from the same base"
+            )

@@ -5,8 +5,12 @@ Runtime gains nothing from zeros. Cutting the graph keeps the export path standa
 any HF version) while the shapes ORT sees get genuinely smaller.
 
 shrink() runs the passes: match (exporters.surgery.match) -> check the kept structure against the
-graph (validate) -> remove heads, remove FFN dims (rewrite) -> commit, drop dead nodes, check the
-graph -> compare outputs with the source. Fusion is the caller's step (exporters.optimize).
+graph (validate), or read it from zero weights and fold the bias contribution of input-side-dead
+structure (rewrite.fold_input_dead) -> remove heads, remove FFN dims (rewrite) -> commit, drop dead
+nodes, check the graph -> compare outputs with the source. Fusion is the caller's step
+(exporters.optimize). Graphs already fused or quantized by ONNX Runtime tools are rewritten in place
+(fused Attention / QAttention, SkipLayerNorm, BiasGelu, QDQ and dynamic int8); tests/zoo/ holds one
+graph of each exporter this was checked on (tests/test_zoo.py, benchmarks/results/graph_zoo.md).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import onnx
 from compress.core.errors import ArtifactError, InvalidConfigError
 from compress.core.record import LayerKeep, as_layer_keeps
 from exporters.graph import Graph, op_counts, param_count
-from exporters.surgery.match import detect_kept, find_layers
-from exporters.surgery.rewrite import layer_params, remove_ffn_dims, remove_heads
+from exporters.surgery.match import describe_layer, detect_kept, find_layers, fused_op_counts
+from exporters.surgery.rewrite import fold_input_dead, layer_params, remove_ffn_dims, remove_heads
 from exporters.surgery.validate import check_kept, finalize
 from exporters.toolbox import assert_close
 
@@ -40,7 +44,8 @@ def shrink(
 
     kept: per layer LayerKeep (or compression.json's {"heads_kept": [...], "ffn_dims_kept": [...]}) indexing the graph's current heads/dims
     (compression.json's `layers` for a dense export). num_heads: the dense head count the indices refer
-    to, checked against the graph. head_size: read from the graph when None.
+    to, checked against the graph. head_size: read from the graph when None. Without kept, heads / dims
+    whose V / W1 columns are zero are removed too, their bias contribution folded (fp32 graphs only).
     With sample_inputs, ORT outputs of the result are compared to the input model's (atol) and a
     ValidationError is raised on mismatch.
     """
@@ -55,15 +60,17 @@ def shrink(
                     f"{num_heads}: the graph was already shrunk or comes from another model"
                 )
     source = "compression.json" if kept is not None else "zero weights"
+    params_before, nodes_before, fused_before = param_count(out), len(out.graph.node), fused_op_counts(out)
+    found = [describe_layer(g, layer) for layer in layers]
+    folded = [{"heads": [], "ffn_dims": []} for _ in layers]
     if kept is None:
-        kept = detect_kept(g, layers)
+        kept, folded = fold_input_dead(g, layers, detect_kept(g, layers))
     else:
         kept = as_layer_keeps(kept)
         check_kept(g, layers, kept)
     heads_kept = [list(k.heads) for k in kept]
     dims_kept = [list(k.ffn_dims) for k in kept]
 
-    params_before, nodes_before = param_count(out), len(out.graph.node)
     for i, layer in enumerate(layers):
         a, f = layer.attention, layer.ffn
         hidden = g.const(a.o.matmul.input[1]).shape[1]
@@ -71,13 +78,16 @@ def shrink(
             "layer": i,
             "params_before": layer_params(layer, hidden, a.num_heads * head_size, f.width),
             "params_after": layer_params(layer, hidden, len(heads_kept[i]) * head_size, len(dims_kept[i])),
+            "heads_removed": sorted(set(range(a.num_heads)) - set(heads_kept[i])),
+            "found": found[i],
+            "bias_folded": folded[i],
         }
     changes = zip(remove_heads(g, layers, heads_kept), remove_ffn_dims(g, layers, dims_kept))
     for layer, (heads, ffn) in zip(layers, changes):
         layer.report = {"layer": layer.report["layer"], **heads, **ffn, **{k: v for k, v in layer.report.items() if k != "layer"}}
     g.commit()
     g.prune_dead()
-    finalize(out)
+    finalize(out, source=model)
     report = {
         "source": source,
         "head_size": head_size,
@@ -86,6 +96,8 @@ def shrink(
         "params_after": param_count(out),
         "nodes_before": nodes_before,
         "nodes_after": len(out.graph.node),
+        "fused_ops_before": fused_before,
+        "fused_ops_after": fused_op_counts(out),
         "op_counts": op_counts(out),
     }
     if sample_inputs:
@@ -122,7 +134,7 @@ def shrink_file(
     try:
         model = onnx.load(str(src))
     except Exception as e:  # protobuf DecodeError and friends
-        raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from None
+        raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from e
     batches = sample_inputs([i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size(model, src.parent))
     new, report = shrink(model, kept, num_heads, head_size, sample_inputs=batches, atol=atol)
     if optimize is not None:

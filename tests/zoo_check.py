@@ -1,0 +1,291 @@
+"""The graph-zoo check (issue 16), shared by tests/test_zoo.py and benchmarks/graph_zoo.py.
+
+For one zoo graph: zero some heads (layer 1 loses all of them) and FFN dims directly in the graph's
+weights, shrink it, and compare with the unshrunk zeroed graph in ONNX Runtime.
+
+The weights are located here without the surgery's matcher on purpose: the surgery is what is under
+test, so the fixture must not inherit its blind spots. What is used instead is only what every encoder
+export shares: in graph order, each layer consumes its attention projections ([H, H] each, or one packed
+[H, 3H] for fused Attention) and then W1 [H, F] and W2 [F, H]; the output projection is the last [H, H]
+before W1. A weight is a constant matrix read by MatMul / MatMulInteger / com.microsoft Attention,
+possibly through DequantizeLinear (QDQ). int8 weights are "zeroed" by setting them to their zero point.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ZOO = Path(__file__).parent / "zoo"
+def dead_heads(num_heads: int) -> dict[int, list[int]]:
+    return {0: [1, 3], 1: list(range(num_heads))}  # layer 1 loses all its heads
+
+
+def dead_dims(width: int) -> dict[int, list[int]]:
+    return {0: list(range(0, width, 3)), 1: list(range(width // 4))}
+
+
+def entries(root: Path = ZOO) -> list[str]:
+    return sorted(p.stem for p in Path(root).glob("*.json"))
+
+
+def meta(name: str, root: Path = ZOO) -> dict:
+    return json.loads((Path(root) / f"{name}.json").read_text())
+
+
+def load(name: str, root: Path = ZOO) -> onnx.ModelProto:
+    return onnx.load(str(Path(root) / f"{name}.onnx"))  # external data is read from beside the file
+
+
+# ------------------------------------------------------------------------------------------ locating
+@dataclass
+class Weight:
+    """A constant [in, out] matrix and how to write zeros into it."""
+
+    init: str  # initializer name holding the (possibly int8) values
+    zero_point: np.ndarray | None = None  # int8: the value that means 0 (scalar, or one per channel)
+    shape: tuple = ()
+    axis: int = 1  # the channel axis of a per-channel zero point
+
+
+@dataclass
+class LayerWeights:
+    qkv: list[Weight] = field(default_factory=list)  # three [H, H], or one packed [H, 3H]
+    o: Weight | None = None
+    w1: Weight | None = None
+    w2: Weight | None = None
+
+
+def _init_behind(model: onnx.ModelProto, producers: dict, name: str) -> str | None:
+    inits = {t.name for t in model.graph.initializer}
+    for _ in range(4):
+        if name in inits:
+            return name
+        node = producers.get(name)
+        if node is None or node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return None
+
+
+def _array(model, name):
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
+
+
+def weights_in_order(model: onnx.ModelProto) -> list[Weight]:
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "MatMulInteger") or (node.op_type in ("Attention", "QAttention") and node.domain == "com.microsoft"):
+            src = node.input[1]
+            dq = producers.get(src)
+            zp, axis = None, 1  # MatMulInteger: per-channel means per output column
+            if dq is not None and dq.op_type == "DequantizeLinear":  # QDQ weight
+                src = dq.input[0]
+                axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+                zp_name = dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
+                zp = _array(model, _init_behind(model, producers, zp_name)) if zp_name else np.zeros((), np.int8)
+            elif node.op_type in ("MatMulInteger", "QAttention"):
+                j = 3 if node.op_type == "MatMulInteger" else 7  # the weight zero point input
+                zp_name = node.input[j] if len(node.input) > j and node.input[j] else None
+                zp = _array(model, _init_behind(model, producers, zp_name)) if zp_name else np.zeros((), np.int8)
+            init = _init_behind(model, producers, src)
+            if init is None:
+                continue
+            shape = tuple(_array(model, init).shape)
+            if len(shape) == 2:
+                out.append(Weight(init, zp, shape, axis % 2))
+    return out
+
+
+def locate(model: onnx.ModelProto, hidden: int) -> list[LayerWeights]:
+    layers, pending = [], []
+    for w in weights_in_order(model):
+        rows, cols = w.shape
+        if rows == hidden and cols in (hidden, 3 * hidden):
+            pending.append(w)
+        elif rows == hidden and cols != hidden:
+            if len(pending) in (2, 4):  # W1 after Q/K/V (or packed QKV) and O
+                layers.append(LayerWeights(qkv=pending[:-1], o=pending[-1], w1=w))
+            pending = []  # else a head after the encoder (pooler -> classifier)
+        elif cols == hidden and layers and layers[-1].w2 is None and rows == layers[-1].w1.shape[1]:
+            layers[-1].w2 = w
+    for i, layer in enumerate(layers):
+        widths = sorted(q.shape[1] for q in layer.qkv)
+        if widths not in ([hidden] * 3, [3 * hidden]) or layer.w2 is None:
+            raise AssertionError(f"layer {i}: could not locate Q/K/V/O/W1/W2 (Q/K/V widths {widths})")
+    return layers
+
+
+# ------------------------------------------------------------------------------------------ zeroing
+def _zero(arrays: dict, masks: dict, w: Weight, rows=None, cols=None) -> None:
+    a = arrays[w.init]
+    m = masks.setdefault(w.init, np.zeros(a.shape, bool))
+    sel = np.zeros(a.shape, bool)
+    if rows is not None:
+        sel[rows, :] = True
+    if cols is not None:
+        sel[:, cols] = True
+    if w.zero_point is None:
+        a[sel] = 0
+    else:  # int8: the zero point of each element's channel (per-tensor: one value)
+        zp = np.asarray(w.zero_point).reshape(-1)
+        shape = [1, 1]
+        shape[w.axis] = -1
+        full = np.broadcast_to(zp.reshape(shape) if zp.size > 1 else zp[0], a.shape)
+        a[sel] = full[sel]
+    m |= sel
+
+
+def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: str = "both",
+                   heads_of=None, dims_of=None) -> tuple[onnx.ModelProto, int, list[dict]]:
+    """A copy with dead_heads / dead_dims zeroed (Q/K/V columns and O rows; W1 columns and W2 rows;
+    biases untouched, as a pruned checkpoint has them). side="input" zeroes only Q/K/V and W1 columns:
+    those heads / dims still add a constant (their biases through softmax / the activation) that shrink
+    must fold into the next bias, or keep the structure. heads_of(layer, num_heads) / dims_of(layer, width)
+    pick other heads / dims. Returns (model, zeroed elements, kept per layer)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    layers = locate(model, hidden)
+    d = hidden // num_heads
+    arrays, masks = {}, {}
+    for layer in layers:
+        for w in layer.qkv + [layer.o, layer.w1, layer.w2]:
+            arrays.setdefault(w.init, _array(model, w.init).copy())
+    kept = []
+    for i, layer in enumerate(layers):
+        heads = heads_of(i, num_heads) if heads_of else dead_heads(num_heads).get(i, [])
+        cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads]) if heads else np.array([], int)
+        for w in layer.qkv:
+            segs = w.shape[1] // hidden
+            _zero(arrays, masks, w, cols=np.concatenate([cols + s * hidden for s in range(segs)]))
+        if side == "both":
+            _zero(arrays, masks, layer.o, rows=cols)
+        width = layer.w1.shape[1]
+        dims = dims_of(i, width) if dims_of else dead_dims(width).get(i, [])
+        _zero(arrays, masks, layer.w1, cols=dims)
+        if side == "both":
+            _zero(arrays, masks, layer.w2, rows=dims)
+        kept.append({"heads_kept": [h for h in range(num_heads) if h not in heads],
+                     "ffn_dims_kept": [j for j in range(width) if j not in set(dims)], "ffn_width": width})
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
+    return model, int(sum(m.sum() for m in masks.values())), kept
+
+
+# ------------------------------------------------------------------------------------------ running
+def feeds(model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    names = [i.name for i in model.graph.input]
+    rng = np.random.default_rng(0)
+    out = []
+    for b, length in ((1, 5), (3, 17), (4, 33)):
+        ids = rng.integers(4, 100, size=(b, length), dtype=np.int64)
+        mask = np.ones((b, length), dtype=np.int64)
+        for r in range(1, b):  # ragged padding: the attention mask must matter
+            mask[r, length - (r * length) // (b + 1):] = 0
+        all_ = {"input_ids": ids, "attention_mask": mask, "token_type_ids": (rng.random((b, length)) < 0.3).astype(np.int64)}
+        out.append({k: v for k, v in all_.items() if k in names})
+    return out
+
+
+def outputs(model: onnx.ModelProto, batches) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [sess.run(None, f) for f in batches]
+
+
+def max_diff(a, b) -> float:
+    worst = 0.0
+    for xs, ys in zip(a, b):
+        for x, y in zip(xs, ys):
+            if x.shape != y.shape:
+                return float("inf")
+            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y))) if x.size else 0.0)
+    return worst
+
+
+def elements(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
+
+
+FUSED = ("Attention", "QAttention", "FusedMatMul", "SkipLayerNormalization", "BiasGelu", "FastGelu", "EmbedLayerNormalization", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear")
+
+
+def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in FUSED:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def shrink_fn():
+    """The surgery entry point, wherever the layout puts it."""
+    try:
+        from exporters.surgery.shrink import shrink
+    except ImportError:
+        from exporters.surgery import shrink
+    return shrink
+
+
+def check(name: str, side: str = "both", root: Path = ZOO, heads_of=None, dims_of=None) -> dict:
+    """Run the zoo check on one entry; returns a record (status 'pass', 'fail' or 'refused').
+    side="input": only Q/K/V and W1 columns zeroed; fp32 graphs must fold the dead structure's bias
+    contribution and remove it, int8 graphs may keep it (the fold would not be exact through the
+    activation quantization); both must match the unshrunk graph."""
+    from compress.core.errors import CompressError
+
+    m = meta(name, root)
+    model = load(name, root)
+    rec = {"name": name, "side": side, "meta": m, "fused_before": fused_counts(model)}
+    try:
+        zeroed, n_zeroed, kept = zero_structure(model, m["hidden"], m["num_heads"], side, heads_of, dims_of)
+    except AssertionError as e:  # weights the harness cannot find (e.g. QLinearMatMul): surgery must refuse
+        zeroed, n_zeroed, kept = model, 0, []
+        rec["harness_note"] = str(e)
+    rec["zeroed"] = n_zeroed
+    try:
+        small, report = shrink_fn()(zeroed)
+    except CompressError as e:
+        rec.update(status="refused", message=str(e))
+        return rec
+    if not kept:
+        rec.update(status="fail", message=f"shrink accepted a graph whose weights the harness could not locate ({rec['harness_note']})")
+        return rec
+    batches = feeds(zeroed)
+    ref = outputs(zeroed, batches)
+    got = outputs(small, batches)
+    rec["max_abs_diff"] = max_diff(ref, got)
+    rec["tolerance"] = 1e-4
+    if m.get("int8"):
+        # The int8 graph's own rounding: how far it is from the fp32 graph it was made from (zeroed alike).
+        src = load(m["source"], root)
+        src_zeroed, _, _ = zero_structure(src, m["hidden"], m["num_heads"], side, heads_of, dims_of)
+        rec["tolerance"] = max(1e-4, max_diff(outputs(src_zeroed, batches), ref))
+    rec["removed"] = elements(zeroed) - elements(small)
+    rec["removed_fraction"] = rec["removed"] / n_zeroed
+    rec["fused_after"] = fused_counts(small)
+    rec["layers"] = [(r["heads_after"], r["ffn_after"]) for r in report["layers"]]
+    rec["bias_folded"] = [r.get("bias_folded") for r in report["layers"]]
+    rec["expected_layers"] = [(len(k["heads_kept"]), len(k["ffn_dims_kept"])) for k in kept]
+    keeps = side == "input" and m.get("int8")
+    if keeps:  # allowed to keep the structure (exactly): then nothing is removed
+        rec["expected_layers"] = [(m["num_heads"], k["ffn_width"]) for k in kept]
+    problems = []
+    if not rec["max_abs_diff"] <= rec["tolerance"]:
+        problems.append(f"outputs differ by {rec['max_abs_diff']:.3g} > {rec['tolerance']:.3g}")
+    if not keeps and rec["removed_fraction"] < 0.95:
+        problems.append(f"removed {rec['removed']} of {n_zeroed} zeroed parameters ({rec['removed_fraction']:.0%})")
+    if rec["layers"] != rec["expected_layers"]:
+        problems.append(f"kept (heads, dims) per layer {rec['layers']} instead of {rec['expected_layers']}")
+    rec["status"] = "fail" if problems else "pass"
+    rec["message"] = "; ".join(problems)
+    return rec
