@@ -62,8 +62,8 @@ def random_structures(geo, n: int, seed: int) -> list[list[dict]]:
 
 
 def part_table(a) -> dict:
-    from compress.training.models import resolve_model
     from compress.speed.latency import DeployConfig, DeployGraphs, load_or_build_table, parse_shape, time_graphs
+    from compress.training.models import resolve_model
 
     model = resolve_model(a.model)
     report = {"model": a.model, "env_start": _env(), "configs": []}

@@ -11,7 +11,6 @@ import pytest
 from compress.core.errors import InvalidConfigError
 from compress.speed.budget import Target, marginal_step, resolve_target, solve_budget
 from compress.speed.latency import DeployConfig, LatencyTable, build_table, ffn_grid, flops_table, load_or_build_table
-
 from helpers import save_checkpoint, tiny_model
 
 
@@ -183,8 +182,8 @@ def test_deploy_config_errors():
 
 def test_cli_latency_table_reads_the_cache_and_refuses_bad_flags(tmp_path, monkeypatch, capsys):
     from compress.cli.main import main
-    from compress.training.models import load_config
     from compress.speed.latency import cache_path, table_key
+    from compress.training.models import load_config
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     ckpt = save_checkpoint(tiny_model("bert", ffn=64), tmp_path / "m")

@@ -8,16 +8,15 @@ import pytest
 import torch
 
 import helpers as h
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
+from compress.core.structure import geometry, layer_linears
 from compress.pruning.methods import get_method
-from compress.core.config import DataConfig
-from compress.training.driver import prune
 from compress.pruning.pruner import Pruner
 from compress.speed.budget import Target, marginal_step, resolve_target
 from compress.speed.budgeted import SpeedPlan, budget_for
 from compress.speed.latency import LatencyTable, flops_table
-from compress.core.structure import geometry, layer_linears
+from compress.training.driver import prune
 from compress.training.loop import StudentWithLoss
 
 
@@ -137,8 +136,8 @@ def _prune(d, out, cfg):
 
 
 def test_prune_with_target_speedup_meets_its_table(workspace, monkeypatch):
-    from compress.training.models import load_config
     from compress.speed.latency import DeployConfig, cache_path, table_key
+    from compress.training.models import load_config
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(workspace / "cache"))
     d = workspace
@@ -195,8 +194,8 @@ def test_cli_target_flags(workspace, capsys):
 
 def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkeypatch):
     from compress.cli import main
-    from compress.training.models import load_config
     from compress.speed.latency import DeployConfig, cache_path, table_key
+    from compress.training.models import load_config
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=32, n_dev=16)

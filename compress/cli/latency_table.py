@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 DEPLOY_FIELDS = ("deploy", "deploy_shape", "deploy_threads", "deploy_provider")
 
 

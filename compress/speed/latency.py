@@ -305,13 +305,12 @@ class DeployGraphs:
     measure whole pruned models."""
 
     def __init__(self, model: str, workdir: str | os.PathLike, deploy: DeployConfig, classifier=None):
-        from exporters.export import export_checkpoint
-        from exporters.toolbox import sample_inputs
-
         import onnx
 
-        from compress.training.models import load_classifier, load_config
         from compress.core.structure import geometry
+        from compress.training.models import load_classifier, load_config
+        from exporters.export import export_checkpoint
+        from exporters.toolbox import sample_inputs
 
         self.deploy = deploy
         self.workdir = Path(workdir)
@@ -331,12 +330,12 @@ class DeployGraphs:
     def build(self, kept: list[dict] | None, name: str | None = None, precision: str | None = None) -> Path:
         """Deploy graph (model.onnx path) for `kept` (compression.json `layers` form; None = dense), at the
         deploy precision unless `precision` is given."""
+        import gc
+
         import onnx
 
         from exporters.surgery.rewrite import normalize_heads
         from exporters.surgery.shrink import shrink
-
-        import gc
 
         self._n += 1
         name = name or f"g{self._n}"
@@ -372,10 +371,9 @@ class DeployGraphs:
 
         from onnx import numpy_helper
 
+        from compress.core.record import as_layer_keeps
         from exporters.graph import Graph
         from exporters.surgery.match import find_layers
-
-        from compress.core.record import as_layer_keeps
 
         kept = as_layer_keeps(kept)
         model = copy.deepcopy(self.dense)
