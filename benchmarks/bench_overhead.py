@@ -21,11 +21,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from compress.core.config import DistillConfig, PruneConfig  # noqa: E402
-from compress.training.data import load_task_data  # noqa: E402
 from compress.pruning.methods import get_method  # noqa: E402
-from compress.training.models import load_classifier, load_tokenizer  # noqa: E402
 from compress.pruning.pruner import Pruner  # noqa: E402
+from compress.training.data import load_task_data  # noqa: E402
 from compress.training.loop import StudentWithLoss, add_teacher_logits  # noqa: E402
+from compress.training.models import load_classifier, load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -81,7 +81,11 @@ def main():
     amortised = med["hybrid+teacher"] + prepass_per_example * len(td.train) / steps_per_epoch
     res = {
         "command": "python " + " ".join(sys.argv),
-        "model": a.model, "batch": 32, "max_length": 64, "threads": a.threads, "steps": a.steps,
+        "model": a.model,
+        "batch": 32,
+        "max_length": 64,
+        "threads": a.threads,
+        "steps": a.steps,
         "median_seconds_per_step": med,
         "ratio_step": med["hybrid+teacher"] / med["finetune"],
         "teacher_prepass_seconds_per_example": prepass_per_example,

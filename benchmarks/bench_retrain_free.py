@@ -54,7 +54,9 @@ def loadavg() -> list[float]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", default="../shared/models/minilm-l6-sst2")
-    ap.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0], help="FLOPs reduction factors (1/--target-flops)")
+    ap.add_argument(
+        "--targets", nargs="+", type=float, default=[1.5, 2.0], help="FLOPs reduction factors (1/--target-flops)"
+    )
     ap.add_argument("--fill-steps", type=int, default=0)
     ap.add_argument("--work", default="runs/retrain_free")
     ap.add_argument("--iterations", type=int, default=20)
@@ -63,8 +65,15 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     log: list = []
-    doc = {"benchmark": "retrain-free on MiniLM-L6 SST-2 (the teacher pruned post-training)", "command": "python " + shlex.join(sys.argv),
-           "teacher": a.teacher, "fill_steps": a.fill_steps, "loadavg_start": loadavg(), "nproc": os.cpu_count(), "entries": {}}
+    doc = {
+        "benchmark": "retrain-free on MiniLM-L6 SST-2 (the teacher pruned post-training)",
+        "command": "python " + shlex.join(sys.argv),
+        "teacher": a.teacher,
+        "fill_steps": a.fill_steps,
+        "loadavg_start": loadavg(),
+        "nproc": os.cpu_count(),
+        "entries": {},
+    }
 
     dense = work / "dense-onnx"
     sh(["compress", "export", "--onnx", a.teacher, "--output", str(dense), "--overwrite"], log)
@@ -72,26 +81,57 @@ def main():
     for target in a.targets:
         name = f"{target:g}x"
         out = work / f"rf-{name}"
-        cmd = ["compress", "prune", "--method", "retrain-free", "--model", a.teacher, "--target-flops", f"{1 / target:.6f}",
-               "-o", str(out), "--overwrite", "--no-progress"]
+        cmd = [
+            "compress",
+            "prune",
+            "--method",
+            "retrain-free",
+            "--model",
+            a.teacher,
+            "--target-flops",
+            f"{1 / target:.6f}",
+            "-o",
+            str(out),
+            "--overwrite",
+            "--no-progress",
+        ]
         if a.fill_steps:
             cmd += ["--fill-steps", str(a.fill_steps), "--teacher", a.teacher]
         la0 = loadavg()
         wall, cpu = sh(cmd, log)
         info = json.loads((out / "compression.json").read_text())
-        sh(["compress", "export", "--onnx", str(out), "--output", str(work / f"rf-{name}-onnx"), "--shrink", "--overwrite"], log)
+        sh(
+            [
+                "compress",
+                "export",
+                "--onnx",
+                str(out),
+                "--output",
+                str(work / f"rf-{name}-onnx"),
+                "--shrink",
+                "--overwrite",
+            ],
+            log,
+        )
         onnx[name] = work / f"rf-{name}-onnx"
         rf = info["retrain_free"]
         doc["entries"][name] = {
-            "target_flops_fraction": round(1 / target, 6), "flops_fraction": _fraction(info),
+            "target_flops_fraction": round(1 / target, 6),
+            "flops_fraction": _fraction(info),
             "heads_kept": sum(len(l["heads_kept"]) for l in info["layers"]),
             "ffn_dims_kept": sum(len(l["ffn_dims_kept"]) for l in info["layers"]),
             "per_layer": [[len(l["heads_kept"]), len(l["ffn_dims_kept"])] for l in info["layers"]],
-            "dev_pytorch": info["metrics"], "prune_wall_s": round(wall, 1), "prune_cpu_s": round(cpu, 1),
-            "loadavg_during_prune": [la0, loadavg()], "stages_s": rf["seconds"],
-            "tuning_error": {"before": sum(r.get("error_before", 0) for r in rf["tuning"]),
-                             "after": sum(r.get("error_after", 0) for r in rf["tuning"])},
-            "rearrangement": rf["rearrangement_fisher_loss"], "fill_steps": info["training"]["steps"],
+            "dev_pytorch": info["metrics"],
+            "prune_wall_s": round(wall, 1),
+            "prune_cpu_s": round(cpu, 1),
+            "loadavg_during_prune": [la0, loadavg()],
+            "stages_s": rf["seconds"],
+            "tuning_error": {
+                "before": sum(r.get("error_before", 0) for r in rf["tuning"]),
+                "after": sum(r.get("error_after", 0) for r in rf["tuning"]),
+            },
+            "rearrangement": rf["rearrangement_fisher_loss"],
+            "fill_steps": info["training"]["steps"],
         }
     for name, path in onnx.items():
         js = work / f"eval-{name}.json"
@@ -99,8 +139,25 @@ def main():
         doc["entries"].setdefault(name, {})["dev_onnx"] = json.loads(js.read_text())
     bench_json = RESULTS / f"retrain_free_bench{a.tag}.json"
     RESULTS.mkdir(exist_ok=True)
-    sh(["compress", "bench", *[str(p) for p in onnx.values()], "--labels", *onnx, "--batch-sizes", "1", "32", "--seq-lens", "128",
-        "--iterations", str(a.iterations), "--json", str(bench_json)], log)
+    sh(
+        [
+            "compress",
+            "bench",
+            *[str(p) for p in onnx.values()],
+            "--labels",
+            *onnx,
+            "--batch-sizes",
+            "1",
+            "32",
+            "--seq-lens",
+            "128",
+            "--iterations",
+            str(a.iterations),
+            "--json",
+            str(bench_json),
+        ],
+        log,
+    )
     bench = json.loads(bench_json.read_text())
     for r in bench["results"]:
         if r["model"] in doc["entries"] and r["model"] != "dense":
@@ -116,25 +173,40 @@ def main():
 def write_markdown(doc: dict, path: Path) -> None:
     e = doc["entries"]
     dense_acc = e["dense"]["dev_onnx"].get("accuracy")
-    lines = [f"# {doc['benchmark']}", "", f"Command: `{doc['command']}` (CPU: {doc.get('cpu_model')}, {doc['nproc']} logical CPUs, "
-             f"ONNX Runtime {doc.get('onnxruntime')}, 2 threads; load average at start {doc['loadavg_start']}, end {doc['loadavg_end']}: "
-             "the machine was shared with other jobs, so wall times are upper bounds; CPU time is the prune's own user+sys).", "",
-             "| target | FLOPs kept | heads | FFN dims | SST-2 dev (PyTorch) | dev (shrunk ONNX) | vs teacher | ORT speedup b1 | b32 | prune wall s | prune CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| dense teacher | 1.000 | 72 | 9216 | | {dense_acc * 100:.2f} | | 1.00 | 1.00 | | |"]
+    lines = [
+        f"# {doc['benchmark']}",
+        "",
+        f"Command: `{doc['command']}` (CPU: {doc.get('cpu_model')}, {doc['nproc']} logical CPUs, "
+        f"ONNX Runtime {doc.get('onnxruntime')}, 2 threads; load average at start {doc['loadavg_start']}, end {doc['loadavg_end']}: "
+        "the machine was shared with other jobs, so wall times are upper bounds; CPU time is the prune's own user+sys).",
+        "",
+        "| target | FLOPs kept | heads | FFN dims | SST-2 dev (PyTorch) | dev (shrunk ONNX) | vs teacher | ORT speedup b1 | b32 | prune wall s | prune CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| dense teacher | 1.000 | 72 | 9216 | | {dense_acc * 100:.2f} | | 1.00 | 1.00 | | |",
+    ]
     for name, r in e.items():
         if name == "dense":
             continue
         acc = r["dev_onnx"].get("accuracy")
-        lines.append(f"| {name} | {r['flops_fraction']:.3f} | {r['heads_kept']} | {r['ffn_dims_kept']} | {r['dev_pytorch']['accuracy'] * 100:.2f} "
-                     f"| {acc * 100:.2f} | {(acc - dense_acc) * 100:+.2f} | {r.get('speedup_b1', float('nan')):.2f} | "
-                     f"{r.get('speedup_b32', float('nan')):.2f} | {r['prune_wall_s']:.0f} | {r['prune_cpu_s']:.0f} |")
-    lines += ["", "Stages (s, wall) and mask-tuning reconstruction error (sum of squares over the tuning sample, all sub-layers):", ""]
+        lines.append(
+            f"| {name} | {r['flops_fraction']:.3f} | {r['heads_kept']} | {r['ffn_dims_kept']} | {r['dev_pytorch']['accuracy'] * 100:.2f} "
+            f"| {acc * 100:.2f} | {(acc - dense_acc) * 100:+.2f} | {r.get('speedup_b1', float('nan')):.2f} | "
+            f"{r.get('speedup_b32', float('nan')):.2f} | {r['prune_wall_s']:.0f} | {r['prune_cpu_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "Stages (s, wall) and mask-tuning reconstruction error (sum of squares over the tuning sample, all sub-layers):",
+        "",
+    ]
     for name, r in e.items():
         if name != "dense":
-            lines.append(f"- {name}: {r['stages_s']}; error {r['tuning_error']['before']:.4g} -> {r['tuning_error']['after']:.4g}; "
-                         f"per layer (heads, FFN dims) {r['per_layer']}")
-    lines += ["", "Commands, in order:", ""] + [f"- `{s['command']}` ({s['wall_s']} s wall, {s['cpu_s']} s CPU)" for s in doc["steps"]]
+            lines.append(
+                f"- {name}: {r['stages_s']}; error {r['tuning_error']['before']:.4g} -> {r['tuning_error']['after']:.4g}; "
+                f"per layer (heads, FFN dims) {r['per_layer']}"
+            )
+    lines += ["", "Commands, in order:", ""] + [
+        f"- `{s['command']}` ({s['wall_s']} s wall, {s['cpu_s']} s CPU)" for s in doc["steps"]
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 

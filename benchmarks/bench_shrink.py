@@ -57,6 +57,7 @@ def parse_args():
 # ------------------------------------------------------------------------------------------ pruning
 def uneven_structure(num_layers, num_heads, ffn, head_keep, ffn_keep, rng):
     """Per layer kept heads / FFN dims: totals hit the targets, per-layer counts differ."""
+
     def split(total, n, cap):
         weights = rng.uniform(0.3, 1.7, n)
         counts = np.minimum(np.floor(weights / weights.sum() * total).astype(int), cap)
@@ -67,8 +68,10 @@ def uneven_structure(num_layers, num_heads, ffn, head_keep, ffn_keep, rng):
     heads = split(round(head_keep * num_layers * num_heads), num_layers, num_heads)
     dims = split(round(ffn_keep * num_layers * ffn), num_layers, ffn)
     return [
-        {"heads_kept": sorted(rng.choice(num_heads, h, replace=False).tolist()),
-         "ffn_dims_kept": sorted(rng.choice(ffn, f, replace=False).tolist())}
+        {
+            "heads_kept": sorted(rng.choice(num_heads, h, replace=False).tolist()),
+            "ffn_dims_kept": sorted(rng.choice(ffn, f, replace=False).tolist()),
+        }
         for h, f in zip(heads, dims)
     ]
 
@@ -115,8 +118,13 @@ def masked_checkpoint(args, directory: Path):
         "format_version": FORMAT_VERSION,
         "method": "benchmark: random structured zeroing (no training)",
         "model_type": model.config.model_type,
-        "geometry": {"num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_size": geo.head_size,
-                     "hidden_size": geo.hidden_size, "intermediate_size": geo.intermediate_size},
+        "geometry": {
+            "num_layers": geo.num_layers,
+            "num_heads": geo.num_heads,
+            "head_size": geo.head_size,
+            "hidden_size": geo.hidden_size,
+            "intermediate_size": geo.intermediate_size,
+        },
         "layers": kept,
         "versions": {"torch": torch.__version__},
     }
@@ -143,7 +151,9 @@ def sst2_sentences(n: int) -> list[str]:
 
 
 def feeds_for(tokenizer, batch: int, length: int, input_names) -> dict:
-    enc = tokenizer(sst2_sentences(batch), padding="max_length", truncation=True, max_length=length, return_tensors="np")
+    enc = tokenizer(
+        sst2_sentences(batch), padding="max_length", truncation=True, max_length=length, return_tensors="np"
+    )
     return {k: enc[k].astype(np.int64) for k in input_names}
 
 
@@ -161,8 +171,12 @@ def time_interleaved(sessions: dict, feeds: dict, reps: int, warmup: int, seed: 
             sessions[name].run(None, feeds)
             times[name].append(time.perf_counter() - t0)
     summary = {
-        name: {"median_ms": 1e3 * statistics.median(t), "p25_ms": 1e3 * float(np.percentile(t, 25)),
-               "p75_ms": 1e3 * float(np.percentile(t, 75)), "reps": len(t)}
+        name: {
+            "median_ms": 1e3 * statistics.median(t),
+            "p25_ms": 1e3 * float(np.percentile(t, 25)),
+            "p75_ms": 1e3 * float(np.percentile(t, 75)),
+            "reps": len(t),
+        }
         for name, t in times.items()
     }
     # Paired estimate: within a round the variants run back to back, so load drifts cancel in the ratio.
@@ -205,17 +219,25 @@ def main() -> int:
         exports = {}
         for name in VARIANTS:
             t0 = time.time()
-            result = export_checkpoint(tmp / "masked", tmp / name, shrink=name.startswith("shrunk"), optimize=name.endswith("+opt"))
+            result = export_checkpoint(
+                tmp / "masked", tmp / name, shrink=name.startswith("shrunk"), optimize=name.endswith("+opt")
+            )
             exports[name] = {
                 "seconds": round(time.time() - t0, 1),
-                "validation_max_abs_diff_vs_pytorch": result.validation.get("final_max_abs_diff", result.validation["max_abs_diff"]),
+                "validation_max_abs_diff_vs_pytorch": result.validation.get(
+                    "final_max_abs_diff", result.validation["max_abs_diff"]
+                ),
                 "fusions": (result.optimize or {}).get("fusions"),
                 "optimizer_note": (result.optimize or {}).get("note") or None,
                 "onnx_mb": round(result.path.stat().st_size / 2**20, 2),
             }
             if result.shrink and name == "shrunk":
-                shrink_report = {k: result.shrink[k] for k in ("params_before", "params_after", "nodes_before", "nodes_after")}
-                shrink_report["layers"] = [{k: r[k] for k in ("layer", "heads_after", "ffn_after")} for r in result.shrink["layers"]]
+                shrink_report = {
+                    k: result.shrink[k] for k in ("params_before", "params_after", "nodes_before", "nodes_after")
+                }
+                shrink_report["layers"] = [
+                    {k: r[k] for k in ("layer", "heads_after", "ffn_after")} for r in result.shrink["layers"]
+                ]
             print(f"exported {name} in {exports[name]['seconds']} s", file=sys.stderr)
         tokenizer = AutoTokenizer.from_pretrained(str(tmp / "masked"))
         input_names = result.inputs
@@ -224,8 +246,12 @@ def main() -> int:
         for batch, length, reps, warmup in ((32, 128, args.reps_large, 2), (1, 128, args.reps_small, 10)):
             key = f"{batch}x{length}"
             print(f"timing {key} ({reps} interleaved rounds)", file=sys.stderr)
-            latency[key] = time_interleaved(sessions, feeds_for(tokenizer, batch, length, input_names), reps, warmup, args.seed)
-        dev = agreement(tmp / "dense" / "model.onnx", tmp / "shrunk+opt" / "model.onnx", tokenizer, input_names, args.threads)
+            latency[key] = time_interleaved(
+                sessions, feeds_for(tokenizer, batch, length, input_names), reps, warmup, args.seed
+            )
+        dev = agreement(
+            tmp / "dense" / "model.onnx", tmp / "shrunk+opt" / "model.onnx", tokenizer, input_names, args.threads
+        )
 
     flops_dense = flops_per_token(geo, None, 128)
     flops_shrunk = flops_per_token(geo, kept, 128)
@@ -236,19 +262,25 @@ def main() -> int:
             measured = lat[base]["median_ms"] / lat[small]["median_ms"]
             paired = lat[f"{base} / {small} paired"]
             speedups[f"{key} {base} -> {small}"] = {
-                "measured": round(measured, 3), "measured_paired": round(paired, 3), "ideal": round(ideal, 3),
-                "ratio": round(measured / ideal, 3), "ratio_paired": round(paired / ideal, 3),
+                "measured": round(measured, 3),
+                "measured_paired": round(paired, 3),
+                "ideal": round(ideal, 3),
+                "ratio": round(measured / ideal, 3),
+                "ratio_paired": round(paired / ideal, 3),
             }
     report = {
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
         "model": str(args.teacher),
         "structure": {
-            "seed": args.seed, "heads_kept": sum(len(k["heads_kept"]) for k in kept), "heads_total": geo.num_layers * geo.num_heads,
-            "ffn_dims_kept": sum(len(k["ffn_dims_kept"]) for k in kept), "ffn_dims_total": geo.num_layers * geo.intermediate_size,
+            "seed": args.seed,
+            "heads_kept": sum(len(k["heads_kept"]) for k in kept),
+            "heads_total": geo.num_layers * geo.num_heads,
+            "ffn_dims_kept": sum(len(k["ffn_dims_kept"]) for k in kept),
+            "ffn_dims_total": geo.num_layers * geo.intermediate_size,
             "per_layer": [(len(k["heads_kept"]), len(k["ffn_dims_kept"])) for k in kept],
         },
         "flop_model": "encoder MACs/token: 4*H*d per head (Q,K,V,O) + 2*L*d per head (QK^T, PV) + 2*H per FFN dim; "
-                      "embeddings, LayerNorm, softmax, GELU, classifier ignored (compress.sparsity.flops_per_token, L=128)",
+        "embeddings, LayerNorm, softmax, GELU, classifier ignored (compress.sparsity.flops_per_token, L=128)",
         "flops_per_token": {"dense": flops_dense, "shrunk": flops_shrunk, "ideal_speedup": round(ideal, 3)},
         "exports": exports,
         "shrink": shrink_report,
@@ -256,9 +288,15 @@ def main() -> int:
         "speedups": speedups,
         "sst2_dev_dense_vs_shrunk_opt": dev,
         "machine": {
-            "cpu": cpu_model(), "cores": os.cpu_count(), "intra_op_threads": args.threads, "spinning": False,
-            "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "intra_op_threads": args.threads,
+            "spinning": False,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
         },
         "seconds": round(time.time() - started, 1),
     }
@@ -290,7 +328,11 @@ def markdown(r: dict) -> str:
         "|---|" + "---|" * len(VARIANTS),
     ]
     for key, lat in r["latency"].items():
-        lines.append(f"| {key} | " + " | ".join(f"{lat[v]['median_ms']:.1f} [{lat[v]['p25_ms']:.1f}-{lat[v]['p75_ms']:.1f}]" for v in VARIANTS) + " |")
+        lines.append(
+            f"| {key} | "
+            + " | ".join(f"{lat[v]['median_ms']:.1f} [{lat[v]['p25_ms']:.1f}-{lat[v]['p75_ms']:.1f}]" for v in VARIANTS)
+            + " |"
+        )
     lines += [
         "",
         "## Speedup vs ideal",
@@ -302,12 +344,22 @@ def markdown(r: dict) -> str:
     ]
     for name, sp in r["speedups"].items():
         key, comparison = name.split(" ", 1)
-        lines.append(f"| {key} | {comparison} | {sp['measured']:.2f}x | {sp['measured_paired']:.2f}x | {sp['ideal']:.2f}x | "
-                     f"{sp['ratio']:.2f} | {sp['ratio_paired']:.2f} |")
-    lines += ["", "## Exports (each validated against PyTorch)", "", "| variant | max abs diff vs PyTorch | ORT fusions | note | size MB |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {key} | {comparison} | {sp['measured']:.2f}x | {sp['measured_paired']:.2f}x | {sp['ideal']:.2f}x | "
+            f"{sp['ratio']:.2f} | {sp['ratio_paired']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Exports (each validated against PyTorch)",
+        "",
+        "| variant | max abs diff vs PyTorch | ORT fusions | note | size MB |",
+        "|---|---|---|---|---|",
+    ]
     for name, e in r["exports"].items():
         fusions = ", ".join(f"{k} {v}" for k, v in (e["fusions"] or {}).items()) or "-"
-        lines.append(f"| {name} | {e['validation_max_abs_diff_vs_pytorch']:.1e} | {fusions} | {e['optimizer_note'] or ''} | {e['onnx_mb']} |")
+        lines.append(
+            f"| {name} | {e['validation_max_abs_diff_vs_pytorch']:.1e} | {fusions} | {e['optimizer_note'] or ''} | {e['onnx_mb']} |"
+        )
     sh, dev = r["shrink"], r["sst2_dev_dense_vs_shrunk_opt"]
     lines += [
         "",

@@ -50,13 +50,12 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also quantize each pruned graph (dynamic int8)")
     a = ap.parse_args()
 
+    from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig
     from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
-    from compress.core.config import DistillConfig, PruneConfig, TrainConfig
-    from compress.training.data import load_task_data
-    from compress.training.models import load_tokenizer
     from compress.ort.evaluate import evaluate_onnx
-    from compress.core.config import DataConfig
+    from compress.training.data import load_task_data
     from compress.training.driver import prune
+    from compress.training.models import load_tokenizer
     from exporters.export import export_checkpoint
 
     work = Path(a.work) / a.task
@@ -68,8 +67,13 @@ def main():
     if not dense.exists():  # exported and fused exactly like the pruned graphs (what `compress run` ships)
         export_checkpoint(a.teacher, dense.parent, overwrite=True, shrink=False, optimize=True)
     if "dense" not in doc["entries"]:
-        doc["entries"]["dense"] = {"method": "dense teacher", **evaluate_onnx(dense, td, 64), "speedup_b1": 1.0, "speedup_b32": 1.0,
-                                   "command": "(the teacher's export, in every run)"}
+        doc["entries"]["dense"] = {
+            "method": "dense teacher",
+            **evaluate_onnx(dense, td, 64),
+            "speedup_b1": 1.0,
+            "speedup_b32": 1.0,
+            "command": "(the teacher's export, in every run)",
+        }
     bc = BenchConfig(batch_sizes=(1, 32), seq_lens=(128,), threads=2, iterations=a.iterations)
 
     for method in a.only:
@@ -82,9 +86,11 @@ def main():
             flags = dict(GRID[method][level])
             t0 = time.time()
             out = work / key.replace("@", "-")
-            cfg = PruneConfig(method=method, distill=DistillConfig(teacher=a.teacher),
-                              train=TrainConfig(max_steps=a.steps, max_length=a.max_length,
-                                                  overwrite=True, progress=False))
+            cfg = PruneConfig(
+                method=method,
+                distill=DistillConfig(teacher=a.teacher),
+                train=TrainConfig(max_steps=a.steps, max_length=a.max_length, overwrite=True, progress=False),
+            )
             if "source_level" in flags:
                 cfg.source = str(work / f"hybrid-{flags.pop('source_level')}" / "pruned")
                 cfg.train.max_steps = a.steps // 3  # a short fill-in fine-tune
@@ -98,20 +104,33 @@ def main():
                 from compress.ort.quantize import QuantizeConfig, quantize_onnx
 
                 q = quantize_onnx(out / "onnx", out / "onnx-int8", QuantizeConfig(), overwrite=True)
-                models[key + " int8"] = Path(q.output) if str(q.output).endswith(".onnx") else Path(q.output) / "model.onnx"
-            bench = run_benchmark([onnx_runner(str(p), bc, label=n) for n, p in models.items()], bc, command=" ".join(sys.argv))
+                models[key + " int8"] = (
+                    Path(q.output) if str(q.output).endswith(".onnx") else Path(q.output) / "model.onnx"
+                )
+            bench = run_benchmark(
+                [onnx_runner(str(p), bc, label=n) for n, p in models.items()], bc, command=" ".join(sys.argv)
+            )
             env = bench["environment"]
-            doc["machine"] = {"cpu_model": env["cpu_model"], "logical_cpus": env["logical_cpus"], "onnxruntime": env["onnxruntime"],
-                              "torch": env["torch"], "trained_on": _training_device()}
+            doc["machine"] = {
+                "cpu_model": env["cpu_model"],
+                "logical_cpus": env["logical_cpus"],
+                "onnxruntime": env["onnxruntime"],
+                "torch": env["torch"],
+                "trained_on": _training_device(),
+            }
             for name, path in list(models.items())[1:]:
                 sp = {f"speedup_b{r['batch_size']}": r["speedup"] for r in bench["results"] if r["model"] == name}
                 doc["entries"][name] = {
-                    "method": method, "level": GRID[method][level], **evaluate_onnx(path, td, 64), **sp,
+                    "method": method,
+                    "level": GRID[method][level],
+                    **evaluate_onnx(path, td, 64),
+                    **sp,
                     "encoder_linear_sparsity": info["sparsity"]["encoder_linear"],
                     "encoder_linear_params_after_removal": info["params"]["encoder_linear_after_removal"],
                     "heads_kept": sum(len(l["heads_kept"]) for l in info["layers"]),
                     "ffn_dims_kept": sum(len(l["ffn_dims_kept"]) for l in info["layers"]),
-                    "steps": info["training"]["steps"], "seconds_per_step": round(info["training"]["seconds_per_step"], 3),
+                    "steps": info["training"]["steps"],
+                    "seconds_per_step": round(info["training"]["seconds_per_step"], 3),
                     "command": "python " + " ".join(sys.argv),
                     "onnxruntime": env["onnxruntime"],  # entries of one file may come from several sessions
                     "entry_seconds": round(time.time() - t0),  # prune + export + quantize + bench + eval
@@ -132,21 +151,33 @@ def write_markdown(doc: dict, path: Path) -> None:
 
     metric = "f1" if doc["task"] == "mrpc" else "accuracy"
     m = doc.get("machine", {})
-    lines = [f"# Frontier on {doc['task']} (MiniLM-L6, ORT CPU 2 threads, 128 tokens)", "",
-             f"Pruned on {m.get('trained_on', '?')}; latency on {m.get('cpu_model', '?')} ({m.get('logical_cpus', '?')} logical "
-             f"CPUs, 2 threads used), ONNX Runtime version per row (sessions differ). Speedups are against the dense teacher "
-             "export, fused the same way, timed in the same run; compare them only within one file.", "",
-             *([doc["note"], ""] if doc.get("note") else []),
-             f"| model | dev {metric} | sparsity | params after removal | heads | FFN dims | speedup b1 | speedup b32 | ORT | minutes | command |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Frontier on {doc['task']} (MiniLM-L6, ORT CPU 2 threads, 128 tokens)",
+        "",
+        f"Pruned on {m.get('trained_on', '?')}; latency on {m.get('cpu_model', '?')} ({m.get('logical_cpus', '?')} logical "
+        f"CPUs, 2 threads used), ONNX Runtime version per row (sessions differ). Speedups are against the dense teacher "
+        "export, fused the same way, timed in the same run; compare them only within one file.",
+        "",
+        *([doc["note"], ""] if doc.get("note") else []),
+        f"| model | dev {metric} | sparsity | params after removal | heads | FFN dims | speedup b1 | speedup b32 | ORT | minutes | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, e in doc["entries"].items():
-        lines.append(f"| {name} | {e.get(metric, e.get('accuracy')):.4f} | {e.get('encoder_linear_sparsity', 0):.1%} | "
-                     f"{e.get('encoder_linear_params_after_removal', '')} | {e.get('heads_kept', '')} | {e.get('ffn_dims_kept', '')} | "
-                     f"{e.get('speedup_b1', '')} | {e.get('speedup_b32', '')} | {e.get('onnxruntime', '')} | "
-                     f"{round(e['entry_seconds'] / 60, 1) if 'entry_seconds' in e else ''} | `{e.get('command', '')}` |")
+        lines.append(
+            f"| {name} | {e.get(metric, e.get('accuracy')):.4f} | {e.get('encoder_linear_sparsity', 0):.1%} | "
+            f"{e.get('encoder_linear_params_after_removal', '')} | {e.get('heads_kept', '')} | {e.get('ffn_dims_kept', '')} | "
+            f"{e.get('speedup_b1', '')} | {e.get('speedup_b32', '')} | {e.get('onnxruntime', '')} | "
+            f"{round(e['entry_seconds'] / 60, 1) if 'entry_seconds' in e else ''} | `{e.get('command', '')}` |"
+        )
     path.write_text("\n".join(lines) + "\n")
-    plot_frontier([{"label": n, "speedup": e.get("speedup_b32", 1.0), metric: e.get(metric, e.get("accuracy"))}
-                   for n, e in doc["entries"].items()], path.with_suffix(".png"), y=metric)
+    plot_frontier(
+        [
+            {"label": n, "speedup": e.get("speedup_b32", 1.0), metric: e.get(metric, e.get("accuracy"))}
+            for n, e in doc["entries"].items()
+        ],
+        path.with_suffix(".png"),
+        y=metric,
+    )
 
 
 if __name__ == "__main__":

@@ -25,11 +25,17 @@ import zoo_check  # noqa: E402
 COMMAND = "HF_HUB_OFFLINE=1 python benchmarks/graph_zoo.py"
 # Exporters the issue asks for that could not be run here, with why (listed, not faked).
 NOT_GENERATED = [
-    ("torch 2.3 legacy exporter", "not generated: no torch 2.3 CPU wheel on this machine (older torch from the "
-     "registry is a multi-GB CUDA build); torch 2.13's legacy exporter (dynamo=False) with transformers 4.46.3 stands in"),
-    ("`optimum-cli onnxruntime quantize --avx2` of an -O2 graph", "not generated: it fails with onnxruntime 1.23.2 "
-     "(RuntimeError: Unable to find data type for weight_name=...); `bert_optimum_O2_int8_dynamic` (QAttention) was made "
-     "with quantize_dynamic(extra_options={'DefaultTensorType': FLOAT}), as that error message suggests"),
+    (
+        "torch 2.3 legacy exporter",
+        "not generated: no torch 2.3 CPU wheel on this machine (older torch from the "
+        "registry is a multi-GB CUDA build); torch 2.13's legacy exporter (dynamo=False) with transformers 4.46.3 stands in",
+    ),
+    (
+        "`optimum-cli onnxruntime quantize --avx2` of an -O2 graph",
+        "not generated: it fails with onnxruntime 1.23.2 "
+        "(RuntimeError: Unable to find data type for weight_name=...); `bert_optimum_O2_int8_dynamic` (QAttention) was made "
+        "with quantize_dynamic(extra_options={'DefaultTensorType': FLOAT}), as that error message suggests",
+    ),
 ]
 
 
@@ -68,7 +74,13 @@ def main():
             try:
                 rec = zoo_check.check(name, side, root)
             except Exception as e:  # a crash is a result too: reported, not hidden
-                rec = {"name": name, "side": side, "meta": zoo_check.meta(name, root), "status": "crash", "message": f"{type(e).__name__}: {e}"}
+                rec = {
+                    "name": name,
+                    "side": side,
+                    "meta": zoo_check.meta(name, root),
+                    "status": "crash",
+                    "message": f"{type(e).__name__}: {e}",
+                }
             if root != zoo_check.ZOO:
                 rec["real"] = str(root)
             recs.append(rec)
@@ -78,7 +90,9 @@ def main():
         ver = "; ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "optimum-onnx", "onnxruntime") if k in v)
         fused = ", ".join(m["fused"]) if m["fused"] else "-"
         label = f"`{name}`" + (" (real weights, not committed)" if root != zoo_check.ZOO else "")
-        rows.append(f"| {label} | {m['model_type']} | {m['exporter']} | {ver} | {m['opset']} | {fused} | {m['int8'] or '-'} | {cells[0]} | {cells[1]} |")
+        rows.append(
+            f"| {label} | {m['model_type']} | {m['exporter']} | {ver} | {m['opset']} | {fused} | {m['int8'] or '-'} | {cells[0]} | {cells[1]} |"
+        )
     passed = {side: sum(r["status"] == "pass" for r in recs if r["side"] == side) for side in ("both", "input")}
     total = len(recs) // 2
     out = ROOT / "benchmarks" / "results"

@@ -48,8 +48,9 @@ def main():
         tmp = Path(tmp)
         for name in GRAPHS:
             m = zoo_check.meta(name, Path(args.real))
-            zeroed, n, _ = zoo_check.zero_structure(zoo_check.load(name, Path(args.real)), m["hidden"], m["num_heads"],
-                                                    heads_of=heads_of, dims_of=dims_of)
+            zeroed, n, _ = zoo_check.zero_structure(
+                zoo_check.load(name, Path(args.real)), m["hidden"], m["num_heads"], heads_of=heads_of, dims_of=dims_of
+            )
             small, report = shrink(zeroed)
             batches = zoo_check.feeds(zeroed)
             diff = zoo_check.max_diff(zoo_check.outputs(zeroed, batches), zoo_check.outputs(small, batches))
@@ -59,22 +60,59 @@ def main():
             onnx.save(small, str(small_p))
             out = tmp / f"{name}.bench.json"
             t0 = time.time()
-            subprocess.run([sys.executable, "-m", "compress.cli", "bench", str(dense_p), str(small_p), "--labels", "unshrunk", "shrunk",
-                            "--batch-sizes", "1", "32", "--seq-lens", "128", "--iterations", str(args.iterations), "--json", str(out)],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "compress.cli",
+                    "bench",
+                    str(dense_p),
+                    str(small_p),
+                    "--labels",
+                    "unshrunk",
+                    "shrunk",
+                    "--batch-sizes",
+                    "1",
+                    "32",
+                    "--seq-lens",
+                    "128",
+                    "--iterations",
+                    str(args.iterations),
+                    "--json",
+                    str(out),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             bench = json.loads(out.read_text())
-            res = {"name": name, "exporter": m["exporter"], "max_abs_diff": diff, "zeroed": n, "removed": removed,
-                   "fused_before": report["fused_ops_before"], "fused_after": report["fused_ops_after"],
-                   "bench": bench["results"], "environment": bench.get("environment"), "bench_seconds": time.time() - t0}
+            res = {
+                "name": name,
+                "exporter": m["exporter"],
+                "max_abs_diff": diff,
+                "zeroed": n,
+                "removed": removed,
+                "fused_before": report["fused_ops_before"],
+                "fused_after": report["fused_ops_after"],
+                "bench": bench["results"],
+                "environment": bench.get("environment"),
+                "bench_seconds": time.time() - t0,
+            }
             results.append(res)
             speed = {(r["batch_size"], r["model"]): r for r in bench["results"]}
             cells = []
             for b in (1, 32):
                 r = speed.get((b, "shrunk"))
                 cells.append(f"{r['speedup']:.2f}x (p50 {r['p50_ms']:.1f} ms)" if r else "?")
-            fused = ", ".join(f"{k} {report['fused_ops_before'][k]} -> {report['fused_ops_after'].get(k, 0)}"
-                              for k in report["fused_ops_before"]) or "-"
-            rows.append(f"| `{name}` | {m['exporter']} | {diff:.2g} | {removed / n:.0%} | {fused} | {cells[0]} | {cells[1]} |")
+            fused = (
+                ", ".join(
+                    f"{k} {report['fused_ops_before'][k]} -> {report['fused_ops_after'].get(k, 0)}"
+                    for k in report["fused_ops_before"]
+                )
+                or "-"
+            )
+            rows.append(
+                f"| `{name}` | {m['exporter']} | {diff:.2g} | {removed / n:.0%} | {fused} | {cells[0]} | {cells[1]} |"
+            )
         env = bench.get("environment", {})
     md = [
         "# Shrink speed on other tools' graphs (issue 16)",
@@ -96,7 +134,9 @@ def main():
     ]
     out_dir = ROOT / "benchmarks" / "results"
     (out_dir / "graph_zoo_speed.md").write_text("\n".join(md))
-    (out_dir / "graph_zoo_speed.json").write_text(json.dumps({"command": command, "results": results}, indent=1, default=str) + "\n")
+    (out_dir / "graph_zoo_speed.json").write_text(
+        json.dumps({"command": command, "results": results}, indent=1, default=str) + "\n"
+    )
     print("\n".join(md))
 
 

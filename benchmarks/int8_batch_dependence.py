@@ -41,10 +41,12 @@ def mask_padded_activations(model):
 
     g = model.graph
     mask = "attention_mask"
-    g.node.extend([
-        helper.make_node("Cast", [mask], ["_m_f"], to=TensorProto.FLOAT, name="_mask_cast"),
-        helper.make_node("Unsqueeze", ["_m_f", "_m_axes"], ["_m_3d"], name="_mask_unsq"),
-    ])
+    g.node.extend(
+        [
+            helper.make_node("Cast", [mask], ["_m_f"], to=TensorProto.FLOAT, name="_mask_cast"),
+            helper.make_node("Unsqueeze", ["_m_f", "_m_axes"], ["_m_3d"], name="_mask_unsq"),
+        ]
+    )
     g.initializer.append(helper.make_tensor("_m_axes", TensorProto.INT64, [1], [-1]))
     inferred = onnx.shape_inference.infer_shapes(model)
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.graph.value_info) + list(g.input)}
@@ -101,12 +103,23 @@ def main() -> int:
     masked_model, n_masked = mask_padded_activations(onnx.load(str(int8)))
     masked = tmp / "model.onnx"
     onnx.save(masked_model, str(masked))
-    sessions = {"fp32": make_session(fp32, "cpu", a.threads), "int8": make_session(int8, "cpu", a.threads),
-                "int8 padded positions zeroed": make_session(masked, "cpu", a.threads, check=False)}
+    sessions = {
+        "fp32": make_session(fp32, "cpu", a.threads),
+        "int8": make_session(int8, "cpu", a.threads),
+        "int8 padded positions zeroed": make_session(masked, "cpu", a.threads, check=False),
+    }
 
     rows = {c: dev[c] for c in dev.column_names if c != "labels"}
-    report = {"command": "python " + shlex.join(sys.argv), "fp32": str(fp32), "int8": str(int8), "task": a.task,
-              "dev_rows": len(dev), "threads": a.threads, "masked_quantize_nodes": n_masked, "models": {}}
+    report = {
+        "command": "python " + shlex.join(sys.argv),
+        "fp32": str(fp32),
+        "int8": str(int8),
+        "task": a.task,
+        "dev_rows": len(dev),
+        "threads": a.threads,
+        "masked_quantize_nodes": n_masked,
+        "models": {},
+    }
     for name, s in sessions.items():
         r: dict = {"accuracy": {}}
         ref = onnx_logits(s, dev, batch_size=1)
@@ -138,7 +151,7 @@ def main() -> int:
         order = np.argsort(lengths, kind="stable")
         pad = []
         for start in range(0, len(order), 32):
-            sel = order[start:start + 32]
+            sel = order[start : start + 32]
             feeds = pad_batch({c: [rows[c][i] for i in sel] for c in rows}, inputs)
             base = s.run([out], feeds)[0]
             wide = {k: np.pad(v, ((0, 0), (0, 32)), constant_values=0) for k, v in feeds.items()}
@@ -150,15 +163,21 @@ def main() -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# int8 batch dependence ({a.task} dev, {len(dev)} rows, {a.threads} thread(s))", "",
-             f"Command: `{report['command']}`", "",
-             "| graph | b1 | b8 | b32 | b64 | b64 file order | rows changed vs b1 (b64) | composition diff | padding diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# int8 batch dependence ({a.task} dev, {len(dev)} rows, {a.threads} thread(s))",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| graph | b1 | b8 | b32 | b64 | b64 file order | rows changed vs b1 (b64) | composition diff | padding diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in report["models"].items():
         acc = r["accuracy"]
-        lines.append(f"| {name} | {100 * acc['b1']:.2f} | {100 * acc['b8 sorted']:.2f} | {100 * acc['b32 sorted']:.2f} | "
-                     f"{100 * acc['b64 sorted']:.2f} | {100 * acc['b64 file order']:.2f} | {r['rows_changed_vs_b1']['b64 sorted']} | "
-                     f"{r['composition_max_logit_diff']:.3g} | {r['padding_max_logit_diff']:.3g} |")
+        lines.append(
+            f"| {name} | {100 * acc['b1']:.2f} | {100 * acc['b8 sorted']:.2f} | {100 * acc['b32 sorted']:.2f} | "
+            f"{100 * acc['b64 sorted']:.2f} | {100 * acc['b64 file order']:.2f} | {r['rows_changed_vs_b1']['b64 sorted']} | "
+            f"{r['composition_max_logit_diff']:.3g} | {r['padding_max_logit_diff']:.3g} |"
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 

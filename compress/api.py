@@ -35,8 +35,11 @@ PathLike = str | os.PathLike
 # ------------------------------------------------------------------------------------------ configs
 @dataclass
 class EvalConfig:
-    batch_size: int | None = arg(None, "evaluation batch size (default 64; 1 for dynamic int8 graphs, whose accuracy "
-                                 "depends on the batch: benchmarks/results/int8_batch_dependence.md)")
+    batch_size: int | None = arg(
+        None,
+        "evaluation batch size (default 64; 1 for dynamic int8 graphs, whose accuracy "
+        "depends on the batch: benchmarks/results/int8_batch_dependence.md)",
+    )
     max_length: int = arg(128, "sequence length (longer rows are truncated)")
     max_eval_samples: int | None = arg(None, "use at most N dev rows")
     provider: str = arg("cpu", "ONNX Runtime provider for .onnx models", choices=["cpu", "cuda"])
@@ -45,13 +48,20 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    task: str | None = arg(None, "which head to export (default: from the checkpoint's architecture)",
-                           choices=sorted(EXPORT_TASKS))
-    shrink: bool | None = arg(None, "remove pruned heads / FFN dims from the graph (default: whenever the checkpoint "
-                              "has any, from compression.json or all-zero weights; --no-shrink keeps the full graph)")
+    task: str | None = arg(
+        None, "which head to export (default: from the checkpoint's architecture)", choices=sorted(EXPORT_TASKS)
+    )
+    shrink: bool | None = arg(
+        None,
+        "remove pruned heads / FFN dims from the graph (default: whenever the checkpoint "
+        "has any, from compression.json or all-zero weights; --no-shrink keeps the full graph)",
+    )
     optimize: bool = arg(False, "apply ONNX Runtime transformer fusions (kept only if outputs match)")
-    exporter: str = arg("torchscript", "torch.onnx exporter (torchscript: fast, and ORT can fuse its attention; the "
-                        "other is tried if it fails)", choices=list(EXPORTER_NAMES))
+    exporter: str = arg(
+        "torchscript",
+        "torch.onnx exporter (torchscript: fast, and ORT can fuse its attention; the other is tried if it fails)",
+        choices=list(EXPORTER_NAMES),
+    )
     opset: int = arg(DEFAULT_OPSET, "ONNX opset (dynamo uses at least 18)")
     atol: float = arg(DEFAULT_ATOL, "max abs output difference allowed")
     validate: bool = arg(True, "compare the graph with PyTorch (not recommended to turn off)")
@@ -60,8 +70,9 @@ class ExportConfig:
 
 @dataclass
 class ShrinkConfig:
-    compression_json: str | None = arg(None, "structure to keep (default: the input's folder's compression.json)",
-                                       metavar="PATH")
+    compression_json: str | None = arg(
+        None, "structure to keep (default: the input's folder's compression.json)", metavar="PATH"
+    )
     from_weights: bool = arg(False, "ignore compression.json; remove structures whose weights are zero")
     head_size: int | None = arg(None, "attention head size (default: compression.json, config.json, or the graph)")
     optimize: bool = arg(False, "then apply ONNX Runtime's transformer fusions (kept only if outputs match)")
@@ -120,8 +131,14 @@ class RunResult(Result):
 
 
 # ------------------------------------------------------------------------------------------ steps
-def prune(config: PruneConfig, output: PathLike, *, model: str | None = None, data: DataConfig | None = None,
-          callbacks: list | None = None) -> PruneResult:
+def prune(
+    config: PruneConfig,
+    output: PathLike,
+    *,
+    model: str | None = None,
+    data: DataConfig | None = None,
+    callbacks: list | None = None,
+) -> PruneResult:
     """Prune `model` (a local dir, a hub name, or `minilm`) with config.method; writes a Hugging Face
     checkpoint with compression.json to `output`."""
     from compress.training.driver import prune as run_prune
@@ -130,8 +147,9 @@ def prune(config: PruneConfig, output: PathLike, *, model: str | None = None, da
     return _checkpoint_result(output, info)
 
 
-def finetune(config: TrainConfig, output: PathLike, *, model: str | None = None,
-             data: DataConfig | None = None) -> PruneResult:
+def finetune(
+    config: TrainConfig, output: PathLike, *, model: str | None = None, data: DataConfig | None = None
+) -> PruneResult:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing."""
     from compress.training.driver import finetune as run_finetune
 
@@ -144,7 +162,9 @@ def _checkpoint_result(output: PathLike, info: dict) -> PruneResult:
     0 write nothing and get the in-memory record."""
     from compress.core.artifacts import read_compression_json
 
-    report = (read_compression_json(output, verify=False) if Path(output, "compression.json").exists() else None) or info
+    report = (
+        read_compression_json(output, verify=False) if Path(output, "compression.json").exists() else None
+    ) or info
     return PruneResult(Path(output), dict(report.get("metrics", {})), report)
 
 
@@ -165,17 +185,24 @@ def evaluate(model: PathLike, data: DataConfig | None = None, config: EvalConfig
 
         # Dynamic int8 depends on the batch it runs in: evaluated row by row unless asked otherwise, and said so.
         batch, note = eval_batch_size(model, config.batch_size)
-        metrics = evaluate_onnx_path(str(model), data, batch_size=batch, max_length=config.max_length,
-                                     max_eval_samples=config.max_eval_samples, provider=config.provider,
-                                     threads=config.threads)
+        metrics = evaluate_onnx_path(
+            str(model),
+            data,
+            batch_size=batch,
+            max_length=config.max_length,
+            max_eval_samples=config.max_eval_samples,
+            provider=config.provider,
+            threads=config.threads,
+        )
     else:
         from compress.training.driver import evaluate_checkpoint
 
         if not Path(model).exists():
             raise ArtifactError(f"model path {model} not found")
         batch = config.batch_size or 64
-        metrics = evaluate_checkpoint(str(model), data, batch_size=batch, max_length=config.max_length,
-                                      max_eval_samples=config.max_eval_samples)
+        metrics = evaluate_checkpoint(
+            str(model), data, batch_size=batch, max_length=config.max_length, max_eval_samples=config.max_eval_samples
+        )
     report = {"model": str(model), "task": data.task or "custom", **metrics, "batch_size": batch}
     if note:
         report["note"] = note
@@ -189,10 +216,29 @@ def export_onnx(checkpoint: PathLike, output: PathLike, config: ExportConfig | N
     c = config or ExportConfig()
     if c.atol <= 0:
         raise InvalidConfigError("--atol must be positive")
-    r = export_checkpoint(checkpoint, output, task=c.task, overwrite=c.overwrite, opset=c.opset, validate=c.validate,
-                          atol=c.atol, exporter=c.exporter, shrink=c.shrink, optimize=c.optimize)
-    report = {"task": r.task, "exporter": r.exporter, "opset": r.opset, "inputs": r.inputs, "outputs": r.outputs,
-              "validation": r.validation, "shrink": r.shrink, "optimize": r.optimize, "notes": r.notes}
+    r = export_checkpoint(
+        checkpoint,
+        output,
+        task=c.task,
+        overwrite=c.overwrite,
+        opset=c.opset,
+        validate=c.validate,
+        atol=c.atol,
+        exporter=c.exporter,
+        shrink=c.shrink,
+        optimize=c.optimize,
+    )
+    report = {
+        "task": r.task,
+        "exporter": r.exporter,
+        "opset": r.opset,
+        "inputs": r.inputs,
+        "outputs": r.outputs,
+        "validation": r.validation,
+        "shrink": r.shrink,
+        "optimize": r.optimize,
+        "notes": r.notes,
+    }
     return ExportResult(r.path, {"max_abs_diff": r.validation["max_abs_diff"]} if r.validation else {}, report)
 
 
@@ -209,15 +255,19 @@ def shrink_structure(model: PathLike, config: ShrinkConfig) -> tuple[list | None
     if not path.is_file():
         return None, None, config.head_size, "zero weights (no compression.json next to the input)"
     if path.name != "compression.json":
-        raise InvalidConfigError(f"--compression-json must name a file called compression.json (its checksums are "
-                                 f"relative to its folder), got {path}")
+        raise InvalidConfigError(
+            f"--compression-json must name a file called compression.json (its checksums are "
+            f"relative to its folder), got {path}"
+        )
     data = read_compression_json(path.parent, verify=True)
     if data.get("onnx", {}).get("shrunk") and path.parent.resolve() == Path(model).parent.resolve():
         raise ArtifactError(f"{model} is already shrunk (see {path}); shrink the dense export, or pass --from-weights")
     geo = data.get("geometry") or {}
     layers = data.get("layers")
     if not layers:
-        raise ArtifactError(f"{path} has no per-layer `layers` structure; pass --from-weights to detect it from the graph")
+        raise ArtifactError(
+            f"{path} has no per-layer `layers` structure; pass --from-weights to detect it from the graph"
+        )
     return layers, geo.get("num_heads"), config.head_size or geo.get("head_size"), str(path)
 
 
@@ -244,27 +294,58 @@ def shrink(model: PathLike, output: PathLike, config: ShrinkConfig | None = None
     config = config or ShrinkConfig()
     kept, num_heads, head_size, source = shrink_structure(model, config)
     head_size = head_size or _head_size_from_config(Path(model).parent)
-    report = shrink_file(model, output, kept, num_heads, head_size, atol=config.atol, overwrite=config.overwrite,
-                         optimize=optimize if config.optimize else None)
+    report = shrink_file(
+        model,
+        output,
+        kept,
+        num_heads,
+        head_size,
+        atol=config.atol,
+        overwrite=config.overwrite,
+        optimize=optimize if config.optimize else None,
+    )
     report["structure_from"] = source
     metrics = {"params_before": report["params_before"], "params_after": report["params_after"]}
     return ShrinkResult(Path(output), metrics, report)
 
 
-def quantize(model: PathLike, output: PathLike, config: QuantizeConfig | None = None, *, calibration_data=None,
-             task_data=None, overwrite: bool = False, threads: int | None = None,
-             eval_batch_size: int | None = None) -> QuantizeResult:
+def quantize(
+    model: PathLike,
+    output: PathLike,
+    config: QuantizeConfig | None = None,
+    *,
+    calibration_data=None,
+    task_data=None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    eval_batch_size: int | None = None,
+) -> QuantizeResult:
     """int8 quantization with ONNX Runtime (dynamic by default); `task_data` (a loaded TaskData) adds dev
     metrics before and after, `calibration_data` (tokenized rows) feeds static mode."""
     from compress.ort.quantize import quantize_onnx
 
-    r = quantize_onnx(model, output, config, calibration_data=calibration_data, task_data=task_data,
-                      overwrite=overwrite, threads=threads, eval_batch_size=eval_batch_size)
+    r = quantize_onnx(
+        model,
+        output,
+        config,
+        calibration_data=calibration_data,
+        task_data=task_data,
+        overwrite=overwrite,
+        threads=threads,
+        eval_batch_size=eval_batch_size,
+    )
     return QuantizeResult(Path(r.output), dict(r.metrics_after or {}), r.to_dict())
 
 
-def benchmark(models: list[PathLike], config: BenchConfig | None = None, *, labels: list[str] | None = None,
-              torch_checkpoint: PathLike | None = None, command: str | None = None, progress=None) -> BenchResult:
+def benchmark(
+    models: list[PathLike],
+    config: BenchConfig | None = None,
+    *,
+    labels: list[str] | None = None,
+    torch_checkpoint: PathLike | None = None,
+    command: str | None = None,
+    progress=None,
+) -> BenchResult:
     """Interleaved ONNX Runtime latency of `models` over the config's batch x length grid."""
     from compress.ort.bench import onnx_runner, run_benchmark, torch_runner
 
@@ -287,14 +368,40 @@ def run(config: RunConfig, output: PathLike, *, overwrite: bool = False) -> RunR
     from compress.pipeline import run_pipeline
 
     summary = run_pipeline(config, output, overwrite=overwrite)
-    metrics = {f"{row['model']} {k}": v for row in summary["rows"] for k, v in row.items()
-               if k.startswith(("dev_", "speedup_"))}
+    metrics = {
+        f"{row['model']} {k}": v
+        for row in summary["rows"]
+        for k, v in row.items()
+        if k.startswith(("dev_", "speedup_"))
+    }
     return RunResult(Path(output), metrics, summary)
 
 
 __all__ = [
-    "BenchConfig", "BenchResult", "DataConfig", "DistillConfig", "EvalConfig", "EvalResult", "ExportConfig",
-    "ExportResult", "PruneConfig", "PruneResult", "QuantizeConfig", "QuantizeResult", "Result", "RunConfig",
-    "RunResult", "ShrinkConfig", "ShrinkResult", "TrainConfig", "benchmark", "evaluate", "export_onnx", "finetune",
-    "prune", "quantize", "run", "shrink",
+    "BenchConfig",
+    "BenchResult",
+    "DataConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "EvalResult",
+    "ExportConfig",
+    "ExportResult",
+    "PruneConfig",
+    "PruneResult",
+    "QuantizeConfig",
+    "QuantizeResult",
+    "Result",
+    "RunConfig",
+    "RunResult",
+    "ShrinkConfig",
+    "ShrinkResult",
+    "TrainConfig",
+    "benchmark",
+    "evaluate",
+    "export_onnx",
+    "finetune",
+    "prune",
+    "quantize",
+    "run",
+    "shrink",
 ]

@@ -27,8 +27,13 @@ def plot_pattern(model, path: str | Path, title: str = "") -> Path:
     geo = geometry(model.config)
     lins = layer_linears(model)
     cols = ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]
-    fig, axes = plt.subplots(len(lins), len(cols), figsize=(2.2 * len(cols) + 4, 1.9 * len(lins)),
-                             gridspec_kw={"width_ratios": [1, 1, 1, 1, 4, 4]}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(lins),
+        len(cols),
+        figsize=(2.2 * len(cols) + 4, 1.9 * len(lins)),
+        gridspec_kw={"width_ratios": [1, 1, 1, 1, 4, 4]},
+        squeeze=False,
+    )
     for i, lin in enumerate(lins):
         for j, role in enumerate(cols):
             w = lin[role].weight.detach()

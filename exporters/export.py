@@ -34,14 +34,26 @@ import onnx
 import torch
 
 from compress.core.artifacts import (
-    COMPRESSION_JSON, atomic_dir, check_output_dir, load_pretrained, read_compression_json, record_checksums, write_json,
+    COMPRESSION_JSON,
+    atomic_dir,
+    check_output_dir,
+    load_pretrained,
+    read_compression_json,
+    record_checksums,
+    write_json,
 )
-from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError, UnsupportedModelError, ValidationError
-
+from compress.core.errors import (
+    ArtifactError,
+    GraphPatternError,
+    InvalidConfigError,
+    UnsupportedModelError,
+    ValidationError,
+)
 from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, ExportSpec
 from exporters.toolbox import SIDECAR_FILES, load_tokenizer, make_session, run, sample_inputs
 
 log = logging.getLogger(__name__)
+
 
 # Files a tokenizer may consist of; copied byte for byte so the ONNX directory is self-contained.
 @dataclass
@@ -63,7 +75,9 @@ def infer_task(config) -> str:
     """Task from config.architectures (e.g. BertForSequenceClassification); base models -> features."""
     for arch in getattr(config, "architectures", None) or []:
         for task, spec in TASKS.items():
-            if any(arch.endswith(s) for s in spec.architecture_suffixes) and (task != "feature-extraction" or "For" not in arch):
+            if any(arch.endswith(s) for s in spec.architecture_suffixes) and (
+                task != "feature-extraction" or "For" not in arch
+            ):
                 return task
     return "feature-extraction"
 
@@ -134,8 +148,15 @@ def _export_torchscript(wrapper, args, path: Path, input_names, spec: ExportSpec
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes
         torch.onnx.export(
-            wrapper, args, str(path), dynamo=False, opset_version=opset, input_names=list(input_names),
-            output_names=list(spec.outputs), dynamic_axes=axes, do_constant_folding=True,
+            wrapper,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=list(spec.outputs),
+            dynamic_axes=axes,
+            do_constant_folding=True,
         )
 
 
@@ -146,8 +167,14 @@ def _export_dynamo(wrapper, args, path: Path, input_names, spec: ExportSpec, ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, args, dynamo=True, dynamic_shapes=shapes, opset_version=opset,
-            input_names=list(input_names), output_names=list(spec.outputs), verbose=False,
+            wrapper,
+            args,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=list(spec.outputs),
+            verbose=False,
         )
         program.save(str(path), external_data=False)
 
@@ -259,8 +286,10 @@ def export_checkpoint(
     if structure and structure.get("head") == "mlm-label-words":
         # Its class logits are MLM logits at label words behind a prompt template: a plain export
         # would give a graph with different outputs, so refuse rather than ship something wrong.
-        raise ArtifactError(f"{checkpoint_dir} is a head-free SMP result (label words read from the MLM head); "
-                            "ONNX export supports classifier checkpoints: prune without --label-words to export")
+        raise ArtifactError(
+            f"{checkpoint_dir} is a head-free SMP result (label words read from the MLM head); "
+            "ONNX export supports classifier checkpoints: prune without --label-words to export"
+        )
     config = AutoConfig.from_pretrained(str(checkpoint_dir))
     task = task or infer_task(config)
     model = load_for_task(checkpoint_dir, task)
@@ -280,7 +309,16 @@ def export_checkpoint(
         opset_used = next((o.version for o in dense.opset_import if o.domain in ("", "ai.onnx")), opset)
         batches = sample_inputs(input_names, tokenizer, getattr(config, "vocab_size", 100), max_sequence(config))
         validation = validate_against_torch(dense, model, task, input_names, batches, atol) if validate else {}
-        result = ExportReport(Path(output_dir) / MODEL_FILE, task, used, input_names, output_names, validation, notes=notes, opset=opset_used)
+        result = ExportReport(
+            Path(output_dir) / MODEL_FILE,
+            task,
+            used,
+            input_names,
+            output_names,
+            validation,
+            notes=notes,
+            opset=opset_used,
+        )
 
         final = dense
         if shrink is None:
@@ -302,7 +340,9 @@ def export_checkpoint(
             final, result.optimize = ort_optimize(final, batches, atol)
         if final is not dense:
             if validate:  # end to end, against PyTorch itself, not only step by step
-                result.validation["final_max_abs_diff"] = validate_against_torch(final, model, task, input_names, batches, atol)["max_abs_diff"]
+                result.validation["final_max_abs_diff"] = validate_against_torch(
+                    final, model, task, input_names, batches, atol
+                )["max_abs_diff"]
             onnx.save(final, str(path))
 
         for name in SIDECAR_FILES:  # config.json (checked above) and the tokenizer files
@@ -311,8 +351,14 @@ def export_checkpoint(
         if structure is not None:
             data = copy.deepcopy(structure)
             data["onnx"] = {
-                "file": MODEL_FILE, "task": task, "exporter": used, "opset": opset_used, "inputs": input_names,
-                "outputs": output_names, "shrunk": result.shrink is not None, "optimized": bool(result.optimize and result.optimize["applied"]),
+                "file": MODEL_FILE,
+                "task": task,
+                "exporter": used,
+                "opset": opset_used,
+                "inputs": input_names,
+                "outputs": output_names,
+                "shrunk": result.shrink is not None,
+                "optimized": bool(result.optimize and result.optimize["applied"]),
                 "validation": result.validation,
             }
             write_json(tmp / COMPRESSION_JSON, record_checksums(tmp, data, [MODEL_FILE, "config.json"]))
@@ -337,14 +383,18 @@ def dead_structure(dense: onnx.ModelProto, structure: dict | None, config) -> tu
     geo = geometry_of(config)
     layers = (structure or {}).get("layers")
     if layers and geo is not None:
-        dead = any(len(k["heads_kept"]) < geo.num_heads or len(k["ffn_dims_kept"]) < geo.intermediate_size for k in layers)
+        dead = any(
+            len(k["heads_kept"]) < geo.num_heads or len(k["ffn_dims_kept"]) < geo.intermediate_size for k in layers
+        )
         return dead, "" if dead else "compression.json keeps every head and FFN dim"
     g = Graph(dense)
     try:
         found, _ = find_layers(g, geo.head_size if geo else None)
     except GraphPatternError as e:
         if structure:  # a pruned checkpoint whose graph surgery cannot read: say so, do not ship it silently
-            raise GraphPatternError(f"{e} (the checkpoint is pruned; pass --no-shrink to export the full graph anyway)") from None
+            raise GraphPatternError(
+                f"{e} (the checkpoint is pruned; pass --no-shrink to export the full graph anyway)"
+            ) from None
         return False, f"encoder structure not recognised in the graph ({e})"
     kept = detect_kept(g, found)
     dead = any(len(k.heads) < b.attention.num_heads or len(k.ffn_dims) < b.ffn.width for k, b in zip(kept, found))
@@ -354,7 +404,6 @@ def dead_structure(dense: onnx.ModelProto, structure: dict | None, config) -> tu
 def shrink_dense(dense: onnx.ModelProto, structure: dict | None, config, batches, atol: float):
     """Surgery on a fresh export: kept structure from compression.json when there is one."""
     from compress.core.structure import geometry
-
     from exporters.surgery.shrink import shrink as shrink_graph
 
     geo = geometry(config)

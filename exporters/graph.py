@@ -258,7 +258,11 @@ def topological_sort(nodes: list[onnx.NodeProto], available: set[str]) -> list[o
     deps = []
     users = defaultdict(list)
     for i, n in enumerate(nodes):
-        needed = {producers[x] for x in list(n.input) + sorted(_subgraph_inputs(n)) if x and x in producers and x not in available}
+        needed = {
+            producers[x]
+            for x in list(n.input) + sorted(_subgraph_inputs(n))
+            if x and x in producers and x not in available
+        }
         needed.discard(i)
         deps.append(len(needed))
         for j in needed:
@@ -307,7 +311,12 @@ def param_count(model: onnx.ModelProto) -> int:
     """Elements in floating-point initializers (the model's parameters, embeddings included)."""
     total = 0
     for t in model.graph.initializer:
-        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE):
+        if t.data_type in (
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BFLOAT16,
+            onnx.TensorProto.DOUBLE,
+        ):
             total += int(np.prod(t.dims)) if len(t.dims) else 1
     return total
 

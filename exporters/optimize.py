@@ -22,8 +22,15 @@ from exporters.toolbox import assert_close, import_contrib_domains, ort_logging
 
 # ORT's report lists every fusion it knows; we keep the ones that happened.
 _COUNTED = (
-    "EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
-    "LayerNormalization", "BiasGelu", "Gelu", "FastGelu", "BiasAdd",
+    "EmbedLayerNormalization",
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "Gelu",
+    "FastGelu",
+    "BiasAdd",
 )
 
 
@@ -69,8 +76,13 @@ def optimize(
         return model, report
     try:
         with ort_logging() as messages:
-            optimizer = optimize_by_fusion(copy.deepcopy(model), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                           optimization_options=fusion_options())
+            optimizer = optimize_by_fusion(
+                copy.deepcopy(model),
+                model_type="bert",
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                optimization_options=fusion_options(),
+            )
             stats = optimizer.get_fused_operator_statistics()
         candidate = optimizer.model
     except Exception as e:  # ORT's fusion code raises assorted exception types

@@ -23,9 +23,14 @@ class ExportSpec:
 
 
 TASKS: dict[str, ExportSpec] = {
-    "sequence-classification": ExportSpec("AutoModelForSequenceClassification", ("logits",), False, ("ForSequenceClassification",)),
-    "token-classification": ExportSpec("AutoModelForTokenClassification", ("logits",), True, ("ForTokenClassification",)),
-    "question-answering": ExportSpec("AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, ("ForQuestionAnswering",)),
+    "sequence-classification": ExportSpec(
+        "AutoModelForSequenceClassification", ("logits",), False, ("ForSequenceClassification",)
+    ),
+    "token-classification": ExportSpec(
+        "AutoModelForTokenClassification", ("logits",), True, ("ForTokenClassification",)
+    ),
+    "question-answering": ExportSpec(
+        "AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, ("ForQuestionAnswering",)
+    ),
     "feature-extraction": ExportSpec("AutoModel", ("last_hidden_state",), True, ("Model",)),
 }
-

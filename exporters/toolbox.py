@@ -152,8 +152,10 @@ def _check_external_data(path: Path) -> None:
             continue
         location = next((e.value for e in t.external_data if e.key == "location"), None)
         if location and not (path.parent / location).is_file():
-            raise ArtifactError(f"{path} keeps its weights in the external data file {location}, which is missing "
-                                f"beside it; copy {location} into {path.parent}")
+            raise ArtifactError(
+                f"{path} keeps its weights in the external data file {location}, which is missing "
+                f"beside it; copy {location} into {path.parent}"
+            )
 
 
 def _valid_with_domain_imports(path: Path) -> bool:
@@ -232,8 +234,14 @@ def load_tokenizer(directory: str | Path, required: bool = False):
 
 
 def random_feeds(
-    inputs: list[tuple[str, str]], vocab: int, batch: int = 2, seq: int = 16, seed: int = 0,
-    *, low: int = 0, ragged: bool = False,
+    inputs: list[tuple[str, str]],
+    vocab: int,
+    batch: int = 2,
+    seq: int = 16,
+    seed: int = 0,
+    *,
+    low: int = 0,
+    ragged: bool = False,
 ) -> dict[str, np.ndarray]:
     """Seeded random token ids for every graph input (ids in [low, vocab); masks of ones, or with
     `ragged` each row after the first padded further, like a real batch; token types zero)."""
@@ -257,7 +265,9 @@ def sample_inputs(
     Real tokenized sentences when a tokenizer is given; otherwise seeded random ids."""
     if tokenizer is None:
         typed = [(n, "tensor(int64)") for n in input_names]
-        return [random_feeds(typed, vocab, b, length, seed, ragged=True) for b, length in ((1, 5), (3, 17), (6, max_length))]
+        return [
+            random_feeds(typed, vocab, b, length, seed, ragged=True) for b, length in ((1, 5), (3, 17), (6, max_length))
+        ]
     batches = []
     for texts, padding in ((SENTENCES[:1], "longest"), (SENTENCES[1:4], "longest"), (SENTENCES, "max_length")):
         enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors="np")
@@ -335,7 +345,11 @@ def make_session(
 
 def run(model_or_session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs by name; feeds the graph does not take are dropped. A ModelProto gets a 1-thread CPU session."""
-    sess = make_session(model_or_session, threads=1) if hasattr(model_or_session, "SerializeToString") else model_or_session
+    sess = (
+        make_session(model_or_session, threads=1)
+        if hasattr(model_or_session, "SerializeToString")
+        else model_or_session
+    )
     names = {i.name for i in sess.get_inputs()}
     outs = sess.run(None, {k: v for k, v in feeds.items() if k in names})
     return {o.name: v for o, v in zip(sess.get_outputs(), outs)}
@@ -349,8 +363,10 @@ def assert_close(reference, candidate, sample_inputs, atol: float, what: str) ->
         ref, cand = run(ref_s, feeds), run(cand_s, feeds)
         for name, r in ref.items():
             if name not in cand or cand[name].shape != r.shape:
-                raise ValidationError(f"{what}: output {name!r} is missing or has shape "
-                                      f"{getattr(cand.get(name), 'shape', None)} instead of {r.shape}")
+                raise ValidationError(
+                    f"{what}: output {name!r} is missing or has shape "
+                    f"{getattr(cand.get(name), 'shape', None)} instead of {r.shape}"
+                )
             worst = max(worst, float(np.max(np.abs(cand[name].astype(np.float64) - r))) if r.size else 0.0)
     if not worst <= atol:
         raise ValidationError(f"{what} differs from its source by {worst:.3g} (max abs) > atol {atol:g}")

@@ -26,7 +26,15 @@ def tiny_tokenizer():
     return BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
 
 
-def tiny_config(model_type: str = "bert", num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32, ffn: int = 64, **extra_kw):
+def tiny_config(
+    model_type: str = "bert",
+    num_labels: int = 2,
+    layers: int = 2,
+    heads: int = 4,
+    hidden: int = 32,
+    ffn: int = 64,
+    **extra_kw,
+):
     from transformers import AutoConfig
 
     common = dict(vocab_size=len(WORDS), num_labels=num_labels, max_position_embeddings=128, **extra_kw)
@@ -37,8 +45,13 @@ def tiny_config(model_type: str = "bert", num_labels: int = 2, layers: int = 2, 
         extra = {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3, "max_position_embeddings": 130}
         common.pop("max_position_embeddings")
     return AutoConfig.for_model(
-        model_type, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn, **common, **extra,
+        model_type,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        **common,
+        **extra,
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import json
 
-import helpers as h
 import pytest
 
 import compress
+import helpers as h
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,12 @@ def ws(tmp_path_factory):
 def test_main_chain_in_python(ws):
     data = compress.DataConfig(task="sst2", data_dir=str(ws / "data"))
     config = compress.PruneConfig(
-        method="struct", lambda_reg=50.0, score_lr=0.5,
+        method="struct",
+        lambda_reg=50.0,
+        score_lr=0.5,
         train=compress.TrainConfig(max_steps=16, batch_size=8, warmup_ratio=0.05, progress=False),
-        distill=compress.DistillConfig(teacher=str(ws / "teacher")))
+        distill=compress.DistillConfig(teacher=str(ws / "teacher")),
+    )
     given = copy.deepcopy(config)
     pruned = compress.prune(config, ws / "pruned", model=str(ws / "teacher"), data=data)
     assert config == given  # the caller's config is not touched
@@ -51,8 +54,9 @@ def test_main_chain_in_python(ws):
     assert fp32_eval.metrics["accuracy"] == torch_eval.metrics["accuracy"]
     assert 0 <= int8_eval.metrics["accuracy"] <= 1
 
-    bench = compress.benchmark([onnx.path, int8.path], compress.BenchConfig(batch_sizes=(1,), seq_lens=(16,),
-                                                                           warmup=1, iterations=2))
+    bench = compress.benchmark(
+        [onnx.path, int8.path], compress.BenchConfig(batch_sizes=(1,), seq_lens=(16,), warmup=1, iterations=2)
+    )
     assert isinstance(bench, compress.BenchResult) and len(bench.metrics) == 2
     assert all(v > 0 for v in bench.metrics.values())
 
@@ -61,7 +65,9 @@ def test_shrink_result(ws):
     dense = compress.export_onnx(ws / "teacher", ws / "dense")
     model = h.kill_structure(h.tiny_model("bert"), {0: [1, 2]}, {1: list(range(10))})
     h.save_checkpoint(model, ws / "zeroed")
-    zeroed = compress.export_onnx(ws / "zeroed", ws / "zeroed-onnx", compress.ExportConfig(shrink=False))  # the dense graph
+    zeroed = compress.export_onnx(
+        ws / "zeroed", ws / "zeroed-onnx", compress.ExportConfig(shrink=False)
+    )  # the dense graph
     result = compress.shrink(zeroed.path, ws / "shrunk.onnx", compress.ShrinkConfig(from_weights=True))
     assert isinstance(result, compress.ShrinkResult) and result.path.is_file()
     assert result.metrics["params_after"] < result.metrics["params_before"]
@@ -83,11 +89,22 @@ def test_errors_are_typed_with_causes(ws):
 def test_run_result_and_recorded_config(tmp_path):
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=16, n_dev=8)
     h.save_checkpoint(h.tiny_model("bert"), tmp_path / "teacher")
-    cfg = compress.RunConfig(task="sst2", data_dir=str(tmp_path / "data"), bench_batch_sizes=[1], bench_seq_len=16,
-                             bench_iterations=2, fill_steps=2, quantize=False)
-    cfg.prune = compress.PruneConfig(method="struct", lambda_reg=50.0, score_lr=0.5,
-                                     train=compress.TrainConfig(max_steps=8, batch_size=8, warmup_ratio=0.05, progress=False),
-                                     distill=compress.DistillConfig(teacher=str(tmp_path / "teacher")))
+    cfg = compress.RunConfig(
+        task="sst2",
+        data_dir=str(tmp_path / "data"),
+        bench_batch_sizes=[1],
+        bench_seq_len=16,
+        bench_iterations=2,
+        fill_steps=2,
+        quantize=False,
+    )
+    cfg.prune = compress.PruneConfig(
+        method="struct",
+        lambda_reg=50.0,
+        score_lr=0.5,
+        train=compress.TrainConfig(max_steps=8, batch_size=8, warmup_ratio=0.05, progress=False),
+        distill=compress.DistillConfig(teacher=str(tmp_path / "teacher")),
+    )
     given = copy.deepcopy(cfg)
     result = compress.run(cfg, tmp_path / "out")
     assert cfg == given

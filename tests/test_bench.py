@@ -7,11 +7,11 @@ import json
 
 import onnxruntime as ort
 import pytest
+from test_onnx_runtime import export_tiny
 
 import helpers
-from compress.ort.bench import BenchConfig, Runner, run_benchmark, summarize, time_grid_point, unique_labels
 from compress.cli.main import main
-from test_onnx_runtime import export_tiny
+from compress.ort.bench import BenchConfig, Runner, run_benchmark, summarize, time_grid_point, unique_labels
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,28 @@ def models(tmp_path_factory):
 def test_cli_json_and_csv(models, tmp_path, capsys):
     fp32, int8 = models
     js, cs = tmp_path / "r.json", tmp_path / "r.csv"
-    rc = main(["bench", str(fp32), str(int8), "--batch-sizes", "1", "2", "--seq-lens", "8", "--iterations", "3",
-               "--warmup", "1", "--threads", "1", "--json", str(js), "--csv", str(cs)])
+    rc = main(
+        [
+            "bench",
+            str(fp32),
+            str(int8),
+            "--batch-sizes",
+            "1",
+            "2",
+            "--seq-lens",
+            "8",
+            "--iterations",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(js),
+            "--csv",
+            str(cs),
+        ]
+    )
     assert rc == 0
     report = json.loads(js.read_text())
     assert report["schema"] == "compress.bench/1"
@@ -42,7 +62,9 @@ def test_cli_json_and_csv(models, tmp_path, capsys):
     assert len(rows) == 2 * 2  # models x grid points
     for r in rows:
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["runs"] == 3
-        assert r["throughput_seq_s"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3), rel=0.02)  # p50 is rounded to 1 us
+        assert r["throughput_seq_s"] == pytest.approx(
+            r["batch_size"] / (r["p50_ms"] / 1e3), rel=0.02
+        )  # p50 is rounded to 1 us
     assert all(r["speedup"] == 1.0 for r in rows if r["model"] == "fp32")  # relative to the first model
     with open(cs) as f:
         table = list(csv.DictReader(f))
@@ -54,8 +76,29 @@ def test_torch_baseline(models, tmp_path):
     fp32, _ = models
     ckpt = helpers.save_checkpoint(helpers.tiny_model(), tmp_path / "ckpt")
     js = tmp_path / "r.json"
-    assert main(["bench", str(fp32), "--torch", str(ckpt), "--batch-sizes", "1", "--seq-lens", "8",
-                 "--iterations", "2", "--warmup", "0", "--threads", "1", "--json", str(js)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(fp32),
+                "--torch",
+                str(ckpt),
+                "--batch-sizes",
+                "1",
+                "--seq-lens",
+                "8",
+                "--iterations",
+                "2",
+                "--warmup",
+                "0",
+                "--threads",
+                "1",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     report = json.loads(js.read_text())
     assert [m["kind"] for m in report["models"]] == ["onnx", "torch"]
 
@@ -73,8 +116,29 @@ def test_cuda_io_binding(models, tmp_path):
     """On a GPU machine: the CUDA EP runs with IO binding, int8 included, and the report names the GPU."""
     fp32, int8 = models
     js = tmp_path / "r.json"
-    assert main(["bench", str(fp32), str(int8), "--provider", "cuda", "--batch-sizes", "1", "4", "--seq-lens", "8",
-                 "--iterations", "3", "--warmup", "1", "--json", str(js)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(fp32),
+                str(int8),
+                "--provider",
+                "cuda",
+                "--batch-sizes",
+                "1",
+                "4",
+                "--seq-lens",
+                "8",
+                "--iterations",
+                "3",
+                "--warmup",
+                "1",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     report = json.loads(js.read_text())
     assert report["environment"]["provider"] == "cuda" and report["environment"]["gpu"]
     assert len(report["results"]) == 4 and all(r["p50_ms"] > 0 for r in report["results"])
@@ -98,7 +162,7 @@ def test_interleaving_rotates_start():
     calls = []
 
     def runner(label):
-        return Runner(label, label, "onnx", 0, 100, lambda b, s: (lambda: calls.append(label)))
+        return Runner(label, label, "onnx", 0, 100, lambda b, s: lambda: calls.append(label))
 
     cfg = BenchConfig(iterations=3, warmup=0)
     times = time_grid_point([runner("a"), runner("b"), runner("c")], 1, 8, cfg)
@@ -110,10 +174,13 @@ def test_run_benchmark_speedup_and_labels():
     def runner(label, seconds):
         import time
 
-        return Runner(label, label, "onnx", 0, 100, lambda b, s: (lambda: time.sleep(seconds)))
+        return Runner(label, label, "onnx", 0, 100, lambda b, s: lambda: time.sleep(seconds))
 
-    report = run_benchmark([runner("m", 0.004), runner("m", 0.001)], BenchConfig(batch_sizes=(1,), seq_lens=(8,),
-                           iterations=5, warmup=0), command="test")
+    report = run_benchmark(
+        [runner("m", 0.004), runner("m", 0.001)],
+        BenchConfig(batch_sizes=(1,), seq_lens=(8,), iterations=5, warmup=0),
+        command="test",
+    )
     slow, fast = report["results"]
     assert (slow["model"], fast["model"]) == ("m", "m#2")
     assert slow["speedup"] == 1.0 and fast["speedup"] > 1.5

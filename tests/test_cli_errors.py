@@ -1,6 +1,5 @@
 """Bad input: one line naming the problem and the fix, exit code 2, no traceback, no artifact."""
 
-
 import json
 import os
 import shutil
@@ -33,8 +32,26 @@ def ws(tmp_path_factory):
     (d / "occupied").mkdir()
     (d / "occupied" / "x").write_text("x")
     # A pruned checkpoint whose weights were replaced after compression.json was written.
-    main(["prune", "--model", str(d / "base"), "--method", "magnitude", "--sparsity", "0.5", "--data-dir", str(d / "data"),
-          "--max-steps", "2", "--batch-size", "4", "--no-progress", "-o", str(d / "pruned")])
+    main(
+        [
+            "prune",
+            "--model",
+            str(d / "base"),
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.5",
+            "--data-dir",
+            str(d / "data"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "-o",
+            str(d / "pruned"),
+        ]
+    )
     h.tiny_model("bert", seed=3).save_pretrained(d / "pruned")
     (d / "bad.onnx").write_bytes(b"not an onnx graph")
     _issue17_inputs(d)
@@ -49,10 +66,14 @@ def _issue17_inputs(d):
     h.tiny_model("bert", seed=1).save_pretrained(teacher)
     BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(teacher)
     # A classifier whose config names its labels (what prune/finetune save after the fix).
-    h.save_checkpoint(h.tiny_model("bert", id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}),
-                      d / "named")
-    h.save_checkpoint(h.tiny_model("bert", id2label={0: "positive", 1: "negative"}, label2id={"positive": 0, "negative": 1}),
-                      d / "named-swapped")
+    h.save_checkpoint(
+        h.tiny_model("bert", id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}),
+        d / "named",
+    )
+    h.save_checkpoint(
+        h.tiny_model("bert", id2label={0: "positive", 1: "negative"}, label2id={"positive": 0, "negative": 1}),
+        d / "named-swapped",
+    )
     (d / "strings.tsv").write_text("sentence\tlabel\nthe movie is good\tpositive\nthe movie is bad\tnegative\n")
     (d / "neutral.tsv").write_text("sentence\tlabel\nthe movie is good\tpositive\nthe plot\tneutral\n")
     (d / "latin1.tsv").write_bytes("sentence\tlabel\nthe movie is good\t1\nun film tr\xe8s bon\t1\n".encode("latin-1"))
@@ -74,11 +95,18 @@ def _issue17_inputs(d):
     assert main(["quantize", str(d / "onnx"), "-o", str(d / "int8")]) == 0
     ext = d / "onnx-ext"
     shutil.copytree(d / "onnx", ext)
-    onnx.save_model(onnx.load(str(d / "onnx" / "model.onnx")), str(ext / "model.onnx"), save_as_external_data=True,
-                    location="model.onnx.data", size_threshold=0)
+    onnx.save_model(
+        onnx.load(str(d / "onnx" / "model.onnx")),
+        str(ext / "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     (ext / "model.onnx.data").unlink()
     shutil.copytree(d / "onnx", d / "onnx-copy")
-    (d / "null-label.jsonl").write_text('{"sentence": "the movie is good", "label": 1}\n{"sentence": "a plot", "label": null}\n')
+    (d / "null-label.jsonl").write_text(
+        '{"sentence": "the movie is good", "label": 1}\n{"sentence": "a plot", "label": null}\n'
+    )
     (d / "list-recipe.yaml").write_text("- prune\n- export\n")
     (d / "ro-out").mkdir()
     (d / "ro-out" / "old").write_text("x")
@@ -88,13 +116,25 @@ CASES = {
     "missing model": (["prune", "--model", "{d}/nope"], "not found"),
     "unsupported architecture": (["prune", "--model", "{d}/gpt2"], "supported types: bert"),
     "unknown method": (["prune", "--model", "{d}/base", "--method", "lottery"], "unknown method"),
-    "sparsity out of range": (["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "1.2"], "out of range"),
+    "sparsity out of range": (
+        ["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "1.2"],
+        "out of range",
+    ),
     "negative lambda": (["prune", "--model", "{d}/base", "--lambda", "-1"], "negative"),
     "conflicting flags": (["prune", "--model", "{d}/base", "--method", "movement", "--lambda", "3"], "use --sparsity"),
     "block size": (["prune", "--model", "{d}/base", "--method", "block", "--block-size", "128"], "4..64"),
-    "empty data": (["prune", "--model", "{d}/base", "--train-file", "{d}/empty.tsv", "--validation-file", "{d}/empty.tsv"], "empty"),
-    "bad labels": (["prune", "--model", "{d}/base", "--train-file", "{d}/badlabel.tsv", "--validation-file", "{d}/badlabel.tsv"], "outside 0..1"),
-    "missing column": (["prune", "--model", "{d}/base", "--train-file", "{d}/nocol.tsv", "--validation-file", "{d}/nocol.tsv"], "lacks column"),
+    "empty data": (
+        ["prune", "--model", "{d}/base", "--train-file", "{d}/empty.tsv", "--validation-file", "{d}/empty.tsv"],
+        "empty",
+    ),
+    "bad labels": (
+        ["prune", "--model", "{d}/base", "--train-file", "{d}/badlabel.tsv", "--validation-file", "{d}/badlabel.tsv"],
+        "outside 0..1",
+    ),
+    "missing column": (
+        ["prune", "--model", "{d}/base", "--train-file", "{d}/nocol.tsv", "--validation-file", "{d}/nocol.tsv"],
+        "lacks column",
+    ),
     "unknown task": (["prune", "--model", "{d}/base", "--task", "cola"], "unknown task"),
     "teacher labels": (["prune", "--model", "{d}/base", "--teacher", "{d}/teacher3"], "teacher has 3 labels"),
     "corrupt weights": (["prune", "--model", "{d}/corrupt"], "corrupt or truncated"),
@@ -104,24 +144,39 @@ CASES = {
     "stale compression.json": (["eval", "{d}/pruned"], "checksum"),
     "eval corrupt onnx": (["eval", "{d}/bad.onnx"], "onnx"),
     "head lr": (["prune", "--model", "{d}/base", "--method", "smp-l", "--head-lr", "0"], "--head-lr"),
-    "negative fill steps": (["run", "--teacher", "{d}/base", "--fill-steps", "-1", "-o", "{d}/out-negative-fill-steps"],
-                            "--fill-steps"),
+    "negative fill steps": (
+        ["run", "--teacher", "{d}/base", "--fill-steps", "-1", "-o", "{d}/out-negative-fill-steps"],
+        "--fill-steps",
+    ),
     # ---- issue 17, defects 1..10 (the silent-result ones also have numeric tests in test_reliability.py)
-    "1 teacher with another vocabulary": (["prune", "--model", "{d}/base", "--teacher", "{d}/teacher-other-vocab"],
-                                          "vocabulary"),
-    "2 label not in the model's label map": (["eval", "{d}/named", "--validation-file", "{d}/neutral.tsv"], "unknown label"),
-    "3 non-utf8 train file": (["prune", "--model", "{d}/base", "--train-file", "{d}/latin1.tsv",
-                               "--validation-file", "{d}/latin1.tsv"], "not utf-8"),
+    "1 teacher with another vocabulary": (
+        ["prune", "--model", "{d}/base", "--teacher", "{d}/teacher-other-vocab"],
+        "vocabulary",
+    ),
+    "2 label not in the model's label map": (
+        ["eval", "{d}/named", "--validation-file", "{d}/neutral.tsv"],
+        "unknown label",
+    ),
+    "3 non-utf8 train file": (
+        ["prune", "--model", "{d}/base", "--train-file", "{d}/latin1.tsv", "--validation-file", "{d}/latin1.tsv"],
+        "not utf-8",
+    ),
     "3 non-utf8 validation file": (["eval", "{d}/base", "--validation-file", "{d}/latin1.tsv"], "byte 45"),
-    "3 non-utf8 calibration file": (["quantize", "{d}/onnx", "-o", "{o}", "--calibration-file", "{d}/latin1.tsv"],
-                                    "not utf-8"),
+    "3 non-utf8 calibration file": (
+        ["quantize", "{d}/onnx", "-o", "{o}", "--calibration-file", "{d}/latin1.tsv"],
+        "not utf-8",
+    ),
     "4 prune output under a file": (["prune", "--model", "{d}/base", "-o", "{d}/a-file/out"], "cannot write"),
     "4 export output under a file": (["export", "--onnx", "{d}/base", "-o", "{d}/a-file/out"], "cannot write"),
     # Checked before the work: the data problem (found while loading) must not be what is reported.
-    "4 eval json under a file": (["eval", "{d}/base", "--validation-file", "{d}/blank.tsv", "--output-json", "{d}/a-file/m.json"],
-                                 "cannot write"),
-    "4 bench json under a file": (["bench", "{d}/onnx", "--iterations", "1", "--warmup", "0", "--json", "{d}/a-file/b.json"],
-                                  "cannot write"),
+    "4 eval json under a file": (
+        ["eval", "{d}/base", "--validation-file", "{d}/blank.tsv", "--output-json", "{d}/a-file/m.json"],
+        "cannot write",
+    ),
+    "4 bench json under a file": (
+        ["bench", "{d}/onnx", "--iterations", "1", "--warmup", "0", "--json", "{d}/a-file/b.json"],
+        "cannot write",
+    ),
     "4 read-only output folder": (["export", "--onnx", "{d}/base", "-o", "{d}/ro-parent/out"], "cannot write"),
     "6 max-length 0": (["prune", "--model", "{d}/base", "--max-length", "0"], "--max-length"),
     "6 max-length negative": (["eval", "{d}/base", "--max-length", "-5"], "--max-length"),
@@ -130,8 +185,10 @@ CASES = {
     "8 already int8": (["quantize", "{d}/int8", "-o", "{o}"], "already quantized"),
     "8 blank label": (["eval", "{d}/base", "--validation-file", "{d}/blank.tsv"], "missing label in row 3"),
     "9 sparsity 0": (["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0"], "--sparsity"),
-    "9 negative max-steps": (["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0.5", "--max-steps", "-5"],
-                             "--max-steps"),
+    "9 negative max-steps": (
+        ["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0.5", "--max-steps", "-5"],
+        "--max-steps",
+    ),
     "10 export truncated weights": (["export", "--onnx", "{d}/corrupt", "-o", "{o}"], "corrupt or truncated"),
     # ---- issue 17, more of the same kind (files, paths, permissions, interrupted writes, inconsistent folders)
     "folder where a file is expected": (["eval", "{d}/base", "--validation-file", "{d}/dir.tsv"], "is a directory"),
@@ -140,17 +197,41 @@ CASES = {
     "tokenizer without vocabulary": (["prune", "--model", "{d}/no-vocab"], "vocabulary"),
     "tokenizer larger than the embedding": (["eval", "{d}/small-embedding"], "embedding"),
     "recipe not a mapping": (["run", "--recipe", "{d}/list-recipe.yaml", "-o", "{o}"], "mapping"),
-    "null label in jsonl": (["eval", "{d}/base", "--validation-file", "{d}/null-label.jsonl"], "missing label in row 2"),
+    "null label in jsonl": (
+        ["eval", "{d}/base", "--validation-file", "{d}/null-label.jsonl"],
+        "missing label in row 2",
+    ),
     "eval json onto the model": (["eval", "{d}/onnx-copy", "--output-json", "{d}/onnx-copy/model.onnx"], "input"),
     "prune output is the input": (["prune", "--model", "{d}/victim", "-o", "{d}/victim", "--overwrite"], "input"),
-    "export output contains the input": (["export", "--onnx", "{d}/nest/ckpt", "-o", "{d}/nest", "--overwrite"], "input"),
+    "export output contains the input": (
+        ["export", "--onnx", "{d}/nest/ckpt", "-o", "{d}/nest", "--overwrite"],
+        "input",
+    ),
     "eval batch size 0": (["eval", "{d}/base", "--batch-size", "0"], "--batch-size"),
     "negative max-eval-samples": (["eval", "{d}/base", "--max-eval-samples", "-3"], "--max-eval-samples"),
-    "teacher with other label names": (["prune", "--model", "{d}/base", "--teacher", "{d}/named-swapped", "--train-file",
-                                        "{d}/strings.tsv", "--validation-file", "{d}/strings.tsv"], "teacher's labels"),
-    "run output is the teacher": (["run", "--teacher", "{d}/victim", "-o", "{d}/victim", "--overwrite"], "is the input"),
+    "teacher with other label names": (
+        [
+            "prune",
+            "--model",
+            "{d}/base",
+            "--teacher",
+            "{d}/named-swapped",
+            "--train-file",
+            "{d}/strings.tsv",
+            "--validation-file",
+            "{d}/strings.tsv",
+        ],
+        "teacher's labels",
+    ),
+    "run output is the teacher": (
+        ["run", "--teacher", "{d}/victim", "-o", "{d}/victim", "--overwrite"],
+        "is the input",
+    ),
     "mask file missing": (["mask", "apply", "{d}/base", "{d}/no-such.mask", "-o", "{o}"], "bit-mask"),
-    "shrink report under a file": (["shrink", "{d}/onnx/model.onnx", "{o}.onnx", "--report", "{d}/a-file/r.json"], "is a file"),
+    "shrink report under a file": (
+        ["shrink", "{d}/onnx/model.onnx", "{o}.onnx", "--report", "{d}/a-file/r.json"],
+        "is a file",
+    ),
     "shrink output under a file": (["shrink", "{d}/onnx/model.onnx", "{d}/a-file/x.onnx"], "is a file"),
     "read-only output replaced": (["export", "--onnx", "{d}/base", "-o", "{d}/ro-out", "--overwrite"], "cannot write"),
 }
@@ -198,7 +279,9 @@ def test_bad_input(ws, name, capsys):
 
 
 def _snapshot(folder):
-    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*")) if folder.exists() else None
+    return (
+        sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*")) if folder.exists() else None
+    )
 
 
 def test_usage_error_exit_code(capsys):

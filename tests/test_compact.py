@@ -7,11 +7,11 @@ import copy
 
 import pytest
 import torch
-from helpers import kill_structure, save_checkpoint, tiny_model
 
-from compress.pruning.compact import compact_model, linear_params, load_compact
 from compress.core.errors import ArtifactError
 from compress.core.structure import ROLES, encoder_layers, layer_linears, spec_for
+from compress.pruning.compact import compact_model, linear_params, load_compact
+from helpers import kill_structure, save_checkpoint, tiny_model
 
 DEAD_HEADS = {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}
 DEAD_DIMS = {0: list(range(0, 64, 3)), 1: list(range(10)), 2: list(range(64))}
@@ -48,11 +48,15 @@ def test_compact_matches_masked_model(family):
     layer2 = encoder_layers(compact)[2]
     ffn_out = layer2.ffn.lin2 if family == "distilbert" else layer2.output.dense
     assert ffn_out.in_features == 0
-    attn0 = encoder_layers(compact)[0].attention if family == "distilbert" else encoder_layers(compact)[0].attention.self
+    attn0 = (
+        encoder_layers(compact)[0].attention if family == "distilbert" else encoder_layers(compact)[0].attention.self
+    )
     assert getattr(attn0, "n_heads", getattr(attn0, "num_attention_heads", None)) == 2
     # per layer: 4*H*d per head kept + biases, 2*H per FFN dim + bias
     hidden, d = 32, 8
-    expected = sum(4 * hidden * d * h + 3 * d * h + hidden + 2 * hidden * f + f + hidden for h, f in ((2, 42), (0, 54), (3, 0)))
+    expected = sum(
+        4 * hidden * d * h + 3 * d * h + hidden + 2 * hidden * f + f + hidden for h, f in ((2, 42), (0, 54), (3, 0))
+    )
     assert linear_params(compact) == expected < linear_params(masked)
     assert compact.compress_layers[1]["heads_kept"] == []
 

@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import kill_structure, save_checkpoint, tiny_config, tiny_model
 
 from compress.core.artifacts import FORMAT_VERSION, read_compression_json, record_checksums, write_json
 from compress.core.errors import ArtifactError, InvalidConfigError, ValidationError
@@ -16,6 +15,7 @@ from compress.core.structure import geometry
 from exporters import export as onnx_export
 from exporters.export import export_checkpoint
 from exporters.toolbox import run
+from helpers import kill_structure, save_checkpoint, tiny_config, tiny_model
 
 
 def write_compression_json(checkpoint, model, layers=None):
@@ -25,11 +25,18 @@ def write_compression_json(checkpoint, model, layers=None):
         "format_version": FORMAT_VERSION,
         "method": "test",
         "model_type": model.config.model_type,
-        "geometry": {"num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_size": geo.head_size,
-                     "hidden_size": geo.hidden_size, "intermediate_size": geo.intermediate_size},
+        "geometry": {
+            "num_layers": geo.num_layers,
+            "num_heads": geo.num_heads,
+            "head_size": geo.head_size,
+            "hidden_size": geo.hidden_size,
+            "intermediate_size": geo.intermediate_size,
+        },
         "layers": layers if layers is not None else kept_structure(model),
     }
-    write_json(checkpoint / "compression.json", record_checksums(checkpoint, data, ["model.safetensors", "config.json"]))
+    write_json(
+        checkpoint / "compression.json", record_checksums(checkpoint, data, ["model.safetensors", "config.json"])
+    )
     return data
 
 
@@ -45,8 +52,11 @@ def roberta_one_segment():
 
 @pytest.mark.parametrize(
     "family,expected_inputs",
-    [("bert", ["input_ids", "attention_mask", "token_type_ids"]), ("roberta", ["input_ids", "attention_mask"]),
-     ("distilbert", ["input_ids", "attention_mask"])],
+    [
+        ("bert", ["input_ids", "attention_mask", "token_type_ids"]),
+        ("roberta", ["input_ids", "attention_mask"]),
+        ("distilbert", ["input_ids", "attention_mask"]),
+    ],
 )
 def test_export_families_inputs_and_dynamic_axes(tmp_path, family, expected_inputs):
     model = roberta_one_segment() if family == "roberta" else tiny_model(family)
@@ -60,7 +70,10 @@ def test_export_families_inputs_and_dynamic_axes(tmp_path, family, expected_inpu
     assert [i.name for i in graph.graph.input] == expected_inputs
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
     # batch and sequence are free: run a shape the exporter never saw, compare with PyTorch
-    feeds = {"input_ids": np.random.default_rng(0).integers(5, 50, (5, 33)), "attention_mask": np.ones((5, 33), np.int64)}
+    feeds = {
+        "input_ids": np.random.default_rng(0).integers(5, 50, (5, 33)),
+        "attention_mask": np.ones((5, 33), np.int64),
+    }
     feeds["attention_mask"][2, 20:] = 0
     feeds["token_type_ids"] = np.zeros((5, 33), np.int64)
     got = run(graph, feeds)["logits"]
@@ -71,9 +84,11 @@ def test_export_families_inputs_and_dynamic_axes(tmp_path, family, expected_inpu
 
 @pytest.mark.parametrize(
     "auto_class,task,outputs",
-    [("AutoModelForTokenClassification", "token-classification", {"logits": (3, 20, 2)}),
-     ("AutoModelForQuestionAnswering", "question-answering", {"start_logits": (3, 20), "end_logits": (3, 20)}),
-     ("AutoModel", "feature-extraction", {"last_hidden_state": (3, 20, 32)})],
+    [
+        ("AutoModelForTokenClassification", "token-classification", {"logits": (3, 20, 2)}),
+        ("AutoModelForQuestionAnswering", "question-answering", {"start_logits": (3, 20), "end_logits": (3, 20)}),
+        ("AutoModel", "feature-extraction", {"last_hidden_state": (3, 20, 32)}),
+    ],
 )
 def test_export_tasks(tmp_path, auto_class, task, outputs):
     import transformers
@@ -120,7 +135,9 @@ def test_output_dir_and_checksums_are_guarded(tmp_path):
 
 
 def test_export_shrink_optimize_with_compression_json(tmp_path):
-    model = kill_structure(tiny_model("bert", layers=3), {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}, {1: list(range(10)), 2: list(range(64))})
+    model = kill_structure(
+        tiny_model("bert", layers=3), {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}, {1: list(range(10)), 2: list(range(64))}
+    )
     ck = save_checkpoint(model, tmp_path / "ck")
     write_compression_json(ck, model)
     result = export_checkpoint(ck, tmp_path / "out", shrink=True, optimize=True)

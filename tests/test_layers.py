@@ -18,7 +18,14 @@ ALLOWED = {
     "compress.pruning": {"compress.core", "compress.pruning"},
     "compress.training": {"compress.core", "compress.pruning", "compress.training", "compress.speed", "exporters"},
     # latency tables are timed on our own export + surgery (+ quantize) graphs of the user's model
-    "compress.speed": {"compress.core", "compress.pruning", "compress.speed", "compress.training", "compress.ort", "exporters"},
+    "compress.speed": {
+        "compress.core",
+        "compress.pruning",
+        "compress.speed",
+        "compress.training",
+        "compress.ort",
+        "exporters",
+    },
     "compress.ort": {"compress.core", "compress.ort", "compress.training", "exporters"},
     "exporters": {"compress.core", "exporters"},
 }

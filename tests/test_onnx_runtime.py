@@ -49,8 +49,14 @@ def torch_export(model, directory: Path, inputs=TOKEN_INPUTS) -> Path:
     with warnings.catch_warnings():  # tracer chatter about shape-dependent Python branches
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Logits(model, inputs), tuple(example[k] for k in inputs), str(directory / "model.onnx"), dynamo=False,
-            input_names=list(inputs), output_names=["logits"], dynamic_axes=axes, opset_version=17,
+            _Logits(model, inputs),
+            tuple(example[k] for k in inputs),
+            str(directory / "model.onnx"),
+            dynamo=False,
+            input_names=list(inputs),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
         )
     model.config.save_pretrained(directory)
     helpers.tiny_tokenizer().save_pretrained(directory)
@@ -130,7 +136,9 @@ def test_corrupt_onnx_is_artifact_error(tiny_onnx, tmp_path, damage):
     _, d = tiny_onnx
     data = (d / "model.onnx").read_bytes()
     bad = tmp_path / "model.onnx"
-    bad.write_bytes({"garbage": b"\x08\x07not a protobuf" * 50, "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    bad.write_bytes(
+        {"garbage": b"\x08\x07not a protobuf" * 50, "truncated": data[: len(data) // 2], "empty": b""}[damage]
+    )
     with pytest.raises(ArtifactError) as e:
         resolve_onnx(bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
@@ -139,8 +147,9 @@ def test_corrupt_onnx_is_artifact_error(tiny_onnx, tmp_path, damage):
 # --- sessions and logits -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
-                    reason="CUDA provider present")
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(), reason="CUDA provider present"
+)
 def test_cuda_provider_missing_is_clear(tiny_onnx):
     _, d = tiny_onnx
     with pytest.raises(CompressError, match="CUDAExecutionProvider is not available.*onnxruntime-gpu"):
@@ -153,10 +162,12 @@ def test_onnx_logits_match_torch_with_padding(tiny_onnx, tmp_path):
     session = make_session(d, "cpu", threads=1)
     got = onnx_logits(session, task.dev, batch_size=5)  # uneven batches, rows of different lengths
     with torch.no_grad():
-        want = np.concatenate([
-            model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([tt])).logits.numpy()
-            for ids, tt in zip(task.dev["input_ids"], task.dev["token_type_ids"])
-        ])
+        want = np.concatenate(
+            [
+                model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([tt])).logits.numpy()
+                for ids, tt in zip(task.dev["input_ids"], task.dev["token_type_ids"])
+            ]
+        )
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 

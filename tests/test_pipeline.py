@@ -10,11 +10,20 @@ def test_run_chain_tiny(tmp_path):
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=32, n_dev=16)
     h.save_checkpoint(h.tiny_model("bert"), tmp_path / "teacher")
     recipe = {
-        "task": "sst2", "data_dir": str(tmp_path / "data"), "bench_batch_sizes": [1, 4], "bench_seq_len": 16,
-        "bench_iterations": 3, "optimize": True, "fill_steps": 4,
-        "prune": {"method": "struct", "lambda_reg": 50.0, "score_lr": 0.5,
-                  "train": {"max_steps": 16, "batch_size": 8, "warmup_ratio": 0.05, "progress": False},
-                  "distill": {"teacher": str(tmp_path / "teacher")}},
+        "task": "sst2",
+        "data_dir": str(tmp_path / "data"),
+        "bench_batch_sizes": [1, 4],
+        "bench_seq_len": 16,
+        "bench_iterations": 3,
+        "optimize": True,
+        "fill_steps": 4,
+        "prune": {
+            "method": "struct",
+            "lambda_reg": 50.0,
+            "score_lr": 0.5,
+            "train": {"max_steps": 16, "batch_size": 8, "warmup_ratio": 0.05, "progress": False},
+            "distill": {"teacher": str(tmp_path / "teacher")},
+        },
     }
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     assert main(["run", "--recipe", str(tmp_path / "recipe.json"), "-o", str(tmp_path / "out")]) == 0
@@ -26,8 +35,16 @@ def test_run_chain_tiny(tmp_path):
         assert 0 <= r["dev_accuracy"] <= 1 and r["p50_ms_b1"] > 0 and r["speedup_b4"] > 0
     # Dynamic int8 accuracy depends on the eval batch (issue 17): measured row by row, and said so.
     assert [r["eval_batch"] for r in summary["rows"]] == [64, 64, 1, 1]
-    for f in ("report.md", "pattern.png", "kept.png", "frontier.png", "recipe.json", "pruned/compression.json",
-              "onnx/pruned/model.onnx", "onnx/pruned-int8/model.onnx"):
+    for f in (
+        "report.md",
+        "pattern.png",
+        "kept.png",
+        "frontier.png",
+        "recipe.json",
+        "pruned/compression.json",
+        "onnx/pruned/model.onnx",
+        "onnx/pruned-int8/model.onnx",
+    ):
         assert (out / f).exists(), f
     pruned_params = summary["rows"][1]["encoder_linear_params"]
     assert pruned_params < summary["rows"][0]["encoder_linear_params"]

@@ -7,13 +7,12 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import helpers as h
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
 from compress.pruning.masks import topk_mask
 from compress.pruning.methods import METHODS, get_method
-from compress.core.config import DataConfig
-from compress.training.driver import prune
 from compress.pruning.pruner import Pruner
+from compress.training.driver import prune
 from compress.training.loop import StudentWithLoss
 
 
@@ -26,8 +25,11 @@ def workspace(tmp_path_factory):
 
 
 def _cfg(d, method, out, steps=12, **kw):
-    return PruneConfig(method=method, train=TrainConfig(max_steps=steps, batch_size=8, progress=False,
-                                                        save_steps=1000, logging_steps=1000), **kw)
+    return PruneConfig(
+        method=method,
+        train=TrainConfig(max_steps=steps, batch_size=8, progress=False, save_steps=1000, logging_steps=1000),
+        **kw,
+    )
 
 
 def _batch(model):
@@ -87,8 +89,12 @@ def test_bad_score_init_is_refused():
 @pytest.mark.parametrize("name", ["smp-l", "smp-s"])
 def test_smp_keeps_encoder_frozen(workspace, name):
     before = AutoModelForSequenceClassification.from_pretrained(workspace / "base")
-    info = prune(_cfg(workspace, name, f"out-{name}", sparsity=0.4), DataConfig(task="sst2", data_dir=str(workspace / "data")),
-                 str(workspace / "base"), output=workspace / f"out-{name}")
+    info = prune(
+        _cfg(workspace, name, f"out-{name}", sparsity=0.4),
+        DataConfig(task="sst2", data_dir=str(workspace / "data")),
+        str(workspace / "base"),
+        output=workspace / f"out-{name}",
+    )
     after = AutoModelForSequenceClassification.from_pretrained(workspace / f"out-{name}")
     b, a = before.state_dict(), after.state_dict()
     for k in b:
@@ -105,8 +111,12 @@ def test_smp_keeps_encoder_frozen(workspace, name):
 @pytest.mark.parametrize("name", ["magnitude", "movement"])
 def test_topk_methods_reach_target_and_reload(workspace, name):
     out = workspace / f"out-{name}"
-    info = prune(_cfg(workspace, name, f"out-{name}", sparsity=0.7, distill=DistillConfig(teacher=str(workspace / "base"))),
-                 DataConfig(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base"), output=workspace / f"out-{name}")
+    info = prune(
+        _cfg(workspace, name, f"out-{name}", sparsity=0.7, distill=DistillConfig(teacher=str(workspace / "base"))),
+        DataConfig(task="sst2", data_dir=str(workspace / "data")),
+        str(workspace / "base"),
+        output=workspace / f"out-{name}",
+    )
     assert abs(info["sparsity"]["encoder_linear"] - 0.7) < 0.01
     saved = json.loads((out / "compression.json").read_text())
     assert saved["method"] == name and saved["teacher"] and set(saved["files"]) == {"model.safetensors", "config.json"}
@@ -123,7 +133,12 @@ def test_soft_methods_prune_with_lambda(workspace, name):
     # A large score lr and lambda make a few steps enough to move scores below the threshold.
     cfg = _cfg(workspace, name, f"out-{name}", steps=20, lambda_reg=50.0, score_lr=0.5, block_size=8)
     cfg.train.warmup_ratio = 0.05
-    info = prune(cfg, DataConfig(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base"), output=workspace / f"out-{name}")
+    info = prune(
+        cfg,
+        DataConfig(task="sst2", data_dir=str(workspace / "data")),
+        str(workspace / "base"),
+        output=workspace / f"out-{name}",
+    )
     assert info["sparsity"]["encoder_linear"] > 0.3
     if name == "struct":
         assert sum(len(l["heads_kept"]) for l in info["layers"]) < 8  # whole heads went
@@ -133,8 +148,14 @@ def test_hybrid_filled_keeps_structure(workspace):
     src = workspace / "out-struct-src"
     cfg = _cfg(workspace, "struct", "out-struct-src", steps=20, lambda_reg=50.0, score_lr=0.5)
     cfg.train.warmup_ratio = 0.05
-    src_info = prune(cfg, DataConfig(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base"), output=src)
-    info = prune(_cfg(workspace, "hybrid-filled", "out-filled", source=str(src)), DataConfig(task="sst2", data_dir=str(workspace / "data")), output=workspace / "out-filled")
+    src_info = prune(
+        cfg, DataConfig(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base"), output=src
+    )
+    info = prune(
+        _cfg(workspace, "hybrid-filled", "out-filled", source=str(src)),
+        DataConfig(task="sst2", data_dir=str(workspace / "data")),
+        output=workspace / "out-filled",
+    )
     assert [l["heads_kept"] for l in info["layers"]] == [l["heads_kept"] for l in src_info["layers"]]
     assert [l["ffn_dims_kept"] for l in info["layers"]] == [l["ffn_dims_kept"] for l in src_info["layers"]]
 
@@ -143,8 +164,12 @@ def test_hybrid_filled_keeps_structure(workspace):
 def test_other_families(tmp_path, family):
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=16, n_dev=8)
     h.save_checkpoint(h.tiny_model(family), tmp_path / "base")
-    info = prune(_cfg(tmp_path, "movement", "out", steps=4, sparsity=0.5), DataConfig(task="sst2", data_dir=str(tmp_path / "data")),
-                 str(tmp_path / "base"), output=tmp_path / "out")
+    info = prune(
+        _cfg(tmp_path, "movement", "out", steps=4, sparsity=0.5),
+        DataConfig(task="sst2", data_dir=str(tmp_path / "data")),
+        str(tmp_path / "base"),
+        output=tmp_path / "out",
+    )
     assert json.loads((tmp_path / "out" / "compression.json").read_text())["model_type"] == family
     assert abs(info["sparsity"]["encoder_linear"] - 0.5) < 0.01
 
@@ -170,10 +195,17 @@ def test_smp_bitmask_roundtrip(workspace, tmp_path):
 
     src = workspace / "out-smp-l"
     if not src.exists():
-        prune(_cfg(workspace, "smp-l", "out-smp-l", sparsity=0.4), DataConfig(task="sst2", data_dir=str(workspace / "data")),
-              str(workspace / "base"), output=workspace / "out-smp-l")
+        prune(
+            _cfg(workspace, "smp-l", "out-smp-l", sparsity=0.4),
+            DataConfig(task="sst2", data_dir=str(workspace / "data")),
+            str(workspace / "base"),
+            output=workspace / "out-smp-l",
+        )
     assert main(["mask", "save", str(src), "-o", str(tmp_path / "task.mask")]) == 0
-    assert main(["mask", "apply", str(workspace / "base"), str(tmp_path / "task.mask"), "-o", str(tmp_path / "rebuilt")]) == 0
+    assert (
+        main(["mask", "apply", str(workspace / "base"), str(tmp_path / "task.mask"), "-o", str(tmp_path / "rebuilt")])
+        == 0
+    )
     a = AutoModelForSequenceClassification.from_pretrained(src).state_dict()
     b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rebuilt").state_dict()
     for k in a:
@@ -193,7 +225,9 @@ def test_smp_label_words_head_free(workspace, tmp_path):
     h.save_checkpoint(mlm, tmp_path / "mlm")
     cfg = _cfg(tmp_path, "smp-l", "out", sparsity=0.3)
     cfg.label_words = ["bad", "good"]
-    info = prune(cfg, DataConfig(task="sst2", data_dir=str(workspace / "data")), str(tmp_path / "mlm"), output=tmp_path / "out")
+    info = prune(
+        cfg, DataConfig(task="sst2", data_dir=str(workspace / "data")), str(tmp_path / "mlm"), output=tmp_path / "out"
+    )
     assert info["head"] == "mlm-label-words" and abs(info["sparsity"]["encoder_linear"] - 0.3) < 0.01
     after = AutoModelForMaskedLM.from_pretrained(tmp_path / "out").state_dict()
     for k, v in mlm.state_dict().items():
@@ -204,4 +238,9 @@ def test_smp_label_words_head_free(workspace, tmp_path):
     cfg2 = _cfg(tmp_path, "smp-l", "out2", sparsity=0.3)
     cfg2.label_words = ["bad", "good"]
     with pytest.raises(InvalidConfigError, match="no masked-language-model head"):
-        prune(cfg2, DataConfig(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base"), output=tmp_path / "out2")
+        prune(
+            cfg2,
+            DataConfig(task="sst2", data_dir=str(workspace / "data")),
+            str(workspace / "base"),
+            output=tmp_path / "out2",
+        )

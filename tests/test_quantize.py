@@ -9,19 +9,22 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from test_onnx_runtime import export_tiny, shrunk_tiny_model, torch_export
 
 import helpers
 from compress.cli.main import main
 from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError
-from exporters.toolbox import make_session
 from compress.ort.quantize import QuantizeConfig, quantize_onnx
-from test_onnx_runtime import export_tiny, shrunk_tiny_model, torch_export
+from exporters.toolbox import make_session
 
 
 def feeds(batch=3, seq=11, seed=0, vocab=len(helpers.WORDS)):
     rng = np.random.default_rng(seed)
-    return {"input_ids": rng.integers(5, vocab, (batch, seq)), "attention_mask": np.ones((batch, seq), np.int64),
-            "token_type_ids": np.zeros((batch, seq), np.int64)}
+    return {
+        "input_ids": rng.integers(5, vocab, (batch, seq)),
+        "attention_mask": np.ones((batch, seq), np.int64),
+        "token_type_ids": np.zeros((batch, seq), np.int64),
+    }
 
 
 def logits(path, f=None):
@@ -88,11 +91,18 @@ def test_per_channel_and_keep_patterns(dense, tmp_path):
 def test_static_with_tiny_calibration(dense, glue, tmp_path, fmt, expect):
     from compress.training.data import load_task_data
 
-    task = load_task_data("sst2", helpers.tiny_tokenizer(), data_dir=str(glue), splits=("train", "dev"),
-                          max_train_samples=8)
+    task = load_task_data(
+        "sst2", helpers.tiny_tokenizer(), data_dir=str(glue), splits=("train", "dev"), max_train_samples=8
+    )
     out = tmp_path / f"static-{fmt}.onnx"
-    r = quantize_onnx(dense, out, QuantizeConfig(mode="static", format=fmt, num_samples=8),
-                      calibration_data=task.train, task_data=task, threads=1)
+    r = quantize_onnx(
+        dense,
+        out,
+        QuantizeConfig(mode="static", format=fmt, num_samples=8),
+        calibration_data=task.train,
+        task_data=task,
+        threads=1,
+    )
     assert ops(out)[expect] > 0
     assert_close(dense / "model.onnx", out, frac=0.2)
     assert set(r.metrics_after) == {"accuracy"} and 0 <= r.metrics_after["accuracy"] <= 1
@@ -132,8 +142,9 @@ def test_quantize_graph_already_fused_by_ort(eager, tmp_path):
 
     src = tmp_path / "ortopt"
     src.mkdir()
-    optimize_model(str(eager / "model.onnx"), model_type="bert", num_heads=4, hidden_size=32,
-                   opt_level=0).save_model_to_file(str(src / "model.onnx"))
+    optimize_model(
+        str(eager / "model.onnx"), model_type="bert", num_heads=4, hidden_size=32, opt_level=0
+    ).save_model_to_file(str(src / "model.onnx"))
     assert ops(src / "model.onnx")["SkipLayerNormalization"] > 0
     quantize_onnx(src, tmp_path / "q.onnx")
     assert ops(tmp_path / "q.onnx")["QAttention"] == 2
@@ -153,8 +164,13 @@ def test_shrunk_graph_fuses_with_per_layer_heads(tmp_path):
     src = torch_export(shrunk_tiny_model(sharpen=20.0), tmp_path / "shrunk")
     r = quantize_onnx(src, tmp_path / "q", QuantizeConfig(optimize=True), threads=1)
     assert r.fusion and r.fusion.get("Attention") == 2, r.warnings
-    heads = [a.i for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node if n.op_type == "QAttention"
-             for a in n.attribute if a.name == "num_heads"]
+    heads = [
+        a.i
+        for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node
+        if n.op_type == "QAttention"
+        for a in n.attribute
+        if a.name == "num_heads"
+    ]
     assert heads == [2, 3]
     assert_close(src / "model.onnx", tmp_path / "q" / "model.onnx")
 
@@ -165,6 +181,7 @@ def test_wrong_fusion_is_caught(tmp_path, monkeypatch):
     import compress.ort.quantize as q
 
     src = torch_export(shrunk_tiny_model(sharpen=20.0), tmp_path / "shrunk")
+
     def no_per_layer_counts(model):  # as for a graph whose attention surgery cannot match
         raise GraphPatternError("attention not matched")
 
@@ -182,7 +199,9 @@ def test_compression_json_carried_and_verified(dense, tmp_path):
     src.mkdir()
     for f in dense.iterdir():
         (src / f.name).write_bytes(f.read_bytes())
-    write_json(src / "compression.json", record_checksums(src, {"format_version": 1, "method": "hybrid"}, ["model.onnx"]))
+    write_json(
+        src / "compression.json", record_checksums(src, {"format_version": 1, "method": "hybrid"}, ["model.onnx"])
+    )
     quantize_onnx(src, tmp_path / "q")
     data = read_compression_json(tmp_path / "q", verify=True)  # checksums describe the int8 file
     assert data["method"] == "hybrid" and data["quantization"]["config"]["mode"] == "dynamic"
@@ -192,10 +211,14 @@ def test_unquantizable_graph(tmp_path):
     """A graph with nothing to quantize is an error, not a silent fp32 copy."""
     x = onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["b", "s"])
     y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["b", "s"])
-    g = onnx.helper.make_graph([onnx.helper.make_node("Cast", ["input_ids"], ["logits"], to=1, name="c")], "g", [x], [y])
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Cast", ["input_ids"], ["logits"], to=1, name="c")], "g", [x], [y]
+    )
     d = tmp_path / "plain"
     d.mkdir()
-    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=10)  # ORT 1.31 reads <= 13
+    model = onnx.helper.make_model(
+        g, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=10
+    )  # ORT 1.31 reads <= 13
     onnx.save(model, str(d / "model.onnx"))
     with pytest.raises(GraphPatternError, match="nothing .* was quantized"):
         quantize_onnx(d, tmp_path / "q.onnx", QuantizeConfig(keep_fp32=()))
@@ -213,8 +236,22 @@ def test_refuses_to_clobber(dense, tmp_path):
 
 
 def test_cli_reports_accuracy_and_json(dense, glue, tmp_path, capsys):
-    rc = main(["quantize", str(dense), "-o", str(tmp_path / "q"), "--task", "sst2", "--data-dir", str(glue),
-               "--threads", "1", "--json", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "quantize",
+            str(dense),
+            "-o",
+            str(tmp_path / "q"),
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(glue),
+            "--threads",
+            "1",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["size_after"] < report["size_before"]
@@ -245,8 +282,25 @@ def test_cli_static_from_calibration_file(dense, tmp_path):
     calib = tmp_path / "calib.txt"
     calib.write_text("\n".join(helpers.POSITIVE + helpers.NEGATIVE) + "\n")
     out = tmp_path / "s.onnx"
-    assert main(["quantize", str(dense), "-o", str(out), "--mode", "static", "--calibration-file", str(calib),
-                 "--num-samples", "6", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(dense),
+                "-o",
+                str(out),
+                "--mode",
+                "static",
+                "--calibration-file",
+                str(calib),
+                "--num-samples",
+                "6",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert ops(out)["QLinearMatMul"] > 0
 
 

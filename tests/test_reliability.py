@@ -42,8 +42,22 @@ def test_teacher_vocabulary_compared_by_content(base, tmp_path, capsys):
     h.tiny_model("bert", seed=1).save_pretrained(other)
     BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(other)
     assert len(AutoTokenizer.from_pretrained(other)) == len(AutoTokenizer.from_pretrained(base / "base"))
-    common = ["prune", "--model", str(base / "base"), "--method", "magnitude", "--sparsity", "0.5", "--data-dir",
-              str(base / "data"), "--max-steps", "1", "--batch-size", "4", "--no-progress"]
+    common = [
+        "prune",
+        "--model",
+        str(base / "base"),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--data-dir",
+        str(base / "data"),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     assert main(common + ["--teacher", str(other), "-o", str(tmp_path / "a")]) == 2
     assert "vocabulary" in capsys.readouterr().err
     same = tmp_path / "same"
@@ -59,8 +73,27 @@ def test_string_labels_are_saved_and_reused(base, tmp_path, capsys):
     pos = _labelled(tmp_path / "pos.tsv", [(s, "positive") for s in h.POSITIVE])
     pos_int = _labelled(tmp_path / "pos_int.tsv", [(s, 1) for s in h.POSITIVE])
     ft = tmp_path / "ft"
-    assert main(["finetune", "--model", str(base / "base"), "--train-file", str(train), "--validation-file", str(train),
-                 "--max-steps", "2", "--batch-size", "4", "--no-progress", "-o", str(ft)]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                str(base / "base"),
+                "--train-file",
+                str(train),
+                "--validation-file",
+                str(train),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--no-progress",
+                "-o",
+                str(ft),
+            ]
+        )
+        == 0
+    )
     config = json.loads((ft / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config["label2id"] == {"negative": 0, "positive": 1}
@@ -108,12 +141,35 @@ def test_outputs_respect_the_umask(base, tmp_path, umask, capsys):
     old = os.umask(umask)
     try:
         out = tmp_path / "pruned"
-        assert main(["prune", "--model", str(base / "base"), "--method", "magnitude", "--sparsity", "0.5", "--data-dir",
-                     str(base / "data"), "--max-steps", "1", "--batch-size", "4", "--no-progress", "-o", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "prune",
+                    "--model",
+                    str(base / "base"),
+                    "--method",
+                    "magnitude",
+                    "--sparsity",
+                    "0.5",
+                    "--data-dir",
+                    str(base / "data"),
+                    "--max-steps",
+                    "1",
+                    "--batch-size",
+                    "4",
+                    "--no-progress",
+                    "-o",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert main(["export", "--onnx", str(out), "-o", str(tmp_path / "onnx")]) == 0
         assert main(["quantize", str(tmp_path / "onnx"), "-o", str(tmp_path / "int8")]) == 0
         assert main(["quantize", str(tmp_path / "onnx"), "-o", str(tmp_path / "single" / "m.onnx")]) == 0
-        assert main(["eval", str(out), "--data-dir", str(base / "data"), "--output-json", str(tmp_path / "m.json")]) == 0
+        assert (
+            main(["eval", str(out), "--data-dir", str(base / "data"), "--output-json", str(tmp_path / "m.json")]) == 0
+        )
     finally:
         os.umask(old)
     for folder in (out, tmp_path / "onnx", tmp_path / "int8", tmp_path / "single"):
@@ -127,8 +183,13 @@ def test_quantize_reports_the_size_of_external_data(base, tmp_path):
     """Defect 9: a model stored with external data counts its data file in `size before`."""
     src = tmp_path / "ext"
     assert main(["export", "--onnx", str(base / "base"), "-o", str(src)]) == 0
-    onnx.save_model(onnx.load(str(src / "model.onnx")), str(src / "model.onnx"), save_as_external_data=True,
-                    location="model.onnx.data", size_threshold=0)
+    onnx.save_model(
+        onnx.load(str(src / "model.onnx")),
+        str(src / "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     total = (src / "model.onnx").stat().st_size + (src / "model.onnx.data").stat().st_size
     assert (src / "model.onnx").stat().st_size < total / 2
     r = tmp_path / "q.json"
@@ -149,8 +210,11 @@ def test_resumed_run_times_only_its_own_steps(base, tmp_path):
                 raise KeyboardInterrupt
 
     def cfg(resume):
-        return PruneConfig(method="magnitude", sparsity=0.5, train=TrainConfig(
-            max_steps=8, batch_size=4, save_steps=4, progress=False, resume=resume))
+        return PruneConfig(
+            method="magnitude",
+            sparsity=0.5,
+            train=TrainConfig(max_steps=8, batch_size=4, save_steps=4, progress=False, resume=resume),
+        )
 
     data = DataConfig(task="sst2", data_dir=str(base / "data"))
     out = tmp_path / "out"

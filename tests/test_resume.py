@@ -8,8 +8,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import helpers as h
-from compress.core.config import DistillConfig, PruneConfig, TrainConfig
-from compress.core.config import DataConfig
+from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig
 from compress.training.driver import prune
 from compress.training.loop import checkpoint_dir
 
@@ -21,9 +20,12 @@ class Crash(TrainerCallback):
 
 
 def _cfg(tmp, out, resume=False):
-    return PruneConfig(method="movement", sparsity=0.6, distill=DistillConfig(teacher=str(tmp / "base")),
-                       train=TrainConfig(max_steps=10, batch_size=8, save_steps=3,
-                                         progress=False, logging_steps=1000, resume=resume))
+    return PruneConfig(
+        method="movement",
+        sparsity=0.6,
+        distill=DistillConfig(teacher=str(tmp / "base")),
+        train=TrainConfig(max_steps=10, batch_size=8, save_steps=3, progress=False, logging_steps=1000, resume=resume),
+    )
 
 
 def test_resume_matches_uninterrupted(tmp_path):

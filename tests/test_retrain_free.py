@@ -10,14 +10,22 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import helpers as h
+from compress.core.config import DataConfig as DataArgs
 from compress.core.config import PruneConfig, RetrainFreeConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
-from compress.core.config import DataConfig as DataArgs
-from compress.training.driver import prune
-from compress.pruning.retrain_free import StructureMasks, fisher_gradients, fold_masks, rearrange, search, tune_masks, _batches
-from compress.speed.latency import flops_table
 from compress.core.sparsity import kept_structure
 from compress.core.structure import geometry, layer_linears
+from compress.pruning.retrain_free import (
+    StructureMasks,
+    _batches,
+    fisher_gradients,
+    fold_masks,
+    rearrange,
+    search,
+    tune_masks,
+)
+from compress.speed.latency import flops_table
+from compress.training.driver import prune
 
 
 class TableCost:
@@ -61,7 +69,11 @@ def test_search_meets_budget_and_prefers_important_units(cost_kind, target):
     hc, fc = res.head_mask.sum(1).int().tolist(), res.ffn_mask.sum(1).int().tolist()
     assert cost.predict_ms(hc, fc) <= budget
     # Within one FFN dim of the budget: one more, in any layer, would break it.
-    assert all(cost.predict_ms(hc, [f + (i == j) for j, f in enumerate(fc)]) > budget for i in range(3) if fc[i] < geo.intermediate_size)
+    assert all(
+        cost.predict_ms(hc, [f + (i == j) for j, f in enumerate(fc)]) > budget
+        for i in range(3)
+        if fc[i] < geo.intermediate_size
+    )
     # Kept heads are the most important ones; so are kept FFN dims when unit costs are uniform (FLOPs).
     kept_h, dropped_h = head_imp[res.head_mask.bool()], head_imp[~res.head_mask.bool()]
     if len(kept_h) and len(dropped_h):
@@ -70,8 +82,10 @@ def test_search_meets_budget_and_prefers_important_units(cost_kind, target):
         kept_f, dropped_f = ffn_imp[res.ffn_mask.bool()], ffn_imp[~res.ffn_mask.bool()]
         assert kept_f.min() >= dropped_f.max()
     # Better than keeping the same counts of random units.
-    assert res.importance_kept >= float((head_imp.flatten()[torch.randperm(head_imp.numel())[: int(res.head_mask.sum())]]).sum()
-                                       + ffn_imp.flatten()[torch.randperm(ffn_imp.numel())[: int(res.ffn_mask.sum())]].sum())
+    assert res.importance_kept >= float(
+        (head_imp.flatten()[torch.randperm(head_imp.numel())[: int(res.head_mask.sum())]]).sum()
+        + ffn_imp.flatten()[torch.randperm(ffn_imp.numel())[: int(res.ffn_mask.sum())]].sum()
+    )
 
 
 def test_search_refuses_an_impossible_budget():
@@ -168,8 +182,13 @@ def _prune(cfg_out, data, base):
 def test_retrain_free_checkpoint(workspace, family):
     base = workspace / f"base-{family}"
     out = workspace / f"rf-{family}"
-    cfg = _cfg(workspace, "retrain-free", f"rf-{family}", target_flops=0.5,
-               retrain_free=RetrainFreeConfig(fisher_samples=32, tune_samples=32, batch_size=8))
+    cfg = _cfg(
+        workspace,
+        "retrain-free",
+        f"rf-{family}",
+        target_flops=0.5,
+        retrain_free=RetrainFreeConfig(fisher_samples=32, tune_samples=32, batch_size=8),
+    )
     info = _prune(cfg, DataArgs(task="sst2", data_dir=str(workspace / "data")), str(base))
     assert info["training"]["steps"] == 0
     sp = info["speed"]
@@ -209,17 +228,33 @@ def test_retrain_free_checkpoint(workspace, family):
 
 
 def test_retrain_free_fill_keeps_structure(workspace):
-    cfg = _cfg(workspace, "retrain-free", "rf-fill", target_flops=0.6, fill_steps=4,
-               retrain_free=RetrainFreeConfig(fisher_samples=16, tune_samples=16, batch_size=8))
+    cfg = _cfg(
+        workspace,
+        "retrain-free",
+        "rf-fill",
+        target_flops=0.6,
+        fill_steps=4,
+        retrain_free=RetrainFreeConfig(fisher_samples=16, tune_samples=16, batch_size=8),
+    )
     info = _prune(cfg, DataArgs(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base-bert"))
-    ref = _prune(_cfg(workspace, "retrain-free", "rf-nofill", target_flops=0.6,
-                     retrain_free=RetrainFreeConfig(fisher_samples=16, tune_samples=16, batch_size=8)),
-                DataArgs(task="sst2", data_dir=str(workspace / "data")), str(workspace / "base-bert"))
+    ref = _prune(
+        _cfg(
+            workspace,
+            "retrain-free",
+            "rf-nofill",
+            target_flops=0.6,
+            retrain_free=RetrainFreeConfig(fisher_samples=16, tune_samples=16, batch_size=8),
+        ),
+        DataArgs(task="sst2", data_dir=str(workspace / "data")),
+        str(workspace / "base-bert"),
+    )
     assert info["training"]["steps"] == 4
     assert info["layers"] == ref["layers"]  # the fill trains inside the structure retrain-free chose
     a = AutoModelForSequenceClassification.from_pretrained(workspace / "rf-fill")
     b = AutoModelForSequenceClassification.from_pretrained(workspace / "rf-nofill")
-    assert not torch.equal(a.bert.encoder.layer[0].intermediate.dense.weight, b.bert.encoder.layer[0].intermediate.dense.weight)
+    assert not torch.equal(
+        a.bert.encoder.layer[0].intermediate.dense.weight, b.bert.encoder.layer[0].intermediate.dense.weight
+    )
 
 
 def test_budget_flag_errors(workspace):
@@ -257,19 +292,30 @@ def test_smp_struct_frozen_encoder_and_structured_mask(workspace, tmp_path, fami
     for lb, la, k in zip(layer_linears(before), layer_linears(after), info["layers"]):
         rows = torch.zeros(geo.num_heads * d, dtype=torch.bool)
         for hd in k["heads_kept"]:
-            rows[hd * d:(hd + 1) * d] = True
+            rows[hd * d : (hd + 1) * d] = True
         dims = torch.zeros(geo.intermediate_size, dtype=torch.bool)
         dims[k["ffn_dims_kept"]] = True
-        for role, keep in (("query", rows[:, None]), ("key", rows[:, None]), ("value", rows[:, None]), ("attn_out", rows[None, :]),
-                           ("ffn_in", dims[:, None]), ("ffn_out", dims[None, :])):
+        for role, keep in (
+            ("query", rows[:, None]),
+            ("key", rows[:, None]),
+            ("value", rows[:, None]),
+            ("attn_out", rows[None, :]),
+            ("ffn_in", dims[:, None]),
+            ("ffn_out", dims[None, :]),
+        ):
             assert torch.equal(la[role].weight, lb[role].weight * keep), role
     emb_b = before.state_dict()
-    assert all(torch.equal(v, emb_b[k]) for k, v in after.state_dict().items() if "embeddings" in k or "LayerNorm" in k
-               or "layer_norm" in k)
+    assert all(
+        torch.equal(v, emb_b[k])
+        for k, v in after.state_dict().items()
+        if "embeddings" in k or "LayerNorm" in k or "layer_norm" in k
+    )
     # One bit per head and FFN dim on disk; re-applied to the backbone it gives the same checkpoint.
     assert main(["mask", "save", str(out), "--backbone", str(base), "-o", str(tmp_path / "task.mask")]) == 0
     size = (tmp_path / "task.mask").stat().st_size
-    classifier_bytes = sum(v.numel() * 4 for k, v in after.state_dict().items() if k.startswith(("classifier", "pre_classifier")))
+    classifier_bytes = sum(
+        v.numel() * 4 for k, v in after.state_dict().items() if k.startswith(("classifier", "pre_classifier"))
+    )
     assert size < classifier_bytes + 8192  # bits of structure + the trained head, not a bit per weight
     assert main(["mask", "apply", str(base), str(tmp_path / "task.mask"), "-o", str(tmp_path / "rebuilt")]) == 0
     rebuilt = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rebuilt")

@@ -9,24 +9,26 @@ import json
 import numpy as np
 import onnx
 import pytest
-from helpers import kill_structure, save_checkpoint, tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.cli.main import main
 from compress.core.errors import ArtifactError, GraphPatternError
-from exporters.graph import Graph, op_counts
 from exporters.export import export_checkpoint, load_tokenizer, sample_inputs
+from exporters.graph import Graph, op_counts
 from exporters.optimize import optimize
 from exporters.surgery.match import detect_kept, find_layers
 from exporters.surgery.shrink import shrink
 from exporters.toolbox import assert_close, run
+from helpers import kill_structure, save_checkpoint, tiny_model
 
 DEAD_HEADS = {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}  # uneven; layer 1 loses its attention
 DEAD_DIMS = {0: list(range(0, 64, 3)), 1: list(range(10)), 2: list(range(64))}  # layer 2 loses its FFN
 
 
 # ------------------------------------------------------------------------------------ hand-built graphs
-def build_encoder(layers=2, hidden=16, heads=4, ffn=32, packed=False, dead_heads=None, dead_dims=None, seed=0, shared_qk=False):
+def build_encoder(
+    layers=2, hidden=16, heads=4, ffn=32, packed=False, dead_heads=None, dead_dims=None, seed=0, shared_qk=False
+):
     """A post-LN encoder written with onnx.helper the way exporters lay it out. Dead heads have only
     their W_O rows zeroed, dead dims only their W2 rows: removal must be exact anyway."""
     rng = np.random.default_rng(seed)
@@ -55,13 +57,29 @@ def build_encoder(layers=2, hidden=16, heads=4, ffn=32, packed=False, dead_heads
             w["o"][h * d : (h + 1) * d] = 0
         p = f"l{i}."
         if packed:
-            qkv = n("Add", [n("MatMul", [x, c(p + "wqkv", np.concatenate([w["q"], w["k"], w["v"]], 1))], p + "qkv_mm"),
-                            c(p + "bqkv", np.concatenate([b["q"], b["k"], b["v"]]))], p + "qkv")
-            nodes.append(helper.make_node("Split", [qkv, c(p + "sizes", np.array([hidden] * 3, np.int64))],
-                                          [p + "q", p + "k", p + "v"], axis=-1, name=p + "split"))
+            qkv = n(
+                "Add",
+                [
+                    n("MatMul", [x, c(p + "wqkv", np.concatenate([w["q"], w["k"], w["v"]], 1))], p + "qkv_mm"),
+                    c(p + "bqkv", np.concatenate([b["q"], b["k"], b["v"]])),
+                ],
+                p + "qkv",
+            )
+            nodes.append(
+                helper.make_node(
+                    "Split",
+                    [qkv, c(p + "sizes", np.array([hidden] * 3, np.int64))],
+                    [p + "q", p + "k", p + "v"],
+                    axis=-1,
+                    name=p + "split",
+                )
+            )
             q, k, v = p + "q", p + "k", p + "v"
         else:
-            q, k, v = (n("Add", [n("MatMul", [x, c(p + "w" + t, w[t])], p + t + "_mm"), c(p + "b" + t, b[t])], p + t) for t in "qkv")
+            q, k, v = (
+                n("Add", [n("MatMul", [x, c(p + "w" + t, w[t])], p + t + "_mm"), c(p + "b" + t, b[t])], p + t)
+                for t in "qkv"
+            )
             if shared_qk:  # what dynamo's CSE makes of identical (e.g. all-zero) Q and K projections
                 nodes[:] = [nd for nd in nodes if not nd.output[0].startswith(p + "k")]
                 k = q
@@ -72,23 +90,67 @@ def build_encoder(layers=2, hidden=16, heads=4, ffn=32, packed=False, dead_heads
         ctx = n("MatMul", [n("Softmax", [scores], p + "probs", axis=-1), vh], p + "ctx")
         merged = n("Reshape", [n("Transpose", [ctx], p + "ctx_t", perm=[0, 2, 1, 3]), "merge_shape"], p + "merged")
         o = n("Add", [n("MatMul", [merged, c(p + "wo", w["o"])], p + "o_mm"), c(p + "bo", b["o"])], p + "o")
-        a = n("LayerNormalization", [n("Add", [o, x], p + "res1"), c(p + "g1", np.ones(hidden, np.float32)),
-                                     c(p + "be1", np.zeros(hidden, np.float32))], p + "ln1", axis=-1)
+        a = n(
+            "LayerNormalization",
+            [
+                n("Add", [o, x], p + "res1"),
+                c(p + "g1", np.ones(hidden, np.float32)),
+                c(p + "be1", np.zeros(hidden, np.float32)),
+            ],
+            p + "ln1",
+            axis=-1,
+        )
         w1 = rng.normal(0, 0.3, (hidden, ffn)).astype(np.float32)
         w2 = rng.normal(0, 0.3, (ffn, hidden)).astype(np.float32)
         w2[(dead_dims or {}).get(i, [])] = 0
-        h = n("Add", [n("MatMul", [a, c(p + "w1", w1)], p + "h_mm"), c(p + "b1", rng.normal(0, 0.1, ffn).astype(np.float32))], p + "h")
-        h = n("Mul", [h, c(p + "act_scale", rng.uniform(0.5, 1.5, ffn).astype(np.float32))], p + "hs")  # per-dim constant
-        gelu = n("Mul", [n("Mul", [h, n("Add", [n("Erf", [n("Div", [h, "sqrt2"], p + "hd")], p + "erf"), "one"], p + "erf1")], p + "g0"), "half"], p + "gelu")
-        f = n("Add", [n("MatMul", [gelu, c(p + "w2", w2)], p + "f_mm"), c(p + "b2", rng.normal(0, 0.1, hidden).astype(np.float32))], p + "f")
-        x = n("LayerNormalization", [n("Add", [f, a], p + "res2"), c(p + "g2", np.ones(hidden, np.float32)),
-                                     c(p + "be2", np.zeros(hidden, np.float32))], p + "ln2", axis=-1)
+        h = n(
+            "Add",
+            [n("MatMul", [a, c(p + "w1", w1)], p + "h_mm"), c(p + "b1", rng.normal(0, 0.1, ffn).astype(np.float32))],
+            p + "h",
+        )
+        h = n(
+            "Mul", [h, c(p + "act_scale", rng.uniform(0.5, 1.5, ffn).astype(np.float32))], p + "hs"
+        )  # per-dim constant
+        gelu = n(
+            "Mul",
+            [
+                n(
+                    "Mul",
+                    [h, n("Add", [n("Erf", [n("Div", [h, "sqrt2"], p + "hd")], p + "erf"), "one"], p + "erf1")],
+                    p + "g0",
+                ),
+                "half",
+            ],
+            p + "gelu",
+        )
+        f = n(
+            "Add",
+            [
+                n("MatMul", [gelu, c(p + "w2", w2)], p + "f_mm"),
+                c(p + "b2", rng.normal(0, 0.1, hidden).astype(np.float32)),
+            ],
+            p + "f",
+        )
+        x = n(
+            "LayerNormalization",
+            [
+                n("Add", [f, a], p + "res2"),
+                c(p + "g2", np.ones(hidden, np.float32)),
+                c(p + "be2", np.zeros(hidden, np.float32)),
+            ],
+            p + "ln2",
+            axis=-1,
+        )
     nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
     graph = helper.make_graph(
-        nodes, "tiny_encoder",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", hidden]),
-         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, 1, "L"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "L", hidden])], inits,
+        nodes,
+        "tiny_encoder",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", hidden]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, 1, "L"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "L", hidden])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # ORT 1.31 reads <= 13
     onnx.checker.check_model(model)
@@ -111,8 +173,12 @@ def weight_shapes(model, prefix):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["separate-qkv", "packed-qkv"])
 def test_tiny_graph_uneven_heads_and_empty_blocks(packed):
-    dense = build_encoder(layers=3, packed=packed, dead_heads={0: [1], 1: [0, 1, 2, 3], 2: [0, 2]},
-                          dead_dims={0: list(range(20)), 2: list(range(32))})
+    dense = build_encoder(
+        layers=3,
+        packed=packed,
+        dead_heads={0: [1], 1: [0, 1, 2, 3], 2: [0, 2]},
+        dead_dims={0: list(range(20)), 2: list(range(32))},
+    )
     small, report = shrink(dense, sample_inputs=float_feeds(), atol=1e-5)
     assert [(r["heads_after"], r["ffn_after"]) for r in report["layers"]] == [(3, 12), (0, 32), (2, 0)]
     assert report["layers"][0]["heads_kept"] == [0, 2, 3]
@@ -120,12 +186,16 @@ def test_tiny_graph_uneven_heads_and_empty_blocks(packed):
     ops = op_counts(small)
     assert ops["Softmax"] == 2 and ops["Erf"] == 2  # layer 1 lost its attention, layer 2 its FFN
     assert ops["MatMul"] == 2 * (4 if packed else 6) + 2 * 2  # two attention blocks + two FFNs left
-    shapes = {tuple(numpy_helper.to_array(t).tolist()) for t in small.graph.initializer if t.name.startswith("shrunk_shape")}
+    shapes = {
+        tuple(numpy_helper.to_array(t).tolist()) for t in small.graph.initializer if t.name.startswith("shrunk_shape")
+    }
     assert shapes == {(0, 0, 3, 4), (0, 0, 12), (0, 0, 2, 4), (0, 0, 8)}
     w = weight_shapes(small, "layer0.")
     assert w["layer0.attention.output.weight"] == (12, 16) and w["layer0.ffn.out.weight"] == (12, 16)
     assert w["layer0.ffn.act.const"] == (12,)  # the per-dim constant inside the activation was sliced
-    assert (w["layer0.attention.qkv.weight"] == (16, 36)) if packed else (w["layer0.attention.query.weight"] == (16, 12))
+    assert (
+        (w["layer0.attention.qkv.weight"] == (16, 36)) if packed else (w["layer0.attention.query.weight"] == (16, 12))
+    )
 
 
 def test_projection_shared_by_q_and_k_is_sliced_once():
@@ -142,8 +212,12 @@ def test_tiny_graph_structure_from_json_must_match_the_weights():
     kept = detect_kept(g, layers)
     assert kept[0].heads == (0, 2, 3) and len(kept[1].ffn_dims) == 30
     # keeping a zero structure is allowed (nothing removed for it) ...
-    _, report = shrink(dense, [{"heads_kept": [0, 1, 2, 3], "ffn_dims_kept": list(range(32))}] * 2, num_heads=4,
-                       sample_inputs=float_feeds())
+    _, report = shrink(
+        dense,
+        [{"heads_kept": [0, 1, 2, 3], "ffn_dims_kept": list(range(32))}] * 2,
+        num_heads=4,
+        sample_inputs=float_feeds(),
+    )
     assert report["source"] == "compression.json" and report["layers"][0]["heads_after"] == 4
     # ... removing a live one is not: the json does not describe this graph
     wrong = [{"heads_kept": [0, 1, 2], "ffn_dims_kept": list(range(32))}, kept[1]]
@@ -156,9 +230,17 @@ def test_tiny_graph_structure_from_json_must_match_the_weights():
 def test_unrecognised_graphs_raise_graph_pattern_error():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])
-    mlp = helper.make_model(helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "mlp", [x], [y],
-        [numpy_helper.from_array(np.ones((16, 16), np.float32), "w")]), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    mlp = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+            "mlp",
+            [x],
+            [y],
+            [numpy_helper.from_array(np.ones((16, 16), np.float32), "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
     with pytest.raises(GraphPatternError, match="no attention block"):
         shrink(mlp)
 
@@ -177,11 +259,17 @@ def test_unrecognised_graphs_raise_graph_pattern_error():
     fused.graph.node.append(helper.make_node("Attention", ["x"], ["unused"], domain="com.microsoft", num_heads=4))
     # fused com.microsoft Attention is rewritten since issue 16 (tests/test_zoo.py); one without its
     # packed weight is still refused, naming the node and what is missing
-    with pytest.raises(GraphPatternError, match="fused Attention at Attention node 'unused': the packed QKV weight is not a constant"):
+    with pytest.raises(
+        GraphPatternError, match="fused Attention at Attention node 'unused': the packed QKV weight is not a constant"
+    ):
         shrink(fused)
     other = build_encoder(layers=1)
-    other.graph.node.append(helper.make_node("MultiHeadAttention", ["x", "x", "x"], ["unused"], domain="com.microsoft", num_heads=4))
-    with pytest.raises(GraphPatternError, match="fused MultiHeadAttention .*only com.microsoft Attention / QAttention are rewritten"):
+    other.graph.node.append(
+        helper.make_node("MultiHeadAttention", ["x", "x", "x"], ["unused"], domain="com.microsoft", num_heads=4)
+    )
+    with pytest.raises(
+        GraphPatternError, match="fused MultiHeadAttention .*only com.microsoft Attention / QAttention are rewritten"
+    ):
         shrink(other)
 
 
@@ -204,13 +292,15 @@ def test_runtime_scale_factor_must_read_the_head_size(axis):
     ]
     qk.input[0] = "q_scaled"
     del model.graph.node[:]
-    model.graph.node.extend(nodes[: nodes.index(qk)] + extra + nodes[nodes.index(qk):])
+    model.graph.node.extend(nodes[: nodes.index(qk)] + extra + nodes[nodes.index(qk) :])
     onnx.checker.check_model(model)
     if axis == -1:
         small, report = shrink(model, sample_inputs=float_feeds(), atol=1e-5)
         assert report["layers"][0]["heads_kept"] == [0, 2]
     else:
-        with pytest.raises(GraphPatternError, match="expected a Reshape splitting Q into heads, found Mul node 'q_scaled'"):
+        with pytest.raises(
+            GraphPatternError, match="expected a Reshape splitting Q into heads, found Mul node 'q_scaled'"
+        ):
             shrink(model)
 
 
@@ -237,16 +327,26 @@ def exports(tmp_path_factory):
     """Dense exports (feature-extraction: O(1) outputs make equality meaningful) of masked tiny models."""
     root = tmp_path_factory.mktemp("exports")
     out = {}
-    for family, exporter in (("bert", "torchscript"), ("bert", "dynamo"), ("roberta", "torchscript"), ("distilbert", "torchscript")):
+    for family, exporter in (
+        ("bert", "torchscript"),
+        ("bert", "dynamo"),
+        ("roberta", "torchscript"),
+        ("distilbert", "torchscript"),
+    ):
         model = kill_structure(tiny_model(family, layers=3), DEAD_HEADS, DEAD_DIMS)
         ck = save_checkpoint(model, root / f"ck_{family}_{exporter}")
-        result = export_checkpoint(ck, root / f"onnx_{family}_{exporter}", task="feature-extraction", exporter=exporter, shrink=False)
+        result = export_checkpoint(
+            ck, root / f"onnx_{family}_{exporter}", task="feature-extraction", exporter=exporter, shrink=False
+        )
         assert result.exporter == exporter
         out[(family, exporter)] = result.path
     return out
 
 
-@pytest.mark.parametrize("family,exporter", [("bert", "torchscript"), ("bert", "dynamo"), ("roberta", "torchscript"), ("distilbert", "torchscript")])
+@pytest.mark.parametrize(
+    "family,exporter",
+    [("bert", "torchscript"), ("bert", "dynamo"), ("roberta", "torchscript"), ("distilbert", "torchscript")],
+)
 def test_shrink_exported_models(exports, family, exporter):
     path = exports[(family, exporter)]
     dense = onnx.load(str(path))
@@ -274,7 +374,9 @@ def test_optimize_fuses_attention_with_uneven_heads(exports):
     fused, report = optimize(small, feeds)
     assert report["applied"], report["note"]
     assert report["fusions"]["Attention"] == 2  # layers with 2 and 3 heads, each fused with its own count
-    heads = sorted(next(a.i for a in n.attribute if a.name == "num_heads") for n in fused.graph.node if n.op_type == "Attention")
+    heads = sorted(
+        next(a.i for a in n.attribute if a.name == "num_heads") for n in fused.graph.node if n.op_type == "Attention"
+    )
     assert heads == [2, 3]
     assert assert_close(dense, fused, feeds, 1e-4, "fused") < 1e-4
 
@@ -294,7 +396,9 @@ def test_cli_export_then_shrink(tmp_path, capsys):
     ck = save_checkpoint(model, tmp_path / "ck")
     assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "dense"), "--no-shrink"]) == 0
     out, report = tmp_path / "small.onnx", tmp_path / "report.json"
-    assert main(["shrink", str(tmp_path / "dense" / "model.onnx"), str(out), "--optimize", "--report", str(report)]) == 0
+    assert (
+        main(["shrink", str(tmp_path / "dense" / "model.onnx"), str(out), "--optimize", "--report", str(report)]) == 0
+    )
     text = capsys.readouterr().out
     assert "attention removed" in text and "FFN removed" in text
     data = json.loads(report.read_text())

@@ -138,8 +138,13 @@ def _check_table(t: LatencyTable, model):
     assert all(b >= a for a, b in zip(t.attn_ms, t.attn_ms[1:])) and all(b >= a for a, b in zip(t.ffn_ms, t.ffn_ms[1:]))
     assert t.fixed_ms > 0 and t.dense_ms > 0
     extra = {"dense-fp32"} if t.key["precision"] == "int8" else set()
-    assert set(t.measurements["graphs_ms"]) == {"fixed", "dense", *extra, *(f"attn{h}" for h in range(1, geo.num_heads + 1)),
-                                                *(f"ffn{f}" for f in t.ffn_grid[1:])}
+    assert set(t.measurements["graphs_ms"]) == {
+        "fixed",
+        "dense",
+        *extra,
+        *(f"attn{h}" for h in range(1, geo.num_heads + 1)),
+        *(f"ffn{f}" for f in t.ffn_grid[1:]),
+    }
     assert t.baseline_ms == pytest.approx(t.measurements["graphs_ms"]["dense-fp32" if extra else "dense"], abs=1e-3)
 
 
@@ -188,8 +193,15 @@ def test_cli_latency_table_reads_the_cache_and_refuses_bad_flags(tmp_path, monke
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     ckpt = save_checkpoint(tiny_model("bert", ffn=64), tmp_path / "m")
     key = table_key(load_config(str(ckpt)), DeployConfig(batch=8, seq=32, threads=1))
-    LatencyTable(key, 2, 4, 64, 0.5, [0.0, 0.3, 0.4, 0.5, 0.6], [0, 16, 32, 64], [0.0, 0.1, 0.2, 0.4], 2.5).save(cache_path(key))
-    assert main(["latency-table", str(ckpt), "--deploy-shape", "8x32", "--threads", "1", "--json", str(tmp_path / "t.json")]) == 0
+    LatencyTable(key, 2, 4, 64, 0.5, [0.0, 0.3, 0.4, 0.5, 0.6], [0, 16, 32, 64], [0.0, 0.1, 0.2, 0.4], 2.5).save(
+        cache_path(key)
+    )
+    assert (
+        main(
+            ["latency-table", str(ckpt), "--deploy-shape", "8x32", "--threads", "1", "--json", str(tmp_path / "t.json")]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "read from" in out and "fixed" in out
     assert LatencyTable.load(tmp_path / "t.json").key == key

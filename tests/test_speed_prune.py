@@ -42,7 +42,7 @@ def _masked_structure(model):
     out = []
     for lin in layer_linears(model):
         wo = lin["attn_out"].weight
-        heads = [j for j in range(geo.num_heads) if wo[:, j * d:(j + 1) * d].abs().sum() > 0]
+        heads = [j for j in range(geo.num_heads) if wo[:, j * d : (j + 1) * d].abs().sum() > 0]
         dims = int((lin["ffn_out"].weight.abs().sum(0) > 0).sum())
         out.append((len(heads), dims))
     return out
@@ -77,8 +77,12 @@ def test_struct_budget_masks_meet_the_schedule_and_train_scores(model_type):
 def test_budget_level_follows_the_cubic_schedule():
     model = h.tiny_model("bert", ffn=128)
     plan = _plan(model, 0.3)
-    pruner = Pruner(model, get_method("struct"), PruneConfig(method="struct", target_flops=0.3, initial_warmup=1, final_warmup=2),
-                    budget=budget_for(model, "struct", plan, 32))
+    pruner = Pruner(
+        model,
+        get_method("struct"),
+        PruneConfig(method="struct", target_flops=0.3, initial_warmup=1, final_warmup=2),
+        budget=budget_for(model, "struct", plan, 32),
+    )
     levels = []
     for step in range(0, 101, 10):
         pruner.set_step(step, 100, 10)
@@ -92,8 +96,12 @@ def test_hybrid_budget_uses_block_scores_per_head():
     # head size 32 = one 32x32 block row per head
     model = h.tiny_model("bert", hidden=64, heads=2, ffn=64)
     plan = _plan(model, 0.5)
-    pruner = Pruner(model, get_method("hybrid"), PruneConfig(method="hybrid", target_flops=0.5, ffn_block=16),
-                    budget=budget_for(model, "hybrid", plan, 16))
+    pruner = Pruner(
+        model,
+        get_method("hybrid"),
+        PruneConfig(method="hybrid", target_flops=0.5, ffn_block=16),
+        budget=budget_for(model, "hybrid", plan, 16),
+    )
     with torch.no_grad():  # make head 1 of layer 0 clearly more important in its Q blocks
         pruner.scores["layer_0_query"][1] += 5.0
         pruner.scores["layer_0_query"][0] -= 5.0
@@ -113,8 +121,12 @@ def test_hybrid_budget_uses_block_scores_per_head():
 def test_hybrid_budget_refuses_heads_smaller_than_blocks():
     model = h.tiny_model("bert")  # head size 8 < 32
     with pytest.raises(InvalidConfigError, match="multiple of its 32x32"):
-        Pruner(model, get_method("hybrid"), PruneConfig(method="hybrid", target_flops=0.5),
-               budget=budget_for(model, "hybrid", _plan(model), 32))
+        Pruner(
+            model,
+            get_method("hybrid"),
+            PruneConfig(method="hybrid", target_flops=0.5),
+            budget=budget_for(model, "hybrid", _plan(model), 32),
+        )
 
 
 # ------------------------------------------------------------------------------ prune() end to end
@@ -127,8 +139,11 @@ def workspace(tmp_path_factory):
 
 
 def _cfg(steps=16, **kw):
-    return PruneConfig(method=kw.pop("method", "struct"), train=TrainConfig(max_steps=steps, batch_size=8, progress=False,
-                                                                             save_steps=1000, logging_steps=1000), **kw)
+    return PruneConfig(
+        method=kw.pop("method", "struct"),
+        train=TrainConfig(max_steps=steps, batch_size=8, progress=False, save_steps=1000, logging_steps=1000),
+        **kw,
+    )
 
 
 def _prune(d, out, cfg):
@@ -169,13 +184,16 @@ def test_prune_with_target_flops_is_hardware_free(workspace):
     assert sp["predicted"] <= sp["budget"] + 1e-6 and sp["predicted_speedup"] >= 2.0 - 1e-6
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(method="movement", target_flops=0.5), "structured method"),
-    (dict(method="struct", target_flops=0.5, lambda_reg=2.0), "drop --lambda"),
-    (dict(method="struct", target_flops=0.5, target_speedup=2.0), "exactly one"),
-    (dict(method="struct", target_speedup=0.5), ">= 1"),
-    (dict(method="struct", target_speedup=2.0, deploy_shape="big"), "BATCHxSEQ"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(method="movement", target_flops=0.5), "structured method"),
+        (dict(method="struct", target_flops=0.5, lambda_reg=2.0), "drop --lambda"),
+        (dict(method="struct", target_flops=0.5, target_speedup=2.0), "exactly one"),
+        (dict(method="struct", target_speedup=0.5), ">= 1"),
+        (dict(method="struct", target_speedup=2.0, deploy_shape="big"), "BATCHxSEQ"),
+    ],
+)
 def test_prune_target_errors(workspace, kw, match):
     d = workspace
     with pytest.raises(InvalidConfigError, match=match):
@@ -187,8 +205,24 @@ def test_cli_target_flags(workspace, capsys):
     from compress.cli import main
 
     d = workspace
-    rc = main(["prune", "--method", "movement", "--target-speedup", "2", "--model", str(d / "base"), "--data-dir",
-               str(d / "data"), "-o", str(d / "cli"), "--max-steps", "2", "--no-progress"])
+    rc = main(
+        [
+            "prune",
+            "--method",
+            "movement",
+            "--target-speedup",
+            "2",
+            "--model",
+            str(d / "base"),
+            "--data-dir",
+            str(d / "data"),
+            "-o",
+            str(d / "cli"),
+            "--max-steps",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "structured method" in capsys.readouterr().err
 
 
@@ -201,14 +235,38 @@ def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkey
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=32, n_dev=16)
     h.save_checkpoint(h.tiny_model("bert", ffn=128), tmp_path / "teacher")
     key = table_key(load_config(str(tmp_path / "teacher")), DeployConfig(batch=4, seq=16, threads=1))
-    LatencyTable(key, 2, 4, 128, 0.5, [0.0, 0.3, 0.4, 0.5, 0.6], [0, 16, 32, 64, 128], [0.0, 0.1, 0.16, 0.3, 0.55],
-                 2.8).save(cache_path(key))
-    recipe = {"task": "sst2", "data_dir": str(tmp_path / "data"), "bench_batch_sizes": [1], "bench_seq_len": 16,
-              "bench_iterations": 3, "fill_steps": 2,
-              "prune": {"method": "struct", "train": {"max_steps": 8, "batch_size": 8, "progress": False}}}
+    LatencyTable(
+        key, 2, 4, 128, 0.5, [0.0, 0.3, 0.4, 0.5, 0.6], [0, 16, 32, 64, 128], [0.0, 0.1, 0.16, 0.3, 0.55], 2.8
+    ).save(cache_path(key))
+    recipe = {
+        "task": "sst2",
+        "data_dir": str(tmp_path / "data"),
+        "bench_batch_sizes": [1],
+        "bench_seq_len": 16,
+        "bench_iterations": 3,
+        "fill_steps": 2,
+        "prune": {"method": "struct", "train": {"max_steps": 8, "batch_size": 8, "progress": False}},
+    }
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
-    rc = main(["run", "--recipe", str(tmp_path / "recipe.json"), "--teacher", str(tmp_path / "teacher"), "--target-speedup", "2",
-               "--deploy-shape", "4x16", "--threads", "1", "--ffn-block", "16", "-o", str(tmp_path / "out")])
+    rc = main(
+        [
+            "run",
+            "--recipe",
+            str(tmp_path / "recipe.json"),
+            "--teacher",
+            str(tmp_path / "teacher"),
+            "--target-speedup",
+            "2",
+            "--deploy-shape",
+            "4x16",
+            "--threads",
+            "1",
+            "--ffn-block",
+            "16",
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     sp = summary["speed"]

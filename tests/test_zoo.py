@@ -74,7 +74,10 @@ def test_cli_shrink_report_on_a_fused_zoo_graph(tmp_path, capsys):
     assert "Attention 2 -> 1" in text and "SkipLayerNormalization 4 -> 3" in text and "BiasGelu 2 -> 2" in text
     assert "layer 0: found fused Attention (com.microsoft, packed QKV)" in text and "removed heads [1, 3]" in text
     assert "removed heads [0, 1, 2, 3] (whole attention block)" in text
-    assert main(["shrink", str(tmp_path / "in.onnx"), str(tmp_path / "out2.onnx"), "--report", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(["shrink", str(tmp_path / "in.onnx"), str(tmp_path / "out2.onnx"), "--report", str(tmp_path / "r.json")])
+        == 0
+    )
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["fused_ops_before"]["Attention"] == 2 and data["fused_ops_after"]["Attention"] == 1
 
@@ -83,8 +86,12 @@ def test_cli_shrink_report_on_a_fused_zoo_graph(tmp_path, capsys):
 def test_whole_ffn_block_removed(name):
     """Layer 1 loses its whole FFN (and one head): the block's output bias goes to the residual, also
     when that is a SkipLayerNormalization (replaced by Add + LayerNormalization) or behind fake-quant."""
-    rec = zoo_check.check(name, "both", heads_of=lambda i, n: [0] if i == 1 else [],
-                          dims_of=lambda i, width: list(range(width)) if i == 1 else [])
+    rec = zoo_check.check(
+        name,
+        "both",
+        heads_of=lambda i, n: [0] if i == 1 else [],
+        dims_of=lambda i, width: list(range(width)) if i == 1 else [],
+    )
     assert rec["status"] == "pass", rec["message"]
     assert rec["layers"][1] == (rec["meta"]["num_heads"] - 1, 0)
 

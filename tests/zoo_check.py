@@ -22,6 +22,8 @@ import onnx
 from onnx import numpy_helper
 
 ZOO = Path(__file__).parent / "zoo"
+
+
 def dead_heads(num_heads: int) -> dict[int, list[int]]:
     return {0: [1, 3], 1: list(range(num_heads))}  # layer 1 loses all its heads
 
@@ -81,7 +83,9 @@ def weights_in_order(model: onnx.ModelProto) -> list[Weight]:
     producers = {o: n for n in model.graph.node for o in n.output}
     out = []
     for node in model.graph.node:
-        if node.op_type in ("MatMul", "MatMulInteger") or (node.op_type in ("Attention", "QAttention") and node.domain == "com.microsoft"):
+        if node.op_type in ("MatMul", "MatMulInteger") or (
+            node.op_type in ("Attention", "QAttention") and node.domain == "com.microsoft"
+        ):
             src = node.input[1]
             dq = producers.get(src)
             zp, axis = None, 1  # MatMulInteger: per-channel means per output column
@@ -142,8 +146,9 @@ def _zero(arrays: dict, masks: dict, w: Weight, rows=None, cols=None) -> None:
     m |= sel
 
 
-def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: str = "both",
-                   heads_of=None, dims_of=None) -> tuple[onnx.ModelProto, int, list[dict]]:
+def zero_structure(
+    model: onnx.ModelProto, hidden: int, num_heads: int, side: str = "both", heads_of=None, dims_of=None
+) -> tuple[onnx.ModelProto, int, list[dict]]:
     """A copy with dead_heads / dead_dims zeroed (Q/K/V columns and O rows; W1 columns and W2 rows;
     biases untouched, as a pruned checkpoint has them). side="input" zeroes only Q/K/V and W1 columns:
     those heads / dims still add a constant (their biases through softmax / the activation) that shrink
@@ -170,8 +175,13 @@ def zero_structure(model: onnx.ModelProto, hidden: int, num_heads: int, side: st
         _zero(arrays, masks, layer.w1, cols=dims)
         if side == "both":
             _zero(arrays, masks, layer.w2, rows=dims)
-        kept.append({"heads_kept": [h for h in range(num_heads) if h not in heads],
-                     "ffn_dims_kept": [j for j in range(width) if j not in set(dims)], "ffn_width": width})
+        kept.append(
+            {
+                "heads_kept": [h for h in range(num_heads) if h not in heads],
+                "ffn_dims_kept": [j for j in range(width) if j not in set(dims)],
+                "ffn_width": width,
+            }
+        )
     for t in model.graph.initializer:
         if t.name in arrays:
             t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
@@ -187,8 +197,12 @@ def feeds(model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
         ids = rng.integers(4, 100, size=(b, length), dtype=np.int64)
         mask = np.ones((b, length), dtype=np.int64)
         for r in range(1, b):  # ragged padding: the attention mask must matter
-            mask[r, length - (r * length) // (b + 1):] = 0
-        all_ = {"input_ids": ids, "attention_mask": mask, "token_type_ids": (rng.random((b, length)) < 0.3).astype(np.int64)}
+            mask[r, length - (r * length) // (b + 1) :] = 0
+        all_ = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": (rng.random((b, length)) < 0.3).astype(np.int64),
+        }
         out.append({k: v for k, v in all_.items() if k in names})
     return out
 
@@ -216,7 +230,18 @@ def elements(model: onnx.ModelProto) -> int:
     return sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
 
 
-FUSED = ("Attention", "QAttention", "FusedMatMul", "SkipLayerNormalization", "BiasGelu", "FastGelu", "EmbedLayerNormalization", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear")
+FUSED = (
+    "Attention",
+    "QAttention",
+    "FusedMatMul",
+    "SkipLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "EmbedLayerNormalization",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+)
 
 
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -258,7 +283,10 @@ def check(name: str, side: str = "both", root: Path = ZOO, heads_of=None, dims_o
         rec.update(status="refused", message=str(e))
         return rec
     if not kept:
-        rec.update(status="fail", message=f"shrink accepted a graph whose weights the harness could not locate ({rec['harness_note']})")
+        rec.update(
+            status="fail",
+            message=f"shrink accepted a graph whose weights the harness could not locate ({rec['harness_note']})",
+        )
         return rec
     batches = feeds(zeroed)
     ref = outputs(zeroed, batches)

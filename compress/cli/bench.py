@@ -27,15 +27,20 @@ def run(a):
 
     from compress.api import benchmark
     from compress.cli.flags import config_from_args
-    from compress.ort.bench import BenchConfig, print_table, write_csv, write_report_json
-
     from compress.core.artifacts import check_output_file
+    from compress.ort.bench import BenchConfig, print_table, write_csv, write_report_json
 
     for path in (a.json_path, a.csv_path):  # before the timing, not after it
         check_output_file(path, inputs=tuple(a.models))
     err = Console(stderr=True)
-    result = benchmark(a.models, config_from_args(BenchConfig, a), labels=a.labels, torch_checkpoint=a.torch,
-                       command=a.command_line, progress=lambda msg: err.print(f"[dim]timing {msg}[/dim]"))
+    result = benchmark(
+        a.models,
+        config_from_args(BenchConfig, a),
+        labels=a.labels,
+        torch_checkpoint=a.torch,
+        command=a.command_line,
+        progress=lambda msg: err.print(f"[dim]timing {msg}[/dim]"),
+    )
     print_table(result.report)
     if a.json_path:
         write_report_json(result.report, a.json_path)

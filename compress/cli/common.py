@@ -39,7 +39,12 @@ def print_summary(info: dict, output: str) -> None:
     c = Console(stderr=False)
     c.print(t)
     p = info.get("params", {})
-    c.print(f"encoder-linear sparsity {info['sparsity']['encoder_linear']:.1%}; params dense {p.get('encoder_linear_dense', 0):,}, "
-            f"non-zero {p.get('encoder_linear_nonzero', 0):,}, after head/dim removal {p.get('encoder_linear_after_removal', 0):,}")
-    c.print("dev " + ", ".join(f"{k} {v:.4f}" for k, v in info.get("metrics", {}).items())
-            + f"; {info['training']['seconds_per_step']:.3f} s/step over {info['training']['steps']} steps")
+    c.print(
+        f"encoder-linear sparsity {info['sparsity']['encoder_linear']:.1%}; params dense {p.get('encoder_linear_dense', 0):,}, "
+        f"non-zero {p.get('encoder_linear_nonzero', 0):,}, after head/dim removal {p.get('encoder_linear_after_removal', 0):,}"
+    )
+    c.print(
+        "dev "
+        + ", ".join(f"{k} {v:.4f}" for k, v in info.get("metrics", {}).items())
+        + f"; {info['training']['seconds_per_step']:.3f} s/step over {info['training']['steps']} steps"
+    )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def register(subparsers) -> None:
     from compress.api import ExportConfig
     from compress.cli.flags import add_config_args
@@ -25,8 +24,16 @@ def register(subparsers) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--onnx", metavar="CHECKPOINT", required=True, help="Hugging Face checkpoint directory to export to ONNX")
-    p.add_argument("--output", "-o", metavar="DIR", required=True, help="output directory (must be new or empty unless --overwrite)")
+    p.add_argument(
+        "--onnx", metavar="CHECKPOINT", required=True, help="Hugging Face checkpoint directory to export to ONNX"
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="DIR",
+        required=True,
+        help="output directory (must be new or empty unless --overwrite)",
+    )
     add_config_args(p, ExportConfig)
     p.set_defaults(func=run)
 
@@ -47,8 +54,10 @@ def run(args) -> int:
         f"inputs {', '.join(r['inputs'])}; outputs {', '.join(r['outputs'])}"
     )
     if v:
-        console.print(f"validated against PyTorch on batches {v['batches']}: max abs diff {v['max_abs_diff']:.2g} (atol {v['atol']:g})"
-                      + (f"; final graph {v['final_max_abs_diff']:.2g}" if "final_max_abs_diff" in v else ""))
+        console.print(
+            f"validated against PyTorch on batches {v['batches']}: max abs diff {v['max_abs_diff']:.2g} (atol {v['atol']:g})"
+            + (f"; final graph {v['final_max_abs_diff']:.2g}" if "final_max_abs_diff" in v else "")
+        )
     if r["shrink"] is not None:
         report = dict(r["shrink"], structure_from=r["shrink"]["source"])
         if r["optimize"] is not None:
@@ -56,8 +65,11 @@ def run(args) -> int:
         print_report(report, title=f"shrink {result.path.name}")
     elif r["optimize"] is not None:
         o = r["optimize"]
-        console.print(f"ORT optimizer {'applied' if o['applied'] else 'NOT applied'}; fusions: "
-                      f"{', '.join(f'{k} x{n}' for k, n in o['fusions'].items()) or 'none'}" + (f"; note: {o['note']}" if o["note"] else ""))
+        console.print(
+            f"ORT optimizer {'applied' if o['applied'] else 'NOT applied'}; fusions: "
+            f"{', '.join(f'{k} x{n}' for k, n in o['fusions'].items()) or 'none'}"
+            + (f"; note: {o['note']}" if o["note"] else "")
+        )
     for note in r["notes"]:
         console.print(f"note: {note}")
     return 0

@@ -36,8 +36,15 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def add_config_args(parser, cls, *, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
-                    defaults: dict | None = None, title: str | None = None):
+def add_config_args(
+    parser,
+    cls,
+    *,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    defaults: dict | None = None,
+    title: str | None = None,
+):
     """Add one flag per field of dataclass `cls` (only `only` when given; minus `skip` and fields with
     metadata cli=False).
 

@@ -17,11 +17,14 @@ def deploy_config(a):
 
 
 def register(sub):
-    p = sub.add_parser("latency-table", help="measure the per-layer latency table of a model on this machine (cached)",
-                       description="Times graphs made by our own export + surgery of MODEL (attention with h heads, FFN "
-                       "with f dims, the fixed part) with ONNX Runtime at the deployment shape and precision. The table is "
-                       "cached in $COMPRESS_CACHE_DIR/latency or ~/.cache/compress/latency and reused by "
-                       "`compress prune --target-speedup`.")
+    p = sub.add_parser(
+        "latency-table",
+        help="measure the per-layer latency table of a model on this machine (cached)",
+        description="Times graphs made by our own export + surgery of MODEL (attention with h heads, FFN "
+        "with f dims, the fixed part) with ONNX Runtime at the deployment shape and precision. The table is "
+        "cached in $COMPRESS_CACHE_DIR/latency or ~/.cache/compress/latency and reused by "
+        "`compress prune --target-speedup`.",
+    )
     p.add_argument("model", metavar="MODEL", nargs="?", help="a local model dir or hub name (default: minilm)")
     from compress.cli.flags import add_config_args
     from compress.core.config import PruneConfig
@@ -47,17 +50,25 @@ def run(a):
         table.save(a.json_path)
     c = Console()
     k = table.key
-    t = Table(title=f"{k['model']['model_type']} L{table.num_layers} on {k['device']} ({k['provider']}, ORT {k['onnxruntime']}, "
-                    f"{k['threads']} threads), {k['precision']} {k['batch']}x{k['seq']}: ms per layer")
+    t = Table(
+        title=f"{k['model']['model_type']} L{table.num_layers} on {k['device']} ({k['provider']}, ORT {k['onnxruntime']}, "
+        f"{k['threads']} threads), {k['precision']} {k['batch']}x{k['seq']}: ms per layer"
+    )
     t.add_column("heads kept", justify="right")
     t.add_column("attention ms", justify="right")
     t.add_column("FFN dims kept", justify="right")
     t.add_column("FFN ms", justify="right")
     rows = max(len(table.attn_ms), len(table.ffn_grid))
     for i in range(rows):
-        t.add_row(str(i) if i < len(table.attn_ms) else "", f"{table.attn_ms[i]:.3f}" if i < len(table.attn_ms) else "",
-                  str(table.ffn_grid[i]) if i < len(table.ffn_grid) else "", f"{table.ffn_ms[i]:.3f}" if i < len(table.ffn_grid) else "")
+        t.add_row(
+            str(i) if i < len(table.attn_ms) else "",
+            f"{table.attn_ms[i]:.3f}" if i < len(table.attn_ms) else "",
+            str(table.ffn_grid[i]) if i < len(table.ffn_grid) else "",
+            f"{table.ffn_ms[i]:.3f}" if i < len(table.ffn_grid) else "",
+        )
     c.print(t)
-    c.print(f"fixed (embeddings, LayerNorms, classifier): {table.fixed_ms:.3f} ms; dense measured {table.dense_ms:.3f} ms, "
-            f"predicted from the table {table.predicted_dense_ms:.3f} ms; max speedup {table.dense_ms / table.fixed_ms:.1f}x")
+    c.print(
+        f"fixed (embeddings, LayerNorms, classifier): {table.fixed_ms:.3f} ms; dense measured {table.dense_ms:.3f} ms, "
+        f"predicted from the table {table.predicted_dense_ms:.3f} ms; max speedup {table.dense_ms / table.fixed_ms:.1f}x"
+    )
     c.print(f"{'read from' if cached else 'written to'} {path}")

@@ -7,7 +7,11 @@ from compress.core.config import DistillConfig, PruneConfig, RetrainFreeConfig
 
 def register(sub):
     p = sub.add_parser("prune", help="prune an encoder with one of the methods (see `compress methods`)")
-    p.add_argument("--model", "-m", help="student: a local dir or hub name (default: minilm = all-MiniLM-L6-v2, or $COMPRESS_MODEL)")
+    p.add_argument(
+        "--model",
+        "-m",
+        help="student: a local dir or hub name (default: minilm = all-MiniLM-L6-v2, or $COMPRESS_MODEL)",
+    )
     add_config_args(p, PruneConfig)
     add_config_args(p, DistillConfig, title="distillation")
     add_config_args(p, RetrainFreeConfig, title="retrain-free (post-training, no SGD; budget from --target-*)")
@@ -19,7 +23,12 @@ def register(sub):
 def run(a):
     from compress.api import prune
 
-    cfg = config_from_args(PruneConfig, a, train=train_config(a), distill=config_from_args(DistillConfig, a),
-                           retrain_free=config_from_args(RetrainFreeConfig, a))
+    cfg = config_from_args(
+        PruneConfig,
+        a,
+        train=train_config(a),
+        distill=config_from_args(DistillConfig, a),
+        retrain_free=config_from_args(RetrainFreeConfig, a),
+    )
     result = prune(cfg, a.output, model=a.model, data=data_args(a))
     print_summary(result.report, a.output)

@@ -1,6 +1,15 @@
 # The speed-target and deployment fields of PruneConfig that `compress run` takes as flags.
-TARGET_FIELDS = ("target_speedup", "target_latency_ms", "target_flops", "deploy", "deploy_shape", "deploy_threads",
-                 "deploy_provider", "measure_speed", "ffn_block")
+TARGET_FIELDS = (
+    "target_speedup",
+    "target_latency_ms",
+    "target_flops",
+    "deploy",
+    "deploy_shape",
+    "deploy_threads",
+    "deploy_provider",
+    "measure_speed",
+    "ffn_block",
+)
 
 
 def register(sub):
@@ -8,7 +17,9 @@ def register(sub):
     from compress.core.config import PruneConfig
     from compress.pipeline import RunConfig
 
-    p = sub.add_parser("run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report")
+    p = sub.add_parser(
+        "run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report"
+    )
     p.add_argument("--recipe", help="YAML or JSON recipe (RunConfig keys); flags below override it")
     add_config_args(p, RunConfig)
     g = p.add_argument_group("pruning (shortcuts into the recipe's `prune` section)")
@@ -17,8 +28,12 @@ def register(sub):
     g.add_argument("--lambda", dest="lambda_reg", type=float, help="final regularisation weight (default: 10)")
     g.add_argument("--sparsity", type=float, help="target fraction of zeros for top-k methods")
     g.add_argument("--max-steps", type=int, help="pruning steps (default 600)")
-    add_config_args(p, PruneConfig, only=TARGET_FIELDS,
-                    title="speed target (struct, hybrid): the final structure meets it, no --lambda needed")
+    add_config_args(
+        p,
+        PruneConfig,
+        only=TARGET_FIELDS,
+        title="speed target (struct, hybrid): the final structure meets it, no --lambda needed",
+    )
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)

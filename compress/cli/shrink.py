@@ -24,15 +24,19 @@ def register(subparsers) -> None:
     p.add_argument("input", metavar="IN.onnx", help="dense-shaped graph from `compress export --onnx`")
     p.add_argument("output", metavar="OUT.onnx", help="where to write the shrunk graph")
     add_config_args(p, ShrinkConfig)
-    p.add_argument("--report", metavar="PATH", nargs="?", const="",
-                   help="print per layer what was found and removed and the fused-op counts before/after; with PATH also write it as JSON")
+    p.add_argument(
+        "--report",
+        metavar="PATH",
+        nargs="?",
+        const="",
+        help="print per layer what was found and removed and the fused-op counts before/after; with PATH also write it as JSON",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from compress.api import ShrinkConfig, shrink
     from compress.cli.flags import config_from_args
-
     from compress.core.artifacts import check_output_file
 
     if args.report:  # a path to write the JSON to (bare --report only prints): checked before the surgery
@@ -56,10 +60,16 @@ def print_report(report: dict, title: str, details: bool = False) -> None:
     for col in ("layer", "heads", "FFN dims", "params before", "params after", "note"):
         table.add_column(col, justify="right" if col not in ("note",) else "left")
     for r in report["layers"]:
-        note = ", ".join(n for n, flag in (("attention removed", r["attention_removed"]), ("FFN removed", r["ffn_removed"])) if flag)
+        note = ", ".join(
+            n for n, flag in (("attention removed", r["attention_removed"]), ("FFN removed", r["ffn_removed"])) if flag
+        )
         table.add_row(
-            str(r["layer"]), f"{r['heads_after']}/{r['heads_before']}", f"{r['ffn_after']}/{r['ffn_before']}",
-            f"{r['params_before']:,}", f"{r['params_after']:,}", note,
+            str(r["layer"]),
+            f"{r['heads_after']}/{r['heads_before']}",
+            f"{r['ffn_after']}/{r['ffn_before']}",
+            f"{r['params_before']:,}",
+            f"{r['params_after']:,}",
+            note,
         )
     before = sum(r["params_before"] for r in report["layers"])
     after = sum(r["params_after"] for r in report["layers"])
@@ -73,20 +83,23 @@ def print_report(report: dict, title: str, details: bool = False) -> None:
     )
     before, after = report.get("fused_ops_before", {}), report.get("fused_ops_after", {})
     if before or after:
-        console.print("fused / quantized ops before -> after: " + ", ".join(
-            f"{k} {before.get(k, 0)} -> {after.get(k, 0)}" for k in sorted(set(before) | set(after))))
+        console.print(
+            "fused / quantized ops before -> after: "
+            + ", ".join(f"{k} {before.get(k, 0)} -> {after.get(k, 0)}" for k in sorted(set(before) | set(after)))
+        )
     if details:
         for r in report["layers"]:
             f = r.get("found", {})
             console.print(
                 f"layer {r['layer']}: found {f.get('attention', '?')} ({f.get('attention_weights', '?')} weights), FFN "
                 f"{f.get('ffn_activation', '?')} ({f.get('ffn_weights', '?')}), residual {f.get('residual', '?')}; removed heads "
-                f"{r.get('heads_removed', [])}" + (" (whole attention block)" if r["attention_removed"] else "")
-                + f", {r['ffn_before'] - r['ffn_after']} of {r['ffn_before']} FFN dims" + (" (whole FFN block)" if r["ffn_removed"] else "")
+                f"{r.get('heads_removed', [])}"
+                + (" (whole attention block)" if r["attention_removed"] else "")
+                + f", {r['ffn_before'] - r['ffn_after']} of {r['ffn_before']} FFN dims"
+                + (" (whole FFN block)" if r["ffn_removed"] else "")
             )
     opt = report.get("optimize")
     if opt is not None:
         fused = ", ".join(f"{k} x{v}" for k, v in opt["fusions"].items()) or "none"
         status = "applied" if opt["applied"] else "NOT applied"
         console.print(f"ORT optimizer {status}; fusions: {fused}" + (f"; note: {opt['note']}" if opt["note"] else ""))
-

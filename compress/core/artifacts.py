@@ -25,8 +25,17 @@ COMPRESSION_JSON = "compression.json"
 FORMAT_VERSION = 1
 
 # Files of a model folder (checkpoint or ONNX export) that no report may be written over.
-MODEL_FOLDER_FILES = ("model.onnx", "model.onnx.data", "model.safetensors", "config.json", COMPRESSION_JSON,
-                      "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+MODEL_FOLDER_FILES = (
+    "model.onnx",
+    "model.onnx.data",
+    "model.safetensors",
+    "config.json",
+    COMPRESSION_JSON,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -44,7 +53,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs: tuple = (
     if path.exists() and not path.is_dir():
         raise InvalidConfigError(f"output {path} exists and is a file; choose a directory path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise InvalidConfigError(f"output directory {path} exists and is not empty; pass --overwrite or pick another path")
+        raise InvalidConfigError(
+            f"output directory {path} exists and is not empty; pass --overwrite or pick another path"
+        )
     check_not_input(path, inputs)
     check_writable(path, directory=True, replace=path.is_dir())
     return path
@@ -91,10 +102,14 @@ def check_writable(path: Path, directory: bool, replace: bool = False) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise InvalidConfigError(f"cannot write {path}: {e.strerror} in {parent}; choose a writable output location") from e
+        raise InvalidConfigError(
+            f"cannot write {path}: {e.strerror} in {parent}; choose a writable output location"
+        ) from e
     if replace and directory and not os.access(path, os.W_OK | os.X_OK):
-        raise InvalidConfigError(f"cannot write {path}: the existing folder is read-only, so --overwrite could not "
-                                 "remove its files; fix its permissions or choose another output")
+        raise InvalidConfigError(
+            f"cannot write {path}: the existing folder is read-only, so --overwrite could not "
+            "remove its files; fix its permissions or choose another output"
+        )
 
 
 def _umask() -> int:
@@ -212,5 +227,7 @@ def load_pretrained(cls, path, **kw):
         return cls.from_pretrained(str(path), **kw)
     except Exception as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
-        raise ArtifactError(f"cannot load weights from {path} ({e.__class__.__name__}: {first}); the file may be corrupt "
-                            "or truncated: re-download or re-create it") from e
+        raise ArtifactError(
+            f"cannot load weights from {path} ({e.__class__.__name__}: {first}); the file may be corrupt "
+            "or truncated: re-download or re-create it"
+        ) from e

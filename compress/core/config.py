@@ -32,7 +32,9 @@ class DataConfig:
     """Where the task data comes from: a built-in task (GLUE layout or the hub) or generic files."""
 
     task: str | None = arg(None, "built-in task: sst2, mrpc (default: sst2, unless data files are given)")
-    data_dir: str | None = arg(None, "local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
+    data_dir: str | None = arg(
+        None, "local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)"
+    )
     train_file: str | None = arg(None, "generic training file (.tsv, .csv, .json, .jsonl); overrides --task files")
     validation_file: str | None = arg(None, "generic validation file")
     text_column: str | None = arg(None, "text column of the data files")
@@ -80,8 +82,10 @@ class TrainConfig:
             raise InvalidConfigError("training needs --batch-size >= 1, --lr > 0 and positive --epochs or --max-steps")
         # -1 is the "not set" default (train for --epochs); other values <= 0 are typos, not requests.
         if self.max_steps == 0 or self.max_steps < -1:
-            raise InvalidConfigError(f"--max-steps {self.max_steps} is not a step count; give a number >= 1, or leave it "
-                                     "out to train for --epochs")
+            raise InvalidConfigError(
+                f"--max-steps {self.max_steps} is not a step count; give a number >= 1, or leave it "
+                "out to train for --epochs"
+            )
         for flag, n in (("--max-length", self.max_length), ("--eval-max-length", self.eval_max_length)):
             if n < 1:
                 raise InvalidConfigError(f"{flag} {n} must be >= 1 (the tokens kept per row, e.g. 128)")
@@ -98,9 +102,14 @@ class RetrainFreeConfig:
 
     fisher_samples: int = arg(2048, "retrain-free: examples for the Fisher information of the masks (the paper: 2k)")
     tune_samples: int = arg(512, "retrain-free: examples for the layer-wise least-squares mask tuning")
-    fisher_labels: str = arg("model", "retrain-free: labels of the Fisher loss, the model's own predictions (no labels "
-                             "needed) or the data's", choices=("model", "data"))
-    rearrange_swaps: int = arg(128, "retrain-free: max greedy swaps per layer and unit type in mask rearrangement (0: off)")
+    fisher_labels: str = arg(
+        "model",
+        "retrain-free: labels of the Fisher loss, the model's own predictions (no labels needed) or the data's",
+        choices=("model", "data"),
+    )
+    rearrange_swaps: int = arg(
+        128, "retrain-free: max greedy swaps per layer and unit type in mask rearrangement (0: off)"
+    )
     damping: float = arg(1e-3, "retrain-free: ridge toward the untuned masks, relative to the mean diagonal of A^T A")
     # a tuned value beyond this (ill-conditioned solve) raises the ridge tenfold
     max_mask_value: float = field(default=10.0, metadata={"cli": False})
@@ -128,29 +137,47 @@ class PruneConfig:
     initial_warmup: float = arg(1.0, "steps (in units of W) before pruning starts")
     final_warmup: float = arg(2.0, "cool-down steps (in units of W) at the final mask")
     score_lr: float | None = arg(None, "mask-score learning rate (default 1e-2; SMP 2e-2)")
-    head_lr: float = arg(1e-3, "SMP methods: lr of the fresh classifier head (the encoder is frozen, so --lr "
-                         "(3e-5) would barely move it)")
+    head_lr: float = arg(
+        1e-3,
+        "SMP methods: lr of the fresh classifier head (the encoder is frozen, so --lr (3e-5) would barely move it)",
+    )
     score_init: float | str | None = arg(
-        None, "initial mask scores: a constant (the papers' 0), or 'magnitude' (|W| / mean|W|; the default for "
+        None,
+        "initial mask scores: a constant (the papers' 0), or 'magnitude' (|W| / mean|W|; the default for "
         "per-weight top-k methods: movement, smp-l, smp-s; a constant init leaves their top-k near-random in short runs)",
-        type=_score_init)
+        type=_score_init,
+    )
     source: str | None = arg(None, "hybrid-filled: the output directory of a hybrid run")
-    label_words: list[str] | None = arg(None, "SMP head-free mode: one word per label read from the MLM head "
-                                        "(e.g. terrible great); needs a model saved with its MLM head", metavar="WORD")
+    label_words: list[str] | None = arg(
+        None,
+        "SMP head-free mode: one word per label read from the MLM head "
+        "(e.g. terrible great); needs a model saved with its MLM head",
+        metavar="WORD",
+    )
     # Speed targets (struct, hybrid): the final structure is chosen to meet one of them (compress.speed),
     # measured on the deployment below; no lambda needed.
     target_speedup: float | None = arg(None, "x faster than the dense fp32 ONNX graph on the deployment below, e.g. 3")
     target_latency_ms: float | None = arg(None, "absolute latency budget (ms) at --deploy-shape")
     target_flops: float | None = arg(None, "fraction of dense encoder FLOPs to keep (hardware-free), e.g. 0.33")
-    deploy: str = arg("fp32", "precision the model ships in: fp32, or int8 (compress quantize's dynamic int8)",
-                      choices=["fp32", "int8"])
+    deploy: str = arg(
+        "fp32",
+        "precision the model ships in: fp32, or int8 (compress quantize's dynamic int8)",
+        choices=["fp32", "int8"],
+    )
     deploy_shape: str = arg("32x128", "deployment batch x sequence length", metavar="BATCHxSEQ")
     deploy_threads: int | None = arg(2, "ONNX Runtime intra-op threads of the deployment", flag="--threads")
-    deploy_provider: str = arg("cpu", "execution provider of the deployment", flag="--provider", choices=["cpu", "cuda"])
-    measure_speed: bool = arg(True, "after a latency target: time the shrunk deploy graph against dense (compression.json)")
+    deploy_provider: str = arg(
+        "cpu", "execution provider of the deployment", flag="--provider", choices=["cpu", "cuda"]
+    )
+    measure_speed: bool = arg(
+        True, "after a latency target: time the shrunk deploy graph against dense (compression.json)"
+    )
     ffn_block: int = arg(32, "kept FFN widths are multiples of this (the budget is met within one block or one head)")
-    fill_steps: int = arg(0, "retrain-free: distillation steps afterwards with the structure frozen, from --teacher or else "
-                          "the dense input model (0: no SGD at all)")
+    fill_steps: int = arg(
+        0,
+        "retrain-free: distillation steps afterwards with the structure frozen, from --teacher or else "
+        "the dense input model (0: no SGD at all)",
+    )
     retrain_free: RetrainFreeConfig = field(default_factory=RetrainFreeConfig, metadata={"cli": False})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"cli": False})
     distill: DistillConfig = field(default_factory=DistillConfig, metadata={"cli": False})
@@ -159,8 +186,10 @@ class PruneConfig:
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise InvalidConfigError(f"--sparsity {self.sparsity} is out of range; give a fraction in (0, 1), e.g. 0.5")
         if self.sparsity == 0:
-            raise InvalidConfigError("--sparsity 0 removes nothing; give a fraction in (0, 1), e.g. 0.5 "
-                                     "(or use `compress finetune` for a dense model)")
+            raise InvalidConfigError(
+                "--sparsity 0 removes nothing; give a fraction in (0, 1), e.g. 0.5 "
+                "(or use `compress finetune` for a dense model)"
+            )
         if self.lambda_reg is not None and self.lambda_reg < 0:
             raise InvalidConfigError(f"--lambda {self.lambda_reg} is negative; give a value >= 0")
         if not 4 <= self.block_size <= 64:
@@ -172,7 +201,9 @@ class PruneConfig:
         if not 0.0 < self.tau < 1.0:
             raise InvalidConfigError(f"--tau {self.tau} is out of range; use (0, 1)")
         if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
-            raise InvalidConfigError(f"--target-flops {self.target_flops} is out of range; give the fraction kept in (0, 1], e.g. 0.5")
+            raise InvalidConfigError(
+                f"--target-flops {self.target_flops} is out of range; give the fraction kept in (0, 1], e.g. 0.5"
+            )
         if self.fill_steps < 0:
             raise InvalidConfigError(f"--fill-steps {self.fill_steps} must be >= 0")
         self.retrain_free.validate()
@@ -195,6 +226,10 @@ def from_dict(cls, data: dict):
         raise InvalidConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
     kw = {}
     for k, v in data.items():
-        sub = {"train": TrainConfig, "distill": DistillConfig, "retrain_free": RetrainFreeConfig}.get(k) if cls is PruneConfig else None
+        sub = (
+            {"train": TrainConfig, "distill": DistillConfig, "retrain_free": RetrainFreeConfig}.get(k)
+            if cls is PruneConfig
+            else None
+        )
         kw[k] = from_dict(sub, v) if sub and isinstance(v, dict) else v
     return cls(**kw)

@@ -26,8 +26,10 @@ class LayerKeep:
         try:
             return cls(data["heads_kept"], data["ffn_dims_kept"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ArtifactError(f"a layer entry of compression.json is malformed ({e!r}); expected "
-                                "{heads_kept: [int], ffn_dims_kept: [int]}") from e
+            raise ArtifactError(
+                f"a layer entry of compression.json is malformed ({e!r}); expected "
+                "{heads_kept: [int], ffn_dims_kept: [int]}"
+            ) from e
 
     def to_json(self) -> dict:
         return {"heads_kept": list(self.heads), "ffn_dims_kept": list(self.ffn_dims)}

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from compress.core.config import arg
 from compress.core.artifacts import atomic_file, write_json
+from compress.core.config import arg
 from compress.core.errors import CompressError, InvalidConfigError
 from exporters.toolbox import first_line, graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
 
@@ -38,9 +38,14 @@ SCHEMA = "compress.bench/1"
 class BenchConfig:
     batch_sizes: tuple[int, ...] = arg((1, 32), "batch sizes of the grid", metavar="N")
     seq_lens: tuple[int, ...] = arg((128,), "sequence lengths of the grid", metavar="N")
-    provider: str = arg("cpu", "execution provider; cuda uses IO binding (inputs live on the GPU) and needs "
-                        "onnxruntime-gpu", choices=["cpu", "cuda"])
-    threads: int | None = arg(2, "intra-op threads, recorded in the report (0 or None: ONNX Runtime's default, all cores)")
+    provider: str = arg(
+        "cpu",
+        "execution provider; cuda uses IO binding (inputs live on the GPU) and needs onnxruntime-gpu",
+        choices=["cpu", "cuda"],
+    )
+    threads: int | None = arg(
+        2, "intra-op threads, recorded in the report (0 or None: ONNX Runtime's default, all cores)"
+    )
     warmup: int = arg(3, "untimed runs per model and grid point")
     iterations: int = arg(20, "timed runs per model and grid point")
     seed: int = arg(0, "seed of the random token ids")
@@ -115,8 +120,10 @@ def torch_runner(checkpoint: str, config: BenchConfig, label: str | None = None)
     if not Path(checkpoint).is_dir():
         raise ArtifactError(f"--torch {checkpoint}: not a checkpoint directory")
     if config.provider == "cuda" and not torch.cuda.is_available():
-        raise CompressError("--torch with --provider cuda needs a CUDA build of PyTorch and a GPU; "
-                            f"this torch {torch.__version__} sees none")
+        raise CompressError(
+            "--torch with --provider cuda needs a CUDA build of PyTorch and a GPU; "
+            f"this torch {torch.__version__} sees none"
+        )
     device = "cuda" if config.provider == "cuda" else "cpu"
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -125,7 +132,8 @@ def torch_runner(checkpoint: str, config: BenchConfig, label: str | None = None)
     except Exception as e:
         raise ArtifactError(f"cannot load the PyTorch checkpoint {checkpoint}: {e.__class__.__name__}: {e}") from e
     size = sum(f.stat().st_size for f in Path(checkpoint).glob("*.safetensors")) or sum(
-        f.stat().st_size for f in Path(checkpoint).glob("*.bin"))
+        f.stat().st_size for f in Path(checkpoint).glob("*.bin")
+    )
     vocab = int(getattr(model.config, "vocab_size", 100))
     uses_types = getattr(model.config, "type_vocab_size", 0) > 1
 
@@ -188,8 +196,12 @@ def summarize(times: list[float], batch: int) -> dict[str, float]:
     ms = np.asarray(times) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return {
-        "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
-        "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3), "runs": int(ms.size),
+        "p50_ms": round(float(p50), 3),
+        "p90_ms": round(float(p90), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "min_ms": round(float(ms.min()), 3),
+        "runs": int(ms.size),
         "throughput_seq_s": round(batch / (float(p50) / 1e3), 2),
     }
 
@@ -255,15 +267,24 @@ def gpu_name() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return out.strip().splitlines()[0] if out.strip() else None
 
 
-def run_benchmark(runners: list[Runner], config: BenchConfig, command: str | None = None,
-                  progress: Callable[[str], None] | None = None) -> dict:
+def run_benchmark(
+    runners: list[Runner],
+    config: BenchConfig,
+    command: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Time every runner over the grid; returns the report (see SCHEMA) with a speedup column
     relative to the first runner at the same grid point (median of per-round ratios)."""
     config.validate()
@@ -301,14 +322,30 @@ def run_benchmark(runners: list[Runner], config: BenchConfig, command: str | Non
     return report
 
 
-CSV_COLUMNS = ("model", "batch_size", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "runs",
-               "throughput_seq_s", "speedup", "speedup_of_p50")
+CSV_COLUMNS = (
+    "model",
+    "batch_size",
+    "seq_len",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "min_ms",
+    "runs",
+    "throughput_seq_s",
+    "speedup",
+    "speedup_of_p50",
+)
 
 
 def write_csv(report: dict, path: str | Path) -> None:
     env = report["environment"]
-    extra = {"provider": env["provider"], "threads": env["threads"], "onnxruntime": env["onnxruntime"],
-             "cpu_model": env["cpu_model"]}
+    extra = {
+        "provider": env["provider"],
+        "threads": env["threads"],
+        "onnxruntime": env["onnxruntime"],
+        "cpu_model": env["cpu_model"],
+    }
     with atomic_file(path) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS) + list(extra))
@@ -327,10 +364,20 @@ def print_table(report: dict, console=None) -> None:
 
     console = console or Console()
     env = report["environment"]
-    t = Table(title=f"latency, {env['provider'].upper()} EP, {env['threads'] or 'default'} threads "
-                    f"(onnxruntime {env['onnxruntime']}, {env.get('gpu') or env['cpu_model']})")
-    for col, justify in (("model", "left"), ("batch", "right"), ("seq", "right"), ("p50 ms", "right"),
-                         ("p90 ms", "right"), ("p99 ms", "right"), ("seq/s", "right"), ("speedup", "right")):
+    t = Table(
+        title=f"latency, {env['provider'].upper()} EP, {env['threads'] or 'default'} threads "
+        f"(onnxruntime {env['onnxruntime']}, {env.get('gpu') or env['cpu_model']})"
+    )
+    for col, justify in (
+        ("model", "left"),
+        ("batch", "right"),
+        ("seq", "right"),
+        ("p50 ms", "right"),
+        ("p90 ms", "right"),
+        ("p99 ms", "right"),
+        ("seq/s", "right"),
+        ("speedup", "right"),
+    ):
         t.add_column(col, justify=justify)
     last = None
     for r in report["results"]:
@@ -338,6 +385,14 @@ def print_table(report: dict, console=None) -> None:
         if last is not None and point != last:
             t.add_section()
         last = point
-        t.add_row(r["model"], str(r["batch_size"]), str(r["seq_len"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                  f"{r['p99_ms']:.2f}", f"{r['throughput_seq_s']:.1f}", f"{r['speedup']:.2f}x")
+        t.add_row(
+            r["model"],
+            str(r["batch_size"]),
+            str(r["seq_len"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p90_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['throughput_seq_s']:.1f}",
+            f"{r['speedup']:.2f}x",
+        )
     console.print(t)

@@ -142,8 +142,10 @@ def evaluate_onnx(
 # int8_batch_dependence.md: the SST-2 teacher's int8 graph scores 88.65 at batch 1, 88.53-89.33 at
 # 8-64). Batch 1 is the one answer that does not depend on the other rows: each row alone, as a
 # per-request server runs it.
-DYNAMIC_INT8_NOTE = ("dynamic int8: activation ranges are computed per batch (padding included), so accuracy depends "
-                     "on the batch size and on which rows share a batch; measured at batch size {b}")
+DYNAMIC_INT8_NOTE = (
+    "dynamic int8: activation ranges are computed per batch (padding included), so accuracy depends "
+    "on the batch size and on which rows share a batch; measured at batch size {b}"
+)
 
 
 def is_dynamic_int8(path) -> bool:
@@ -170,8 +172,15 @@ def eval_batch_size(path, requested: int | None) -> tuple[int, str | None]:
     return batch, DYNAMIC_INT8_NOTE.format(b=batch) if dynamic else None
 
 
-def evaluate_onnx_path(path: str, data, batch_size: int = 64, max_length: int = 128,
-                       max_eval_samples: int | None = None, provider: str = "cpu", threads: int | None = None) -> dict:
+def evaluate_onnx_path(
+    path: str,
+    data,
+    batch_size: int = 64,
+    max_length: int = 128,
+    max_eval_samples: int | None = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+) -> dict:
     """Dev metrics of an exported model, its tokenizer, config (label names, positions) read beside it."""
     from types import SimpleNamespace
 
@@ -180,7 +189,9 @@ def evaluate_onnx_path(path: str, data, batch_size: int = 64, max_length: int = 
 
     model = resolve_onnx(path)
     if not (model.parent / "tokenizer_config.json").exists():
-        raise ArtifactError(f"no tokenizer beside {model}; export with `compress export --onnx` (it copies the tokenizer)")
+        raise ArtifactError(
+            f"no tokenizer beside {model}; export with `compress export --onnx` (it copies the tokenizer)"
+        )
     config = {}
     if (model.parent / "config.json").is_file():
         try:
@@ -191,8 +202,18 @@ def evaluate_onnx_path(path: str, data, batch_size: int = 64, max_length: int = 
     tok = load_tokenizer(str(model.parent))
     if config:
         check_tokenizer(tok, SimpleNamespace(vocab_size=config.get("vocab_size")), str(model.parent))
-    td = load_task_data(data.task, tok, data_dir=data.data_dir, validation_file=data.validation_file,
-                        text_column=data.text_column, text_pair_column=data.text_pair_column,
-                        label_column=data.label_column, num_labels=data.num_labels, max_length=max_length,
-                        max_eval_samples=max_eval_samples, splits=("dev",), label_names=label_names_of(config))
+    td = load_task_data(
+        data.task,
+        tok,
+        data_dir=data.data_dir,
+        validation_file=data.validation_file,
+        text_column=data.text_column,
+        text_pair_column=data.text_pair_column,
+        label_column=data.label_column,
+        num_labels=data.num_labels,
+        max_length=max_length,
+        max_eval_samples=max_eval_samples,
+        splits=("dev",),
+        label_names=label_names_of(config),
+    )
     return {k: round(v, 6) for k, v in evaluate_onnx(model, td, batch_size, provider=provider, threads=threads).items()}

@@ -33,24 +33,51 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.config import arg
 from compress.core.artifacts import (
-    COMPRESSION_JSON, atomic_dir, atomic_file, check_output_dir, check_output_file, record_checksums, write_json,
+    COMPRESSION_JSON,
+    atomic_dir,
+    atomic_file,
+    check_output_dir,
+    check_output_file,
+    record_checksums,
+    write_json,
 )
+from compress.core.config import arg
 from compress.core.errors import CompressError, DataError, GraphPatternError, InvalidConfigError
 from compress.ort.evaluate import iter_batches, output_index, read_pad_id
 from exporters.optimize import optimize as fuse_and_check
 from exporters.surgery.rewrite import normalize_heads
 from exporters.toolbox import (
-    MODEL_FILE, SIDECAR_FILES, first_line, graph_inputs, has_contrib_ops, import_contrib_domains, load_tokenizer,
-    make_session, random_feeds, read_config, resolve_onnx, sample_inputs, vocab_size, ort_logging,
+    MODEL_FILE,
+    SIDECAR_FILES,
+    first_line,
+    graph_inputs,
+    has_contrib_ops,
+    import_contrib_domains,
+    load_tokenizer,
+    make_session,
+    ort_logging,
+    random_feeds,
+    read_config,
+    resolve_onnx,
+    sample_inputs,
+    vocab_size,
 )
 
 # Ops whose presence shows that a graph was really quantized (QOperator and QDQ forms).
 INTEGER_OPS = (
-    "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-    "QLinearMatMul", "QGemm", "QAttention", "QEmbedLayerNormalization", "QLinearAdd", "QLinearMul",
-    "QuantizeLinear", "DequantizeLinear",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QLinearMatMul",
+    "QGemm",
+    "QAttention",
+    "QEmbedLayerNormalization",
+    "QLinearAdd",
+    "QLinearMul",
+    "QuantizeLinear",
+    "DequantizeLinear",
 )
 
 # Weighted ops worth quantizing in an encoder. Gather makes the embedding tables int8 (4x smaller
@@ -66,27 +93,46 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 @dataclass
 class QuantizeConfig:
-    mode: str = arg("dynamic", "dynamic: activation ranges at run time, no data needed; static: calibrated",
-                    choices=["dynamic", "static"])
-    format: str = arg("qoperator", "static only: integer ops (QLinearMatMul) or QuantizeLinear/DequantizeLinear pairs "
-                      "(dynamic quantization always emits QOperator ops)", choices=["qoperator", "qdq"])
+    mode: str = arg(
+        "dynamic",
+        "dynamic: activation ranges at run time, no data needed; static: calibrated",
+        choices=["dynamic", "static"],
+    )
+    format: str = arg(
+        "qoperator",
+        "static only: integer ops (QLinearMatMul) or QuantizeLinear/DequantizeLinear pairs "
+        "(dynamic quantization always emits QOperator ops)",
+        choices=["qoperator", "qdq"],
+    )
     # One scale per output channel of each weight. Default since it held accuracy on both CPUs measured:
     # on AVX2 without VNNI (where ORT's u8*s8 kernels can saturate) the SST-2 teacher lost 0.46 points
     # per-tensor and 0.00 per-channel (benchmarks/results/quantize.md), three pruned frontier graphs
     # -0.34..0.00 vs +0.12..+0.46 (int8_side_checks.md); on AVX-512 VNNI -0.23 vs -0.35. Same speed.
-    per_channel: bool = arg(True, "one weight scale per output channel (--no-per-channel or --per-tensor: one per "
-                            "matrix)")
-    reduce_range: bool = arg(False, "7-bit weights: only for CPUs without VNNI where u8*s8 sums can saturate (costs "
-                             "accuracy; see benchmarks/results/quantize.md)")
-    keep_fp32: tuple[str, ...] = arg((CLASSIFIER,), f"nodes left in fp32: op types, node-name globs/substrings, or "
-                                     f"{CLASSIFIER!r} (the final MatMul before the logits). Pass the flag alone to "
-                                     "quantize everything", metavar="PATTERN")
+    per_channel: bool = arg(
+        True, "one weight scale per output channel (--no-per-channel or --per-tensor: one per matrix)"
+    )
+    reduce_range: bool = arg(
+        False,
+        "7-bit weights: only for CPUs without VNNI where u8*s8 sums can saturate (costs "
+        "accuracy; see benchmarks/results/quantize.md)",
+    )
+    keep_fp32: tuple[str, ...] = arg(
+        (CLASSIFIER,),
+        f"nodes left in fp32: op types, node-name globs/substrings, or "
+        f"{CLASSIFIER!r} (the final MatMul before the logits). Pass the flag alone to "
+        "quantize everything",
+        metavar="PATTERN",
+    )
     op_types: tuple[str, ...] = arg(DEFAULT_OP_TYPES, "op types to quantize", metavar="OP")
-    optimize: bool = arg(False, "fuse with ORT's transformer optimizer (Attention, ...) before quantizing; kept only "
-                         "if it matches the unfused graph numerically. On CPU the fused int8 graph (QAttention) measured "
-                         "slower (benchmarks/results/quantize.md)")
-    calibration_method: str = arg("minmax", "static only: how activation ranges are calibrated",
-                                  choices=list(CALIBRATION_METHODS))
+    optimize: bool = arg(
+        False,
+        "fuse with ORT's transformer optimizer (Attention, ...) before quantizing; kept only "
+        "if it matches the unfused graph numerically. On CPU the fused int8 graph (QAttention) measured "
+        "slower (benchmarks/results/quantize.md)",
+    )
+    calibration_method: str = arg(
+        "minmax", "static only: how activation ranges are calibrated", choices=list(CALIBRATION_METHODS)
+    )
     num_samples: int = arg(128, "static only: calibration sentences")
     symmetric_activations: bool = arg(False, "static only: symmetric activation ranges")
     # Quantize only MatMuls with a constant weight. False also quantizes the attention products
@@ -183,8 +229,10 @@ def match_nodes(model, patterns: tuple[str, ...] | list[str]) -> list[str]:
         if pat == CLASSIFIER:
             hit.update(classifier_nodes(model))
         for n in model.graph.node:
-            if n.op_type == pat or fnmatch.fnmatchcase(n.name, pat) or (
-                not any(c in pat for c in "*?[") and pat in n.name
+            if (
+                n.op_type == pat
+                or fnmatch.fnmatchcase(n.name, pat)
+                or (not any(c in pat for c in "*?[") and pat in n.name)
             ):
                 hit.add(n.name)
         if not hit:
@@ -293,21 +341,37 @@ def _run_ort_quantizer(src: Path, dst: Path, config: QuantizeConfig, exclude: li
         with ort_logging(logging.ERROR):
             if config.mode == "dynamic":
                 quantize_dynamic(
-                    src, dst, op_types_to_quantize=op_types, per_channel=config.per_channel,
-                    reduce_range=config.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    src,
+                    dst,
+                    op_types_to_quantize=op_types,
+                    per_channel=config.per_channel,
+                    reduce_range=config.reduce_range,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
                     extra_options={"MatMulConstBOnly": config.const_b_only},
                 )
             else:
-                method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[config.calibration_method]
+                method = {
+                    "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile,
+                }[config.calibration_method]
                 quantize_static(
-                    src, dst, reader,
+                    src,
+                    dst,
+                    reader,
                     quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
-                    op_types_to_quantize=op_types, per_channel=config.per_channel,
-                    reduce_range=config.reduce_range, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=method,
-                    extra_options={"MatMulConstBOnly": config.const_b_only,
-                                   "ActivationSymmetric": config.symmetric_activations},
+                    op_types_to_quantize=op_types,
+                    per_channel=config.per_channel,
+                    reduce_range=config.reduce_range,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
+                    calibrate_method=method,
+                    extra_options={
+                        "MatMulConstBOnly": config.const_b_only,
+                        "ActivationSymmetric": config.symmetric_activations,
+                    },
                 )
     except CompressError:
         raise
@@ -363,8 +427,10 @@ def quantize_onnx(
     model = onnx.load(str(src))
     already = integer_op_counts(model)
     if already:
-        raise InvalidConfigError(f"{src} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())}); "
-                                 "quantize the fp32 export instead")
+        raise InvalidConfigError(
+            f"{src} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())}); "
+            "quantize the fp32 export instead"
+        )
     fusion = None
     if config.optimize:
         model, fusion = _fuse(model, src_dir, warnings)
@@ -399,9 +465,15 @@ def quantize_onnx(
         diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
 
         result = QuantizeReport(
-            output=out if as_file else out / MODEL_FILE, size_before=onnx_size(src),
-            size_after=quantized.stat().st_size, config=asdict(config), kept_fp32=exclude, op_counts=ops,
-            fusion=fusion, max_abs_diff=diff, warnings=warnings,
+            output=out if as_file else out / MODEL_FILE,
+            size_before=onnx_size(src),
+            size_after=quantized.stat().st_size,
+            config=asdict(config),
+            kept_fp32=exclude,
+            op_counts=ops,
+            fusion=fusion,
+            max_abs_diff=diff,
+            warnings=warnings,
         )
         if task_data is not None:
             from compress.ort.evaluate import evaluate_onnx
@@ -431,8 +503,14 @@ def _unrelated_files(folder: Path, src: Path) -> list[str]:
     if not folder.is_dir() or folder.resolve() == src.parent.resolve():
         return []
     ours = set(SIDECAR_FILES) | {COMPRESSION_JSON}
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ours
-                  and not p.name.endswith((".onnx", ".onnx.data")) and not p.name.startswith("."))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.name not in ours
+        and not p.name.endswith((".onnx", ".onnx.data"))
+        and not p.name.startswith(".")
+    )
 
 
 def _fuse(model, model_dir: Path, warnings: list[str]):
@@ -481,14 +559,28 @@ def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, resu
         return
     listed = [n for n in data.get("files", {}) if not n.endswith(".onnx")] + [onnx_name]
     q = result.to_dict()
-    data["quantization"] = {k: q[k] for k in (
-        "config", "kept_fp32", "op_counts", "fusion", "size_before", "size_after", "max_abs_diff",
-        "metrics_before", "metrics_after", "eval_batch_size")}
+    data["quantization"] = {
+        k: q[k]
+        for k in (
+            "config",
+            "kept_fp32",
+            "op_counts",
+            "fusion",
+            "size_before",
+            "size_after",
+            "max_abs_diff",
+            "metrics_before",
+            "metrics_after",
+            "eval_batch_size",
+        )
+    }
     record_checksums(dst_dir, data, [n for n in listed if (dst_dir / n).exists()])
     write_json(dst_dir / COMPRESSION_JSON, data)
 
 
-def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeReport) -> None:
+def _write_outputs(
+    quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeReport
+) -> None:
     if as_file:
         with atomic_file(out) as tmp:
             shutil.copyfile(quantized, tmp)
@@ -496,13 +588,16 @@ def _write_outputs(quantized: Path, src: Path, out: Path, as_file: bool, overwri
         if other:
             result.warnings.append(
                 f"{out.parent} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so the config "
-                f"and tokenizer were not copied beside {out.name}; `compress eval` needs them: pass -o a new folder")
+                f"and tokenizer were not copied beside {out.name}; `compress eval` needs them: pass -o a new folder"
+            )
         elif out.parent.resolve() != src.parent.resolve():
             _copy_sidecars(src.parent, out.parent, replace=False)
             if not (out.parent / COMPRESSION_JSON).exists():
                 _updated_compression_json(src.parent, out.parent, out.name, result)
             elif (src.parent / COMPRESSION_JSON).exists():
-                result.warnings.append(f"kept the existing {out.parent / COMPRESSION_JSON}; it does not describe {out.name}")
+                result.warnings.append(
+                    f"kept the existing {out.parent / COMPRESSION_JSON}; it does not describe {out.name}"
+                )
         return
     with atomic_dir(out, overwrite=overwrite) as tmp:
         shutil.copyfile(quantized, tmp / MODEL_FILE)

@@ -43,8 +43,9 @@ def _structure_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
         dims[kept[i]["ffn_dims_kept"]] = True
         unit = heads.repeat_interleave(d) if role in ("query", "key", "value", "attn_out") else dims
         shape = model.get_submodule(name).weight.shape
-        out[name] = (unit[:, None].expand(shape) if role in ("query", "key", "value", "ffn_in")
-                     else unit[None, :].expand(shape))
+        out[name] = (
+            unit[:, None].expand(shape) if role in ("query", "key", "value", "ffn_in") else unit[None, :].expand(shape)
+        )
     return out
 
 
@@ -63,8 +64,10 @@ def save_bitmask(pruned, backbone, path: str | Path) -> dict:
         w, base = p_state[f"{name}.weight"], b_state[f"{name}.weight"]
         mask = smask[name] if structured else w != 0
         if not torch.equal(w[mask], base[mask]):
-            raise InvalidConfigError(f"{name}: kept weights differ from the backbone's; a bit-mask only fits SMP results "
-                                     "(frozen weights) pruned from this backbone")
+            raise InvalidConfigError(
+                f"{name}: kept weights differ from the backbone's; a bit-mask only fits SMP results "
+                "(frozen weights) pruned from this backbone"
+            )
         if not structured:
             tensors[f"mask.{name}"] = np.packbits(mask.numpy().astype(np.uint8).flatten())
         kept.append(base[mask])
@@ -83,8 +86,13 @@ def save_bitmask(pruned, backbone, path: str | Path) -> dict:
             continue
         if k not in b_state or b_state[k].shape != v.shape or not torch.equal(b_state[k], v):
             tensors[f"full.{k}"] = v.detach().contiguous().numpy()
-    meta = {"format": "compress-bitmask-1", "layout": "structured" if structured else "weights", "shapes": json.dumps({n: list(p_state[f"{n}.weight"].shape) for n in names}),
-            "kept_digest": _digest(kept), "config": json.dumps(pruned.config.to_dict())}
+    meta = {
+        "format": "compress-bitmask-1",
+        "layout": "structured" if structured else "weights",
+        "shapes": json.dumps({n: list(p_state[f"{n}.weight"].shape) for n in names}),
+        "kept_digest": _digest(kept),
+        "config": json.dumps(pruned.config.to_dict()),
+    }
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return {"bytes": Path(path).stat().st_size, "linears": len(names), "layout": meta["layout"]}
@@ -111,9 +119,15 @@ def apply_bitmask(backbone, path: str | Path):
     smask = None
     if meta.get("layout") == "structured":
         geo = geometry(backbone.config)
-        layers = [{"heads_kept": np.flatnonzero(np.unpackbits(tensors[f"heads.{i}"])[:geo.num_heads]).tolist(),
-                   "ffn_dims_kept": np.flatnonzero(np.unpackbits(tensors[f"ffn_dims.{i}"])[:geo.intermediate_size]).tolist()}
-                  for i in range(geo.num_layers)]
+        layers = [
+            {
+                "heads_kept": np.flatnonzero(np.unpackbits(tensors[f"heads.{i}"])[: geo.num_heads]).tolist(),
+                "ffn_dims_kept": np.flatnonzero(
+                    np.unpackbits(tensors[f"ffn_dims.{i}"])[: geo.intermediate_size]
+                ).tolist(),
+            }
+            for i in range(geo.num_layers)
+        ]
         smask = _structure_masks(backbone, layers)
     with torch.no_grad():
         for name, shape in shapes.items():
@@ -128,15 +142,19 @@ def apply_bitmask(backbone, path: str | Path):
             kept.append(w[mask].clone())
             w[~mask] = 0
         if _digest(kept) != meta["kept_digest"]:
-            raise InvalidConfigError(f"this backbone's weights are not the ones {path} was made on; use the same pre-trained model")
+            raise InvalidConfigError(
+                f"this backbone's weights are not the ones {path} was made on; use the same pre-trained model"
+            )
         missing = []
         for key, arr in tensors.items():
             if key.startswith("full."):
-                k = key[len("full."):]
+                k = key[len("full.") :]
                 if k not in state or tuple(state[k].shape) != arr.shape:
                     missing.append(k)
                     continue
                 state[k].copy_(torch.from_numpy(arr))
         if missing:
-            raise InvalidConfigError(f"bit-mask holds task weights {missing[:3]} the backbone lacks; num_labels differs?")
+            raise InvalidConfigError(
+                f"bit-mask holds task weights {missing[:3]} the backbone lacks; num_labels differs?"
+            )
     return backbone

@@ -117,7 +117,9 @@ def compact_model(model: nn.Module, kept: list[dict] | None = None) -> nn.Module
             index = torch.tensor(dims, dtype=torch.long)
             _set(layer, spec.ffn_in, _narrow(lin["ffn_in"], index, dim=0))
             _set(layer, spec.ffn_out, _narrow(lin["ffn_out"], index, dim=1))
-    model.compress_layers = [{"heads_kept": sorted(k["heads_kept"]), "ffn_dims_kept": sorted(k["ffn_dims_kept"])} for k in kept]
+    model.compress_layers = [
+        {"heads_kept": sorted(k["heads_kept"]), "ffn_dims_kept": sorted(k["ffn_dims_kept"])} for k in kept
+    ]
     return model
 
 
@@ -131,7 +133,9 @@ def load_compact(checkpoint_dir: str | Path, model_class=None, **from_pretrained
     if model_class is None:
         config = transformers.AutoConfig.from_pretrained(str(checkpoint_dir))
         archs = getattr(config, "architectures", None) or []
-        model_class = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), transformers.AutoModel)
+        model_class = next(
+            (getattr(transformers, a) for a in archs if hasattr(transformers, a)), transformers.AutoModel
+        )
     model = model_class.from_pretrained(str(checkpoint_dir), **from_pretrained_kwargs)
     model.eval()
     return compact_model(model, structure.get("layers") if structure else None)

@@ -46,7 +46,9 @@ def label_word_ids(tokenizer, words: list[str]) -> list[int]:
     for w in words:
         toks = tokenizer.tokenize(w)
         if len(toks) != 1 or tokenizer.convert_tokens_to_ids(toks[0]) == tokenizer.unk_token_id:
-            raise InvalidConfigError(f"label word {w!r} is not a single token of this vocabulary ({toks}); pick another word")
+            raise InvalidConfigError(
+                f"label word {w!r} is not a single token of this vocabulary ({toks}); pick another word"
+            )
         ids.append(tokenizer.convert_tokens_to_ids(toks[0]))
     return ids
 
@@ -58,7 +60,9 @@ def load_mlm(name: str):
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(name, output_loading_info=True)
     except Exception as e:
-        raise InvalidConfigError(f"cannot load {name} as a masked language model ({str(e).splitlines()[0][:150]})") from e
+        raise InvalidConfigError(
+            f"cannot load {name} as a masked language model ({str(e).splitlines()[0][:150]})"
+        ) from e
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     if missing:
         raise InvalidConfigError(

@@ -10,8 +10,8 @@ are untouched and `bake()` leaves a plain checkpoint with zeros.
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 import torch.nn as nn
@@ -158,7 +158,9 @@ def attach(groups: list[Group], get_mask_for) -> None:
     """Register a MaskedWeight parametrization on every member weight."""
     for g in groups:
         for linear, layout in g.members:
-            parametrize.register_parametrization(linear, "weight", MaskedWeight(get_mask_for(g.name), layout), unsafe=True)
+            parametrize.register_parametrization(
+                linear, "weight", MaskedWeight(get_mask_for(g.name), layout), unsafe=True
+            )
 
 
 def bake(model: nn.Module) -> None:

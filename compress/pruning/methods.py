@@ -13,8 +13,8 @@ from typing import Callable
 
 from compress.core.config import PruneConfig
 from compress.core.errors import InvalidConfigError
-from compress.pruning.masks import Binarizer, Group, Layout
 from compress.core.structure import ATTN_ROLES, FFN_ROLES, geometry, layer_linears
+from compress.pruning.masks import Binarizer, Group, Layout
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class Method:
     # Post-training structure selection (retrain-free): (model, train dataset, tokenizer, cost, budget, cfg) -> info.
     # It prunes the model in place with no SGD; training afterwards (--fill-steps) keeps that structure fixed.
     select: Callable | None = None
-    budget_as: str | None = None  # a speed target (--target-speedup/-latency-ms/-flops) chooses its structure like this method's
+    budget_as: str | None = (
+        None  # a speed target (--target-speedup/-latency-ms/-flops) chooses its structure like this method's
+    )
 
     @property
     def targets_sparsity(self) -> bool:
@@ -71,7 +73,9 @@ def _per_matrix(model, layout_for_role) -> list[Group]:
 
 def _ffn_dims(i: int, lin) -> Group:
     """FFN "Dim": row j of W1 and column j of W2 share one score."""
-    return Group(f"layer.{i}.ffn_dim", "ffn", "ffn_dim", i, [(lin["ffn_in"], Layout("rows")), (lin["ffn_out"], Layout("cols"))])
+    return Group(
+        f"layer.{i}.ffn_dim", "ffn", "ffn_dim", i, [(lin["ffn_in"], Layout("rows")), (lin["ffn_out"], Layout("cols"))]
+    )
 
 
 def _heads(i: int, lin, head_size: int) -> Group:
@@ -103,68 +107,117 @@ def _struct_groups(model, cfg: PruneConfig) -> list[Group]:
 
 
 # ------------------------------------------------------------------ Block Pruning paper, Table 1
-@register("magnitude", "gradual magnitude pruning baseline: keep the largest |W| per matrix, cubic schedule",
-          Binarizer.MAGNITUDE, default_sparsity=0.5)
+@register(
+    "magnitude",
+    "gradual magnitude pruning baseline: keep the largest |W| per matrix, cubic schedule",
+    Binarizer.MAGNITUDE,
+    default_sparsity=0.5,
+)
 def magnitude(model, cfg):
     return _unstructured(model, cfg)
 
 
-@register("movement", "movement pruning (Sanh et al.): hard top-k of learned scores per matrix, weights fine-tuned",
-          Binarizer.TOPK, default_sparsity=0.5)
+@register(
+    "movement",
+    "movement pruning (Sanh et al.): hard top-k of learned scores per matrix, weights fine-tuned",
+    Binarizer.TOPK,
+    default_sparsity=0.5,
+)
 def movement(model, cfg):
     return _unstructured(model, cfg)
 
 
-@register("soft-movement", "soft movement: mask = sigmoid(S) > tau (STE), loss + lambda * mean sigmoid(S); sparsity set by lambda",
-          Binarizer.THRESHOLD, default_lambda=1.0)
+@register(
+    "soft-movement",
+    "soft movement: mask = sigmoid(S) > tau (STE), loss + lambda * mean sigmoid(S); sparsity set by lambda",
+    Binarizer.THRESHOLD,
+    default_lambda=1.0,
+)
 def soft_movement(model, cfg):
     return _unstructured(model, cfg)
 
 
-@register("block", "soft movement on square N x N blocks (--block-size) of every encoder linear",
-          Binarizer.THRESHOLD, default_lambda=1.0)
+@register(
+    "block",
+    "soft movement on square N x N blocks (--block-size) of every encoder linear",
+    Binarizer.THRESHOLD,
+    default_lambda=1.0,
+)
 def block(model, cfg):
     n = cfg.block_size
     return _per_matrix(model, lambda role: Layout("block", n, n))
 
 
-@register("hybrid", "32x32 blocks on attention Q/K/V/O + FFN Dim (row of W1 and column of W2 share a score); "
-          "the paper's main method (use --teacher; without it this is Hybrid NT)", Binarizer.THRESHOLD, default_lambda=1.0)
+@register(
+    "hybrid",
+    "32x32 blocks on attention Q/K/V/O + FFN Dim (row of W1 and column of W2 share a score); "
+    "the paper's main method (use --teacher; without it this is Hybrid NT)",
+    Binarizer.THRESHOLD,
+    default_lambda=1.0,
+)
 def hybrid(model, cfg):
     return _hybrid_groups(model, cfg)
 
 
-@register("struct", "one score per attention head across Q/K/V/O + FFN Dim: removes whole heads directly",
-          Binarizer.THRESHOLD, default_lambda=1.0)
+@register(
+    "struct",
+    "one score per attention head across Q/K/V/O + FFN Dim: removes whole heads directly",
+    Binarizer.THRESHOLD,
+    default_lambda=1.0,
+)
 def struct(model, cfg):
     return _struct_groups(model, cfg)
 
 
-@register("hybrid-filled", "takes a hybrid result (--source), re-initialises zeroed weights inside surviving heads "
-          "and fine-tunes with the heads/FFN-dim structure frozen: same speed, better accuracy",
-          Binarizer.FIXED, needs_source=True)
+@register(
+    "hybrid-filled",
+    "takes a hybrid result (--source), re-initialises zeroed weights inside surviving heads "
+    "and fine-tunes with the heads/FFN-dim structure frozen: same speed, better accuracy",
+    Binarizer.FIXED,
+    needs_source=True,
+)
 def hybrid_filled(model, cfg):
     return _struct_groups(model, cfg)
 
 
 # ------------------------------------------------------------------ Static Model Pruning
-@register("smp-l", "SMP-L: encoder weights frozen, only mask scores (+ classifier) train; top-k per matrix at one keep ratio",
-          Binarizer.TOPK, train_weights=False, default_sparsity=0.5, score_lr=2e-2)
+@register(
+    "smp-l",
+    "SMP-L: encoder weights frozen, only mask scores (+ classifier) train; top-k per matrix at one keep ratio",
+    Binarizer.TOPK,
+    train_weights=False,
+    default_sparsity=0.5,
+    score_lr=2e-2,
+)
 def smp_l(model, cfg):
     return _unstructured(model, cfg)
 
 
-@register("smp-s", "SMP-S: frozen weights, per-layer budgets from mean sigmoid(S) per matrix type, "
-          "regulariser lambda * mean sigmoid(S)", Binarizer.SMP_S, train_weights=False, default_sparsity=0.5,
-          default_lambda=1.0, score_lr=2e-2)
+@register(
+    "smp-s",
+    "SMP-S: frozen weights, per-layer budgets from mean sigmoid(S) per matrix type, "
+    "regulariser lambda * mean sigmoid(S)",
+    Binarizer.SMP_S,
+    train_weights=False,
+    default_sparsity=0.5,
+    default_lambda=1.0,
+    score_lr=2e-2,
+)
 def smp_s(model, cfg):
     return _unstructured(model, cfg)
 
 
-@register("smp-struct", "SMP with structure (the SMP authors' future work): encoder frozen, one mask score per head "
-          "(Q/K/V/O) and per FFN Dim + the classifier train; hard top-k at the scheduled keep ratio, so the result "
-          "is physically smaller; with --target-speedup/--target-flops the speed budget solver picks heads/dims", Binarizer.TOPK, train_weights=False,
-          default_sparsity=0.5, score_lr=2e-2, budget_as="struct")
+@register(
+    "smp-struct",
+    "SMP with structure (the SMP authors' future work): encoder frozen, one mask score per head "
+    "(Q/K/V/O) and per FFN Dim + the classifier train; hard top-k at the scheduled keep ratio, so the result "
+    "is physically smaller; with --target-speedup/--target-flops the speed budget solver picks heads/dims",
+    Binarizer.TOPK,
+    train_weights=False,
+    default_sparsity=0.5,
+    score_lr=2e-2,
+    budget_as="struct",
+)
 def smp_struct(model, cfg):
     return _struct_groups(model, cfg)
 
@@ -176,8 +229,14 @@ def _retrain_free_select(model, dataset, tokenizer, cost, budget, cfg):
     return retrain_free(model, dataset, tokenizer, cost, budget, cfg.retrain_free, seed=cfg.train.seed)
 
 
-@register("retrain-free", "post-training pruning (Kwon et al. 2022), no SGD: Fisher information of head/FFN-dim masks on a "
-          "small sample, search under the --target-speedup/--target-flops budget, rearrangement, least-squares mask tuning; "
-          "--fill-steps N then distils with the structure frozen", Binarizer.FIXED, select=_retrain_free_select, budget_as="struct")
+@register(
+    "retrain-free",
+    "post-training pruning (Kwon et al. 2022), no SGD: Fisher information of head/FFN-dim masks on a "
+    "small sample, search under the --target-speedup/--target-flops budget, rearrangement, least-squares mask tuning; "
+    "--fill-steps N then distils with the structure frozen",
+    Binarizer.FIXED,
+    select=_retrain_free_select,
+    budget_as="struct",
+)
 def retrain_free(model, cfg):
     return _struct_groups(model, cfg)

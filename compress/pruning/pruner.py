@@ -8,15 +8,21 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from compress.pruning import masks as M
 from compress.core.config import PruneConfig
+from compress.pruning import masks as M
 from compress.pruning.methods import Method
 from compress.pruning.schedule import cubic
 
 
 class Pruner(nn.Module):
-    def __init__(self, model: nn.Module, method: Method, cfg: PruneConfig, fixed_masks: dict[str, torch.Tensor] | None = None,
-                 budget=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        cfg: PruneConfig,
+        fixed_masks: dict[str, torch.Tensor] | None = None,
+        budget=None,
+    ):
         super().__init__()
         self.method = method
         self.cfg = cfg

@@ -101,7 +101,10 @@ _BERT_NORMS = ("attention.output.LayerNorm", "output.LayerNorm")
 def _norm_modules(model) -> list[dict[str, nn.Module]]:
     spec_for(model.config)  # unsupported families fail here with the usual message
     attn_path, ffn_path = _NORMS.get(model.config.model_type, _BERT_NORMS)
-    return [{"attn": layer.get_submodule(attn_path), "ffn": layer.get_submodule(ffn_path)} for layer in encoder_layers(model)]
+    return [
+        {"attn": layer.get_submodule(attn_path), "ffn": layer.get_submodule(ffn_path)}
+        for layer in encoder_layers(model)
+    ]
 
 
 class _Stop(Exception):
@@ -120,7 +123,11 @@ def _batches(dataset, tokenizer, model, n: int, batch_size: int, seed: int):
     # Length-sorted batches: far less padding; per-example gradients and token sums do not depend on batching.
     lengths = [len(x) for x in ds["input_ids"]]
     ds = ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
-    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names and (c in takes or c == "labels")]
+    cols = [
+        c
+        for c in ("input_ids", "attention_mask", "token_type_ids", "labels")
+        if c in ds.column_names and (c in takes or c == "labels")
+    ]
     ds = ds.select_columns(cols)
     collate = DataCollatorWithPadding(tokenizer)
     out = []
@@ -210,8 +217,10 @@ def search(head_imp: torch.Tensor, ffn_imp: torch.Tensor, cost, budget: float) -
         if best is None or score > best[0]:
             best = (score, nh, lo)
     if best is None:
-        raise InvalidConfigError(f"no structure fits the budget ({budget:.3g} of a dense {dense_cost(cost):.3g}); "
-                                 "ask for a smaller speedup / larger FLOPs fraction")
+        raise InvalidConfigError(
+            f"no structure fits the budget ({budget:.3g} of a dense {dense_cost(cost):.3g}); "
+            "ask for a smaller speedup / larger FLOPs fraction"
+        )
     score, nh, nf = best
     hm = torch.zeros(L * H)
     hm[h_order[:nh]] = 1
@@ -273,8 +282,11 @@ def _dense_targets(model, batches, norms) -> list[dict]:
     for b in batches:
         valid = b["attention_mask"].bool()
         got = {}
-        hooks = [m.register_forward_pre_hook(lambda mod, args, key=(i, k): got.__setitem__(key, args[0][valid].clone()))
-                 for i, layer in enumerate(norms) for k, m in layer.items()]
+        hooks = [
+            m.register_forward_pre_hook(lambda mod, args, key=(i, k): got.__setitem__(key, args[0][valid].clone()))
+            for i, layer in enumerate(norms)
+            for k, m in layer.items()
+        ]
         try:
             model(**_inputs(b))
         finally:
@@ -285,7 +297,9 @@ def _dense_targets(model, batches, norms) -> list[dict]:
 
 
 @torch.no_grad()
-def _normal_equations(model, sm: StructureMasks, batches, targets, norm: nn.Module, i: int, kind: str, kept: torch.Tensor):
+def _normal_equations(
+    model, sm: StructureMasks, batches, targets, norm: nn.Module, i: int, kind: str, kept: torch.Tensor
+):
     """A^T A, A^T b and b^T b for one sub-layer: columns of A are the kept units' contributions to the
     pre-LN sum, b is the dense target minus everything in the pruned model's sum that no mask scales."""
     lin = sm.lin[i]
@@ -313,7 +327,9 @@ def _normal_equations(model, sm: StructureMasks, batches, targets, norm: nn.Modu
             x = sm.captured[(i, kind)][valid].double()  # unmasked input of the projection
             if kind == "attn":
                 W = lin["attn_out"].weight.double()  # [hidden, H*d]
-                U = torch.stack([x[:, h * d:(h + 1) * d] @ W[:, h * d:(h + 1) * d].T for h in kept.tolist()], 1)  # [T, k, hidden]
+                U = torch.stack(
+                    [x[:, h * d : (h + 1) * d] @ W[:, h * d : (h + 1) * d].T for h in kept.tolist()], 1
+                )  # [T, k, hidden]
                 m = sm.head[i, kept].double()
                 rest = z - torch.einsum("tkh,k->th", U, m)
                 r = tgt[(i, kind)].double() - rest
@@ -380,8 +396,17 @@ def tune_masks(model, sm: StructureMasks, batches, cfg: RetrainFreeConfig) -> li
             ok = sol is not None and after < before
             if ok:
                 masks[i, kept] = sol.to(masks.dtype)
-            report.append({"layer": i, "sublayer": kind, "kept": len(kept), "error_before": before,
-                           "error_after": after if ok else before, "applied": ok, "damping": damp})
+            report.append(
+                {
+                    "layer": i,
+                    "sublayer": kind,
+                    "kept": len(kept),
+                    "error_before": before,
+                    "error_after": after if ok else before,
+                    "applied": ok,
+                    "damping": damp,
+                }
+            )
     return report
 
 
@@ -405,8 +430,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)  # progress of a multi-minute job, visible at once in a redirected log
 
 
-def retrain_free(model, dataset, tokenizer, cost, budget: float, cfg: RetrainFreeConfig | None = None, seed: int = 42,
-                 log=_log) -> dict:
+def retrain_free(
+    model, dataset, tokenizer, cost, budget: float, cfg: RetrainFreeConfig | None = None, seed: int = 42, log=_log
+) -> dict:
     """Prune `model` in place to fit `budget` under `cost`; returns what was done (for compression.json)."""
     cfg = cfg or RetrainFreeConfig()
     cfg.validate()
@@ -418,11 +444,13 @@ def retrain_free(model, dataset, tokenizer, cost, budget: float, cfg: RetrainFre
     t_fisher = time.time() - t0
     log(f"retrain-free: Fisher information from {gh.shape[0]} examples in {t_fisher:.0f} s")
 
-    head_imp, ffn_imp = (gh ** 2).mean(0), (gf ** 2).mean(0)
+    head_imp, ffn_imp = (gh**2).mean(0), (gf**2).mean(0)
     res = search(head_imp, ffn_imp, cost, budget)
-    log(f"retrain-free: search kept {int(res.head_mask.sum())}/{geo.num_layers * geo.num_heads} heads, "
+    log(
+        f"retrain-free: search kept {int(res.head_mask.sum())}/{geo.num_layers * geo.num_heads} heads, "
         f"{int(res.ffn_mask.sum())}/{geo.num_layers * geo.intermediate_size} FFN dims; "
-        f"cost {res.cost / dense_cost(cost):.3f} of dense (budget {budget / dense_cost(cost):.3f})")
+        f"cost {res.cost / dense_cost(cost):.3f} of dense (budget {budget / dense_cost(cost):.3f})"
+    )
 
     t1 = time.time()
     rearr = {"heads": [0.0, 0.0], "ffn": [0.0, 0.0]}
@@ -446,18 +474,24 @@ def retrain_free(model, dataset, tokenizer, cost, budget: float, cfg: RetrainFre
     errs = [r for r in tuning if r.get("kept")]
     tot_b = sum(r["error_before"] for r in errs)
     tot_a = sum(r["error_after"] for r in errs)
-    log(f"retrain-free: mask tuning on {sum(b['input_ids'].shape[0] for b in tb)} examples in {t_tune:.0f} s; "
-        f"layer reconstruction error {tot_b:.4g} -> {tot_a:.4g}")
+    log(
+        f"retrain-free: mask tuning on {sum(b['input_ids'].shape[0] for b in tb)} examples in {t_tune:.0f} s; "
+        f"layer reconstruction error {tot_b:.4g} -> {tot_a:.4g}"
+    )
     return {
         "budget_fraction": budget / dense_cost(cost),
-        "predicted_cost_fraction": cost.predict_ms(hm.sum(1).int().tolist(), fm.sum(1).int().tolist()) / dense_cost(cost),
+        "predicted_cost_fraction": cost.predict_ms(hm.sum(1).int().tolist(), fm.sum(1).int().tolist())
+        / dense_cost(cost),
         "cost_model": type(cost).__name__,
         "fisher_examples": int(gh.shape[0]),
         "tune_examples": int(sum(b["input_ids"].shape[0] for b in tb)),
         "importance_kept": res.importance_kept,
         "rearrangement_fisher_loss": {k: {"before": v[0], "after": v[1]} for k, v in rearr.items()},
         "tuning": tuning,
-        "seconds": {"fisher": round(t_fisher, 2), "rearrange": round(t_rearrange, 2), "tune": round(t_tune, 2),
-                    "total": round(time.time() - t0, 2)},
+        "seconds": {
+            "fisher": round(t_fisher, 2),
+            "rearrange": round(t_rearrange, 2),
+            "tune": round(t_tune, 2),
+            "total": round(time.time() - t0, 2),
+        },
     }
-

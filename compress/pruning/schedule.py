@@ -8,7 +8,9 @@ and in between follows final + (initial - final) * (1 - progress) ** 3.
 from __future__ import annotations
 
 
-def cubic(step: int, total: int, warmup: int, initial_warmup: float, final_warmup: float, initial: float, final: float) -> float:
+def cubic(
+    step: int, total: int, warmup: int, initial_warmup: float, final_warmup: float, initial: float, final: float
+) -> float:
     start = initial_warmup * warmup
     end = total - final_warmup * warmup
     if step < start:

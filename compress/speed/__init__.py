@@ -9,5 +9,13 @@ budget solver that picks the kept heads / FFN dims meeting a latency or FLOPs bu
 from compress.speed.budget import BudgetResult, Target, resolve_target, solve_budget
 from compress.speed.latency import DeployConfig, LatencyTable, flops_table, load_or_build_table
 
-__all__ = ["BudgetResult", "DeployConfig", "LatencyTable", "Target", "flops_table", "load_or_build_table",
-           "resolve_target", "solve_budget"]
+__all__ = [
+    "BudgetResult",
+    "DeployConfig",
+    "LatencyTable",
+    "Target",
+    "flops_table",
+    "load_or_build_table",
+    "resolve_target",
+    "solve_budget",
+]

@@ -38,16 +38,27 @@ class Target:
     flops: float | None = None
 
     def validate(self) -> None:
-        given = [n for n, v in (("--target-speedup", self.speedup), ("--target-latency-ms", self.latency_ms),
-                                ("--target-flops", self.flops)) if v is not None]
+        given = [
+            n
+            for n, v in (
+                ("--target-speedup", self.speedup),
+                ("--target-latency-ms", self.latency_ms),
+                ("--target-flops", self.flops),
+            )
+            if v is not None
+        ]
         if len(given) != 1:
-            raise InvalidConfigError(f"give exactly one of --target-speedup, --target-latency-ms, --target-flops (got {given or 'none'})")
+            raise InvalidConfigError(
+                f"give exactly one of --target-speedup, --target-latency-ms, --target-flops (got {given or 'none'})"
+            )
         if self.speedup is not None and self.speedup < 1.0:
             raise InvalidConfigError(f"--target-speedup {self.speedup} must be >= 1 (e.g. 3 for 3x faster than dense)")
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise InvalidConfigError(f"--target-latency-ms {self.latency_ms} must be > 0")
         if self.flops is not None and not 0.0 < self.flops <= 1.0:
-            raise InvalidConfigError(f"--target-flops {self.flops} is the fraction of dense FLOPs to keep; give a value in (0, 1]")
+            raise InvalidConfigError(
+                f"--target-flops {self.flops} is the fraction of dense FLOPs to keep; give a value in (0, 1]"
+            )
 
     @property
     def kind(self) -> str:
@@ -63,17 +74,23 @@ def resolve_target(target: Target, table: LatencyTable) -> float:
     """The budget in the table's unit; InvalidConfigError when even removing everything cannot reach it."""
     target.validate()
     if target.kind == "flops" and table.unit != "MFLOP":
-        raise InvalidConfigError("--target-flops needs the FLOPs table; it cannot be combined with a measured latency table")
+        raise InvalidConfigError(
+            "--target-flops needs the FLOPs table; it cannot be combined with a measured latency table"
+        )
     if target.kind == "latency" and table.unit != "ms":
         raise InvalidConfigError("--target-latency-ms needs a measured latency table, not the FLOPs table")
-    budget = {"speedup": lambda: table.baseline_ms / target.speedup, "latency": lambda: target.latency_ms,
-              "flops": lambda: target.flops * table.dense_ms}[target.kind]()
+    budget = {
+        "speedup": lambda: table.baseline_ms / target.speedup,
+        "latency": lambda: target.latency_ms,
+        "flops": lambda: target.flops * table.dense_ms,
+    }[target.kind]()
     if budget < table.floor_ms:
         best = table.baseline_ms / table.floor_ms if table.floor_ms > 0 else float("inf")
         raise InvalidConfigError(
             f"target {target.describe()} means {budget:.3f} {table.unit}, below the {table.floor_ms:.3f} {table.unit} that "
             f"embeddings, LayerNorms and the classifier cost with every head and FFN dim removed; ask for at most "
-            f"{best:.2f}x on this deployment")
+            f"{best:.2f}x on this deployment"
+        )
     return budget
 
 
@@ -99,10 +116,16 @@ class BudgetResult:
 
 
 def _as_matrix(values, width: int, what: str) -> np.ndarray:
-    rows = [np.asarray(getattr(v, "detach", lambda: v)().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float64).reshape(-1)
-            for v in values]
+    rows = [
+        np.asarray(
+            getattr(v, "detach", lambda: v)().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float64
+        ).reshape(-1)
+        for v in values
+    ]
     if any(r.size != width for r in rows):
-        raise InvalidConfigError(f"{what} importances must have {width} entries per layer, got {[r.size for r in rows]}")
+        raise InvalidConfigError(
+            f"{what} importances must have {width} entries per layer, got {[r.size for r in rows]}"
+        )
     m = np.stack(rows) if rows else np.zeros((0, width))
     if not np.all(np.isfinite(m)) or (m < 0).any():
         raise InvalidConfigError(f"{what} importances must be finite and >= 0 (e.g. sigmoid of the mask scores)")
@@ -117,15 +140,21 @@ def _cumulative(imp: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nda
     return order, cum[:, counts]
 
 
-def solve_budget(head_importance, ffn_importance, table: LatencyTable, budget: float, ffn_block: int = 32) -> BudgetResult:
+def solve_budget(
+    head_importance, ffn_importance, table: LatencyTable, budget: float, ffn_block: int = 32
+) -> BudgetResult:
     """Kept structure of maximal importance whose table cost is <= budget (see the module docstring)."""
     L, H, F = table.num_layers, table.num_heads, table.intermediate_size
     if len(head_importance) != L or len(ffn_importance) != L:
-        raise InvalidConfigError(f"importances for {len(head_importance)}/{len(ffn_importance)} layers do not fit a {L}-layer table")
+        raise InvalidConfigError(
+            f"importances for {len(head_importance)}/{len(ffn_importance)} layers do not fit a {L}-layer table"
+        )
     hi = _as_matrix(head_importance, H, "head")
     fi = _as_matrix(ffn_importance, F, "FFN-dim")
     if budget < table.fixed_ms - 1e-12:
-        raise InvalidConfigError(f"budget {budget:.4g} {table.unit} is below the fixed cost {table.fixed_ms:.4g}; nothing fits")
+        raise InvalidConfigError(
+            f"budget {budget:.4g} {table.unit} is below the fixed cost {table.fixed_ms:.4g}; nothing fits"
+        )
     h_counts = np.arange(H + 1)
     f_counts = np.unique(np.r_[np.arange(0, F, max(1, ffn_block)), F])
     h_order, hv = _cumulative(hi, h_counts)  # (L, H+1)

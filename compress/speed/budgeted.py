@@ -57,8 +57,9 @@ class StructureBudget:
 
     def __init__(self, groups, method_name: str, geometry, plan: SpeedPlan, ffn_block: int = 32):
         if method_name not in BUDGET_METHODS:
-            raise InvalidConfigError(f"--target-* works with the structured methods {', '.join(BUDGET_METHODS)}, not "
-                                     f"--method {method_name}")
+            raise InvalidConfigError(
+                f"--target-* works with the structured methods {', '.join(BUDGET_METHODS)}, not --method {method_name}"
+            )
         self.geo = geometry
         self.plan = plan
         self.table = plan.table
@@ -73,7 +74,8 @@ class StructureBudget:
             if d % rows:
                 raise InvalidConfigError(
                     f"hybrid with a speed target needs the head size ({d}) to be a multiple of its {rows}x{rows} "
-                    "attention blocks, so a block belongs to one head; use --method struct for this model")
+                    "attention blocks, so a block belongs to one head; use --method struct for this model"
+                )
             self.blocks_per_head = d // rows
         # Start from whatever the dense structure costs, so the first steps keep everything.
         self.start = max(self.table.predicted_dense_ms, plan.budget)
@@ -151,7 +153,9 @@ def deploy_from(cfg) -> DeployConfig:
     from compress.speed.latency import parse_shape
 
     batch, seq = parse_shape(cfg.deploy_shape)
-    d = DeployConfig(precision=cfg.deploy, batch=batch, seq=seq, threads=cfg.deploy_threads, provider=cfg.deploy_provider)
+    d = DeployConfig(
+        precision=cfg.deploy, batch=batch, seq=seq, threads=cfg.deploy_threads, provider=cfg.deploy_provider
+    )
     d.validate()
     return d
 
@@ -162,8 +166,10 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
     if target is None:
         return None
     if method_name not in BUDGET_METHODS:
-        raise InvalidConfigError(f"--target-speedup/--target-latency-ms/--target-flops choose heads and FFN dims, so they "
-                                 f"need a structured method ({', '.join(BUDGET_METHODS)}), not --method {method_name}")
+        raise InvalidConfigError(
+            f"--target-speedup/--target-latency-ms/--target-flops choose heads and FFN dims, so they "
+            f"need a structured method ({', '.join(BUDGET_METHODS)}), not --method {method_name}"
+        )
     if cfg.lambda_reg is not None or cfg.sparsity is not None:
         raise InvalidConfigError("a speed target sets the final structure: drop --lambda / --sparsity")
     if target.kind == "flops":
@@ -191,19 +197,32 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
     t = plan.table
     predicted = t.predict_kept(kept)
     info = {
-        "target": {"kind": plan.target.kind, "speedup": plan.target.speedup, "latency_ms": plan.target.latency_ms,
-                   "flops_fraction": plan.target.flops},
+        "target": {
+            "kind": plan.target.kind,
+            "speedup": plan.target.speedup,
+            "latency_ms": plan.target.latency_ms,
+            "flops_fraction": plan.target.flops,
+        },
         "budget": round(plan.budget, 4),
         "unit": t.unit,
         "predicted": round(predicted, 4),
         "dense": round(t.dense_ms, 4),
         "baseline_fp32": round(t.baseline_ms, 4),
         "predicted_speedup": round(t.baseline_ms / predicted, 4) if predicted > 0 else None,
-        "table": {"key": t.key, "fixed": round(t.fixed_ms, 4), "cache_file": plan.cache_file, "from_cache": plan.from_cache},
+        "table": {
+            "key": t.key,
+            "fixed": round(t.fixed_ms, 4),
+            "cache_file": plan.cache_file,
+            "from_cache": plan.from_cache,
+        },
     }
     if plan.deploy is not None:
-        info["deploy"] = {"precision": plan.deploy.precision, "shape": plan.deploy.shape, "threads": plan.deploy.threads,
-                          "provider": plan.deploy.provider}
+        info["deploy"] = {
+            "precision": plan.deploy.precision,
+            "shape": plan.deploy.shape,
+            "threads": plan.deploy.threads,
+            "provider": plan.deploy.provider,
+        }
     return info
 
 
@@ -226,12 +245,19 @@ def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int 
         res = time_graphs(paths, d, reference="dense-fp32" if "dense-fp32" in paths else "dense")
     med = {k: v["ms"] for k, v in res.items()}
     base = med.get("dense-fp32", med["dense"])
-    return {"baseline_fp32_ms": round(base, 4), "dense_ms": round(med["dense"], 4), "pruned_ms": round(med["pruned"], 4),
-            "speedup": round(base / med["pruned"], 4), "speedup_vs_dense_same_precision": round(med["dense"] / med["pruned"], 4),
-            "runs": res["pruned"]["runs"], "shape": d.shape, "precision": d.precision,
-            "statistic": d.statistic,
-            "note": "shrunk deploy graph vs the same export unshrunk (dense cost: zeros do not speed up dense kernels), "
-                    "interleaved rounds; speedup is against dense fp32"}
+    return {
+        "baseline_fp32_ms": round(base, 4),
+        "dense_ms": round(med["dense"], 4),
+        "pruned_ms": round(med["pruned"], 4),
+        "speedup": round(base / med["pruned"], 4),
+        "speedup_vs_dense_same_precision": round(med["dense"] / med["pruned"], 4),
+        "runs": res["pruned"]["runs"],
+        "shape": d.shape,
+        "precision": d.precision,
+        "statistic": d.statistic,
+        "note": "shrunk deploy graph vs the same export unshrunk (dense cost: zeros do not speed up dense kernels), "
+        "interleaved rounds; speedup is against dense fp32",
+    }
 
 
 def budget_for(model, method_name: str, plan, ffn_block: int):

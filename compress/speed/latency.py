@@ -132,8 +132,14 @@ class LatencyTable:
         if not self.baseline_ms:
             self.baseline_ms = self.dense_ms
         if len(self.attn_ms) != self.num_heads + 1:
-            raise ArtifactError(f"latency table has {len(self.attn_ms)} attention entries for {self.num_heads} heads; rebuild it")
-        if len(self.ffn_grid) != len(self.ffn_ms) or self.ffn_grid[0] != 0 or self.ffn_grid[-1] != self.intermediate_size:
+            raise ArtifactError(
+                f"latency table has {len(self.attn_ms)} attention entries for {self.num_heads} heads; rebuild it"
+            )
+        if (
+            len(self.ffn_grid) != len(self.ffn_ms)
+            or self.ffn_grid[0] != 0
+            or self.ffn_grid[-1] != self.intermediate_size
+        ):
             raise ArtifactError("latency table FFN grid must run from 0 to the FFN width; rebuild it")
 
     # ------------------------------------------------------------------ lookups
@@ -156,8 +162,10 @@ class LatencyTable:
 
     def predict_ms(self, heads_per_layer: list[int], ffn_per_layer: list[int]) -> float:
         if len(heads_per_layer) != self.num_layers or len(ffn_per_layer) != self.num_layers:
-            raise InvalidConfigError(f"a structure for {len(heads_per_layer)}/{len(ffn_per_layer)} layers does not fit "
-                                     f"a table of {self.num_layers} layers")
+            raise InvalidConfigError(
+                f"a structure for {len(heads_per_layer)}/{len(ffn_per_layer)} layers does not fit "
+                f"a table of {self.num_layers} layers"
+            )
         return self.fixed_ms + sum(self.layer_ms(h, f) for h, f in zip(heads_per_layer, ffn_per_layer))
 
     def predict_kept(self, kept) -> float:
@@ -188,8 +196,10 @@ class LatencyTable:
     def from_dict(cls, data: dict) -> "LatencyTable":
         data = dict(data)
         if data.pop("format", None) != TABLE_FORMAT:
-            raise ArtifactError(f"latency table format {data.get('format')!r} is not {TABLE_FORMAT}; rebuild it "
-                                "(`compress latency-table MODEL --rebuild`)")
+            raise ArtifactError(
+                f"latency table format {data.get('format')!r} is not {TABLE_FORMAT}; rebuild it "
+                "(`compress latency-table MODEL --rebuild`)"
+            )
         try:
             return cls(**data)
         except TypeError as e:
@@ -208,8 +218,14 @@ class LatencyTable:
             raise ArtifactError(f"cannot read latency table {path} ({e}); delete it to rebuild") from None
 
     def summary(self) -> dict:
-        return {"unit": self.unit, "dense": round(self.dense_ms, 3), "baseline_fp32": round(self.baseline_ms, 3), "predicted_dense": round(self.predicted_dense_ms, 3),
-                "fixed": round(self.fixed_ms, 3), "key": self.key}
+        return {
+            "unit": self.unit,
+            "dense": round(self.dense_ms, 3),
+            "baseline_fp32": round(self.baseline_ms, 3),
+            "predicted_dense": round(self.predicted_dense_ms, 3),
+            "fixed": round(self.fixed_ms, 3),
+            "key": self.key,
+        }
 
 
 def _monotone(values) -> list[float]:
@@ -235,7 +251,9 @@ def flops_table(geo, batch: int = 1, seq: int = 128, model_key: dict | None = No
     ffn = [0.0, per_dim * geo.intermediate_size]
     dense = geo.num_layers * (attn[-1] + ffn[-1])
     key = {"format": TABLE_FORMAT, "precision": "flops", "batch": batch, "seq": seq, "model": model_key or asdict(geo)}
-    return LatencyTable(key, geo.num_layers, geo.num_heads, geo.intermediate_size, 0.0, attn, grid, ffn, dense, unit="MFLOP")
+    return LatencyTable(
+        key, geo.num_layers, geo.num_heads, geo.intermediate_size, 0.0, attn, grid, ffn, dense, unit="MFLOP"
+    )
 
 
 # --------------------------------------------------------------------------------------- cache
@@ -251,9 +269,15 @@ def model_key(config) -> dict:
     from compress.core.structure import geometry
 
     geo = geometry(config)
-    return {"model_type": config.model_type, "num_layers": geo.num_layers, "num_heads": geo.num_heads,
-            "hidden_size": geo.hidden_size, "intermediate_size": geo.intermediate_size,
-            "vocab_size": getattr(config, "vocab_size", None), "num_labels": getattr(config, "num_labels", None)}
+    return {
+        "model_type": config.model_type,
+        "num_layers": geo.num_layers,
+        "num_heads": geo.num_heads,
+        "hidden_size": geo.hidden_size,
+        "intermediate_size": geo.intermediate_size,
+        "vocab_size": getattr(config, "vocab_size", None),
+        "num_labels": getattr(config, "num_labels", None),
+    }
 
 
 def table_key(config, deploy: DeployConfig) -> dict:
@@ -264,22 +288,36 @@ def table_key(config, deploy: DeployConfig) -> dict:
     from compress.ort.bench import cpu_flags, cpu_model, gpu_name
 
     device = gpu_name() if deploy.provider == "cuda" else cpu_model()
-    return {"format": TABLE_FORMAT, "device": device, "cpu_flags": cpu_flags() if deploy.provider == "cpu" else None,
-            "provider": deploy.provider, "onnxruntime": ort.__version__, "threads": deploy.threads or "default",
-            "batch": deploy.batch, "seq": deploy.seq, "precision": deploy.precision, "optimize": deploy.optimize,
-            "ffn_step": deploy.ffn_step, "statistic": deploy.statistic, "model": model_key(config)}
+    return {
+        "format": TABLE_FORMAT,
+        "device": device,
+        "cpu_flags": cpu_flags() if deploy.provider == "cpu" else None,
+        "provider": deploy.provider,
+        "onnxruntime": ort.__version__,
+        "threads": deploy.threads or "default",
+        "batch": deploy.batch,
+        "seq": deploy.seq,
+        "precision": deploy.precision,
+        "optimize": deploy.optimize,
+        "ffn_step": deploy.ffn_step,
+        "statistic": deploy.statistic,
+        "model": model_key(config),
+    }
 
 
 def cache_path(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     m = key["model"]
-    name = f"{m['model_type']}-L{m['num_layers']}H{m['num_heads']}F{m['intermediate_size']}-{key['precision']}-" \
-           f"{key['batch']}x{key['seq']}-{key['provider']}-t{key['threads']}-{digest}.json"
+    name = (
+        f"{m['model_type']}-L{m['num_layers']}H{m['num_heads']}F{m['intermediate_size']}-{key['precision']}-"
+        f"{key['batch']}x{key['seq']}-{key['provider']}-t{key['threads']}-{digest}.json"
+    )
     return cache_dir() / name
 
 
-def load_or_build_table(model: str, deploy: DeployConfig, *, rebuild: bool = False, use_cache: bool = True,
-                        progress: bool = True) -> tuple[LatencyTable, Path | None, bool]:
+def load_or_build_table(
+    model: str, deploy: DeployConfig, *, rebuild: bool = False, use_cache: bool = True, progress: bool = True
+) -> tuple[LatencyTable, Path | None, bool]:
     """(table, cache file, whether it came from the cache). `model`: a local dir or hub name."""
     from compress.training.models import load_config, resolve_model
 
@@ -358,8 +396,9 @@ class DeployGraphs:
             return out / "model.onnx"
         from compress.ort.quantize import QuantizeConfig, quantize_onnx
 
-        res = quantize_onnx(out / "model.onnx", self.workdir / f"{name}-int8", QuantizeConfig(),
-                            threads=self.deploy.threads)
+        res = quantize_onnx(
+            out / "model.onnx", self.workdir / f"{name}-int8", QuantizeConfig(), threads=self.deploy.threads
+        )
         (out / "model.onnx").unlink()
         return Path(res.output)
 
@@ -381,16 +420,20 @@ class DeployGraphs:
         layers, d = find_layers(g, self.geo.head_size)
         inits = {t.name: t for t in model.graph.initializer}
         for layer, k in zip(layers, kept):
-            for name, keep, unit in ((layer.attention.o.matmul.input[1], k.heads, d),
-                                     (layer.ffn.w2.matmul.input[1], k.ffn_dims, 1)):
+            for name, keep, unit in (
+                (layer.attention.o.matmul.input[1], k.heads, d),
+                (layer.ffn.w2.matmul.input[1], k.ffn_dims, 1),
+            ):
                 w = g.const(name).copy()
                 rows = np.ones(w.shape[0], bool)
                 for j in keep:
-                    rows[j * unit:(j + 1) * unit] = False
+                    rows[j * unit : (j + 1) * unit] = False
                 w[rows] = 0
                 src = g._resolve(name)
                 if not isinstance(src, str):
-                    raise ArtifactError(f"weight {name} of the export is not an initializer; cannot build latency graphs")
+                    raise ArtifactError(
+                        f"weight {name} of the export is not an initializer; cannot build latency graphs"
+                    )
                 inits[src].CopyFrom(numpy_helper.from_array(w, src))
         return model
 
@@ -400,8 +443,14 @@ class DeployGraphs:
         return self.build(kept, name)
 
 
-def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, delete: bool = True,
-                reference: str | None = None, chunk: int = 10) -> dict[str, dict]:
+def time_graphs(
+    paths: dict[str, Path],
+    deploy: DeployConfig,
+    progress=None,
+    delete: bool = True,
+    reference: str | None = None,
+    chunk: int = 10,
+) -> dict[str, dict]:
     """ms per run of each graph at the deploy shape ("ms": by deploy.statistic; "min_ms" and "median_ms"
     both recorded), measured against a reference graph.
 
@@ -416,7 +465,9 @@ def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, del
 
     from compress.ort.bench import BenchConfig, onnx_runner
 
-    bc = BenchConfig(batch_sizes=(deploy.batch,), seq_lens=(deploy.seq,), provider=deploy.provider, threads=deploy.threads)
+    bc = BenchConfig(
+        batch_sizes=(deploy.batch,), seq_lens=(deploy.seq,), provider=deploy.provider, threads=deploy.threads
+    )
     reference = reference or next(iter(paths))
 
     def load(label):
@@ -434,7 +485,7 @@ def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, del
         return call, max(1, min(200, math.ceil(deploy.min_sample_ms / max(one, 1e-3))))
 
     others = [k for k in paths if k != reference]
-    chunks = [others[i:i + chunk] for i in range(0, len(others), chunk)] or [[]]
+    chunks = [others[i : i + chunk] for i in range(0, len(others), chunk)] or [[]]
     total = deploy.repeats * sum(len(c) + 1 for c in chunks)
     done = 0
     ref_call, ref_inner = load(reference)
@@ -466,20 +517,30 @@ def time_graphs(paths: dict[str, Path], deploy: DeployConfig, progress=None, del
         del calls, rounds
         gc.collect()
     ref_ms = float(np.median(ref_samples))
-    out = {reference: {"median_ms": ref_ms, "min_ms": float(np.min(ref_samples)), "runs": len(ref_samples) * ref_inner,
-                       "samples_ms": [round(x, 4) for x in ref_samples]}}
+    out = {
+        reference: {
+            "median_ms": ref_ms,
+            "min_ms": float(np.min(ref_samples)),
+            "runs": len(ref_samples) * ref_inner,
+            "samples_ms": [round(x, 4) for x in ref_samples],
+        }
+    }
     for label in others:
-        out[label] = {"median_ms": float(np.median(ratios[label])) * ref_ms, "min_ms": float(np.min(raw[label])),
-                      "runs": len(raw[label]) * inner[label],
-                      "median_ratio_to_reference": round(float(np.median(ratios[label])), 5),
-                      "samples_ms": [round(x, 4) for x in raw[label]]}
+        out[label] = {
+            "median_ms": float(np.median(ratios[label])) * ref_ms,
+            "min_ms": float(np.min(raw[label])),
+            "runs": len(raw[label]) * inner[label],
+            "median_ratio_to_reference": round(float(np.median(ratios[label])), 5),
+            "samples_ms": [round(x, 4) for x in raw[label]],
+        }
     for v in out.values():
         v["ms"] = v["min_ms"] if deploy.statistic == "min" else v["median_ms"]
     return out
 
 
-def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, progress: bool = True,
-                classifier=None) -> LatencyTable:
+def build_table(
+    model: str, deploy: DeployConfig, *, key: dict | None = None, progress: bool = True, classifier=None
+) -> LatencyTable:
     """Measure the table (see the module docstring). `classifier`: an in-memory model to use instead
     of loading `model` (tests)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -493,11 +554,22 @@ def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, pr
         if key is None:
             key = table_key(graphs.config, deploy)
         grid = ffn_grid(geo.intermediate_size, deploy.ffn_step)
-        plan = {"fixed": (0, 0), **{f"attn{h}": (h, 0) for h in range(1, geo.num_heads + 1)},
-                **{f"ffn{f}": (0, f) for f in grid[1:]}}
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), disable=not progress, transient=False) as bar:
-            task = bar.add_task(f"latency table {deploy.precision} {deploy.shape}: building graphs", total=len(plan) + 1)
+        plan = {
+            "fixed": (0, 0),
+            **{f"attn{h}": (h, 0) for h in range(1, geo.num_heads + 1)},
+            **{f"ffn{f}": (0, f) for f in grid[1:]},
+        }
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            disable=not progress,
+            transient=False,
+        ) as bar:
+            task = bar.add_task(
+                f"latency table {deploy.precision} {deploy.shape}: building graphs", total=len(plan) + 1
+            )
             paths = {}
             for label, (h, f) in plan.items():
                 paths[label] = graphs.uniform(h, f, name=label)
@@ -508,8 +580,12 @@ def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, pr
             bar.advance(task)
             t_built = time.time()
             timing = bar.add_task("timing (interleaved rounds)", total=None)
-            res = time_graphs(paths, deploy, progress=lambda done, total: bar.update(timing, completed=done, total=total),
-                              reference="dense-fp32" if "dense-fp32" in paths else "dense")
+            res = time_graphs(
+                paths,
+                deploy,
+                progress=lambda done, total: bar.update(timing, completed=done, total=total),
+                reference="dense-fp32" if "dense-fp32" in paths else "dense",
+            )
     med = {k: v["ms"] for k, v in res.items()}
     L = geo.num_layers
     fixed = med["fixed"]
@@ -519,14 +595,26 @@ def build_table(model: str, deploy: DeployConfig, *, key: dict | None = None, pr
         "graphs_ms": {k: round(v, 4) for k, v in med.items()},
         "statistic": deploy.statistic,
         "graphs_median_ms": {k: round(v["median_ms"], 4) for k, v in res.items()},
-        "attn_raw_ms": [round(x, 4) for x in attn_raw], "ffn_raw_ms": [round(x, 4) for x in ffn_raw],
+        "attn_raw_ms": [round(x, 4) for x in attn_raw],
+        "ffn_raw_ms": [round(x, 4) for x in ffn_raw],
         "runs_per_graph": {k: v["runs"] for k, v in res.items()},
         "reference": "dense-fp32" if "dense-fp32" in res else "dense",
-        "build_seconds": round(t_built - t_start, 1), "timing_seconds": round(time.time() - t_built, 1),
+        "build_seconds": round(t_built - t_start, 1),
+        "timing_seconds": round(time.time() - t_built, 1),
         "load_average_start": [round(x, 2) for x in load_start] if load_start else None,
         "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return LatencyTable(key=key, num_layers=L, num_heads=geo.num_heads, intermediate_size=geo.intermediate_size,
-                        fixed_ms=fixed, attn_ms=_monotone(attn_raw), ffn_grid=grid, ffn_ms=_monotone(ffn_raw),
-                        dense_ms=med["dense"], baseline_ms=med.get("dense-fp32", med["dense"]), measurements=measurements)
+    return LatencyTable(
+        key=key,
+        num_layers=L,
+        num_heads=geo.num_heads,
+        intermediate_size=geo.intermediate_size,
+        fixed_ms=fixed,
+        attn_ms=_monotone(attn_raw),
+        ffn_grid=grid,
+        ffn_ms=_monotone(ffn_raw),
+        dense_ms=med["dense"],
+        baseline_ms=med.get("dense-fp32", med["dense"]),
+        measurements=measurements,
+    )

@@ -8,17 +8,21 @@ from pathlib import Path
 
 import torch
 
-from compress.core.version import __version__
 from compress.core.artifacts import COMPRESSION_JSON, FORMAT_VERSION, atomic_dir, record_checksums, write_json
 from compress.core.errors import ValidationError
 from compress.core.structure import geometry
+from compress.core.version import __version__
 
 
 def versions() -> dict:
     import transformers
 
-    out = {"compress": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version()}
+    out = {
+        "compress": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
     for mod in ("datasets", "accelerate", "onnx", "onnxruntime"):
         try:
             out[mod] = __import__(mod).__version__
@@ -27,8 +31,9 @@ def versions() -> dict:
     return out
 
 
-def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = False, sample: dict | None = None,
-                   reload=None) -> Path:
+def save_model_dir(
+    model, tokenizer, output_dir, info: dict, overwrite: bool = False, sample: dict | None = None, reload=None
+) -> Path:
     """Save `model` + tokenizer + compression.json (`info` + geometry + checksums) + README.md.
 
     `sample`: a tokenized batch; the saved checkpoint is reloaded with plain transformers and must
@@ -38,11 +43,19 @@ def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = F
     from transformers import AutoModelForSequenceClassification
 
     geo = geometry(model.config)
-    data = {"format_version": FORMAT_VERSION, **info,
-            "model_type": model.config.model_type,
-            "geometry": {"num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_size": geo.head_size,
-                         "hidden_size": geo.hidden_size, "intermediate_size": geo.intermediate_size},
-            "versions": versions()}
+    data = {
+        "format_version": FORMAT_VERSION,
+        **info,
+        "model_type": model.config.model_type,
+        "geometry": {
+            "num_layers": geo.num_layers,
+            "num_heads": geo.num_heads,
+            "head_size": geo.head_size,
+            "hidden_size": geo.hidden_size,
+            "intermediate_size": geo.intermediate_size,
+        },
+        "versions": versions(),
+    }
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         getattr(model, "mlm", model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -56,7 +69,9 @@ def save_model_dir(model, tokenizer, output_dir, info: dict, overwrite: bool = F
                 b = reloaded(**sample).logits
             diff = float((a - b).abs().max())
             if diff > 1e-5:
-                raise ValidationError(f"saved checkpoint predicts differently from the in-memory model (max |diff| {diff:.2e})")
+                raise ValidationError(
+                    f"saved checkpoint predicts differently from the in-memory model (max |diff| {diff:.2e})"
+                )
         record_checksums(tmp, data, ["model.safetensors", "config.json"])
         write_json(tmp / COMPRESSION_JSON, data)
         (tmp / "README.md").write_text(model_card(data))
@@ -76,8 +91,10 @@ def model_card(d: dict) -> str:
     geo = d["geometry"]
     lines = [f"# {d.get('method', 'model')} — compressed with compress {d['versions']['compress']}", ""]
     if d.get("method"):
-        lines.append(f"Pruned with `compress prune --method {d['method']}` from `{d.get('base_model')}`"
-                     + (f", distilled from `{d['teacher']}`." if d.get("teacher") else "."))
+        lines.append(
+            f"Pruned with `compress prune --method {d['method']}` from `{d.get('base_model')}`"
+            + (f", distilled from `{d['teacher']}`." if d.get("teacher") else ".")
+        )
     else:
         lines.append(f"Fine-tuned with `compress finetune` from `{d.get('base_model')}`.")
     lines += ["", "| | |", "|---|---|"]
@@ -86,27 +103,43 @@ def model_card(d: dict) -> str:
     if sp:
         lines.append(f"| encoder-linear sparsity | {sp['encoder_linear']:.1%} |")
     if params:
-        lines.append(f"| encoder-linear params (dense / non-zero / after removing dead heads and dims) | "
-                     f"{params['encoder_linear_dense']:,} / {params['encoder_linear_nonzero']:,} / "
-                     f"{params['encoder_linear_after_removal']:,} |")
+        lines.append(
+            f"| encoder-linear params (dense / non-zero / after removing dead heads and dims) | "
+            f"{params['encoder_linear_dense']:,} / {params['encoder_linear_nonzero']:,} / "
+            f"{params['encoder_linear_after_removal']:,} |"
+        )
     for k, v in (d.get("metrics") or {}).items():
         lines.append(f"| dev {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
     sp = d.get("speed")
     if sp:
         lines.append(f"| speed target | {_target_text(sp)} |")
         where = sp.get("deploy")
-        on = (f" ({where['precision']} {where['shape']}, {where['threads']} threads, {where['provider']}; "
-              f"vs dense fp32)") if where else " (FLOPs)"
+        on = (
+            (
+                f" ({where['precision']} {where['shape']}, {where['threads']} threads, {where['provider']}; "
+                f"vs dense fp32)"
+            )
+            if where
+            else " (FLOPs)"
+        )
         lines.append(f"| predicted speedup{on} | {sp['predicted_speedup']:.2f}x |")
         if sp.get("measured"):
-            lines.append(f"| measured speedup (shrunk ONNX graph vs dense export, ORT) | {sp['measured']['speedup']:.2f}x |")
+            lines.append(
+                f"| measured speedup (shrunk ONNX graph vs dense export, ORT) | {sp['measured']['speedup']:.2f}x |"
+            )
     if d.get("layers"):
         lines += ["", "| layer | heads kept | FFN dims kept |", "|---|---|---|"]
         for i, l in enumerate(d["layers"]):
-            lines.append(f"| {i} | {len(l['heads_kept'])}/{geo['num_heads']} | {len(l['ffn_dims_kept'])}/{geo['intermediate_size']} |")
-    lines += ["", "The weights are a plain Hugging Face checkpoint with the masks baked in as zeros "
-              "(`AutoModelForSequenceClassification.from_pretrained(dir)`). `compress export --onnx DIR --shrink` "
-              "removes the dead heads and FFN dims for a faster ONNX graph.", ""]
+            lines.append(
+                f"| {i} | {len(l['heads_kept'])}/{geo['num_heads']} | {len(l['ffn_dims_kept'])}/{geo['intermediate_size']} |"
+            )
+    lines += [
+        "",
+        "The weights are a plain Hugging Face checkpoint with the masks baked in as zeros "
+        "(`AutoModelForSequenceClassification.from_pretrained(dir)`). `compress export --onnx DIR --shrink` "
+        "removes the dead heads and FFN dims for a faster ONNX graph.",
+        "",
+    ]
     if d.get("smp_note"):
         lines += [d["smp_note"], ""]
     return "\n".join(lines)

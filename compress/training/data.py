@@ -36,11 +36,23 @@ class DatasetSpec:
 
 TASKS: dict[str, DatasetSpec] = {
     "sst2": DatasetSpec(
-        "sst2", "sentence", None, "label", 2, ("accuracy",), hub=("nyu-mll/glue", "sst2"),
+        "sst2",
+        "sentence",
+        None,
+        "label",
+        2,
+        ("accuracy",),
+        hub=("nyu-mll/glue", "sst2"),
         label_words=("terrible", "great"),
     ),
     "mrpc": DatasetSpec(
-        "mrpc", "#1 String", "#2 String", "Quality", 2, ("accuracy", "f1"), hub=("nyu-mll/glue", "mrpc"),
+        "mrpc",
+        "#1 String",
+        "#2 String",
+        "Quality",
+        2,
+        ("accuracy", "f1"),
+        hub=("nyu-mll/glue", "mrpc"),
         hub_columns={"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"},
         label_words=("no", "yes"),
     ),
@@ -76,8 +88,10 @@ def read_text_utf8(path: Path, what: str = "data file") -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         # Decoded from the bytes in one go, so e.start is the offset in the file (not in a read buffer).
-        raise DataError(f"{what} {path} is not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x}); re-save it as UTF-8, "
-                        f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`") from e
+        raise DataError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x}); re-save it as UTF-8, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`"
+        ) from e
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -149,8 +163,9 @@ def label_names_of(config) -> list[str] | None:
     return names
 
 
-def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int, where: str, first_row: int = 2,
-                   learn: bool = False) -> tuple[list[int], list[str] | None]:
+def _labels_to_ids(
+    values: list, label_names: list[str] | None, num_labels: int, where: str, first_row: int = 2, learn: bool = False
+) -> tuple[list[int], list[str] | None]:
     """Labels -> ids. Integers are ids. Strings go through `label_names` (the model's, saved in its
     config.json); only a training split of a model without names defines them (in sorted order)."""
     missing = [k for k, v in enumerate(values) if v is None or str(v).strip() == ""]
@@ -163,14 +178,18 @@ def _labels_to_ids(values: list, label_names: list[str] | None, num_labels: int,
         values = [str(v).strip() for v in values]
         if label_names is None:
             if not learn:
-                raise DataError(f"{where} has string labels (e.g. {values[0]!r}) but the model has no label names "
-                                "(config.json id2label is LABEL_0, LABEL_1, ...); write the labels as ids 0..N-1")
+                raise DataError(
+                    f"{where} has string labels (e.g. {values[0]!r}) but the model has no label names "
+                    "(config.json id2label is LABEL_0, LABEL_1, ...); write the labels as ids 0..N-1"
+                )
             label_names = sorted(set(values))
         index = {n: i for i, n in enumerate(label_names)}
         unknown = [k for k, v in enumerate(values) if v not in index]
         if unknown:
-            raise DataError(f"{where}: unknown label {values[unknown[0]]!r} in row {first_row + unknown[0]}; the model's "
-                            f"labels are {', '.join(label_names)}") from e
+            raise DataError(
+                f"{where}: unknown label {values[unknown[0]]!r} in row {first_row + unknown[0]}; the model's "
+                f"labels are {', '.join(label_names)}"
+            ) from e
         ids = [index[v] for v in values]
     bad = sorted({i for i in ids if not 0 <= i < num_labels})
     if bad:
@@ -205,24 +224,42 @@ def load_task_data(
     `label_names`: the model's (label_names_of(config)); string labels in every file are mapped through
     them. Without them only a training split may define names (sorted), which the caller then saves.
     """
-    for flag, n in (("--max-length", max_length), ("--max-length", eval_max_length),
-                    ("--max-train-samples", max_train_samples), ("--max-eval-samples", max_eval_samples)):
+    for flag, n in (
+        ("--max-length", max_length),
+        ("--max-length", eval_max_length),
+        ("--max-train-samples", max_train_samples),
+        ("--max-eval-samples", max_eval_samples),
+    ):
         if n is not None and n < 1:
             raise DataError(f"{flag} {n} must be >= 1")
     if task is None and not (train_file or validation_file):
         raise DataError("no data given: pass --task (" + ", ".join(TASKS) + ") or --train-file/--validation-file")
     if task is not None and task not in TASKS:
-        raise DataError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or use --train-file/--validation-file)")
+        raise DataError(
+            f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or use --train-file/--validation-file)"
+        )
     if task is not None:
         base = TASKS[task]
         spec = DatasetSpec(
-            base.name, text_column or base.text_column, text_pair_column or base.text_pair_column,
-            label_column or base.label_column, num_labels or base.num_labels, base.metrics,
-            base.train_file, base.dev_file, base.hub, base.hub_columns, base.label_words,
+            base.name,
+            text_column or base.text_column,
+            text_pair_column or base.text_pair_column,
+            label_column or base.label_column,
+            num_labels or base.num_labels,
+            base.metrics,
+            base.train_file,
+            base.dev_file,
+            base.hub,
+            base.hub_columns,
+            base.label_words,
         )
     else:
         spec = DatasetSpec(
-            "custom", text_column or "sentence", text_pair_column, label_column or "label", num_labels or 2,
+            "custom",
+            text_column or "sentence",
+            text_pair_column,
+            label_column or "label",
+            num_labels or 2,
             ("accuracy", "f1") if (num_labels or 2) == 2 else ("accuracy",),
         )
 
@@ -255,8 +292,14 @@ def load_task_data(
         source = files[split] or (f"{spec.name} {split}" if not any(files.values()) else f"the {split} data")
         _check_columns(cols, needed, f"the {split} data")
         first_row = 1 if str(files[split] or "").lower().endswith((".json", ".jsonl")) else 2  # header line
-        labels, label_names = _labels_to_ids(cols[spec.label_column], label_names, spec.num_labels, str(source),
-                                             first_row, learn=learned and split == "train")
+        labels, label_names = _labels_to_ids(
+            cols[spec.label_column],
+            label_names,
+            spec.num_labels,
+            str(source),
+            first_row,
+            learn=learned and split == "train",
+        )
         limit = max_train_samples if split == "train" else max_eval_samples
         n = len(labels) if not limit else min(limit, len(labels))
         if n == 0:
@@ -266,7 +309,9 @@ def load_task_data(
             data["text_pair"] = [str(t) for t in cols[spec.text_pair_column][:n]]
         if template is not None:  # prompt mode (SMP label words): one text holding the mask token
             pairs = data.pop("text_pair", [None] * n)
-            data["text"] = [template.format(text=a, text_pair=b, mask=tokenizer.mask_token) for a, b in zip(data["text"], pairs)]
+            data["text"] = [
+                template.format(text=a, text_pair=b, mask=tokenizer.mask_token) for a, b in zip(data["text"], pairs)
+            ]
         ds = datasets.Dataset.from_dict(data)
 
         length = max_length if split == "train" else (eval_max_length or max_length)
@@ -275,8 +320,12 @@ def load_task_data(
             args = (batch["text"], batch["text_pair"]) if "text_pair" in batch else (batch["text"],)
             return tokenizer(*args, truncation=True, max_length=length)
 
-        ds = ds.map(tok, batched=True, remove_columns=[c for c in ds.column_names if c != "labels"],
-                    desc=f"tokenizing {spec.name} {split}")
+        ds = ds.map(
+            tok,
+            batched=True,
+            remove_columns=[c for c in ds.column_names if c != "labels"],
+            desc=f"tokenizing {spec.name} {split}",
+        )
         out[split] = ds
     return TaskData(spec=spec, train=out["train"], dev=out["dev"], label_names=label_names if learned else None)
 

@@ -9,34 +9,58 @@ from dataclasses import replace
 import torch
 
 from compress.core.artifacts import check_output_dir, read_compression_json
-from compress.training.checkpoint import save_model_dir
 from compress.core.config import DataConfig, PruneConfig, TrainConfig
-from compress.training.data import TaskData, compute_metrics, load_task_data
 from compress.core.errors import ArtifactError, InvalidConfigError
-from compress.pruning.masks import bake
-from compress.pruning.methods import get_method
-from compress.training.data import label_names_of
-from compress.training.models import (
-    check_max_length, check_teacher, load_classifier, load_config, load_tokenizer, resolve_model,
-)
-from compress.pruning.label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
-from compress.pruning.pruner import Pruner
 from compress.core.sparsity import fold_dead_structure, sparsity_report
 from compress.core.structure import geometry, layer_linears
+from compress.pruning.label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
+from compress.pruning.masks import bake
+from compress.pruning.methods import get_method
+from compress.pruning.pruner import Pruner
+from compress.training.checkpoint import save_model_dir
+from compress.training.data import TaskData, compute_metrics, label_names_of, load_task_data
 from compress.training.loop import checkpoint_dir, predict, train
+from compress.training.models import (
+    check_max_length,
+    check_teacher,
+    load_classifier,
+    load_config,
+    load_tokenizer,
+    resolve_model,
+)
 
-SMP_NOTE = ("Static Model Pruning here trains the mask scores plus a fresh classifier head only; the encoder "
-            "weights are the unchanged pre-trained ones (the authors' head-free mode reads label words from an "
-            "MLM head, which this model does not have).")
+SMP_NOTE = (
+    "Static Model Pruning here trains the mask scores plus a fresh classifier head only; the encoder "
+    "weights are the unchanged pre-trained ones (the authors' head-free mode reads label words from an "
+    "MLM head, which this model does not have)."
+)
 
 
-def _load_data(data: DataConfig, tokenizer, t: TrainConfig, splits=("train", "dev"), template: str | None = None,
-               label_names: list[str] | None = None) -> TaskData:
+def _load_data(
+    data: DataConfig,
+    tokenizer,
+    t: TrainConfig,
+    splits=("train", "dev"),
+    template: str | None = None,
+    label_names: list[str] | None = None,
+) -> TaskData:
     return load_task_data(
-        data.task, tokenizer, data_dir=data.data_dir, train_file=data.train_file, validation_file=data.validation_file,
-        text_column=data.text_column, text_pair_column=data.text_pair_column, label_column=data.label_column,
-        num_labels=data.num_labels, max_length=t.max_length, eval_max_length=t.eval_max_length, max_train_samples=t.max_train_samples,
-        max_eval_samples=t.max_eval_samples, splits=splits, template=template, label_names=label_names,
+        data.task,
+        tokenizer,
+        data_dir=data.data_dir,
+        train_file=data.train_file,
+        validation_file=data.validation_file,
+        text_column=data.text_column,
+        text_pair_column=data.text_pair_column,
+        label_column=data.label_column,
+        num_labels=data.num_labels,
+        max_length=t.max_length,
+        eval_max_length=t.eval_max_length,
+        max_train_samples=t.max_train_samples,
+        max_eval_samples=t.max_eval_samples,
+        splits=splits,
+        template=template,
+        label_names=label_names,
     )
 
 
@@ -66,7 +90,9 @@ def _sample_batch(td: TaskData, tokenizer, model) -> dict:
 
     takes = set(inspect.signature(model.forward).parameters)
     rows = td.dev.select(range(min(4, len(td.dev))))
-    feats = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r and k in takes} for r in rows]
+    feats = [
+        {k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r and k in takes} for r in rows
+    ]
     return dict(tokenizer.pad(feats, return_tensors="pt"))
 
 
@@ -111,24 +137,37 @@ def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike,
-          callbacks: list | None = None) -> dict:
+def prune(
+    cfg: PruneConfig,
+    data: DataConfig,
+    model_name: str | None = None,
+    *,
+    output: str | os.PathLike,
+    callbacks: list | None = None,
+) -> dict:
     """Run one pruning method end to end, writing the checkpoint to `output`; returns the compression.json content."""
     cfg.validate()
     method = get_method(cfg.method)
     t = cfg.train
     if not t.resume:
-        check_output_dir(output, t.overwrite, inputs=(model_name, cfg.source, cfg.distill.teacher, data.train_file,
-                                                     data.validation_file))
+        check_output_dir(
+            output,
+            t.overwrite,
+            inputs=(model_name, cfg.source, cfg.distill.teacher, data.train_file, data.validation_file),
+        )
     if method.needs_source and not cfg.source:
-        raise InvalidConfigError(f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`")
+        raise InvalidConfigError(
+            f"--method {method.name} needs --source DIR, the output of `compress prune --method hybrid`"
+        )
     if not method.targets_sparsity and cfg.sparsity is not None and method.binarizer.learned:
         raise InvalidConfigError(f"--method {method.name} sets sparsity through --lambda, not --sparsity")
     if method.binarizer.top_k and not method.regularised and cfg.lambda_reg is not None:
         raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
 
     if method.select is None and cfg.fill_steps:
-        raise InvalidConfigError("--fill-steps follows --method retrain-free; for other methods use --method hybrid-filled --source DIR")
+        raise InvalidConfigError(
+            "--fill-steps follows --method retrain-free; for other methods use --method hybrid-filled --source DIR"
+        )
 
     source_info = None
     if method.needs_source:
@@ -148,22 +187,30 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
     # retrain-free and smp-struct keep whole heads and FFN dims exactly like struct: same tables and solver.
     speed_plan = plan_for(cfg, model_name, method.budget_as or method.name, progress=t.progress)
     if method.select is not None and speed_plan is None:
-        raise InvalidConfigError(f"--method {method.name} needs a budget: --target-speedup X, --target-latency-ms MS or "
-                                 "--target-flops FRACTION (e.g. 0.5)")
+        raise InvalidConfigError(
+            f"--method {method.name} needs a budget: --target-speedup X, --target-latency-ms MS or "
+            "--target-flops FRACTION (e.g. 0.5)"
+        )
     tokenizer = load_tokenizer(model_name, config)
     template = None
     if cfg.label_words:
         if method.train_weights:
             raise InvalidConfigError("--label-words is SMP's head-free mode: use it with --method smp-l or smp-s")
         if tokenizer.mask_token is None:
-            raise InvalidConfigError(f"{model_name}'s tokenizer has no mask token; --label-words needs an MLM tokenizer")
+            raise InvalidConfigError(
+                f"{model_name}'s tokenizer has no mask token; --label-words needs an MLM tokenizer"
+            )
         template = DEFAULT_TEMPLATES[_is_pair(data)]
     td = _load_data(data, tokenizer, t, template=template, label_names=label_names_of(config))
     torch.manual_seed(t.seed)
     if cfg.label_words:
         if len(cfg.label_words) != td.num_labels:
-            raise InvalidConfigError(f"--label-words gives {len(cfg.label_words)} words for a task with {td.num_labels} labels")
-        student = LabelWordClassifier(load_mlm(model_name), label_word_ids(tokenizer, cfg.label_words), tokenizer.mask_token_id)
+            raise InvalidConfigError(
+                f"--label-words gives {len(cfg.label_words)} words for a task with {td.num_labels} labels"
+            )
+        student = LabelWordClassifier(
+            load_mlm(model_name), label_word_ids(tokenizer, cfg.label_words), tokenizer.mask_token_id
+        )
     else:
         student = load_classifier(model_name, td.num_labels)
     teacher = None
@@ -178,8 +225,10 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         mine, theirs = label_names_of(config) or td.label_names, label_names_of(teacher.config)
         if mine and theirs and mine != theirs:
             # Logit k of the teacher must mean label k of the student, or distillation teaches the opposite.
-            raise InvalidConfigError(f"the teacher's labels are {', '.join(theirs)} but the student's are {', '.join(mine)}; "
-                                     "use a teacher trained with the same label names")
+            raise InvalidConfigError(
+                f"the teacher's labels are {', '.join(theirs)} but the student's are {', '.join(mine)}; "
+                "use a teacher trained with the same label names"
+            )
 
     fixed = None
     selection = None
@@ -203,7 +252,7 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         for p in student.base_model.parameters():
             p.requires_grad_(False)
         pooler = getattr(student.base_model, "pooler", None)
-        for p in (pooler.parameters() if pooler is not None else []):
+        for p in pooler.parameters() if pooler is not None else []:
             p.requires_grad_(True)
     budget = None
     if speed_plan is not None and not method.select:  # retrain-free chose its structure already: held fixed
@@ -219,8 +268,18 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
     if method.select is not None and not cfg.fill_steps:
         stats = {"steps": 0, "train_loss": None, "train_seconds": 0.0, "seconds_per_step": 0.0, "is_main_process": True}
     else:
-        stats = train(student, tokenizer, td.train, t, output, pruner=pruner, teacher=teacher, distill=cfg.distill,
-                      score_lr=score_lr, callbacks=callbacks)
+        stats = train(
+            student,
+            tokenizer,
+            td.train,
+            t,
+            output,
+            pruner=pruner,
+            teacher=teacher,
+            distill=cfg.distill,
+            score_lr=score_lr,
+            callbacks=callbacks,
+        )
 
     pruner.finalize()
     bake(student)
@@ -234,9 +293,14 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         "base_model": (source_info or {}).get("base_model", model_name),
         "teacher": cfg.distill.teacher,
         "task": td.spec.name,
-        "recipe": {"binarizer": method.binarizer.value, "train_weights": method.train_weights,
-                   "score_lr": score_lr, "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
-                   "lambda_final": pruner.lam_final if method.regularised else None, **_recorded(cfg, output)},
+        "recipe": {
+            "binarizer": method.binarizer.value,
+            "train_weights": method.train_weights,
+            "score_lr": score_lr,
+            "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
+            "lambda_final": pruner.lam_final if method.regularised else None,
+            **_recorded(cfg, output),
+        },
         **rep,
         "metrics": metrics,
         "training": {k: v for k, v in stats.items() if k != "is_main_process"},
@@ -255,8 +319,15 @@ def prune(cfg: PruneConfig, data: DataConfig, model_name: str | None = None, *, 
         if speed_plan.deploy is not None and cfg.measure_speed and stats["is_main_process"]:
             info["speed"]["measured"] = measure_speedup(student, rep["layers"], speed_plan.deploy)
     if stats["is_main_process"]:  # under DDP only rank 0 writes
-        save_model_dir(student, tokenizer, output, info, overwrite=t.overwrite or t.resume,
-                       sample=_sample_batch(td, tokenizer, student), reload=_reloader(info))
+        save_model_dir(
+            student,
+            tokenizer,
+            output,
+            info,
+            overwrite=t.overwrite or t.resume,
+            sample=_sample_batch(td, tokenizer, student),
+            reload=_reloader(info),
+        )
         _cleanup_checkpoints(output)
     return info
 
@@ -276,8 +347,9 @@ def _reloader(info: dict):
         from transformers import AutoModelForMaskedLM
 
         tok = load_tokenizer(str(path))
-        return LabelWordClassifier(AutoModelForMaskedLM.from_pretrained(path), label_word_ids(tok, info["label_words"]),
-                                   tok.mask_token_id)
+        return LabelWordClassifier(
+            AutoModelForMaskedLM.from_pretrained(path), label_word_ids(tok, info["label_words"]), tok.mask_token_id
+        )
 
     return load
 
@@ -299,12 +371,24 @@ def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *,
     stats = train(model, tokenizer, td.train, t, output)
     metrics = _evaluate(model, td, tokenizer, t)
     _save_label_names(model, td)
-    info = {"method": None, "base_model": model_name, "task": td.spec.name, "recipe": {"train": vars(t)},
-            **sparsity_report(model), "metrics": metrics,
-            "training": {k: v for k, v in stats.items() if k != "is_main_process"}}
+    info = {
+        "method": None,
+        "base_model": model_name,
+        "task": td.spec.name,
+        "recipe": {"train": vars(t)},
+        **sparsity_report(model),
+        "metrics": metrics,
+        "training": {k: v for k, v in stats.items() if k != "is_main_process"},
+    }
     if stats["is_main_process"]:
-        save_model_dir(model, tokenizer, output, info, overwrite=t.overwrite or t.resume,
-                       sample=_sample_batch(td, tokenizer, model))
+        save_model_dir(
+            model,
+            tokenizer,
+            output,
+            info,
+            overwrite=t.overwrite or t.resume,
+            sample=_sample_batch(td, tokenizer, model),
+        )
         _cleanup_checkpoints(output)
     return info
 
@@ -332,16 +416,30 @@ def _cleanup_checkpoints(output) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def evaluate_checkpoint(path: str, data: DataConfig, batch_size: int = 64, max_length: int = 128,
-                        max_eval_samples: int | None = None, progress: bool = True) -> dict:
+def evaluate_checkpoint(
+    path: str,
+    data: DataConfig,
+    batch_size: int = 64,
+    max_length: int = 128,
+    max_eval_samples: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
-    t = TrainConfig(eval_batch_size=batch_size, max_length=max_length, eval_max_length=max_length, max_eval_samples=max_eval_samples, progress=progress)
+    t = TrainConfig(
+        eval_batch_size=batch_size,
+        max_length=max_length,
+        eval_max_length=max_length,
+        max_eval_samples=max_eval_samples,
+        progress=progress,
+    )
     t.validate()
     info = read_compression_json(path) or {}
     config = load_config(path)
     _check_lengths(t, config, path)
     tokenizer = load_tokenizer(path, config)
-    td = _load_data(data, tokenizer, t, splits=("dev",), template=info.get("template"), label_names=label_names_of(config))
+    td = _load_data(
+        data, tokenizer, t, splits=("dev",), template=info.get("template"), label_names=label_names_of(config)
+    )
     reload = _reloader(info)
     model = reload(path) if reload else load_classifier(path, td.num_labels)
     return _evaluate(model, td, tokenizer, t)

@@ -78,11 +78,14 @@ def add_teacher_logits(teacher: nn.Module, dataset, tokenizer, batch_size: int =
     takes = set(inspect.signature(teacher.forward).parameters)
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names and c in takes]
     order = np.argsort([len(x) for x in dataset["input_ids"]], kind="stable")
-    loader = DataLoader(dataset.select(order).select_columns(cols), batch_size=batch_size,
-                        collate_fn=DataCollatorWithPadding(tokenizer))
+    loader = DataLoader(
+        dataset.select(order).select_columns(cols), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer)
+    )
     device = next(teacher.parameters()).device
-    chunks = [teacher(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu()
-              for b in tqdm(loader, desc="teacher logits", disable=not progress)]
+    chunks = [
+        teacher(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu()
+        for b in tqdm(loader, desc="teacher logits", disable=not progress)
+    ]
     logits = torch.cat(chunks).numpy()
     out = np.empty_like(logits)
     out[order] = logits
@@ -126,7 +129,9 @@ def _trainer_classes():
                 return
             output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
-            safetensors.torch.save_model(self.model, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+            safetensors.torch.save_model(
+                self.model, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"}
+            )
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     class ScheduleCallback(TrainerCallback):
@@ -167,8 +172,10 @@ def _checkpoint_step(checkpoint: str) -> int:
     try:
         return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
     except (OSError, ValueError, KeyError) as e:
-        raise InvalidConfigError(f"--resume: {checkpoint} has no readable trainer_state.json ({e.__class__.__name__}); "
-                                 "remove that checkpoint folder to resume from the one before") from e
+        raise InvalidConfigError(
+            f"--resume: {checkpoint} has no readable trainer_state.json ({e.__class__.__name__}); "
+            "remove that checkpoint folder to resume from the one before"
+        ) from e
 
 
 def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
@@ -274,7 +281,9 @@ def predict(model: nn.Module, dataset, tokenizer, batch_size: int = 64, progress
     device = next(model.parameters()).device
     takes = set(inspect.signature(model.forward).parameters)
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names and c in takes]
-    loader = DataLoader(dataset.select_columns(cols), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+    loader = DataLoader(
+        dataset.select_columns(cols), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer)
+    )
     out = []
     for batch in tqdm(loader, desc="evaluating", disable=not progress, total=math.ceil(len(dataset) / batch_size)):
         out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy())

@@ -86,16 +86,24 @@ def check_tokenizer(tokenizer, config, where) -> None:
     vocab = tokenizer.get_vocab()
     regular = set(vocab) - set(tokenizer.all_special_tokens)
     if not regular:
-        raise ArtifactError(f"the tokenizer in {where} has no vocabulary ({len(vocab)} special tokens only); copy its "
-                            "vocabulary file (vocab.txt, tokenizer.json, ...) from the model it belongs to")
+        raise ArtifactError(
+            f"the tokenizer in {where} has no vocabulary ({len(vocab)} special tokens only); copy its "
+            "vocabulary file (vocab.txt, tokenizer.json, ...) from the model it belongs to"
+        )
     rows = getattr(config, "vocab_size", None)
     if isinstance(rows, int) and max(vocab.values()) >= rows:
-        raise ArtifactError(f"the tokenizer in {where} produces ids up to {max(vocab.values())} but the model's embedding "
-                            f"table has {rows} rows; the tokenizer belongs to another model")
+        raise ArtifactError(
+            f"the tokenizer in {where} produces ids up to {max(vocab.values())} but the model's embedding "
+            f"table has {rows} rows; the tokenizer belongs to another model"
+        )
 
 
 def max_positions(config) -> int | None:
-    n = getattr(config, "max_position_embeddings", None) if not isinstance(config, dict) else config.get("max_position_embeddings")
+    n = (
+        getattr(config, "max_position_embeddings", None)
+        if not isinstance(config, dict)
+        else config.get("max_position_embeddings")
+    )
     mtype = getattr(config, "model_type", None) if not isinstance(config, dict) else config.get("model_type")
     if not isinstance(n, int):
         return None
@@ -111,7 +119,9 @@ def check_max_length(max_length: int, config, where) -> None:
         raise InvalidConfigError(f"--max-length {max_length} must be >= 1 (tokens kept per row, e.g. 128)")
     n = max_positions(config)
     if n is not None and max_length > n:
-        raise InvalidConfigError(f"--max-length {max_length} is more than the {n} positions {where} has; use at most {n}")
+        raise InvalidConfigError(
+            f"--max-length {max_length} is more than the {n} positions {where} has; use at most {n}"
+        )
 
 
 def check_teacher(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:

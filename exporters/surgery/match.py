@@ -33,13 +33,45 @@ from exporters.graph import Graph, op_counts
 
 # Ops that act on each feature independently (given scalar or per-feature constant operands).
 ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Neg", "Abs", "Erf", "Tanh", "Sigmoid", "Relu",
-    "LeakyRelu", "Elu", "Selu", "Softplus", "HardSigmoid", "HardSwish", "Mish", "Clip", "Gelu", "FastGelu",
-    "BiasGelu", "QuickGelu", "Cast", "Identity", "Dropout",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Neg",
+    "Abs",
+    "Erf",
+    "Tanh",
+    "Sigmoid",
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "HardSigmoid",
+    "HardSwish",
+    "Mish",
+    "Clip",
+    "Gelu",
+    "FastGelu",
+    "BiasGelu",
+    "QuickGelu",
+    "Cast",
+    "Identity",
+    "Dropout",
 }
 # Fused attention kernels. com.microsoft Attention (packed QKV weight, what `optimum-cli onnxruntime
 # optimize` and ORT's transformers optimizer emit) is rewritten; the others are refused by name.
-FUSED_ATTENTION = {"Attention", "QAttention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention", "GroupQueryAttention"}
+FUSED_ATTENTION = {
+    "Attention",
+    "QAttention",
+    "MultiHeadAttention",
+    "PackedAttention",
+    "PackedMultiHeadAttention",
+    "GroupQueryAttention",
+}
 # Inputs of the rewritten kernels that must be empty (past state, attention bias, ...): index onwards.
 _FUSED_EXTRA_INPUTS = {"Attention": 4, "QAttention": 8}
 # Residual + LayerNorm fused by ORT; the block output is input 0 or 1, a folded output bias input 4.
@@ -156,13 +188,34 @@ def projection_weight(g: Graph, p: Projection) -> np.ndarray:
         return w
     zp = g.const(p.matmul.input[3]) if len(p.matmul.input) > 3 and p.matmul.input[3] else np.zeros((), np.int8)
     scale = g.const(p.int_scale.input[p.int_scale_index]) if p.int_scale is not None else np.ones((), np.float32)
-    return (w.astype(np.float32) - zp.astype(np.float32).reshape(-1)[None, :] if zp.size > 1 else w.astype(np.float32) - float(zp)) * scale.reshape(-1)
+    return (
+        w.astype(np.float32) - zp.astype(np.float32).reshape(-1)[None, :]
+        if zp.size > 1
+        else w.astype(np.float32) - float(zp)
+    ) * scale.reshape(-1)
 
 
 # Ops that can turn tensor shapes into a scale factor (torch's SDPA decomposition computes
 # 1/sqrt(head_size) at run time from Shape(Q)[-1]: Shape -> Slice -> Cast -> Sqrt -> Div -> Sqrt).
-_SHAPE_ARITH = {"Shape", "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Add", "Sub", "Unsqueeze", "Squeeze",
-                "Reciprocal", "Identity", "Constant", "Reshape", "Concat", *QDQ}
+_SHAPE_ARITH = {
+    "Shape",
+    "Gather",
+    "Slice",
+    "Cast",
+    "Sqrt",
+    "Div",
+    "Mul",
+    "Add",
+    "Sub",
+    "Unsqueeze",
+    "Squeeze",
+    "Reciprocal",
+    "Identity",
+    "Constant",
+    "Reshape",
+    "Concat",
+    *QDQ,
+}
 
 
 def _is_shape_scalar(g: Graph, name: str, depth: int = 0) -> bool:
@@ -228,8 +281,12 @@ def _reads_last_dim(g: Graph, node: onnx.NodeProto) -> bool:
 
 def _is_fake_quant(g: Graph, node: onnx.NodeProto | None) -> bool:
     """A QuantizeLinear / DequantizeLinear on an activation with per-tensor scale and zero point."""
-    return (node is not None and node.op_type in QDQ and not g.is_const(node.input[0])
-            and all(not i or g.is_scalar_const(i) for i in node.input[1:]))
+    return (
+        node is not None
+        and node.op_type in QDQ
+        and not g.is_const(node.input[0])
+        and all(not i or g.is_scalar_const(i) for i in node.input[1:])
+    )
 
 
 def _up_qdq(g: Graph, name: str) -> str:
@@ -308,7 +365,9 @@ def _projection_above(g: Graph, name: str, what: str, where: str) -> Projection:
     if node is not None and node.op_type == "Add":
         consts = [i for i, x in enumerate(node.input) if g.is_const(x)]
         if len(consts) != 1:
-            raise GraphPatternError(f"{where}: the {what} projection's Add has no constant bias operand ({node_desc(node)})")
+            raise GraphPatternError(
+                f"{where}: the {what} projection's Add has no constant bias operand ({node_desc(node)})"
+            )
         add, bias_index = node, consts[0]
         node = g.producer.get(_up_qdq(g, node.input[1 - bias_index]))
     integer = _integer_matmul(g, node)
@@ -381,7 +440,9 @@ def _head_path(g: Graph, name: str, what: str, where: str, expect: list[int]) ->
         raise GraphPatternError(f"{where}: expected a Reshape splitting {what} into heads, found {found}")
     layout = _compose(perms[::-1])
     if layout != expect:
-        raise GraphPatternError(f"{where}: {what} heads are transposed with {layout}, expected {expect} (layout not recognised)")
+        raise GraphPatternError(
+            f"{where}: {what} heads are transposed with {layout}, expected {expect} (layout not recognised)"
+        )
     return _projection_above(g, node.input[0], what, where), node
 
 
@@ -392,8 +453,11 @@ def _scores_matmul(g: Graph, name: str, depth: int = 0) -> onnx.NodeProto | None
     if node is None or depth > 6:
         return None
     plain = node.op_type == "MatMul" or (
-        node.op_type == "FusedMatMul" and not node_attr(node, "transA", 0) and not node_attr(node, "transBatchA", 0)
-        and not node_attr(node, "transBatchB", 0))
+        node.op_type == "FusedMatMul"
+        and not node_attr(node, "transA", 0)
+        and not node_attr(node, "transBatchA", 0)
+        and not node_attr(node, "transBatchB", 0)
+    )
     if plain and not g.is_const(node.input[0]) and not g.is_const(node.input[1]):
         return node
     if node.op_type in _PASS_SCORES:
@@ -480,9 +544,13 @@ def match_attention(g: Graph, softmax: onnx.NodeProto) -> AttentionBlock | None:
     if merge is None or merge.op_type != "Reshape":
         raise GraphPatternError(f"{where}: expected Transpose -> Reshape merging the heads after MatMul(P, V)")
     if _compose(perms) != MERGE_PERM:
-        raise GraphPatternError(f"{where}: the context is transposed with {_compose(perms)} before merging, expected {MERGE_PERM}")
+        raise GraphPatternError(
+            f"{where}: the context is transposed with {_compose(perms)} before merging, expected {MERGE_PERM}"
+        )
     o, residual, residual_in = _output_projection(g, merge.output[0], "the merged heads", where)
-    block = AttentionBlock(softmax, q, k, v, [q_reshape, k_reshape, v_reshape], merge, o, residual, residual_in=residual_in)
+    block = AttentionBlock(
+        softmax, q, k, v, [q_reshape, k_reshape, v_reshape], merge, o, residual, residual_in=residual_in
+    )
     return block
 
 
@@ -506,13 +574,15 @@ def match_fused_attention(g: Graph, node: onnx.NodeProto) -> AttentionBlock:
     followed by the output projection and the residual (Add or SkipLayerNormalization)."""
     where = f"fused {node.op_type} at {node_desc(node)}"
     if node.op_type not in _FUSED_EXTRA_INPUTS or node.domain != "com.microsoft":
-        raise GraphPatternError(f"{where}: only com.microsoft Attention / QAttention are rewritten; shrink the graph before the ORT optimizer fuses it")
+        raise GraphPatternError(
+            f"{where}: only com.microsoft Attention / QAttention are rewritten; shrink the graph before the ORT optimizer fuses it"
+        )
     w = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
     if w is None or w.ndim != 2:
         raise GraphPatternError(f"{where}: the packed QKV weight is not a constant 2-D tensor")
     if len(node.input) < 3 or not node.input[2] or g.const(node.input[2]) is None:
         raise GraphPatternError(f"{where}: the packed QKV bias is missing or not constant")
-    if any(node.input[_FUSED_EXTRA_INPUTS[node.op_type]:]) or any(node.output[1:]):
+    if any(node.input[_FUSED_EXTRA_INPUTS[node.op_type] :]) or any(node.output[1:]):
         raise GraphPatternError(f"{where}: past state / attention bias inputs or present outputs are not supported")
     n = int(node_attr(node, "num_heads", 0))
     sizes = list(node_attr(node, "qkv_hidden_sizes", []) or [w.shape[1] // 3] * 3)
@@ -530,7 +600,11 @@ def _weight_matmul_below(g: Graph, x: str) -> onnx.NodeProto | None:
     node = g.sole_child(x)
     if node is not None and node.op_type == "DynamicQuantizeLinear":
         kids = g.children(node.output[0])
-        node = kids[0] if len(kids) == 1 and kids[0].op_type == "MatMulInteger" and kids[0].input[0] == node.output[0] else None
+        node = (
+            kids[0]
+            if len(kids) == 1 and kids[0].op_type == "MatMulInteger" and kids[0].input[0] == node.output[0]
+            else None
+        )
         return node
     return node if node is not None and node.op_type == "MatMul" and node.input[0] == x else None
 
@@ -619,7 +693,13 @@ def match_ffn(g: Graph, mm1: onnx.NodeProto) -> FfnBlock | None:
 def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
     """All encoder layers in graph order, and the head size used. Raises GraphPatternError naming what
     is missing rather than returning a partial match."""
-    qlinear = sorted({n.op_type for n in g.graph.node if n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "MatMulIntegerToFloat")})
+    qlinear = sorted(
+        {
+            n.op_type
+            for n in g.graph.node
+            if n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "MatMulIntegerToFloat")
+        }
+    )
     if qlinear:
         raise GraphPatternError(
             f"static QOperator int8 ops ({', '.join(qlinear)}) are not rewritten: shrink the fp32 graph, then quantize "
@@ -653,14 +733,21 @@ def find_layers(g: Graph, head_size: int | None) -> tuple[list[Layer], int]:
         head_size = _head_size(g, unfused, head_size)
     else:
         if len(fused_sizes) != 1 or (head_size is not None and fused_sizes != {head_size}):
-            raise GraphPatternError(f"fused Attention nodes imply head sizes {sorted(fused_sizes)}" + (f", not {head_size}" if head_size else ""))
+            raise GraphPatternError(
+                f"fused Attention nodes imply head sizes {sorted(fused_sizes)}"
+                + (f", not {head_size}" if head_size else "")
+            )
         head_size = fused_sizes.pop()
     if fused_sizes - {head_size}:
-        raise GraphPatternError(f"fused Attention nodes imply head sizes {sorted(fused_sizes)}, the head reshapes {head_size}")
+        raise GraphPatternError(
+            f"fused Attention nodes imply head sizes {sorted(fused_sizes)}, the head reshapes {head_size}"
+        )
     for i, a in enumerate(attention):
         if a.fused is not None:
             if g.const(a.o.matmul.input[1]).shape[0] != a.num_heads * head_size:
-                raise GraphPatternError(f"layer {i}: output projection rows differ from the attention width {a.num_heads * head_size}")
+                raise GraphPatternError(
+                    f"layer {i}: output projection rows differ from the attention width {a.num_heads * head_size}"
+                )
             continue
         width = _proj_width(g, a.q)
         if width % head_size:
@@ -746,9 +833,22 @@ def detect_kept(g: Graph, layers: list[Layer]) -> list[LayerKeep]:
 
 
 # Ops whose count before / after shrink shows that fusions and quantization survived the surgery.
-REPORTED_OPS = ("Attention", "QAttention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
-                "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "FusedMatMul", "MatMulInteger",
-                "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear")
+REPORTED_OPS = (
+    "Attention",
+    "QAttention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "EmbedLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "FusedMatMul",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+)
 
 
 def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -764,7 +864,9 @@ def describe_layer(g: Graph, layer: Layer) -> dict:
         if p.matmul.op_type == "MatMulInteger":
             return "int8 dynamic (MatMulInteger)"
         src = p.matmul.input[1]
-        return "int8 QDQ" if g.producer.get(src) is not None and g.producer[src].op_type == "DequantizeLinear" else "fp32"
+        return (
+            "int8 QDQ" if g.producer.get(src) is not None and g.producer[src].op_type == "DequantizeLinear" else "fp32"
+        )
 
     if a.fused is not None:
         attention = f"fused {a.fused.op_type} ({a.fused.domain or 'ai.onnx'}, packed QKV)"

@@ -28,14 +28,31 @@ from compress.core.errors import GraphPatternError
 from compress.core.record import LayerKeep
 from exporters.graph import Graph
 from exporters.surgery.match import (
-    SKIP_LN, AttentionBlock, FfnBlock, Layer, Projection, apply_fake_quant, fake_quant_chain, find_layers,
-    node_attr, node_desc, projection_weight, split_sizes,
+    SKIP_LN,
+    AttentionBlock,
+    FfnBlock,
+    Layer,
+    Projection,
+    apply_fake_quant,
+    fake_quant_chain,
+    find_layers,
+    node_attr,
+    node_desc,
+    projection_weight,
+    split_sizes,
 )
 from exporters.surgery.validate import finalize
 from exporters.toolbox import run
 
 # ---------------------------------------------------------------------- dead by input, bias folded
-QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QLinearMatMul"}
+QUANTIZED = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "QAttention",
+    "QLinearMatMul",
+}
 
 
 def _output_bias_slot(proj: Projection, residual: onnx.NodeProto) -> tuple[onnx.NodeProto, int] | None:
@@ -51,7 +68,7 @@ def _v_columns(g: Graph, a: AttentionBlock) -> tuple[np.ndarray, np.ndarray | No
     """V's weight columns [H, heads*d] and bias (None without one), wherever V is packed."""
     if a.fused is not None:
         width = a.num_heads * a.head_size
-        return g.const(a.fused.input[1])[:, 2 * width:], g.const(a.fused.input[2])[2 * width:]
+        return g.const(a.fused.input[1])[:, 2 * width :], g.const(a.fused.input[2])[2 * width :]
     p = a.v
     w = projection_weight(g, p)
     b = g.const(p.add.input[p.bias_index]) if p.add is not None else None
@@ -73,9 +90,12 @@ def _activation_of(g: Graph, f: FfnBlock, x: np.ndarray) -> np.ndarray:
     consts = {i for n in nodes for i in n.input if i and i != src and i not in made}
     inits = [onnx.numpy_helper.from_array(np.asarray(g.const(c)), c) for c in sorted(consts)]
     graph = onnx.helper.make_graph(
-        [copy.deepcopy(n) for n in nodes], "ffn_activation",
+        [copy.deepcopy(n) for n in nodes],
+        "ffn_activation",
         [onnx.helper.make_tensor_value_info(src, onnx.TensorProto.FLOAT, [1, len(x)])],
-        [onnx.helper.make_tensor_value_info(dst, onnx.TensorProto.FLOAT, None)], inits)
+        [onnx.helper.make_tensor_value_info(dst, onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
     model = onnx.helper.make_model(graph, opset_imports=list(g.model.opset_import), ir_version=g.model.ir_version)
     return run(model, {src: x[None, :].astype(np.float32)})[dst].reshape(-1)
 
@@ -97,11 +117,14 @@ def fold_input_dead(g: Graph, layers: list[Layer], kept: list[LayerKeep]) -> tup
         d = a.head_size
         slot = _output_bias_slot(a.o, a.residual)
         wv, bv = _v_columns(g, a)
-        heads = [h for h in k["heads_kept"] if not np.any(wv[:, h * d:(h + 1) * d])]
+        heads = [h for h in k["heads_kept"] if not np.any(wv[:, h * d : (h + 1) * d])]
         if heads and (slot is not None or bv is None or not np.any(bv)):
             wo = projection_weight(g, a.o)
             if bv is not None and slot is not None:
-                delta = sum(bv[h * d:(h + 1) * d].astype(np.float64) @ wo[h * d:(h + 1) * d].astype(np.float64) for h in heads)
+                delta = sum(
+                    bv[h * d : (h + 1) * d].astype(np.float64) @ wo[h * d : (h + 1) * d].astype(np.float64)
+                    for h in heads
+                )
                 node, j = slot
                 _replace_const(g, node, j, g.const(node.input[j]) + delta, f"layer{i}.attention.output.bias_folded")
             k["heads_kept"] = [h for h in k["heads_kept"] if h not in heads]
@@ -147,7 +170,9 @@ def _slice_const(g: Graph, node: onnx.NodeProto, i: int, index: np.ndarray, axis
     for j, what in ((1, "scale"), (2, "zero_point")):
         if j < len(dq.input) and dq.input[j]:
             v = g.const(dq.input[j])
-            inputs.append(g.add_initializer(v[index], f"{hint}.{what}") if v.size > 1 and dq_axis == axis else dq.input[j])
+            inputs.append(
+                g.add_initializer(v[index], f"{hint}.{what}") if v.size > 1 and dq_axis == axis else dq.input[j]
+            )
     out = g.unique_name(hint + ".dequantized")
     new = onnx.helper.make_node("DequantizeLinear", inputs, [out], name=out)
     new.attribute.extend(copy.deepcopy(a) for a in dq.attribute)
@@ -208,17 +233,35 @@ def _bypass_skip_layernorm(g: Graph, sln: onnx.NodeProto, block_out: str, bias: 
         raise GraphPatternError(f"{node_desc(sln)}: its mean / inv_std_var outputs are used; cannot replace it")
     opset = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 17:
-        raise GraphPatternError(f"{node_desc(sln)}: removing a whole block here needs LayerNormalization (opset >= 17), the graph has opset {opset}")
+        raise GraphPatternError(
+            f"{node_desc(sln)}: removing a whole block here needs LayerNormalization (opset >= 17), the graph has opset {opset}"
+        )
     skip = sln.input[1] if sln.input[0] == block_out else sln.input[0]
     total = bias.astype(np.float32)
     if len(sln.input) > 4 and sln.input[4]:
         total = total + g.const(sln.input[4]).astype(np.float32)
     summed = sln.output[3] if len(sln.output) > 3 and sln.output[3] else g.unique_name(hint + ".sum")
-    g.add_node(onnx.helper.make_node("Add", [skip, g.add_initializer(total, hint)], [summed], name=g.unique_name(hint + ".add")))
+    g.add_node(
+        onnx.helper.make_node(
+            "Add", [skip, g.add_initializer(total, hint)], [summed], name=g.unique_name(hint + ".add")
+        )
+    )
     gamma = sln.input[2]
-    beta = sln.input[3] if len(sln.input) > 3 and sln.input[3] else g.add_initializer(np.zeros_like(g.const(gamma)), hint + ".beta")
-    g.add_node(onnx.helper.make_node("LayerNormalization", [summed, gamma, beta], [sln.output[0]], name=g.unique_name(hint + ".ln"),
-                                     axis=-1, epsilon=float(node_attr(sln, "epsilon", 1e-12))))
+    beta = (
+        sln.input[3]
+        if len(sln.input) > 3 and sln.input[3]
+        else g.add_initializer(np.zeros_like(g.const(gamma)), hint + ".beta")
+    )
+    g.add_node(
+        onnx.helper.make_node(
+            "LayerNormalization",
+            [summed, gamma, beta],
+            [sln.output[0]],
+            name=g.unique_name(hint + ".ln"),
+            axis=-1,
+            epsilon=float(node_attr(sln, "epsilon", 1e-12)),
+        )
+    )
     g.remove_nodes([sln])
 
 
@@ -315,7 +358,9 @@ def layer_params(layer: Layer, hidden: int, attn_width: int, ffn_width: int) -> 
     a, f = layer.attention, layer.ffn
     total = 4 * hidden * attn_width + 2 * hidden * ffn_width
     if attn_width:
-        total += 3 * attn_width if a.fused is not None else sum(attn_width for p in (a.q, a.k, a.v) if p.add is not None)
+        total += (
+            3 * attn_width if a.fused is not None else sum(attn_width for p in (a.q, a.k, a.v) if p.add is not None)
+        )
     if ffn_width and f.w1.add is not None:
         total += ffn_width
     total += hidden * ((a.o.add is not None) + (f.w2.add is not None))
@@ -329,8 +374,14 @@ def remove_heads(g: Graph, layers: list[Layer], heads_kept: list[list[int]]) -> 
     for i, (layer, heads) in enumerate(zip(layers, heads_kept)):
         a = layer.attention
         _shrink_attention(g, i, a, heads, shapes)
-        changes.append({"heads_before": a.num_heads, "heads_after": len(heads), "heads_kept": heads,
-                        "attention_removed": not heads})
+        changes.append(
+            {
+                "heads_before": a.num_heads,
+                "heads_after": len(heads),
+                "heads_kept": heads,
+                "attention_removed": not heads,
+            }
+        )
     return changes
 
 

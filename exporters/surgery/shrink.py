@@ -84,7 +84,12 @@ def shrink(
         }
     changes = zip(remove_heads(g, layers, heads_kept), remove_ffn_dims(g, layers, dims_kept))
     for layer, (heads, ffn) in zip(layers, changes):
-        layer.report = {"layer": layer.report["layer"], **heads, **ffn, **{k: v for k, v in layer.report.items() if k != "layer"}}
+        layer.report = {
+            "layer": layer.report["layer"],
+            **heads,
+            **ffn,
+            **{k: v for k, v in layer.report.items() if k != "layer"},
+        }
     g.commit()
     g.prune_dead()
     finalize(out, source=model)
@@ -135,7 +140,9 @@ def shrink_file(
         model = onnx.load(str(src))
     except Exception as e:  # protobuf DecodeError and friends
         raise ArtifactError(f"{src} is not a readable ONNX model ({type(e).__name__})") from e
-    batches = sample_inputs([i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size(model, src.parent))
+    batches = sample_inputs(
+        [i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size(model, src.parent)
+    )
     new, report = shrink(model, kept, num_heads, head_size, sample_inputs=batches, atol=atol)
     if optimize is not None:
         new, report["optimize"] = optimize(new, batches, atol)

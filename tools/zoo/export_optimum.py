@@ -45,8 +45,11 @@ def quantize_fused(src: Path, dst: Path) -> str:
     """Dynamic int8 of the fused graph (Attention -> QAttention). Tries optimum's CLI first and records
     why it had to fall back, so the zoo table says what happened."""
     out = dst.parent / "optimum_q"
-    proc = subprocess.run(["optimum-cli", "onnxruntime", "quantize", "--onnx_model", str(src.parent), "--avx2", "-o", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["optimum-cli", "onnxruntime", "quantize", "--onnx_model", str(src.parent), "--avx2", "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode == 0:
         shutil.copyfile(next(out.glob("*.onnx")), dst)
         return "optimum-cli onnxruntime quantize --avx2"
@@ -57,10 +60,17 @@ def quantize_fused(src: Path, dst: Path) -> str:
     m = onnx.load(str(src))
     del m.graph.value_info[:]
     onnx.save(m, str(dst.parent / "clean.onnx"))
-    quantize_dynamic(str(dst.parent / "clean.onnx"), str(dst), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return ("optimum-cli onnxruntime quantize --avx2 failed on this graph (" + (last[0][:200] if last else "no message")
-            + "); made with onnxruntime.quantization.quantize_dynamic(extra_options={'DefaultTensorType': FLOAT}) instead")
+    quantize_dynamic(
+        str(dst.parent / "clean.onnx"),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return (
+        "optimum-cli onnxruntime quantize --avx2 failed on this graph ("
+        + (last[0][:200] if last else "no message")
+        + "); made with onnxruntime.quantization.quantize_dynamic(extra_options={'DefaultTensorType': FLOAT}) instead"
+    )
 
 
 def main():
@@ -83,7 +93,16 @@ def main():
             src = tmp / "onnx" / "model.onnx"
             cmd = f"optimum-cli export onnx --model DIR --task {task}"
             if opt:
-                sh("optimum-cli", "onnxruntime", "optimize", "--onnx_model", str(tmp / "onnx"), f"-{opt}", "-o", str(tmp / "opt"))
+                sh(
+                    "optimum-cli",
+                    "onnxruntime",
+                    "optimize",
+                    "--onnx_model",
+                    str(tmp / "onnx"),
+                    f"-{opt}",
+                    "-o",
+                    str(tmp / "opt"),
+                )
                 src = next((tmp / "opt").glob("*.onnx"))
                 cmd += f" && optimum-cli onnxruntime optimize -{opt}"
             note, source = None, None
@@ -104,12 +123,24 @@ def main():
 
             m = onnx.load(str(dst))
             fused = sorted({n.op_type for n in m.graph.node if n.domain == "com.microsoft"})
-            write_meta(dst, exporter="optimum-cli export onnx" + (f" + onnxruntime optimize -{opt}" if opt else "")
-                       + (" + onnxruntime.quantization.quantize_dynamic" if quant else ""), note=note, source=source,
-                       command=cmd, versions=VERS, fused=fused or False, int8="dynamic QOperator (fused graph)" if quant else None,
-                       model_type=mt, head=head,
-                       num_heads=4, hidden=tiny_config(mt).to_dict().get("hidden_size", tiny_config(mt).to_dict().get("dim")),
-                       external_data=False, attn_implementation="optimum default")
+            write_meta(
+                dst,
+                exporter="optimum-cli export onnx"
+                + (f" + onnxruntime optimize -{opt}" if opt else "")
+                + (" + onnxruntime.quantization.quantize_dynamic" if quant else ""),
+                note=note,
+                source=source,
+                command=cmd,
+                versions=VERS,
+                fused=fused or False,
+                int8="dynamic QOperator (fused graph)" if quant else None,
+                model_type=mt,
+                head=head,
+                num_heads=4,
+                hidden=tiny_config(mt).to_dict().get("hidden_size", tiny_config(mt).to_dict().get("dim")),
+                external_data=False,
+                attn_implementation="optimum default",
+            )
 
 
 if __name__ == "__main__":

