@@ -394,7 +394,7 @@ def dead_structure(dense: onnx.ModelProto, structure: dict | None, config) -> tu
         if structure:  # a pruned checkpoint whose graph surgery cannot read: say so, do not ship it silently
             raise GraphPatternError(
                 f"{e} (the checkpoint is pruned; pass --no-shrink to export the full graph anyway)"
-            ) from None
+            ) from e
         return False, f"encoder structure not recognised in the graph ({e})"
     kept = detect_kept(g, found)
     dead = any(len(k.heads) < b.attention.num_heads or len(k.ffn_dims) < b.ffn.width for k, b in zip(kept, found))

@@ -91,8 +91,8 @@ def parse_shape(text: str) -> tuple[int, int]:
     """'32x128' -> (32, 128)."""
     try:
         b, s = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise InvalidConfigError(f"--deploy-shape {text!r} is not BATCHxSEQ; e.g. 32x128") from None
+    except ValueError as e:
+        raise InvalidConfigError(f"--deploy-shape {text!r} is not BATCHxSEQ; e.g. 32x128") from e
     if b < 1 or s < 1:
         raise InvalidConfigError(f"--deploy-shape {text!r} needs positive sizes; e.g. 32x128")
     return b, s
@@ -203,7 +203,7 @@ class LatencyTable:
         try:
             return cls(**data)
         except TypeError as e:
-            raise ArtifactError(f"latency table is malformed ({e}); rebuild it") from None
+            raise ArtifactError(f"latency table is malformed ({e}); rebuild it") from e
 
     def save(self, path: str | os.PathLike) -> Path:
         with atomic_file(path) as tmp:
@@ -215,7 +215,7 @@ class LatencyTable:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"cannot read latency table {path} ({e}); delete it to rebuild") from None
+            raise ArtifactError(f"cannot read latency table {path} ({e}); delete it to rebuild") from e
 
     def summary(self) -> dict:
         return {
