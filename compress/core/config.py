@@ -42,6 +42,12 @@ class DataConfig:
     label_column: str | None = arg(None, "label column of the data files")
     num_labels: int | None = arg(None, "number of labels (default: from the data)")
 
+    def source(self, train: bool = True) -> dict:
+        """The keyword arguments of compress.training.data.load_task_data that say where the data is
+        (the training file only when a training split is wanted)."""
+        keys = ("data_dir", "validation_file", "text_column", "text_pair_column", "label_column", "num_labels")
+        return {k: getattr(self, k) for k in (("train_file",) if train else ()) + keys}
+
     def resolved(self) -> "DataConfig":
         """With data files and no task, the files define the task (generic columns); else sst2."""
         if self.task is None and not (self.train_file or self.validation_file):

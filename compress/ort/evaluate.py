@@ -205,12 +205,7 @@ def evaluate_onnx_path(
     td = load_task_data(
         data.task,
         tok,
-        data_dir=data.data_dir,
-        validation_file=data.validation_file,
-        text_column=data.text_column,
-        text_pair_column=data.text_pair_column,
-        label_column=data.label_column,
-        num_labels=data.num_labels,
+        **data.source(train=False),
         max_length=max_length,
         max_eval_samples=max_eval_samples,
         splits=("dev",),
