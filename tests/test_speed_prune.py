@@ -99,8 +99,8 @@ def test_hybrid_budget_uses_block_scores_per_head():
     pruner = Pruner(
         model,
         get_method("hybrid"),
-        PruneConfig(method="hybrid", target_flops=0.5, ffn_block=16),
-        budget=budget_for(model, "hybrid", plan, 16),
+        PruneConfig(method="hybrid", target_flops=0.5, ffn_block=16, budget_importance="scores"),
+        budget=budget_for(model, "hybrid", plan, 16, importance="scores"),
     )
     with torch.no_grad():  # make head 1 of layer 0 clearly more important in its Q blocks
         pruner.scores["layer_0_query"][1] += 5.0
@@ -116,6 +116,59 @@ def test_hybrid_budget_uses_block_scores_per_head():
     for j in range(2):
         kept = float(j in res.heads[0])
         assert torch.all(q[j] == kept) and torch.all(o[:, j] == kept)
+
+
+def _fisher_pruner(model, method="struct", fraction=0.4):
+    plan = _plan(model, fraction)
+    cfg = PruneConfig(method=method, target_flops=fraction, ffn_block=16)
+    return Pruner(model, get_method(method), cfg, budget=budget_for(model, method, plan, 16))
+
+
+def _backward(model, pruner):
+    wrapper = StudentWithLoss(model, pruner, None, DistillConfig())
+    wrapper.train()
+    batch, labels = _batch(model)
+    wrapper(**batch, labels=labels)["loss"].backward()
+
+
+def test_fisher_importance_is_the_squared_mask_gradient():
+    model = h.tiny_model("bert", ffn=128)
+    pruner = _fisher_pruner(model)
+    b = pruner.budget
+    assert b.kind == "fisher" and float(b.head_fisher.abs().sum()) == 0.0
+    pruner.set_step(0, 100, 10)  # dense level: every unit kept, with all importances still 0
+    _backward(model, pruner)
+    g_heads = pruner.scores["layer_0_heads"].grad  # straight-through: the score gradient is the mask gradient
+    assert torch.allclose(b.head_fisher[0], g_heads.double().square())  # first update: the plain square
+    assert float(b.ffn_fisher.sum()) > 0 and float(b.head_fisher.sum()) > 0
+    # state_dict holds the averages, so a resumed run continues from them
+    assert {"budget.head_fisher", "budget.ffn_fisher", "budget.fisher_updates"} <= set(pruner.state_dict())
+
+
+def test_fisher_importance_chooses_the_structure_and_freezes_removed_units():
+    model = h.tiny_model("bert", ffn=128)
+    pruner = _fisher_pruner(model, fraction=0.3)
+    b = pruner.budget
+    with torch.no_grad():
+        b.head_fisher.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0]] * 2, dtype=torch.float64))
+        b.ffn_fisher.copy_(torch.rand(2, 128, dtype=torch.float64))
+        b.fisher_updates.fill_(100)
+    pruner.set_step(100, 100, 10)
+    _backward(model, pruner)
+    res = b.last
+    for layer, kept in enumerate(res.heads):  # the most important heads are the ones kept
+        assert kept == list(range(4 - len(kept), 4))
+        removed = [j for j in range(4) if j not in kept]
+        assert b.head_fisher[layer, removed].tolist() == [float(j + 1) for j in removed]  # frozen
+
+
+def test_hybrid_fisher_sums_the_output_column_blocks_of_a_head():
+    model = h.tiny_model("bert", hidden=64, heads=2, ffn=64)
+    pruner = _fisher_pruner(model, "hybrid", 0.5)
+    pruner.set_step(0, 100, 10)
+    _backward(model, pruner)
+    g = pruner.scores["layer_1_attn_out"].grad  # (row blocks, column blocks); head j owns column block j
+    assert torch.allclose(pruner.budget.head_fisher[1], g.sum(0).double().square())
 
 
 def test_hybrid_budget_refuses_heads_smaller_than_blocks():

@@ -178,6 +178,12 @@ class PruneConfig:
     measure_speed: bool = arg(
         True, "after a latency target: time the shrunk deploy graph against dense (compression.json)"
     )
+    budget_importance: str = arg(
+        "fisher",
+        "what ranks heads and FFN dims against their latency under a target: fisher (squared mask gradients, "
+        "averaged over steps) or scores (the method's mask scores x weights held)",
+        choices=["fisher", "scores"],
+    )
     ffn_block: int = arg(32, "kept FFN widths are multiples of this (the budget is met within one block or one head)")
     fill_steps: int = arg(
         0,

@@ -184,31 +184,32 @@ def solve_budget(
         hk, fk = choose(hi_mu)
         if cost(hk, fk) > room:  # only possible if even the zero structure does not fit
             hk, fk = np.zeros(L, int), np.zeros(L, int)
-        # Greedy fill of the slack: next head or next FFN block, best importance per marginal cost first.
-        slack = room - cost(hk, fk)
-        while True:
-            best, pick = -1.0, None
-            for l in range(L):
-                if hk[l] < H:
-                    dc, dv = hc[hk[l] + 1] - hc[hk[l]], hv[l, hk[l] + 1] - hv[l, hk[l]]
-                    if dc <= slack + 1e-12:
-                        r = np.inf if dc <= 0 else dv / dc
-                        if r > best:
-                            best, pick = r, ("h", l, dc)
-                if fk[l] < len(f_counts) - 1:
-                    dc, dv = fc[fk[l] + 1] - fc[fk[l]], fv[l, fk[l] + 1] - fv[l, fk[l]]
-                    if dc <= slack + 1e-12:
-                        r = np.inf if dc <= 0 else dv / dc
-                        if r > best:
-                            best, pick = r, ("f", l, dc)
-            if pick is None:
-                break
-            kind, l, dc = pick
-            if kind == "h":
-                hk[l] += 1
-            else:
-                fk[l] += 1
-            slack -= dc
+    # Greedy fill of the slack: next head or next FFN block, best importance per marginal cost first.
+    # Also after mu = 0, whose ties (e.g. importances all 0 before the first gradient) go to the cheaper option.
+    slack = room - cost(hk, fk)
+    while True:
+        best, pick = -1.0, None
+        for l in range(L):
+            if hk[l] < H:
+                dc, dv = hc[hk[l] + 1] - hc[hk[l]], hv[l, hk[l] + 1] - hv[l, hk[l]]
+                if dc <= slack + 1e-12:
+                    r = np.inf if dc <= 0 else dv / dc
+                    if r > best:
+                        best, pick = r, ("h", l, dc)
+            if fk[l] < len(f_counts) - 1:
+                dc, dv = fc[fk[l] + 1] - fc[fk[l]], fv[l, fk[l] + 1] - fv[l, fk[l]]
+                if dc <= slack + 1e-12:
+                    r = np.inf if dc <= 0 else dv / dc
+                    if r > best:
+                        best, pick = r, ("f", l, dc)
+        if pick is None:
+            break
+        kind, l, dc = pick
+        if kind == "h":
+            hk[l] += 1
+        else:
+            fk[l] += 1
+        slack -= dc
     heads = [sorted(int(x) for x in h_order[l, : h_counts[hk[l]]]) for l in range(L)]
     dims = [sorted(int(x) for x in f_order[l, : f_counts[fk[l]]]) for l in range(L)]
     value = float(hv[np.arange(L), hk].sum() + fv[np.arange(L), fk].sum())

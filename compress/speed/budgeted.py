@@ -1,18 +1,23 @@
 """Budget-aware structure selection during training (`compress prune --target-speedup ...`).
 
 The Pruner hands its mask scores here at every step. The kept budget follows the cubic schedule from
-the dense cost to the target; at each step the structure is re-chosen from the method's own scores:
-  struct: one score per head and per FFN dim;
-  hybrid: FFN-dim scores, and per head the mean importance of its 32x32 attention blocks
-          (its row blocks in Q/K/V, its column blocks in O).
-Importance of a structure = sigmoid(score) x the number of weights it holds: a score is the
-importance density of the weights its mask covers, so a head (4 * hidden * head_size weights) and an
-FFN dim (2 * hidden) compare on the same footing, and the solver ranks them per unit of latency.
-(float64: in float32 sigmoid rounds to exactly 1 from a score of about 17 up, and ties would then be
-broken by index instead of by score.)
-solve_budget picks the structure; the masks pass gradients straight through to every score (kept or
-not), as in movement pruning, so scores keep learning which structure matters and the network is
-distilled into the final shape instead of being cut at the end. No regulariser, no lambda.
+the dense cost to the target; at each step solve_budget re-chooses the structure from an importance
+per head and per FFN dim, ranked per unit of latency. Two importances (--budget-importance):
+  fisher (default): the squared gradient of the loss with respect to the head / FFN-dim mask, averaged
+      over steps (an exponential average): the first-order estimate of how much the (distillation)
+      loss rises when the unit is removed (Molchanov et al. 2019; Kwon et al. 2022 use the same
+      Fisher information of masks). Heads and FFN dims are measured in the same unit, the loss, so
+      they compare directly. The masks' straight-through gradient *is* that mask gradient, so it costs
+      nothing extra. A removed unit's average is frozen at its last kept value: at mask 0 its gradient
+      says nothing (for struct it is exactly 0, the mask enters squared), and the budget only shrinks.
+      hybrid: a head's mask gradient is the sum over its column blocks of O (scaling those columns
+      scales the head's output); FFN dims use their own scores' gradients.
+  scores: sigmoid(score) x the number of weights the unit holds, the method's own movement scores.
+      Measured on MiniLM-L6 / SST-2 at 3x it dropped heads first (11 of 72 kept, 82.57): every unit
+      starts at the same density, so the per-ms ranking only sees that a head costs more per weight.
+(float64 throughout: in float32 sigmoid rounds to exactly 1 from a score of about 17 up.)
+The masks pass gradients straight through to every score (kept or not), as in movement pruning, so the
+network is distilled into the final shape instead of being cut at the end. No regulariser, no lambda.
 """
 
 from __future__ import annotations
@@ -26,18 +31,28 @@ from compress.speed.budget import BudgetResult, Target, resolve_target, solve_bu
 from compress.speed.latency import DeployConfig, LatencyTable
 
 BUDGET_METHODS = ("struct", "hybrid")
+IMPORTANCES = ("fisher", "scores")
+
+
+# Exponential average of squared mask gradients: a window of about 1 / (1 - 0.98) = 50 steps, long
+# enough to average out batch noise, short enough to follow the network as it is distilled into shape.
+FISHER_DECAY = 0.98
 
 
 class _Chosen(torch.autograd.Function):
-    """Returns a precomputed 0/1 mask; the gradient passes straight through to the scores."""
+    """Returns a precomputed 0/1 mask; the gradient passes straight through to the scores (and, when
+    given, to `sink`, which collects it for the Fisher importance)."""
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, scores: torch.Tensor, mask: torch.Tensor, sink=None) -> torch.Tensor:
+        ctx.sink = sink
         return mask
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        if ctx.sink is not None:
+            ctx.sink(grad.detach())
+        return grad, None, None
 
 
 @dataclass
@@ -52,10 +67,16 @@ class SpeedPlan:
     from_cache: bool = False
 
 
-class StructureBudget:
-    """Owns the budget schedule and turns scores into masks for the Pruner's groups."""
+class StructureBudget(torch.nn.Module):
+    """Owns the budget schedule and turns importances into masks for the Pruner's groups. A module so
+    the Fisher averages are buffers: saved in training checkpoints and restored on resume."""
 
-    def __init__(self, groups, method_name: str, geometry, plan: SpeedPlan, ffn_block: int = 32):
+    def __init__(
+        self, groups, method_name: str, geometry, plan: SpeedPlan, ffn_block: int = 32, importance: str = "fisher"
+    ):
+        super().__init__()
+        if importance not in IMPORTANCES:
+            raise InvalidConfigError(f"--budget-importance {importance!r}: use one of {', '.join(IMPORTANCES)}")
         if method_name not in BUDGET_METHODS:
             raise InvalidConfigError(
                 f"--target-* works with the structured methods {', '.join(BUDGET_METHODS)}, not --method {method_name}"
@@ -81,6 +102,11 @@ class StructureBudget:
         self.start = max(self.table.predicted_dense_ms, plan.budget)
         self.level = self.start
         self.last: BudgetResult | None = None
+        self.kind = importance
+        L, H, F = geometry.num_layers, geometry.num_heads, geometry.intermediate_size
+        self.register_buffer("head_fisher", torch.zeros(L, H, dtype=torch.float64))
+        self.register_buffer("ffn_fisher", torch.zeros(L, F, dtype=torch.float64))
+        self.register_buffer("fisher_updates", torch.zeros(L, 2, dtype=torch.float64))  # per layer: heads, ffn
 
     def set_level(self, level: float) -> None:
         self.level = level
@@ -88,6 +114,31 @@ class StructureBudget:
     # ------------------------------------------------------------------ importance
     @torch.no_grad()
     def importance(self, scores) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self.kind == "fisher":
+            return list(self.head_fisher.cpu()), list(self.ffn_fisher.cpu())
+        return self.score_importance(scores)
+
+    @torch.no_grad()
+    def _collect(self, layer: int, which: int, kept: torch.Tensor, grad: torch.Tensor) -> None:
+        """Fold one backward's mask gradient (per unit) into the average of the units that are kept."""
+        buf = self.head_fisher if which == 0 else self.ffn_fisher
+        n = self.fisher_updates[layer, which] + 1
+        self.fisher_updates[layer, which] = n
+        rate = max(1.0 - FISHER_DECAY, 1.0 / float(n))  # a plain mean over the first steps, then exponential
+        g2 = grad.to(buf.dtype).square().to(buf.device)
+        keep = kept.to(buf.device).bool()
+        buf[layer] = torch.where(keep, buf[layer] + rate * (g2 - buf[layer]), buf[layer])
+
+    def _sink(self, layer: int, which: int, kept: torch.Tensor):
+        if self.kind != "fisher":
+            return None
+        if which == 0 and self.method == "hybrid":  # O's column blocks of head j -> head j's output scale
+            H = self.geo.num_heads
+            return lambda g: self._collect(layer, 0, kept, g.sum(0).reshape(H, -1).sum(1))
+        return lambda g: self._collect(layer, which, kept, g)
+
+    @torch.no_grad()
+    def score_importance(self, scores) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         heads, ffn = [], []
         for i in range(self.geo.num_layers):
             ffn.append(torch.sigmoid(scores[_key(f"layer.{i}.ffn_dim")].double()).cpu() * self.dim_weights)
@@ -116,23 +167,29 @@ class StructureBudget:
             s = scores[_key(fname)]
             f = torch.zeros(F, dtype=s.dtype, device=s.device)
             f[res.ffn_dims[i]] = 1
-            out[fname] = _Chosen.apply(s, f)
+            out[fname] = _Chosen.apply(s, f, self._sink(i, 1, f))
             hm = torch.zeros(H, dtype=s.dtype, device=s.device)
             hm[res.heads[i]] = 1
             if self.method == "struct":
-                out[f"layer.{i}.heads"] = _Chosen.apply(scores[_key(f"layer.{i}.heads")], hm)
+                out[f"layer.{i}.heads"] = _Chosen.apply(scores[_key(f"layer.{i}.heads")], hm, self._sink(i, 0, hm))
                 continue
             per_block = hm.repeat_interleave(self.blocks_per_head)
             for role in ("query", "key", "value", "attn_out"):
                 name = f"layer.{i}.{role}"
                 sc = scores[_key(name)]
                 m = per_block[:, None].expand(sc.shape) if role != "attn_out" else per_block[None, :].expand(sc.shape)
-                out[name] = _Chosen.apply(sc, m.contiguous())
+                sink = self._sink(i, 0, hm) if role == "attn_out" else None
+                out[name] = _Chosen.apply(sc, m.contiguous(), sink)
         return out
 
     def report(self) -> dict:
         t = self.table
-        return {"budget": round(self.plan.budget, 4), "level": round(self.level, 4), "unit": t.unit}
+        return {
+            "budget": round(self.plan.budget, 4),
+            "level": round(self.level, 4),
+            "unit": t.unit,
+            "importance": self.kind,
+        }
 
 
 def _key(name: str) -> str:
@@ -260,9 +317,9 @@ def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int 
     }
 
 
-def budget_for(model, method_name: str, plan, ffn_block: int):
+def budget_for(model, method_name: str, plan, ffn_block: int, importance: str = "fisher"):
     """What Pruner(budget=...) takes: groups -> StructureBudget for this model, method and plan."""
     from compress.core.structure import geometry
 
     geo = geometry(model.config)
-    return lambda groups: StructureBudget(groups, method_name, geo, plan, ffn_block)
+    return lambda groups: StructureBudget(groups, method_name, geo, plan, ffn_block, importance)

@@ -252,7 +252,7 @@ def prune(
     if speed_plan is not None and not method.select:  # retrain-free chose its structure already: held fixed
         from compress.speed.budgeted import budget_for
 
-        budget = budget_for(student, method.budget_as or method.name, speed_plan, cfg.ffn_block)
+        budget = budget_for(student, method.budget_as or method.name, speed_plan, cfg.ffn_block, cfg.budget_importance)
     pruner = Pruner(student, method, cfg, fixed_masks=fixed, budget=budget)
     score_lr = cfg.score_lr or method.score_lr
     if not method.train_weights and not cfg.label_words:
