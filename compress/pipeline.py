@@ -379,7 +379,7 @@ def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[
             + " (speedups over dense fp32)."
         )
         at = lines.index("| layer | heads kept | FFN dims kept |")
-        lines[at:at] = [text, ""]
+        lines[at:at] = [text, ""] + [f"Warning: {w}" for w in sp.get("warnings", [])] + [""] * bool(sp.get("warnings"))
     geo = summary["geometry"]
     for i, l in enumerate(summary["layers"]):
         lines.append(

@@ -14,12 +14,12 @@ from compress.speed.latency import DeployConfig, LatencyTable, build_table, ffn_
 from helpers import save_checkpoint, tiny_model
 
 
-def synthetic(num_layers=3, heads=4, ffn=64, fixed=1.0):
+def synthetic(num_layers=3, heads=4, ffn=64, fixed=1.0, dense=None):
     # The first head of a layer carries the attention block's fixed cost (softmax, reshapes), as measured tables do.
     attn = [0.0] + [1.5 + 0.5 * h for h in range(heads)]
     grid = [0, 16, 32, ffn]
     ffn_ms = [0.0, 0.6, 1.0, 2.0]
-    dense = fixed + num_layers * (attn[-1] + ffn_ms[-1])
+    dense = dense or fixed + num_layers * (attn[-1] + ffn_ms[-1])
     return LatencyTable({"synthetic": True}, num_layers, heads, ffn, fixed, attn, grid, ffn_ms, dense)
 
 
@@ -207,3 +207,17 @@ def test_cli_latency_table_reads_the_cache_and_refuses_bad_flags(tmp_path, monke
     assert LatencyTable.load(tmp_path / "t.json").key == key
     assert main(["latency-table", str(ckpt), "--deploy-shape", "8"]) == 2
     assert "BATCHxSEQ" in capsys.readouterr().err
+
+
+def test_speed_info_warns_when_the_table_parts_do_not_add_up_to_dense():
+    from compress.speed.budgeted import SpeedPlan, speed_info
+
+    t = synthetic()
+    kept = [{"heads_kept": [0], "ffn_dims_kept": list(range(16))}] * t.num_layers
+    plan = SpeedPlan(Target(speedup=1.0), t, t.dense_ms, None)
+    info = speed_info(plan, kept)
+    assert info["table"]["parts_vs_dense"] == pytest.approx(t.predicted_dense_ms / t.dense_ms - 1, abs=1e-4)
+    assert "warnings" not in info
+    off = synthetic(dense=t.predicted_dense_ms * 0.8)  # parts 25% above the dense graph timed with them
+    info = speed_info(SpeedPlan(Target(speedup=1.0), off, off.dense_ms, None), kept)
+    assert "25% more" in info["warnings"][0] and "--rebuild" in info["warnings"][0]

@@ -48,3 +48,14 @@ def print_summary(info: dict, output: str) -> None:
         + ", ".join(f"{k} {v:.4f}" for k, v in info.get("metrics", {}).items())
         + f"; {info['training']['seconds_per_step']:.3f} s/step over {info['training']['steps']} steps"
     )
+    speed = info.get("speed")
+    if speed:
+        from compress.training.checkpoint import _target_text
+
+        measured = (speed.get("measured") or {}).get("speedup")
+        c.print(
+            f"speed target {_target_text(speed)}: predicted {speed['predicted_speedup']}x by the "
+            f"{speed['unit']} table" + (f", measured {measured}x at {speed['measured']['shape']}" if measured else "")
+        )
+        for w in speed.get("warnings", []):
+            c.print(f"[yellow]warning:[/yellow] {w}")

@@ -32,6 +32,7 @@ from compress.speed.latency import DeployConfig, LatencyTable
 
 BUDGET_METHODS = ("struct", "hybrid")
 IMPORTANCES = ("fisher", "scores")
+TABLE_TOLERANCE = 0.10  # the issue's fidelity bar for whole-model predictions
 
 
 # Exponential average of squared mask gradients: a window of about 1 / (1 - 0.98) = 50 steps, long
@@ -273,6 +274,17 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
             "from_cache": plan.from_cache,
         },
     }
+    if t.unit == "ms" and t.dense_ms > 0:
+        # Additivity check: the parts' sum for the dense structure vs the dense graph timed with them.
+        # A table built on a busy machine drifts here first, and its predictions with it.
+        err = t.predicted_dense_ms / t.dense_ms - 1
+        info["table"]["parts_vs_dense"] = round(err, 4)
+        if abs(err) > TABLE_TOLERANCE:
+            info["warnings"] = [
+                f"the latency table's parts add up to {abs(err):.0%} {'more' if err > 0 else 'less'} than the "
+                f"dense graph timed with them, so its predictions are off by about as much; rebuild it on an "
+                f"idle machine: compress latency-table MODEL --rebuild (same --deploy flags)"
+            ]
     if plan.deploy is not None:
         info["deploy"] = {
             "precision": plan.deploy.precision,
