@@ -221,3 +221,42 @@ def test_speed_info_warns_when_the_table_parts_do_not_add_up_to_dense():
     off = synthetic(dense=t.predicted_dense_ms * 0.8)  # parts 25% above the dense graph timed with them
     info = speed_info(SpeedPlan(Target(speedup=1.0), off, off.dense_ms, None), kept)
     assert "25% more" in info["warnings"][0] and "--rebuild" in info["warnings"][0]
+
+
+# ------------------------------------------------------------------------------ calibration
+def test_uniform_structure_is_the_largest_uniform_one_in_budget():
+    from compress.speed.calibrate import uniform_structure
+
+    t = synthetic()
+    budget = 0.5 * t.dense_ms
+    heads, dims = uniform_structure(t, budget, ffn_block=16)
+    assert len(set(heads)) == 1 and len(set(dims)) == 1 and dims[0] % 16 == 0
+    assert t.predict_ms(heads, dims) <= budget
+    assert uniform_structure(t, t.dense_ms, 16) == ([4] * 3, [64] * 3)
+
+
+def test_calibration_scales_the_budget_by_measured_over_predicted():
+    from compress.speed.calibrate import calibrate_budget
+
+    t = synthetic()
+    budget = t.baseline_ms / 2.0
+    seen = []
+
+    def slow_by_20pct(kept):  # the deploy graph runs 0.8x the table's predicted speedup
+        ms = t.predict_ms([len(k["heads_kept"]) for k in kept], [len(k["ffn_dims_kept"]) for k in kept])
+        seen.append(kept)
+        return 0.8 * t.baseline_ms / ms
+
+    corrected, rec = calibrate_budget(t, budget, slow_by_20pct, ffn_block=16, rounds=2)
+    assert corrected == pytest.approx(0.8 * budget) and rec["factor"] == pytest.approx(0.8)
+    assert len(rec["rounds"]) == 2 and rec["rounds"][0]["measured_speedup"] < 2.0
+    assert (
+        t.predict_ms([len(k["heads_kept"]) for k in seen[1]], [len(k["ffn_dims_kept"]) for k in seen[1]]) <= corrected
+    )
+
+    exact = lambda kept: t.baseline_ms / budget  # noqa: E731  (already at the target: one round, no change)
+    corrected, rec = calibrate_budget(t, budget, exact, ffn_block=16)
+    assert corrected == budget and len(rec["rounds"]) == 1
+
+    with pytest.raises(InvalidConfigError, match="out of reach"):
+        calibrate_budget(t, t.floor_ms * 1.05, lambda kept: 0.5, ffn_block=16)

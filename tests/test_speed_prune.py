@@ -215,7 +215,9 @@ def test_prune_with_target_speedup_meets_its_table(workspace, monkeypatch):
     attn = [0.0, 0.30, 0.40, 0.50, 0.60]
     ffn = [0.0, 0.10, 0.16, 0.30, 0.55]
     LatencyTable(key, 2, 4, 128, 0.5, attn, [0, 16, 32, 64, 128], ffn, 0.5 + 2 * (0.6 + 0.55)).save(cache_path(key))
-    info = _prune(d, "fast", _cfg(target_speedup=1.6, deploy_shape="2x16", deploy_threads=1, ffn_block=16))
+    # synthetic table: calibration against the tiny model's real graphs would rescale it by noise
+    cfg = _cfg(target_speedup=1.6, deploy_shape="2x16", deploy_threads=1, ffn_block=16, calibrate=False)
+    info = _prune(d, "fast", cfg)
     sp = info["speed"]
     table = LatencyTable.load(sp["table"]["cache_file"])
     budget = table.baseline_ms / 1.6
@@ -316,6 +318,7 @@ def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkey
             "1",
             "--ffn-block",
             "16",
+            "--no-calibrate",
             "-o",
             str(tmp_path / "out"),
         ]
@@ -326,3 +329,35 @@ def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkey
     assert sp["target"]["speedup"] == 2 and sp["predicted_speedup"] >= 2 - 1e-6 and sp["measured_speedup"] > 0
     assert summary["recipe"]["bench_batch_sizes"] == [1, 4]  # the deploy batch was added to the benchmark
     assert "Speed target 2x" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_prune_calibrates_the_budget_on_the_deploy_graph(workspace, monkeypatch):
+    import compress.speed.calibrate as cal
+    from compress.speed.latency import DeployConfig, cache_path, table_key
+    from compress.training.models import load_config
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(workspace / "cache-cal"))
+    d = workspace
+    key = table_key(load_config(str(d / "base")), DeployConfig(batch=2, seq=16, threads=1))
+    attn, ffn = [0.0, 0.30, 0.40, 0.50, 0.60], [0.0, 0.10, 0.16, 0.30, 0.55]
+    table = LatencyTable(key, 2, 4, 128, 0.5, attn, [0, 16, 32, 64, 128], ffn, 0.5 + 2 * (0.6 + 0.55))
+    table.save(cache_path(key))
+    measured = []
+
+    def fake_measure(model, deploy, workdir, repeats=9):  # the deploy graph runs 0.9x the table's speedup
+        def measure(kept):
+            measured.append(kept)
+            return 0.9 * table.baseline_ms / table.predict_kept(kept)
+
+        return measure
+
+    monkeypatch.setattr(cal, "deploy_measure", fake_measure)
+    cfg = _cfg(target_speedup=1.5, deploy_shape="2x16", deploy_threads=1, ffn_block=16, measure_speed=False)
+    info = _prune(d, "calibrated", cfg)
+    c = info["speed"]["calibration"]
+    assert measured and c["factor"] == pytest.approx(0.9, abs=1e-3)
+    assert c["table_budget"] == pytest.approx(table.baseline_ms / 1.5, abs=1e-3)
+    assert info["speed"]["budget"] == pytest.approx(0.9 * table.baseline_ms / 1.5, abs=1e-3)
+    saved = json.loads((d / "calibrated" / "compression.json").read_text())
+    assert table.predict_kept(saved["layers"]) <= 0.9 * table.baseline_ms / 1.5 + 1e-9
+    assert info["speed"]["expected_speedup"] == pytest.approx(0.9 * info["speed"]["predicted_speedup"], rel=1e-3)

@@ -8,6 +8,8 @@ TARGET_FIELDS = (
     "deploy_threads",
     "deploy_provider",
     "measure_speed",
+    "calibrate",
+    "budget_importance",
     "ffn_block",
 )
 

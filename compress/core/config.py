@@ -178,6 +178,11 @@ class PruneConfig:
     measure_speed: bool = arg(
         True, "after a latency target: time the shrunk deploy graph against dense (compression.json)"
     )
+    calibrate: bool = arg(
+        True,
+        "with a measured table: before training, time the deploy graph of one structure at the budget and "
+        "correct the budget by measured / predicted speedup (about a minute)",
+    )
     budget_importance: str = arg(
         "fisher",
         "what ranks heads and FFN dims against their latency under a target: fisher (squared mask gradients, "

@@ -66,6 +66,7 @@ class SpeedPlan:
     deploy: DeployConfig | None  # None for the FLOPs table
     cache_file: str | None = None
     from_cache: bool = False
+    calibration: dict | None = None  # compress.speed.calibrate's record, when the budget was corrected
 
 
 class StructureBudget(torch.nn.Module):
@@ -240,7 +241,25 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
 
     deploy = deploy_from(cfg)
     table, path, cached = load_or_build_table(model_name, deploy, progress=progress)
-    return SpeedPlan(target, table, resolve_target(target, table), deploy, str(path) if path else None, cached)
+    plan = SpeedPlan(target, table, resolve_target(target, table), deploy, str(path) if path else None, cached)
+    if cfg.calibrate:
+        import sys
+        import tempfile
+
+        from compress.speed.calibrate import calibrate_budget, deploy_measure
+
+        with tempfile.TemporaryDirectory(prefix="compress-calibrate-") as tmp:
+            plan.budget, plan.calibration = calibrate_budget(
+                table, plan.budget, deploy_measure(model_name, deploy, tmp), cfg.ffn_block
+            )
+        if progress:
+            for r in plan.calibration["rounds"]:
+                print(
+                    f"calibration: {r['heads_per_layer']} heads / {r['ffn_dims_per_layer']} FFN dims per layer: "
+                    f"table {r['predicted_speedup']:.2f}x, measured {r['measured_speedup']:.2f}x",
+                    file=sys.stderr,
+                )
+    return plan
 
 
 def flops_table_for(config, deploy: DeployConfig) -> LatencyTable:
@@ -274,6 +293,13 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
             "from_cache": plan.from_cache,
         },
     }
+    if plan.calibration:
+        last = plan.calibration["rounds"][-1]
+        info["calibration"] = plan.calibration
+        # the table's prediction corrected by what the last calibration graph measured against it
+        info["expected_speedup"] = round(
+            info["predicted_speedup"] * last["measured_speedup"] / last["predicted_speedup"], 4
+        )
     if t.unit == "ms" and t.dense_ms > 0:
         # Additivity check: the parts' sum for the dense structure vs the dense graph timed with them.
         # A table built on a busy machine drifts here first, and its predictions with it.
