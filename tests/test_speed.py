@@ -254,9 +254,13 @@ def test_calibration_scales_the_budget_by_measured_over_predicted():
         t.predict_ms([len(k["heads_kept"]) for k in seen[1]], [len(k["ffn_dims_kept"]) for k in seen[1]]) <= corrected
     )
 
-    exact = lambda kept: t.baseline_ms / budget  # noqa: E731  (already at the target: one round, no change)
-    corrected, rec = calibrate_budget(t, budget, exact, ffn_block=16)
-    assert corrected == budget and len(rec["rounds"]) == 1
+    def as_predicted(kept):  # the table is right: one round, budget unchanged
+        return t.baseline_ms / t.predict_ms(
+            [len(k["heads_kept"]) for k in kept], [len(k["ffn_dims_kept"]) for k in kept]
+        )
+
+    corrected, rec = calibrate_budget(t, budget, as_predicted, ffn_block=16)
+    assert corrected == pytest.approx(budget) and len(rec["rounds"]) == 1
 
     with pytest.raises(InvalidConfigError, match="out of reach"):
         calibrate_budget(t, t.floor_ms * 1.05, lambda kept: 0.5, ffn_block=16)
