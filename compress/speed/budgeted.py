@@ -22,6 +22,7 @@ network is distilled into the final shape instead of being cut at the end. No re
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -184,15 +185,6 @@ class StructureBudget(torch.nn.Module):
                 out[name] = _Chosen.apply(sc, m.contiguous(), sink)
         return out
 
-    def report(self) -> dict:
-        t = self.table
-        return {
-            "budget": round(self.plan.budget, 4),
-            "level": round(self.level, 4),
-            "unit": t.unit,
-            "importance": self.kind,
-        }
-
 
 def _key(name: str) -> str:
     return name.replace(".", "_")
@@ -242,7 +234,10 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
     deploy = deploy_from(cfg)
     table, path, cached = load_or_build_table(model_name, deploy, progress=progress)
     plan = SpeedPlan(target, table, resolve_target(target, table), deploy, str(path) if path else None, cached)
-    if cfg.calibrate:
+    if cfg.calibrate and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank would time its own graphs and could end with its own budget, so its own structure.
+        plan.calibration = {"skipped": "distributed run: ranks must share one budget (calibrate on one process)"}
+    elif cfg.calibrate:
         import sys
         import tempfile
 
@@ -294,8 +289,9 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
         },
     }
     if plan.calibration:
-        last = plan.calibration["rounds"][-1]
         info["calibration"] = plan.calibration
+    if plan.calibration and plan.calibration.get("rounds"):
+        last = plan.calibration["rounds"][-1]
         # the table's prediction corrected by what the last calibration graph measured against it
         info["expected_speedup"] = round(
             info["predicted_speedup"] * last["measured_speedup"] / last["predicted_speedup"], 4
