@@ -46,7 +46,8 @@ def entries(task: str) -> list[dict]:
         if target:
             deploy = p.get("deploy", "fp32")
             how = f"target {target:g}x {deploy}, {p.get('budget_importance', 'scores')} importance"
-            how += ", calibrated" if speed.get("calibration") else ""
+            cal = speed.get("calibration") or {}
+            how += f", budget calibrated x{cal['factor']:.3f}" if "factor" in cal else ""
         else:
             deploy, how = None, f"lambda {p['lambda_reg']:g}"
         heads = sum(len(layer["heads_kept"]) for layer in s["layers"])
