@@ -284,11 +284,14 @@ def make_session(
     *,
     check: bool = True,
     optimization: str = "all",
+    spinning: bool = True,
 ):
     """An InferenceSession on `provider` ("cpu" or "cuda") for a file, a folder holding model.onnx, or an
     in-memory onnx.ModelProto, with a fixed intra-op thread count (None: ONNX Runtime picks).
 
     Inter-op parallelism stays at 1: encoders are one long chain of ops, so it only adds contention.
+    spinning=False stops the intra-op threads from busy-waiting after each run (ORT's default is to
+    spin); benchmarks that interleave sessions need it off, see compress.ort.bench.
     """
     import onnxruntime as ort
 
@@ -318,6 +321,8 @@ def make_session(
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     levels = {
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

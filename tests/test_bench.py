@@ -57,6 +57,7 @@ def test_cli_json_and_csv(models, tmp_path, capsys):
     for key in ("onnxruntime", "torch", "cpu_model", "threads", "provider", "python"):
         assert key in env, key
     assert env["threads"] == 1 and env["onnxruntime"] == ort.__version__
+    assert env["ort_thread_spinning"] is False  # interleaved sessions must not spin (compress.ort.bench)
     assert [m["label"] for m in report["models"]] == ["fp32", "int8"]
     rows = report["results"]
     assert len(rows) == 2 * 2  # models x grid points
@@ -190,3 +191,16 @@ def test_summarize_and_labels():
     s = summarize([0.001, 0.002, 0.003, 0.004], batch=4)
     assert s["p50_ms"] == pytest.approx(2.5) and s["throughput_seq_s"] == pytest.approx(1600)
     assert unique_labels(["a", "a", "b", "a"]) == ["a", "a#2", "b", "a#3"]
+
+
+def test_sessions_without_spinning_give_the_same_outputs(models):
+    import numpy as np
+    import onnx
+
+    from exporters.toolbox import graph_inputs, make_session, random_feeds, resolve_onnx
+
+    path = resolve_onnx(models[0])
+    feeds = random_feeds(graph_inputs(onnx.load(str(path))), 100, 2, 8, 0)
+    on, off = (make_session(path, "cpu", 2, spinning=s) for s in (True, False))
+    assert np.array_equal(on.run(None, feeds)[0], off.run(None, feeds)[0])
+    assert off.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -7,6 +7,13 @@ Method, chosen so that numbers from a shared, noisy machine can still be compare
   load from another process hits all models alike instead of one model's whole series;
 - throughput comes from the median (p50); speedup is the median over rounds of the per-round
   ratio (first model's time / this model's time, runs adjacent in time); p90/p99 show the spread;
+- the intra-op threads do not spin between runs (--spinning to turn ORT's default back on): after a
+  run ORT's threads busy-wait for the next one, and with several sessions interleaved in one process
+  those spinning threads take the cores from the next model's run. Measured on MiniLM-L6, 2 threads,
+  2 cores (benchmarks/results/bench_spinning.md): the dense graph at 1x128 took 31.0 ms interleaved with
+  three other sessions vs 9.5 ms run alone, and a 3x-pruned graph's speedup at 32x128 read 2.49x
+  interleaved vs 3.10x alone; with spinning off, interleaved and alone agree within 3% at 32x128
+  (2.99x / 3.09x) and 5% at 1x128;
 - thread count, versions, CPU model and the command line are recorded with the numbers.
 """
 
@@ -47,6 +54,11 @@ class BenchConfig:
         2, "intra-op threads, recorded in the report (0 or None: ONNX Runtime's default, all cores)"
     )
     warmup: int = arg(3, "untimed runs per model and grid point")
+    spinning: bool = arg(
+        False,
+        "let ONNX Runtime's intra-op threads spin between runs (its default); off, interleaved models do not "
+        "steal each other's cores",
+    )
     iterations: int = arg(20, "timed runs per model and grid point")
     seed: int = arg(0, "seed of the random token ids")
 
@@ -82,7 +94,7 @@ def onnx_runner(path: str, config: BenchConfig, label: str | None = None) -> Run
     import onnxruntime as ort
 
     model_path = resolve_onnx(path)
-    session = make_session(model_path, config.provider, config.threads, check=False)
+    session = make_session(model_path, config.provider, config.threads, check=False, spinning=config.spinning)
     graph = onnx.load(str(model_path), load_external_data=False)
     inputs = graph_inputs(graph)
     vocab = vocab_size(graph, model_path.parent)
@@ -254,6 +266,7 @@ def environment(config: BenchConfig) -> dict:
         "logical_cpus": os.cpu_count(),
         "threads": config.threads,
         "provider": config.provider,
+        "ort_thread_spinning": config.spinning,
     }
     if config.provider == "cuda":
         env["gpu"] = gpu_name()

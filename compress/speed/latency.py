@@ -43,7 +43,7 @@ import numpy as np
 from compress.core.artifacts import atomic_file
 from compress.core.errors import ArtifactError, InvalidConfigError
 
-TABLE_FORMAT = 1
+TABLE_FORMAT = 2  # 2: timed with ORT's thread spinning off (compress.ort.bench); 1 had it on
 PRECISIONS = ("fp32", "int8")
 
 
@@ -327,8 +327,11 @@ def load_or_build_table(
     key = table_key(config, deploy)
     path = cache_path(key) if use_cache else None
     if path is not None and path.exists() and not rebuild:
-        table = LatencyTable.load(path)
-        if table.key == key:
+        try:
+            table = LatencyTable.load(path)
+        except ArtifactError:
+            table = None  # an older table format under this key: measure again
+        if table is not None and table.key == key:
             return table, path, True
     table = build_table(name, deploy, key=key, progress=progress)
     if path is not None:
