@@ -197,10 +197,11 @@ def test_sessions_without_spinning_give_the_same_outputs(models):
     import numpy as np
     import onnx
 
-    from exporters.toolbox import graph_inputs, make_session, random_feeds, resolve_onnx
+    from exporters.toolbox import graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
 
     path = resolve_onnx(models[0])
-    feeds = random_feeds(graph_inputs(onnx.load(str(path))), 100, 2, 8, 0)
+    graph = onnx.load(str(path))
+    feeds = random_feeds(graph_inputs(graph), vocab_size(graph, path.parent), 2, 8, 0)
     on, off = (make_session(path, "cpu", 2, spinning=s) for s in (True, False))
     assert np.array_equal(on.run(None, feeds)[0], off.run(None, feeds)[0])
     assert off.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
