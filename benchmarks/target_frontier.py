@@ -8,7 +8,13 @@ main_run_lambda5, main_run_session6 (lambda 10, the main job) and main_run_lambd
 benchmarks/results/targets_<task>/<name>/. Speedups are the run's own `compress bench` ratios against the
 dense fp32 export timed in the same run (batch 32 x 128 and batch 1 x 128, ORT CPU, 2 threads).
 
-Run: python benchmarks/target_frontier.py [--task sst2]
+Runs made before `compress bench` turned ONNX Runtime's thread spinning off (bench_spinning.md) were timed
+with spinning on, which understates pruned speedups at 32x128; the lambda references all were, so their
+`speedup` columns compare like with like. `--retime RUNS` re-times the graphs of every target run still on
+disk under RUNS/<run>/onnx with the current `compress bench` (spinning off, same rounds) into
+<entry>/retimed.json, shown in the `retimed` columns and used for the speed check when present.
+
+Run: python benchmarks/target_frontier.py [--task sst2] [--retime runs]
 """
 
 from __future__ import annotations
@@ -33,6 +39,21 @@ def _metric(row: dict) -> float:
     return row.get("dev_f1", row.get("dev_accuracy"))
 
 
+def retime(folder: Path, onnx_dir: Path, iterations: int = 20) -> None:
+    """Time dense / pruned (fp32, int8) of one run again with the current benchmark settings."""
+    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
+
+    bc = BenchConfig(batch_sizes=(1, 32), seq_lens=(128,), threads=2, iterations=iterations)
+    names = [n for n in ("dense", "pruned", "dense-int8", "pruned-int8") if (onnx_dir / n).exists()]
+    res = run_benchmark([onnx_runner(str(onnx_dir / n), bc, label=n) for n in names], bc, command="retime")
+    ms = {}
+    for r in res["results"]:
+        ms.setdefault(r["model"], {})[f"b{r['batch_size']}"] = r["p50_ms"]
+    speedup = {n: {b: round(ms["dense"][b] / v, 3) for b, v in ms[n].items()} for n in ms}
+    out = {"ms": ms, "speedup": speedup, "environment": res["environment"], "command": " ".join(sys.argv)}
+    (folder / "retimed.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 def entries(task: str) -> list[dict]:
     out = []
     folders = [RESULTS / n for n in LAMBDA_RUNS.get(task, [])]
@@ -50,6 +71,7 @@ def entries(task: str) -> list[dict]:
             how += f", budget calibrated x{cal['factor']:.3f}" if "factor" in cal else ""
         else:
             deploy, how = None, f"lambda {p['lambda_reg']:g}"
+        retimed = json.loads((folder / "retimed.json").read_text()) if (folder / "retimed.json").exists() else None
         heads = sum(len(layer["heads_kept"]) for layer in s["layers"])
         dims = sum(len(layer["ffn_dims_kept"]) for layer in s["layers"])
         for precision in ("fp32", "int8"):
@@ -59,8 +81,10 @@ def entries(task: str) -> list[dict]:
             targeted = bool(target) and precision == deploy
             goal = GOALS.get((precision, float(target))) if targeted and task == "sst2" else None
             drop = round(100 * (_metric(dense) - _metric(row)), 2)
+            again = (retimed or {}).get("speedup", {}).get("pruned" if precision == "fp32" else "pruned-int8")
             # the issue's speed criterion: within 10% of the request, at the deploy shape (batch 32 x 128)
-            speed_ok = row["speedup_b32"] >= 0.9 * target if targeted else None
+            b32 = again["b32"] if again else row["speedup_b32"]
+            speed_ok = abs(b32 / target - 1) <= 0.10 if targeted else None
             out.append(
                 {
                     "run": folder.name,
@@ -73,6 +97,8 @@ def entries(task: str) -> list[dict]:
                     "drop_points": drop,
                     "speedup_b32": row["speedup_b32"],
                     "speedup_b1": row["speedup_b1"],
+                    "retimed_b32": again["b32"] if again else None,
+                    "retimed_b1": again["b1"] if again else None,
                     "predicted_speedup": speed.get("predicted_speedup") if targeted else None,
                     "measured_in_prune": (speed.get("measured") or {}).get("speedup") if targeted else None,
                     "speed_within_10pct": speed_ok,
@@ -100,14 +126,16 @@ def write(task: str, rows: list[dict]) -> None:
         "",
         "`table predicted` is the latency table's prediction for the kept structure; `in prune` the speedup "
         "`compress prune` measured right after training on its own deploy graphs (interleaved median of ratios); "
-        "`speedup b32` is what the run's benchmark measured on the shipped graphs. Issue goal: the drop allowed "
-        "below the teacher, with the b32 speedup within 10% of the request.",
+        "`speedup b32` is what the run's benchmark measured on the shipped graphs (ORT thread spinning on for runs "
+        "before bench_spinning.md, which understates pruned graphs at 32x128; all lambda rows were timed that way); "
+        "`retimed` the same shipped graphs timed again with spinning off, all in one session. Issue goal: the drop "
+        "allowed below the teacher, with the b32 speedup (retimed when there is one) within 10% of the request.",
         "",
         "| run | selection | model | dev "
         + ("F1" if task == "mrpc" else "accuracy")
-        + " | vs teacher | speedup b32 | speedup b1 | table predicted | in prune | heads "
+        + " | vs teacher | speedup b32 | speedup b1 | retimed b32 | retimed b1 | table predicted | in prune | heads "
         "| FFN dims | min | issue goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         parts = []
@@ -119,16 +147,17 @@ def write(task: str, rows: list[dict]) -> None:
         goal = "; ".join(parts)
         pred = "" if r["predicted_speedup"] is None else f"{r['predicted_speedup']:.2f}x"
         inprune = "" if r["measured_in_prune"] is None else f"{r['measured_in_prune']:.2f}x"
+        again = "" if r["retimed_b32"] is None else f"{r['retimed_b32']:.2f}x | {r['retimed_b1']:.2f}x"
         lines.append(
             f"| {r['run']} | {r['selection']} | pruned {r['precision']} | {100 * r['accuracy']:.2f} | "
-            f"{-r['drop_points']:+.2f} | {r['speedup_b32']:.2f}x | {r['speedup_b1']:.2f}x | {pred} | {inprune} | {r['heads']} | "
+            f"{-r['drop_points']:+.2f} | {r['speedup_b32']:.2f}x | {r['speedup_b1']:.2f}x | {again or ' | '} | {pred} | {inprune} | {r['heads']} | "
             f"{r['ffn_dims']} | {r['minutes']} | {goal} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     points = [
         {
             "label": ("T " if "target" in r["selection"] else "λ ") + f"{r['run']} {r['precision']}",
-            "speedup": r["speedup_b32"],
+            "speedup": r["speedup_b32"],  # one timing method for every point: each run's own benchmark
             "accuracy": r["accuracy"],
         }
         for r in rows
@@ -142,7 +171,13 @@ def write(task: str, rows: list[dict]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="sst2")
+    ap.add_argument("--retime", metavar="RUNS", help="folder holding the runs' outputs (RUNS/<run>/onnx)")
     a = ap.parse_args()
+    if a.retime:
+        for folder in sorted((RESULTS / f"targets_{a.task}").glob("*")):
+            if (Path(a.retime) / folder.name / "onnx").exists():
+                print(f"re-timing {folder.name}", file=sys.stderr)
+                retime(folder, Path(a.retime) / folder.name / "onnx")
     rows = entries(a.task)
     if not rows:
         print(f"no runs found for {a.task} under {RESULTS}", file=sys.stderr)
