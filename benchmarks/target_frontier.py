@@ -64,13 +64,15 @@ def entries(task: str) -> list[dict]:
         dense = _row(s, "dense fp32")
         speed = s.get("speed") or {}
         target = p.get("target_speedup")
+        fill = s["recipe"].get("fill_steps")
+        name = p["method"] + (f" + {fill} fill" if fill else "")
         if target:
             deploy = p.get("deploy", "fp32")
-            how = f"target {target:g}x {deploy}, {p.get('budget_importance', 'scores')} importance"
+            how = f"{name}: target {target:g}x {deploy}, {p.get('budget_importance', 'scores')} importance"
             cal = speed.get("calibration") or {}
             how += f", budget calibrated x{cal['factor']:.3f}" if "factor" in cal else ""
         else:
-            deploy, how = None, f"lambda {p['lambda_reg']:g}"
+            deploy, how = None, f"{name}: lambda {p['lambda_reg']:g}"
         retimed = json.loads((folder / "retimed.json").read_text()) if (folder / "retimed.json").exists() else None
         heads = sum(len(layer["heads_kept"]) for layer in s["layers"])
         dims = sum(len(layer["ffn_dims_kept"]) for layer in s["layers"])
