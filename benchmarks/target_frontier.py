@@ -10,8 +10,8 @@ dense fp32 export timed in the same run (batch 32 x 128 and batch 1 x 128, ORT C
 
 Runs made before `compress bench` turned ONNX Runtime's thread spinning off (bench_spinning.md) were timed
 with spinning on, which understates pruned speedups at 32x128; the lambda references all were, so their
-`speedup` columns compare like with like. `--retime RUNS` re-times the graphs of every target run still on
-disk under RUNS/<run>/onnx with the current `compress bench` (spinning off, same rounds) into
+`speedup` columns compare like with like. `--retime RUNS` re-times the graphs of every run still on
+disk under RUNS/<run>/onnx (lambda references included) with the current `compress bench` (spinning off, same rounds) into
 <entry>/retimed.json, shown in the `retimed` columns and used for the speed check when present.
 
 Run: python benchmarks/target_frontier.py [--task sst2] [--retime runs]
@@ -176,7 +176,8 @@ def main() -> int:
     ap.add_argument("--retime", metavar="RUNS", help="folder holding the runs' outputs (RUNS/<run>/onnx)")
     a = ap.parse_args()
     if a.retime:
-        for folder in sorted((RESULTS / f"targets_{a.task}").glob("*")):
+        lambdas = [RESULTS / n for n in LAMBDA_RUNS.get(a.task, [])]
+        for folder in lambdas + sorted((RESULTS / f"targets_{a.task}").glob("*")):
             if (Path(a.retime) / folder.name / "onnx").exists():
                 print(f"re-timing {folder.name}", file=sys.stderr)
                 retime(folder, Path(a.retime) / folder.name / "onnx")
