@@ -352,7 +352,9 @@ def test_prune_calibrates_the_budget_on_the_deploy_graph(workspace, monkeypatch)
         return measure
 
     monkeypatch.setattr(cal, "deploy_measure", fake_measure)
-    cfg = _cfg(target_speedup=1.5, deploy_shape="2x16", deploy_threads=1, ffn_block=16, measure_speed=False)
+    cfg = _cfg(
+        target_speedup=1.5, deploy_shape="2x16", deploy_threads=1, ffn_block=16, measure_speed=False, calibrate=True
+    )
     info = _prune(d, "calibrated", cfg)
     c = info["speed"]["calibration"]
     assert measured and c["factor"] == pytest.approx(0.9, abs=1e-3)

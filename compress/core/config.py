@@ -179,9 +179,9 @@ class PruneConfig:
         True, "after a latency target: time the shrunk deploy graph against dense (compression.json)"
     )
     calibrate: bool = arg(
-        True,
-        "with a measured table: before training, time the deploy graph of one structure at the budget and "
-        "correct the budget by measured / predicted speedup (about a minute)",
+        False,
+        "with a measured table: before training, time the deploy graph of a uniform structure at the budget "
+        "and scale the budget by measured / predicted (about a minute; can overcorrect, see compress.speed.calibrate)",
     )
     budget_importance: str = arg(
         "fisher",
