@@ -182,7 +182,8 @@ def main() -> int:
     if a.retime:
         lambdas = [RESULTS / n for n in LAMBDA_RUNS.get(a.task, [])]
         for folder in lambdas + sorted((RESULTS / f"targets_{a.task}").glob("*")):
-            if (Path(a.retime) / folder.name / "onnx").exists():
+            # one session's timings per run: delete a folder's retimed.json to time it again
+            if (Path(a.retime) / folder.name / "onnx").exists() and not (folder / "retimed.json").exists():
                 print(f"re-timing {folder.name}", file=sys.stderr)
                 retime(folder, Path(a.retime) / folder.name / "onnx")
     rows = entries(a.task)
