@@ -51,6 +51,13 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def bench_onnx(onnx: dict, bench_json: Path, iterations: int, log: list) -> None:
+    """`compress bench` of the labelled graphs at 1 and 32 x 128, its JSON report to bench_json."""
+    paths = [str(p) for p in onnx.values()]
+    sh(["compress", "bench", *paths, "--labels", *onnx, "--batch-sizes", "1", "32", "--seq-lens", "128",
+        "--iterations", str(iterations), "--json", str(bench_json)], log)  # fmt: skip
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", default="../shared/models/minilm-l6-sst2")
@@ -139,25 +146,7 @@ def main():
         doc["entries"].setdefault(name, {})["dev_onnx"] = json.loads(js.read_text())
     bench_json = RESULTS / f"retrain_free_bench{a.tag}.json"
     RESULTS.mkdir(exist_ok=True)
-    sh(
-        [
-            "compress",
-            "bench",
-            *[str(p) for p in onnx.values()],
-            "--labels",
-            *onnx,
-            "--batch-sizes",
-            "1",
-            "32",
-            "--seq-lens",
-            "128",
-            "--iterations",
-            str(a.iterations),
-            "--json",
-            str(bench_json),
-        ],
-        log,
-    )
+    bench_onnx(onnx, bench_json, a.iterations, log)
     bench = json.loads(bench_json.read_text())
     for r in bench["results"]:
         if r["model"] in doc["entries"] and r["model"] != "dense":

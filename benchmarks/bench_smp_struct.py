@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_retrain_free import RESULTS, _fraction, loadavg, sh  # noqa: E402
+from bench_retrain_free import RESULTS, _fraction, bench_onnx, loadavg, sh  # noqa: E402
 
 
 def main():
@@ -98,25 +98,7 @@ def main():
         sh(["compress", "eval", str(path), "--task", "sst2", "--output-json", str(js)], log)
         doc["entries"].setdefault(name, {})["dev_onnx"] = json.loads(js.read_text())
     bench_json = RESULTS / f"smp_struct_bench{a.tag}.json"
-    sh(
-        [
-            "compress",
-            "bench",
-            *[str(p) for p in onnx.values()],
-            "--labels",
-            *onnx,
-            "--batch-sizes",
-            "1",
-            "32",
-            "--seq-lens",
-            "128",
-            "--iterations",
-            str(a.iterations),
-            "--json",
-            str(bench_json),
-        ],
-        log,
-    )
+    bench_onnx(onnx, bench_json, a.iterations, log)
     bench = json.loads(bench_json.read_text())
     for r in bench["results"]:
         if r["model"] in doc["entries"] and r["model"] != "dense":
