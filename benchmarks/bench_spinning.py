@@ -1,13 +1,16 @@
-"""Why `compress bench` turns ONNX Runtime's thread spinning off: the same graphs timed three ways, with
-spinning on (ORT's default) and off.
+"""Why `compress bench` settles spinning threads before each timed run: the same graphs timed four ways,
+with ONNX Runtime's thread spinning on (its default) and off.
 
   interleaved: one timed run per model per round, rotating (what compress bench does, so that load from
                other processes hits every model alike);
   re-warmed:   as interleaved, with one untimed run of the same model right before each timed run;
+  settled:     as interleaved, with compress bench's settle() before each timed run (with spinning: a
+               pause of settle_ms, then one untimed run; without spinning it does nothing);
   alone:       all runs of one model back to back, as a server running only that model.
 
 After a run ORT's intra-op threads busy-wait for the next one; interleaved sessions each keep their own
-spinning threads, which take the cores from whichever model runs next.
+spinning threads, which take the cores from whichever model runs next (for ~30 ms after their run).
+Without spinning every op waits for a sleeping thread to wake up, which a deployed model does not.
 
 Run: python benchmarks/bench_spinning.py RUN_DIR/onnx [--rounds-b1 40] [--rounds-b32 10]
 (RUN_DIR: a `compress run` output; its onnx/ holds dense, pruned, dense-int8, pruned-int8.)
@@ -29,7 +32,7 @@ MODELS = ["dense", "pruned", "dense-int8", "pruned-int8"]
 
 
 def main() -> int:
-    from compress.ort.bench import cpu_model
+    from compress.ort.bench import BenchConfig, cpu_model, settle
     from exporters.toolbox import graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
 
     ap = argparse.ArgumentParser()
@@ -37,6 +40,7 @@ def main() -> int:
     ap.add_argument("--rounds-b1", type=int, default=40)
     ap.add_argument("--rounds-b32", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settle-ms", type=float, default=BenchConfig.settle_ms)
     a = ap.parse_args()
     import onnx
 
@@ -58,7 +62,8 @@ def main() -> int:
             calls = {m: call(m, batch, spinning) for m in MODELS}
             for f in calls.values():
                 f(), f()
-            for mode in ("interleaved", "re-warmed", "alone"):
+            bc = BenchConfig(spinning=spinning, settle_ms=a.settle_ms)
+            for mode in ("interleaved", "re-warmed", "settled", "alone"):
                 times = {m: [] for m in MODELS}
                 if mode == "alone":
                     times = {m: [timed(calls[m]) for _ in range(rounds)] for m in MODELS}
@@ -67,6 +72,8 @@ def main() -> int:
                         for m in MODELS[r % 4 :] + MODELS[: r % 4]:
                             if mode == "re-warmed":
                                 calls[m]()
+                            elif mode == "settled":
+                                settle(calls[m], bc)
                             times[m].append(timed(calls[m]))
                 med = {m: statistics.median(v) for m, v in times.items()}
                 rows.append(

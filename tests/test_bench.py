@@ -11,6 +11,7 @@ from test_onnx_runtime import export_tiny
 
 import helpers
 from compress.cli.main import main
+from compress.core.errors import InvalidConfigError
 from compress.ort.bench import BenchConfig, Runner, run_benchmark, summarize, time_grid_point, unique_labels
 
 
@@ -57,7 +58,7 @@ def test_cli_json_and_csv(models, tmp_path, capsys):
     for key in ("onnxruntime", "torch", "cpu_model", "threads", "provider", "python"):
         assert key in env, key
     assert env["threads"] == 1 and env["onnxruntime"] == ort.__version__
-    assert env["ort_thread_spinning"] is False  # interleaved sessions must not spin (compress.ort.bench)
+    assert env["ort_thread_spinning"] is True and env["settle_ms"] > 0  # ORT's default, settled (compress.ort.bench)
     assert [m["label"] for m in report["models"]] == ["fp32", "int8"]
     rows = report["results"]
     assert len(rows) == 2 * 2  # models x grid points
@@ -165,10 +166,33 @@ def test_interleaving_rotates_start():
     def runner(label):
         return Runner(label, label, "onnx", 0, 100, lambda b, s: lambda: calls.append(label))
 
-    cfg = BenchConfig(iterations=3, warmup=0)
+    cfg = BenchConfig(iterations=3, warmup=0, spinning=False)
     times = time_grid_point([runner("a"), runner("b"), runner("c")], 1, 8, cfg)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert all(len(t) == 3 for t in times.values())
+
+
+def test_spinning_threads_settle_before_each_timed_run():
+    """With ORT's spinning threads, each timed run follows a pause and one untimed run of the same model, so
+    the model before it has stopped spinning; one model alone needs neither."""
+    import time
+
+    events = []
+
+    def runner(label):
+        return Runner(label, label, "onnx", 0, 100, lambda b, s: lambda: events.append((label, time.perf_counter())))
+
+    cfg = BenchConfig(iterations=2, warmup=0, settle_ms=20)
+    times = time_grid_point([runner("a"), runner("b")], 1, 8, cfg)
+    assert [e[0] for e in events] == ["a", "a", "b", "b", "b", "b", "a", "a"]
+    gaps = [events[i][1] - events[i - 1][1] for i in (2, 4, 6)]  # last run of one model -> next model's first
+    assert min(gaps) >= 0.019
+    assert all(len(t) == 2 for t in times.values())
+    events.clear()
+    time_grid_point([runner("a")], 1, 8, cfg)
+    assert [e[0] for e in events] == ["a", "a"]
+    with pytest.raises(InvalidConfigError, match="settle"):
+        BenchConfig(settle_ms=-1).validate()
 
 
 def test_run_benchmark_speedup_and_labels():

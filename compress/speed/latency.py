@@ -21,7 +21,9 @@ Timing (time_graphs): graphs are loaded a chunk at a time next to a reference gr
 run round-robin with a rotating start; each entry's figure is the median over rounds of its time / the
 reference's time in the same round, times the reference's median (statistic "median"; the fastest round,
 "min", is recorded too). Each timed sample averages enough back-to-back runs to last ~100 ms, so a batch-1
-graph is not judged by single runs that another job interrupted.
+graph is not judged by single runs that another job interrupted; before each sample compress bench's
+settle() lets the previous graph's spinning threads go to sleep and warms this one, so each graph runs as
+it would deployed alone with ORT's default threads.
 Tables are cached per (device, execution provider, ORT version, threads, batch x seq, precision, model
 geometry) in $COMPRESS_CACHE_DIR/latency or ~/.cache/compress/latency, written atomically.
 """
@@ -43,7 +45,9 @@ import numpy as np
 from compress.core.artifacts import atomic_file
 from compress.core.errors import ArtifactError, InvalidConfigError
 
-TABLE_FORMAT = 2  # 2: timed with ORT's thread spinning off (compress.ort.bench); 1 had it on
+# 3: ORT's spinning threads, settled before each sample (compress.ort.bench.settle); 2: spinning off
+# (every op waited for a thread wake-up); 1: spinning on without settling (sessions stole each other's cores)
+TABLE_FORMAT = 3
 PRECISIONS = ("fp32", "int8")
 
 
@@ -301,6 +305,7 @@ def table_key(config, deploy: DeployConfig) -> dict:
         "optimize": deploy.optimize,
         "ffn_step": deploy.ffn_step,
         "statistic": deploy.statistic,
+        "ort_thread_spinning": bench_config(deploy).spinning,
         "model": model_key(config),
     }
 
@@ -446,6 +451,18 @@ class DeployGraphs:
         return self.build(kept, name)
 
 
+def bench_config(deploy: DeployConfig):
+    """The compress bench settings that time graphs for this deployment."""
+    from compress.ort.bench import BenchConfig
+
+    return BenchConfig(
+        batch_sizes=(deploy.batch,),
+        seq_lens=(deploy.seq,),
+        provider=deploy.provider,
+        threads=deploy.threads,
+    )
+
+
 def time_graphs(
     paths: dict[str, Path],
     deploy: DeployConfig,
@@ -466,16 +483,15 @@ def time_graphs(
     is deleted once loaded when `delete` (DeployGraphs gives each graph a folder of its own)."""
     import gc
 
-    from compress.ort.bench import BenchConfig, onnx_runner
+    from compress.ort.bench import onnx_runner, settle
 
-    bc = BenchConfig(
-        batch_sizes=(deploy.batch,), seq_lens=(deploy.seq,), provider=deploy.provider, threads=deploy.threads
-    )
+    bc = bench_config(deploy)
     reference = reference or next(iter(paths))
 
     def load(label):
         call = onnx_runner(str(paths[label]), bc, label=label).prepare(deploy.batch, deploy.seq)
         call()  # warm-up: the first run allocates
+        settle(call, bc)  # the previous graph's threads must not spin while `inner` is sized
         if delete:
             shutil.rmtree(paths[label].parent, ignore_errors=True)
         one = float("inf")
@@ -506,6 +522,7 @@ def time_graphs(
             for k in range(len(order)):
                 label = order[(r + k) % len(order)]
                 n = inner[label]
+                settle(calls[label], bc)
                 t0 = time.perf_counter()
                 for _ in range(n):
                     calls[label]()
