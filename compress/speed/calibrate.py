@@ -14,11 +14,12 @@ unless the first round already agreed with the table within `tolerance`. The tab
 measured; every round is recorded in compression.json.
 
 Off by default (`--calibrate` turns it on), because what it measures depends on the shape of the structure:
-with tables timed without ORT's thread spinning (compress.ort.bench), the tables predicted the trained models'
-graphs within 1-8% (3x fp32: 2.64x predicted, 2.65x measured; 5x int8: 4.99x / 4.65x-5.38x), while the
-uniform calibration structures read 7-14% faster than predicted, so a calibrated 3x run kept too much
-(measured 2.64x). The misses that motivated it (5x int8: 5.01x predicted, 3.90x measured) came from
-tables and benchmarks timed with spinning on.
+with tables timed fairly (spinning off, format 2; format 3 settles ORT's spinning threads instead and
+predicts random structures within 10% at every deployment, latency_table_settled.md), the tables predicted
+the trained models' graphs within 1-8% (3x fp32: 2.64x predicted, 2.65x measured; 5x int8: 4.99x /
+4.65x-5.38x), while the uniform calibration structures read 7-14% faster than predicted, so a calibrated 3x
+run kept too much (measured 2.64x). The misses that motivated it (5x int8: 5.01x predicted, 3.90x
+measured) came from tables and benchmarks whose interleaved sessions' threads spun into each other's runs.
 """
 
 from __future__ import annotations
