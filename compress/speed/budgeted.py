@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.core.errors import InvalidConfigError
+from compress.core.errors import CompressError, InvalidConfigError
 from compress.speed.budget import BudgetResult, Target, resolve_target, solve_budget
 from compress.speed.latency import DeployConfig, LatencyTable
 
@@ -232,21 +232,19 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
     from compress.speed.latency import load_or_build_table
 
     deploy = deploy_from(cfg)
-    table, path, cached = load_or_build_table(model_name, deploy, progress=progress)
+    table, path, cached = on_rank_zero(lambda: load_or_build_table(model_name, deploy, progress=progress))
     plan = SpeedPlan(target, table, resolve_target(target, table), deploy, str(path) if path else None, cached)
-    if cfg.calibrate and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Every rank would time its own graphs and could end with its own budget, so its own structure.
-        plan.calibration = {"skipped": "distributed run: ranks must share one budget (calibrate on one process)"}
-    elif cfg.calibrate:
+    if cfg.calibrate:
         import sys
         import tempfile
 
         from compress.speed.calibrate import calibrate_budget, deploy_measure
 
-        with tempfile.TemporaryDirectory(prefix="compress-calibrate-") as tmp:
-            plan.budget, plan.calibration = calibrate_budget(
-                table, plan.budget, deploy_measure(model_name, deploy, tmp), cfg.ffn_block
-            )
+        def calibrate():
+            with tempfile.TemporaryDirectory(prefix="compress-calibrate-") as tmp:
+                return calibrate_budget(table, plan.budget, deploy_measure(model_name, deploy, tmp), cfg.ffn_block)
+
+        plan.budget, plan.calibration = on_rank_zero(calibrate)
         if progress:
             for r in plan.calibration["rounds"]:
                 print(
@@ -255,6 +253,37 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
                     file=sys.stderr,
                 )
     return plan
+
+
+def on_rank_zero(fn):
+    """fn() on global rank 0 only and its result on every rank, under torchrun (else just fn()).
+
+    Whatever decides the final structure must be the same on every rank: a latency table or a calibration
+    timed by each rank would differ (each times its own graphs, all ranks on the same cores at once), so
+    would the budgets, and the ranks would keep different heads. Rank 0 measures (or reads its cache)
+    and broadcasts the result with accelerate, which starts the process group Trainer later reuses."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return fn()
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    box = [None]
+    failure = None
+    # cpu=True on machines without CUDA, as compress.training.loop's TrainingArguments(use_cpu=...) asks: only
+    # then does accelerate start a gloo group for CPU ranks. The Trainer later joins the same process group.
+    if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+        try:
+            box = [("ok", fn())]
+        except Exception as e:  # the other ranks must not wait forever for a result
+            failure = e
+            box = [("error", f"{type(e).__name__}: {e}")]
+    broadcast_object_list(box, from_process=0)
+    if failure is not None:
+        raise failure
+    kind, value = box[0]
+    if kind == "error":
+        raise CompressError(f"rank 0 failed: {value}")
+    return value
 
 
 def flops_table_for(config, deploy: DeployConfig) -> LatencyTable:
