@@ -94,9 +94,16 @@ out = f"{log}.rank{os.environ['RANK']}"  # one file per rank: their stdout lines
 try:
     result = on_rank_zero(measure)["from_rank"]
 except Exception as e:
+    result = None
     open(out, "w").write(f"error {e}")
-    sys.exit(3)
-open(out, "w").write(f"result {result}")
+else:
+    open(out, "w").write(f"result {result}")
+finally:
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a gloo group left to interpreter shutdown can abort the process
+        dist.destroy_process_group()
+sys.exit(0 if result else 3)
 """
 
 

@@ -70,7 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: no partial output was kept\n")
         return 130
+    finally:
+        _close_process_group()
     return int(result or 0)
+
+
+def _close_process_group() -> None:
+    """Under torchrun: a gloo process group left to interpreter shutdown can abort the process ("terminate
+    called without an active exception", seen after a broadcast), so close it while Python still runs."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for commands that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
