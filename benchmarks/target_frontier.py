@@ -8,11 +8,12 @@ main_run_lambda5, main_run_session6 (lambda 10, the main job) and main_run_lambd
 benchmarks/results/targets_<task>/<name>/. Speedups are the run's own `compress bench` ratios against the
 dense fp32 export timed in the same run (batch 32 x 128 and batch 1 x 128, ORT CPU, 2 threads).
 
-Runs made before `compress bench` turned ONNX Runtime's thread spinning off (bench_spinning.md) were timed
-with spinning on, which understates pruned speedups at 32x128; the lambda references all were, so their
-`speedup` columns compare like with like. `--retime RUNS` re-times the graphs of every run still on
-disk under RUNS/<run>/onnx (lambda references included) with the current `compress bench` (spinning off, same rounds) into
-<entry>/retimed.json, shown in the `retimed` columns and used for the speed check when present.
+Runs made before session 7 were timed by a `compress bench` whose interleaved sessions' spinning threads took
+each other's cores (bench_spinning.md), which understates pruned speedups at 32x128; the lambda references all
+were, so their `speedup` columns compare like with like. `--retime RUNS` re-times the graphs of every run still
+on disk under RUNS/<run>/onnx (lambda references included) with the current `compress bench` (ORT's spinning
+threads settled before each timed run, all in one session) into <entry>/retimed.json, shown in the `retimed`
+columns and used for the speed check when present.
 
 Run: python benchmarks/target_frontier.py [--task sst2] [--retime runs]
 """
@@ -52,6 +53,20 @@ def retime(folder: Path, onnx_dir: Path, iterations: int = 20) -> None:
     speedup = {n: {b: round(ms["dense"][b] / v, 3) for b, v in ms[n].items()} for n in ms}
     out = {"ms": ms, "speedup": speedup, "environment": res["environment"], "command": " ".join(sys.argv)}
     (folder / "retimed.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+def _setting(env: dict | None) -> str | None:
+    if not env:
+        return None
+    if not env.get("ort_thread_spinning"):
+        return "spinning off"
+    return f"spinning, settled {env['settle_ms']:g} ms" if env.get("settle_ms") else "spinning, unsettled"
+
+
+def retime_setting(rows: list[dict]) -> str:
+    """How the retimed.json files were timed, from the environment they recorded."""
+    seen = {r["retime_setting"] for r in rows if r.get("retime_setting")}
+    return ", ".join(sorted(seen)) or "no run retimed"
 
 
 def entries(task: str) -> list[dict]:
@@ -101,6 +116,7 @@ def entries(task: str) -> list[dict]:
                     "speedup_b1": row["speedup_b1"],
                     "retimed_b32": again["b32"] if again else None,
                     "retimed_b1": again["b1"] if again else None,
+                    "retime_setting": _setting((retimed or {}).get("environment")),
                     "predicted_speedup": speed.get("predicted_speedup") if targeted else None,
                     "measured_in_prune": (speed.get("measured") or {}).get("speedup") if targeted else None,
                     "speed_within_10pct": speed_ok,
@@ -128,9 +144,10 @@ def write(task: str, rows: list[dict]) -> None:
         "",
         "`table predicted` is the latency table's prediction for the kept structure; `in prune` the speedup "
         "`compress prune` measured right after training on its own deploy graphs (interleaved median of ratios); "
-        "`speedup b32` is what the run's benchmark measured on the shipped graphs (ORT thread spinning on for runs "
-        "before bench_spinning.md, which understates pruned graphs at 32x128; all lambda rows were timed that way); "
-        "`retimed` the same shipped graphs timed again with spinning off, all in one session. Issue goal: the drop "
+        "`speedup b32` is what the run's benchmark measured on the shipped graphs (ORT's spinning threads unsettled "
+        "for runs before bench_spinning.md, which understates pruned graphs at 32x128; all lambda rows were timed "
+        "that way); `retimed` the same shipped graphs timed again with the current benchmark "
+        f"({retime_setting(rows)}), all in one session. Issue goal: the drop "
         "allowed below the teacher, with the b32 speedup (retimed when there is one) within 10% of the request. "
         "The plot uses the retimed b32 speedup where there is one, else the run's own (marked *).",
         "",
@@ -159,7 +176,7 @@ def write(task: str, rows: list[dict]) -> None:
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     points = [
         {
-            # re-timed (spinning off) where the graphs still exist; * marks a spinning-on figure
+            # re-timed where the graphs still exist; * marks the run's own (older benchmark) figure
             "label": ("T " if "target" in r["selection"] else "λ ")
             + f"{r['run']} {r['precision']}"
             + ("" if r["retimed_b32"] else " *"),
