@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import helpers as h
 
 
-def _args(tmp, out, batch, *extra):
+def _args(tmp, out, batch):
     return [
         "prune",
         "--model",
@@ -33,7 +33,6 @@ def _args(tmp, out, batch, *extra):
         "1000",
         "-o",
         str(tmp / out),
-        *extra,
     ]
 
 
