@@ -290,8 +290,9 @@ def make_session(
     in-memory onnx.ModelProto, with a fixed intra-op thread count (None: ONNX Runtime picks).
 
     Inter-op parallelism stays at 1: encoders are one long chain of ops, so it only adds contention.
-    spinning=False stops the intra-op threads from busy-waiting after each run (ORT's default is to
-    spin); benchmarks that interleave sessions need it off, see compress.ort.bench.
+    spinning=False stops the intra-op threads from busy-waiting between ops and after each run (ORT's
+    default is to spin); benchmarks that interleave sessions either settle spinning threads or turn it off,
+    see compress.ort.bench.
     """
     import onnxruntime as ort
 

@@ -36,6 +36,13 @@ def _args(tmp, out, batch):
     ]
 
 
+def _torchrun(argv, port, **env):
+    """Two CPU processes under torchrun running `argv` (a script and its arguments, or -m MODULE ...)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(cmd + [str(a) for a in argv], env=env, capture_output=True, text=True)
+
+
 def test_two_process_gloo_matches_single(tmp_path):
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=64, n_dev=16)
     # No dropout: the only difference left between the runs is how the global batch is split.
@@ -47,23 +54,7 @@ def test_two_process_gloo_matches_single(tmp_path):
         [sys.executable, "-m", "compress.cli"] + _args(tmp_path, "single", 8), env=env, capture_output=True, text=True
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "compress.cli",
-        ]
-        + _args(tmp_path, "ddp", 4),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    ddp = _torchrun(["-m", "compress.cli", *_args(tmp_path, "ddp", 4)], port=29533)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = load_file(tmp_path / "single" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
     for k in a:
@@ -106,21 +97,15 @@ sys.exit(0 if result else 3)
 """
 
 
-def _torchrun(script, *args, port):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd + [str(script), *args], env=env, capture_output=True, text=True)
-
-
 def test_rank_zero_measures_and_every_rank_gets_its_result(tmp_path):
     """A latency table or calibration timed per rank would differ, and so would the ranks' structures."""
     script = tmp_path / "rank_zero.py"
     script.write_text(RANK_ZERO_SCRIPT)
-    ok = _torchrun(script, tmp_path / "calls.log", "ok", port=29534)
+    ok = _torchrun([script, tmp_path / "calls.log", "ok"], port=29534)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert (tmp_path / "calls.log").read_text() == "0\n"  # measured once, on rank 0
     assert [(tmp_path / f"calls.log.rank{r}").read_text() for r in (0, 1)] == ["result 0", "result 0"]
-    bad = _torchrun(script, tmp_path / "bad.log", "fail", port=29535)
+    bad = _torchrun([script, tmp_path / "bad.log", "fail"], port=29535)
     assert bad.returncode != 0
     assert [(tmp_path / f"bad.log.rank{r}").read_text() for r in (0, 1)] == [
         "error no graphs",
@@ -134,19 +119,11 @@ def test_two_process_speed_target_shares_rank_zeros_table(tmp_path):
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=64, n_dev=16)
     h.save_checkpoint(h.tiny_model("bert"), tmp_path / "base")
     cache = tmp_path / "cache"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COMPRESS_CACHE_DIR": str(cache)}
     args = _args(tmp_path, "ddp", 4)
     method = args.index("--method")
     args[method + 1 : method + 4] = ["struct", "--target-speedup", "1.5"]  # in place of movement --sparsity 0.5
     args += ["--deploy-shape", "1x16", "--no-measure-speed", "--max-steps", "4"]
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29536"]
-        + ["-m", "compress.cli"]
-        + args,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    run = _torchrun(["-m", "compress.cli", *args], port=29536, COMPRESS_CACHE_DIR=str(cache))
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(list((cache / "latency").glob("*.json"))) == 1
     speed = json.loads((tmp_path / "ddp" / "compression.json").read_text())["speed"]

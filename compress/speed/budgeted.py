@@ -317,9 +317,8 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
             "from_cache": plan.from_cache,
         },
     }
-    if plan.calibration:
+    if plan.calibration:  # calibrate_budget records at least one round
         info["calibration"] = plan.calibration
-    if plan.calibration and plan.calibration.get("rounds"):
         last = plan.calibration["rounds"][-1]
         # the table's prediction corrected by what the last calibration graph measured against it
         info["expected_speedup"] = round(
