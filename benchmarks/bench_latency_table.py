@@ -1,8 +1,8 @@
-"""Latency tables (issue 14): predicted vs measured latency, and speed targets hit.
+"""Latency tables: predicted vs measured latency, and speed targets hit.
 
 Part `table`: for each deploy precision and shape, build (or read from the cache) the latency table of
 the model, then export random pruned structures with our own export + surgery (+ fusion, + int8), time
-them interleaved with the dense graphs (compress.speed.latency.time_graphs, medians of per-round ratios
+them interleaved with the dense graphs (compress.speed.deploy_graph.time_graphs, medians of per-round ratios
 to the dense fp32 graph), and compare with the table's prediction.
 
 Part `targets`: `compress prune --method struct --target-speedup X` for each requested speedup (short
@@ -37,7 +37,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _env() -> dict:
-    from compress.ort.bench import BenchConfig, environment
+    from compress.core.config import BenchConfig
+    from compress.ort.bench import environment
 
     env = environment(BenchConfig())
     env["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -66,8 +67,9 @@ def random_structures(geo, n: int, seed: int) -> list[list[dict]]:
 
 
 def part_table(a) -> dict:
-    from compress.speed.latency import DeployConfig, DeployGraphs, load_or_build_table, parse_shape, time_graphs
-    from compress.training.models import resolve_model
+    from compress.core.models import resolve_model
+    from compress.speed.deploy_graph import DeployConfig, DeployGraphs, parse_shape, time_graphs
+    from compress.speed.table import load_or_build_table
 
     model = resolve_model(a.model)
     report = {"model": a.model, "env_start": _env(), "configs": []}
@@ -137,8 +139,9 @@ def part_table(a) -> dict:
 
 
 def part_targets(a) -> dict:
-    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
-    from compress.ort.quantize import QuantizeConfig, quantize_onnx
+    from compress.core.config import BenchConfig, QuantizeConfig
+    from compress.ort.bench import onnx_runner, run_benchmark
+    from compress.ort.quantize import quantize_onnx
     from exporters.export import export_checkpoint
 
     work = Path(a.workdir)

@@ -21,11 +21,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from compress.core.config import DistillConfig, PruneConfig  # noqa: E402
+from compress.core.models import load_classifier, load_tokenizer  # noqa: E402
 from compress.pruning.methods import get_method  # noqa: E402
 from compress.pruning.pruner import Pruner  # noqa: E402
 from compress.training.data import load_task_data  # noqa: E402
 from compress.training.loop import StudentWithLoss, add_teacher_logits  # noqa: E402
-from compress.training.models import load_classifier, load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

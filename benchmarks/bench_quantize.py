@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compress.core.artifacts import write_json  # noqa: E402
-from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark  # noqa: E402
+from compress.core.config import BenchConfig, QuantizeConfig  # noqa: E402
+from compress.ort.bench import onnx_runner, run_benchmark  # noqa: E402
 from compress.ort.evaluate import evaluate_onnx  # noqa: E402
-from compress.ort.quantize import QuantizeConfig, quantize_onnx  # noqa: E402
-from exporters.toolbox import make_session  # noqa: E402
+from compress.ort.quantize import quantize_onnx  # noqa: E402
+from exporters.sessions import make_session  # noqa: E402
 
 
 @dataclass

@@ -32,8 +32,12 @@ MODELS = ["dense", "pruned", "dense-int8", "pruned-int8"]
 
 
 def main() -> int:
-    from compress.ort.bench import BenchConfig, cpu_model, settle
-    from exporters.toolbox import graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
+    from compress.core.config import BenchConfig
+    from compress.ort.bench import cpu_model
+    from compress.ort.timing import settle
+    from exporters.files import resolve_onnx
+    from exporters.inputs import graph_inputs, random_feeds, vocab_size
+    from exporters.sessions import make_session
 
     ap = argparse.ArgumentParser()
     ap.add_argument("onnx_dir")

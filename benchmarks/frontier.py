@@ -50,12 +50,12 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also quantize each pruned graph (dynamic int8)")
     a = ap.parse_args()
 
-    from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig
-    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
+    from compress.core.config import BenchConfig, DataConfig, DistillConfig, PruneConfig, TrainConfig
+    from compress.core.models import load_tokenizer
+    from compress.ort.bench import onnx_runner, run_benchmark
     from compress.ort.evaluate import evaluate_onnx
     from compress.training.data import load_task_data
     from compress.training.driver import prune
-    from compress.training.models import load_tokenizer
     from exporters.export import export_checkpoint
 
     work = Path(a.work) / a.task
@@ -101,7 +101,8 @@ def main():
             onnx_path = export_checkpoint(out / "pruned", out / "onnx", shrink=True, optimize=True, overwrite=True).path
             models = {"dense": dense, key: onnx_path}
             if a.int8:
-                from compress.ort.quantize import QuantizeConfig, quantize_onnx
+                from compress.core.config import QuantizeConfig
+                from compress.ort.quantize import quantize_onnx
 
                 q = quantize_onnx(out / "onnx", out / "onnx-int8", QuantizeConfig(), overwrite=True)
                 models[key + " int8"] = (

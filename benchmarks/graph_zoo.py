@@ -1,4 +1,4 @@
-"""The graph-zoo table (issue 16): runs tests/zoo_check.py's check on every graph of tests/zoo/ and writes
+"""The graph-zoo table: runs tests/zoo_check.py's check on every graph of tests/zoo/ and writes
 benchmarks/results/graph_zoo.md (+ graph_zoo.json) with the exact command.
 
     HF_HUB_OFFLINE=1 python benchmarks/graph_zoo.py [--real DIR]
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import zoo_check  # noqa: E402
 
 COMMAND = "HF_HUB_OFFLINE=1 python benchmarks/graph_zoo.py"
-# Exporters the issue asks for that could not be run here, with why (listed, not faked).
+# Exporters the zoo should cover that could not be run here, with why (listed, not faked).
 NOT_GENERATED = [
     (
         "torch 2.3 legacy exporter",
@@ -98,7 +98,7 @@ def main():
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     md = [
-        "# Graph zoo: shrink on real exporters' graphs (issue 16)",
+        "# Graph zoo: shrink on real exporters' graphs",
         "",
         f"Command: `{command}` (from the repository root; graphs made by `bash tools/zoo/make_zoo.sh`"
         + (f", `{args.real}` by `bash tools/zoo/make_zoo.sh real`)." if args.real else ")."),

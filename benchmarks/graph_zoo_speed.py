@@ -1,4 +1,4 @@
-"""Is the speed real on other tools' graphs? (issue 16) The real all-MiniLM-L6-v2 exported as other projects
+"""Is the speed real on other tools' graphs? The real all-MiniLM-L6-v2 exported as other projects
 ship it (torch legacy exporter + sentence-transformers pooling; optimum -O2 with fused Attention /
 SkipLayerNorm / BiasGelu), with half the heads and 60% of the FFN dims of every layer zeroed in the graph
 (the shape of shrink.md's check), shrunk by `exporters.surgery.shrink`, checked equal, and timed against
@@ -115,7 +115,7 @@ def main():
             )
         env = bench.get("environment", {})
     md = [
-        "# Shrink speed on other tools' graphs (issue 16)",
+        "# Shrink speed on other tools' graphs",
         "",
         f"Command: `{command}` (graphs: `bash tools/zoo/make_zoo.sh real`, real all-MiniLM-L6-v2 weights, not committed).",
         f"CPU: {env.get('cpu_model', '?')}; threads {env.get('threads', '?')}; onnxruntime {env.get('onnxruntime', '?')}; "

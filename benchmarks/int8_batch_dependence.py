@@ -1,4 +1,4 @@
-"""Why dynamic-int8 accuracy depends on the evaluation batch size (issue 17, defect 7).
+"""Why dynamic-int8 accuracy depends on the evaluation batch size.
 
 ONNX Runtime's DynamicQuantizeLinear computes ONE (scale, zero point) per tensor, from the min and
 max over every element of the activation: all rows of the batch and all positions, padded ones too.
@@ -89,10 +89,11 @@ def main() -> int:
 
     import onnx
 
+    from compress.core.models import load_tokenizer
     from compress.ort.evaluate import onnx_logits, pad_batch, session_inputs
     from compress.training.data import compute_metrics, load_task_data
-    from compress.training.models import load_tokenizer
-    from exporters.toolbox import make_session, resolve_onnx
+    from exporters.files import resolve_onnx
+    from exporters.sessions import make_session
 
     fp32, int8 = resolve_onnx(a.fp32), resolve_onnx(a.int8)
     tok = load_tokenizer(str(fp32.parent))

@@ -1,5 +1,5 @@
 """How long ONNX Runtime's intra-op threads keep spinning after a run: the figure behind compress bench's
-settle_ms default (compress.ort.bench.settle).
+settle_ms default (compress.ort.timing.settle).
 
 After one run of a session, the main thread sleeps for a given time and the process CPU time used meanwhile is
 read: whatever CPU time accrues is the pool's threads busy-waiting. Repeated per sleep length; the median is kept.
@@ -25,9 +25,10 @@ SLEEPS_MS = (1, 2, 5, 10, 20, 30, 50, 100)
 def main() -> int:
     import onnx
 
-    import compress  # noqa: F401  (import order: compress before exporters)
     from compress.ort.bench import cpu_model
-    from exporters.toolbox import graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
+    from exporters.files import resolve_onnx
+    from exporters.inputs import graph_inputs, random_feeds, vocab_size
+    from exporters.sessions import make_session
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model")

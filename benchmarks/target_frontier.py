@@ -1,16 +1,16 @@
-"""Issue 14's frontier check: runs pruned to a speed target (`compress run --target-speedup X`) side by
+"""The speed-target frontier: runs pruned to a speed target (`compress run --target-speedup X`) side by
 side with the lambda-driven hybrid-filled runs at the same training budget (600 prune + 300 fill steps,
 distilled from the same teacher), in one table and one plot.
 
 Every entry is a folder under benchmarks/results/ holding the summary.json that `compress run` wrote and a
 COMMAND.md with the exact command (the models themselves are not committed). Lambda-driven references:
-main_run_lambda5, main_run_session6 (lambda 10, the main job) and main_run_lambda20. Target runs:
+main_run_lambda5, main_run_lambda10 (the main job's recipe) and main_run_lambda20. Target runs:
 benchmarks/results/targets_<task>/<name>/. Speedups are the run's own `compress bench` ratios against the
 dense fp32 export timed in the same run (batch 32 x 128 and batch 1 x 128, ORT CPU, 2 threads).
 
-Runs made before session 7 were timed by a `compress bench` whose interleaved sessions' spinning threads took
-each other's cores (bench_spinning.md), which understates pruned speedups at 32x128; the lambda references all
-were, so their `speedup` columns compare like with like. `--retime RUNS` re-times the graphs of every run still
+A run's own `speedup` columns carry the benchmark settings it ran with: unsettled spinning threads, for the lambda
+references and the older target runs, take each other's cores between interleaved sessions (bench_spinning.md),
+which understates pruned speedups at 32x128. `--retime RUNS` re-times the graphs of every run still
 on disk under RUNS/<run>/onnx (lambda references included) with the current `compress bench` (ORT's spinning
 threads settled before each timed run, all in one session) into <entry>/retimed.json, shown in the `retimed`
 columns and used for the speed check when present.
@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-LAMBDA_RUNS = {"sst2": ["main_run_lambda5", "main_run_session6", "main_run_lambda20"]}
-# Issue 14's accuracy goals: (deploy precision, requested speedup) -> allowed drop below the teacher (points)
+LAMBDA_RUNS = {"sst2": ["main_run_lambda5", "main_run_lambda10", "main_run_lambda20"]}
+# Accuracy goals of the speed targets: (deploy precision, requested speedup) -> allowed drop below the teacher (points)
 GOALS = {("fp32", 2.0): 0.5, ("fp32", 3.0): 1.5, ("int8", 5.0): 1.5}
 
 
@@ -42,7 +42,8 @@ def _metric(row: dict) -> float:
 
 def retime(folder: Path, onnx_dir: Path, iterations: int = 20) -> None:
     """Time dense / pruned (fp32, int8) of one run again with the current benchmark settings."""
-    from compress.ort.bench import BenchConfig, onnx_runner, run_benchmark
+    from compress.core.config import BenchConfig
+    from compress.ort.bench import onnx_runner, run_benchmark
 
     bc = BenchConfig(batch_sizes=(1, 32), seq_lens=(128,), threads=2, iterations=iterations)
     names = [n for n in ("dense", "pruned", "dense-int8", "pruned-int8") if (onnx_dir / n).exists()]
@@ -99,7 +100,7 @@ def entries(task: str) -> list[dict]:
             goal = GOALS.get((precision, float(target))) if targeted and task == "sst2" else None
             drop = round(100 * (_metric(dense) - _metric(row)), 2)
             again = (retimed or {}).get("speedup", {}).get("pruned" if precision == "fp32" else "pruned-int8")
-            # the issue's speed criterion: within 10% of the request, at the deploy shape (batch 32 x 128)
+            # the speed criterion: within 10% of the request, at the deploy shape (batch 32 x 128)
             b32 = again["b32"] if again else row["speedup_b32"]
             speed_ok = abs(b32 / target - 1) <= 0.10 if targeted else None
             out.append(
@@ -144,17 +145,17 @@ def write(task: str, rows: list[dict]) -> None:
         "",
         "`table predicted` is the latency table's prediction for the kept structure; `in prune` the speedup "
         "`compress prune` measured right after training on its own deploy graphs (interleaved median of ratios); "
-        "`speedup b32` is what the run's benchmark measured on the shipped graphs (ORT's spinning threads unsettled "
-        "for runs before bench_spinning.md, which understates pruned graphs at 32x128; all lambda rows were timed "
-        "that way); `retimed` the same shipped graphs timed again with the current benchmark "
-        f"({retime_setting(rows)}), all in one session. Issue goal: the drop "
+        "`speedup b32` is what the run's own benchmark measured on the shipped graphs (with the settings of its "
+        "COMMAND.md; unsettled spinning threads, as in the lambda rows, understate pruned graphs at 32x128, "
+        "bench_spinning.md); `retimed` the same shipped graphs timed again with the current benchmark "
+        f"({retime_setting(rows)}), all in one session. Goal: the drop "
         "allowed below the teacher, with the b32 speedup (retimed when there is one) within 10% of the request. "
         "The plot uses the retimed b32 speedup where there is one, else the run's own (marked *).",
         "",
         "| run | selection | model | dev "
         + ("F1" if task == "mrpc" else "accuracy")
         + " | vs teacher | speedup b32 | speedup b1 | retimed b32 | retimed b1 | table predicted | in prune | heads "
-        "| FFN dims | min | issue goal |",
+        "| FFN dims | min | goal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -1,13 +1,19 @@
-"""The public Python API: one function per step of the pipeline, each taking its config dataclass and
-its output path, each returning a small result (path, metrics, report). The CLI is a thin shell over
-these functions.
+"""The public Python API: one function per step of the pipeline, all of one shape,
+
+    verb(input, output, config=None, *, data=None)
+
+where `config` is the step's dataclass from compress.core.config (None: its defaults; `overwrite` and
+`threads` are fields of it wherever the step has them) and `data` a DataConfig for the steps that read
+task data (prune, finetune, quantize, run); export_onnx and shrink read none. evaluate and benchmark
+write nothing: `evaluate(model, config, *, data)`, `benchmark(models, config)`. Each returns a small
+Result (path, metrics, report). The CLI is a thin shell over these functions.
 
     import compress
-    pruned = compress.prune(compress.PruneConfig(method="hybrid", lambda_reg=10), "runs/pruned",
-                            model="minilm", data=compress.DataConfig(task="sst2"))
+    data = compress.DataConfig(task="sst2")
+    pruned = compress.prune("minilm", "runs/pruned", compress.PruneConfig(method="hybrid", lambda_reg=10), data=data)
     onnx = compress.export_onnx(pruned.path, "runs/onnx", compress.ExportConfig(shrink=True, optimize=True))
     int8 = compress.quantize(onnx.path, "runs/int8")
-    print(compress.evaluate(int8.path, compress.DataConfig(task="sst2")).metrics)
+    print(compress.evaluate(int8.path, data=data).metrics)
     print(compress.benchmark([onnx.path, int8.path]).report["results"])
 
 Heavy libraries (torch, transformers, onnxruntime) load inside the functions, so `import compress`
@@ -17,67 +23,26 @@ stays quick.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from compress.core.config import DataConfig, DistillConfig, PruneConfig, TrainConfig, arg
+from compress.core.config import (
+    BenchConfig,
+    DataConfig,
+    DistillConfig,
+    EvalConfig,
+    ExportConfig,
+    PruneConfig,
+    QuantizeConfig,
+    RunConfig,
+    ShrinkConfig,
+    TrainConfig,
+)
 from compress.core.errors import ArtifactError, InvalidConfigError
 from compress.core.record import LayerKeep, as_layer_keeps
-from compress.ort.bench import BenchConfig
-from compress.ort.quantize import QuantizeConfig
-from compress.pipeline import RunConfig
-from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE
-from exporters.spec import TASKS as EXPORT_TASKS
+from exporters.spec import MODEL_FILE
 
 PathLike = str | os.PathLike
-
-
-# ------------------------------------------------------------------------------------------ configs
-@dataclass
-class EvalConfig:
-    batch_size: int | None = arg(
-        None,
-        "evaluation batch size (default 64; 1 for dynamic int8 graphs, whose accuracy "
-        "depends on the batch: benchmarks/results/int8_batch_dependence.md)",
-    )
-    max_length: int = arg(128, "sequence length (longer rows are truncated)")
-    max_eval_samples: int | None = arg(None, "use at most N dev rows")
-    provider: str = arg("cpu", "ONNX Runtime provider for .onnx models", choices=["cpu", "cuda"])
-    threads: int | None = arg(None, "ONNX Runtime intra-op threads (default: all cores)")
-
-
-@dataclass
-class ExportConfig:
-    task: str | None = arg(
-        None, "which head to export (default: from the checkpoint's architecture)", choices=sorted(EXPORT_TASKS)
-    )
-    shrink: bool | None = arg(
-        None,
-        "remove pruned heads / FFN dims from the graph (default: whenever the checkpoint "
-        "has any, from compression.json or all-zero weights; --no-shrink keeps the full graph)",
-    )
-    optimize: bool = arg(False, "apply ONNX Runtime transformer fusions (kept only if outputs match)")
-    exporter: str = arg(
-        "torchscript",
-        "torch.onnx exporter (torchscript: fast, and ORT can fuse its attention; the other is tried if it fails)",
-        choices=list(EXPORTER_NAMES),
-    )
-    opset: int = arg(DEFAULT_OPSET, "ONNX opset (dynamo uses at least 18)")
-    atol: float = arg(DEFAULT_ATOL, "max abs output difference allowed")
-    validate: bool = arg(True, "compare the graph with PyTorch (not recommended to turn off)")
-    overwrite: bool = arg(False, "replace a non-empty output directory")
-
-
-@dataclass
-class ShrinkConfig:
-    compression_json: str | None = arg(
-        None, "structure to keep (default: the input's folder's compression.json)", metavar="PATH"
-    )
-    from_weights: bool = arg(False, "ignore compression.json; remove structures whose weights are zero")
-    head_size: int | None = arg(None, "attention head size (default: compression.json, config.json, or the graph)")
-    optimize: bool = arg(False, "then apply ONNX Runtime's transformer fusions (kept only if outputs match)")
-    atol: float = arg(1e-4, "max abs output difference allowed")
-    overwrite: bool = arg(False, "replace the output if it exists")
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -132,29 +97,37 @@ class RunResult(Result):
 
 # ------------------------------------------------------------------------------------------ steps
 def prune(
-    config: PruneConfig,
+    model: PathLike | None,
     output: PathLike,
+    config: PruneConfig | None = None,
     *,
-    model: str | None = None,
     data: DataConfig | None = None,
     callbacks: list | None = None,
 ) -> PruneResult:
-    """Prune `model` (a local dir, a hub name, or `minilm`) with config.method; writes a Hugging Face
-    checkpoint with compression.json to `output`."""
+    """Prune `model` (a local dir, a hub name, `minilm`, or None: the default model; hybrid-filled reads
+    it from config.source) with config.method; writes a Hugging Face checkpoint with compression.json
+    to `output`. `callbacks`: transformers TrainerCallbacks for the training loop."""
     from compress.training.driver import prune as run_prune
 
-    info = run_prune(config, (data or DataConfig()).resolved(), model, output=output, callbacks=callbacks)
+    model = str(model) if model is not None else None
+    info = run_prune(config or PruneConfig(), _data(data), model, output=output, callbacks=callbacks)
     return _checkpoint_result(output, info)
 
 
 def finetune(
-    config: TrainConfig, output: PathLike, *, model: str | None = None, data: DataConfig | None = None
+    model: PathLike | None, output: PathLike, config: TrainConfig | None = None, *, data: DataConfig | None = None
 ) -> PruneResult:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing."""
     from compress.training.driver import finetune as run_finetune
 
-    info = run_finetune(config, (data or DataConfig()).resolved(), model, output=output)
+    model = str(model) if model is not None else None
+    info = run_finetune(config or TrainConfig(), _data(data), model, output=output)
     return _checkpoint_result(output, info)
+
+
+def _data(data: DataConfig | None) -> DataConfig:
+    """The task data of a training or evaluation step (default: sst2)."""
+    return (data or DataConfig()).resolved()
 
 
 def _checkpoint_result(output: PathLike, info: dict) -> PruneResult:
@@ -173,10 +146,10 @@ def is_onnx(path: PathLike) -> bool:
     return p.suffix == ".onnx" or (p.is_dir() and (p / MODEL_FILE).exists() and not (p / "model.safetensors").exists())
 
 
-def evaluate(model: PathLike, data: DataConfig | None = None, config: EvalConfig | None = None) -> EvalResult:
+def evaluate(model: PathLike, config: EvalConfig | None = None, *, data: DataConfig | None = None) -> EvalResult:
     """Dev metrics of a checkpoint directory or of an ONNX model (a .onnx or a folder holding model.onnx)."""
     config = config or EvalConfig()
-    data = (data or DataConfig()).resolved()
+    data = _data(data)
     if config.batch_size is not None and config.batch_size < 1:
         raise InvalidConfigError(f"--batch-size {config.batch_size} must be >= 1")
     note = None
@@ -310,31 +283,61 @@ def shrink(model: PathLike, output: PathLike, config: ShrinkConfig | None = None
 
 
 def quantize(
-    model: PathLike,
-    output: PathLike,
-    config: QuantizeConfig | None = None,
-    *,
-    calibration_data=None,
-    task_data=None,
-    overwrite: bool = False,
-    threads: int | None = None,
-    eval_batch_size: int | None = None,
+    model: PathLike, output: PathLike, config: QuantizeConfig | None = None, *, data: DataConfig | None = None
 ) -> QuantizeResult:
-    """int8 quantization with ONNX Runtime (dynamic by default); `task_data` (a loaded TaskData) adds dev
-    metrics before and after, `calibration_data` (tokenized rows) feeds static mode."""
+    """int8 quantization with ONNX Runtime (dynamic by default). With `data` (a task or data files), dev
+    metrics before and after; static mode calibrates on config.calibration_file, else on data's
+    training split."""
     from compress.ort.quantize import quantize_onnx
 
+    config = config or QuantizeConfig()
+    config.validate()  # bad flags fail before any data is loaded
+    task_data, calibration = _quantize_data(model, config, data)
     r = quantize_onnx(
         model,
         output,
         config,
-        calibration_data=calibration_data,
+        calibration_data=calibration,
         task_data=task_data,
-        overwrite=overwrite,
-        threads=threads,
-        eval_batch_size=eval_batch_size,
+        overwrite=config.overwrite,
+        threads=config.threads,
+        eval_batch_size=config.eval_batch_size,
     )
     return QuantizeResult(Path(r.output), dict(r.metrics_after or {}), r.to_dict())
+
+
+def _quantize_data(model: PathLike, config: QuantizeConfig, data: DataConfig | None):
+    """(task data for dev metrics, tokenized calibration rows), each None when not asked for. Unlike the
+    training steps there is no default task: without data, quantize measures nothing."""
+    task_given = data is not None and bool(data.task or data.train_file or data.validation_file)
+    if not task_given and not config.calibration_file:
+        return None, None
+    from compress.ort.calibration import read_calibration_file, tokenized_texts
+    from compress.training.data import label_names_of, load_task_data
+    from exporters.files import read_config, resolve_onnx
+    from exporters.inputs import load_tokenizer
+
+    folder = resolve_onnx(model, check=False).parent
+    tok = load_tokenizer(folder, required=True)
+    task_data = calibration = None
+    if task_given:
+        splits = ("train", "dev") if config.mode == "static" and not config.calibration_file else ("dev",)
+        task_data = load_task_data(
+            data.task,
+            tok,
+            **data.source(train="train" in splits),
+            splits=splits,
+            max_length=config.max_length,
+            max_train_samples=config.num_samples,
+            max_eval_samples=config.max_eval_samples,
+            label_names=label_names_of(read_config(folder)),
+        )
+        calibration = task_data.train
+    if config.calibration_file:
+        column = (data.text_column if data else None) or "sentence"
+        texts = read_calibration_file(config.calibration_file, column)
+        calibration = tokenized_texts(texts, tok, config.max_length)
+    return task_data, calibration
 
 
 def benchmark(
@@ -363,11 +366,27 @@ def benchmark(
     return BenchResult(None, metrics, report)
 
 
-def run(config: RunConfig, output: PathLike, *, overwrite: bool = False) -> RunResult:
-    """The main job: prune -> (fill) -> export + shrink + fuse -> quantize -> eval -> bench, with a report."""
+def run(
+    model: PathLike | None, output: PathLike, config: RunConfig | None = None, *, data: DataConfig | None = None
+) -> RunResult:
+    """The main job: prune -> (fill) -> export + shrink + fuse -> quantize -> eval -> bench, with a report.
+    `model` and `data` (a built-in task and its folder) fill the recipe's `model`, `task` and `data_dir`
+    when given; None keeps the recipe's (the student defaults to the teacher)."""
     from compress.pipeline import run_pipeline
 
-    summary = run_pipeline(config, output, overwrite=overwrite)
+    cfg = config or RunConfig()
+    if model is not None:
+        cfg = replace(cfg, model=str(model))
+    if data is not None:
+        files = [
+            f.name for f in fields(data) if f.name not in ("task", "data_dir") and getattr(data, f.name) is not None
+        ]
+        if files:
+            raise InvalidConfigError(
+                f"compress run takes a built-in task and its folder (DataConfig task, data_dir), not {', '.join(files)}"
+            )
+        cfg = replace(cfg, task=data.task or cfg.task, data_dir=data.data_dir or cfg.data_dir)
+    summary = run_pipeline(cfg, output)
     metrics = {
         f"{row['model']} {k}": v
         for row in summary["rows"]

@@ -1,8 +1,11 @@
-"""Pictures and tables people can look at: the pruning pattern of every matrix (like Figure 1 of
-the Block Pruning paper), heads / FFN dims kept per layer, and accuracy against speedup."""
+"""What people look at: the report of a `compress run` (report.md: the results table, the speed target,
+heads / FFN dims kept per layer, the runs beside it) and its pictures: the pruning pattern of every
+matrix (like Figure 1 of the Block Pruning paper), heads / FFN dims kept per layer, and accuracy
+against speedup."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +108,149 @@ def plot_frontier(points: list[dict], path: str | Path, x: str = "speedup", y: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def known_runs(output: Path) -> dict[str, dict]:
+    """Summaries of the other `compress run` outputs beside this one (siblings of `output`), by folder name.
+
+    Runs are compared by their speedups, each measured against its own dense baseline in its own run,
+    so runs from different sessions or machines still sit on one accuracy-vs-speedup chart.
+    """
+    found = {}
+    for f in sorted(Path(output).resolve().parent.glob("*/summary.json")):
+        if f.parent.name == Path(output).name or f.parent.name.startswith("."):
+            continue
+        try:
+            s = json.loads(f.read_text())
+            if s.get("rows") and s.get("recipe"):
+                found[f.parent.name] = s
+        except (OSError, ValueError):  # a foreign or half-written file is not ours to judge
+            continue
+    return found
+
+
+def _recipe_label(recipe: dict) -> str:
+    p = recipe["prune"]
+    level = f"lambda {p['lambda_reg']}" if p.get("lambda_reg") is not None else f"sparsity {p.get('sparsity')}"
+    fill = f" + {recipe['fill_steps']} fill" if recipe.get("fill_steps") else ""
+    return f"{p['method']} {level}, {p['train']['max_steps']} steps{fill}"
+
+
+def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[str, dict] | None = None) -> None:
+    """report.md of a `compress run` output and its pictures (pattern.png, kept.png, frontier.png);
+    `others`: the summaries of runs beside it (known_runs), tabled and plotted with this one."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    plot_pattern(model, directory / "pattern.png", f"{summary['recipe']['prune']['method']}: kept weights per matrix")
+    plot_kept(summary["layers"], summary["geometry"], directory / "kept.png")
+    rows = summary["rows"]
+    b = max(summary["recipe"]["bench_batch_sizes"])
+    acc_key = next(k for k in rows[0] if k.startswith("dev_"))
+    others = {
+        n: s
+        for n, s in (others or {}).items()
+        if s["recipe"].get("task") == summary["recipe"]["task"] and f"speedup_b{b}" in s["rows"][0]
+    }
+    points = [{"label": r["model"], "speedup": r[f"speedup_b{b}"], "accuracy": r[acc_key]} for r in rows]
+    points += [
+        {"label": f"{n}: {r['model']}", "speedup": r[f"speedup_b{b}"], "accuracy": r.get(acc_key, float("nan"))}
+        for n, s in others.items()
+        for r in s["rows"]
+        if r["model"].startswith("pruned")
+    ]
+    plot_frontier(points, directory / "frontier.png")
+    (directory / "report.md").write_text("\n".join(_report_lines(summary, others, b, acc_key)))
+
+
+def _report_lines(summary: dict, others: dict[str, dict], b: int, acc_key: str) -> list[str]:
+    """report.md's lines: `b` the batch size of the speedups shown, `acc_key` the accuracy column."""
+    rows = summary["rows"]
+    keys = [k for k in rows[0] if k != "path"]
+    recipe = summary["recipe"]
+    fill = f" + {recipe['fill_steps']} fill steps (hybrid-filled)" if recipe.get("fill_steps") else ""
+    lines = [
+        f"# compress run — {recipe['prune']['method']}{fill} on {recipe['task']}",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+    ]
+    lines += ["| " + " | ".join(f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys) + " |" for r in rows]
+    p = summary["pruning"]
+    lines += [
+        "",
+        f"Encoder-linear sparsity {p['sparsity']:.1%}; {p['params']['encoder_linear_after_removal']:,} of "
+        f"{p['params']['encoder_linear_dense']:,} encoder-linear weights left after removing dead heads and FFN dims; "
+        f"{p['seconds_per_step']:.2f} s per training step.",
+        "",
+        "Latency: ONNX Runtime CPU, p50, sequence length "
+        f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
+        "measured in the same run. Accuracy at eval_batch rows per batch: dynamic int8 at 1, because its "
+        "activation ranges are computed per batch and its accuracy moves with the batch "
+        "(benchmarks/results/int8_batch_dependence.md).",
+        "",
+        "| layer | heads kept | FFN dims kept |",
+        "|---|---|---|",
+    ]
+    sp = summary.get("speed")
+    if sp:  # one line above the layer table: requested, predicted by the table, measured in this run
+        at = lines.index("| layer | heads kept | FFN dims kept |")
+        warnings = [f"Warning: {w}" for w in sp.get("warnings", [])]
+        lines[at:at] = [_speed_line(sp), ""] + warnings + [""] * bool(warnings)
+    geo = summary["geometry"]
+    for i, l in enumerate(summary["layers"]):
+        lines.append(
+            f"| {i} | {len(l['heads_kept'])}/{geo['num_heads']} | {len(l['ffn_dims_kept'])}/{geo['intermediate_size']} |"
+        )
+    if others:
+        lines += _other_runs_lines(others, b, acc_key)
+    lines += [
+        "",
+        "![pruning pattern](pattern.png)",
+        "",
+        "![kept per layer](kept.png)",
+        "",
+        "![accuracy vs speedup](frontier.png)",
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()),
+        "",
+    ]
+    return lines
+
+
+def _speed_line(sp: dict) -> str:
+    """The speed target's sentence: requested, predicted by the latency table, measured in the run."""
+    from compress.training.checkpoint import _target_text
+
+    asked = _target_text(sp)
+    where = sp.get("deploy")
+    return (
+        f"Speed target {asked}"
+        + (
+            f" ({where['precision']} {where['shape']}, {where['threads']} threads, {where['provider']})"
+            if where
+            else ""
+        )
+        + f": predicted {sp['predicted_speedup']:.2f}x by the latency table"
+        + (f", measured {sp['measured_speedup']:.2f}x ({sp['measured_at']})" if "measured_speedup" in sp else "")
+        + " (speedups over dense fp32)."
+    )
+
+
+def _other_runs_lines(others: dict[str, dict], b: int, acc_key: str) -> list[str]:
+    """The table of the runs beside this one, each against its own dense baseline."""
+    lines = [
+        "",
+        f"Other runs beside this one (each against its own dense baseline, batch {b}):",
+        "",
+        f"| run | recipe | pruned fp32 {acc_key} | speedup | pruned int8 {acc_key} | speedup |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, s in others.items():
+        by = {r["model"]: r for r in s["rows"]}
+        cells = [
+            f"{by[m].get(acc_key, '')} | {by[m][f'speedup_b{b}']}" if m in by else " | "
+            for m in ("pruned fp32", "pruned int8")
+        ]
+        lines.append(f"| {n} | {_recipe_label(s['recipe'])} | {cells[0]} | {cells[1]} |")
+    return lines

@@ -12,10 +12,10 @@ Choices, and why:
     values for argument 'use_cache'`). It is ~20x faster than dynamo on these models and, unlike the
     dynamo graph, its attention-mask pattern is recognised by ORT 1.31's Attention fusion. The dynamo
     exporter is available (exporter="dynamo") and used automatically if the TorchScript one fails.
-  * Masked checkpoints are first made canonical with compress.sparsity.fold_dead_structure, so every
+  * Masked checkpoints are first made canonical with compress.core.sparsity.fold_dead_structure, so every
     removable head / FFN dim has all-zero output weights and the ONNX surgery can find it.
   * Nothing is written unless validation passes: the whole output directory is built in a temporary
-    sibling and renamed into place (compress.artifacts.atomic_dir).
+    sibling and renamed into place (compress.core.artifacts.atomic_dir).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from compress.core.artifacts import (
     record_checksums,
     write_json,
 )
+from compress.core.config import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES
 from compress.core.errors import (
     ArtifactError,
     GraphPatternError,
@@ -49,8 +50,10 @@ from compress.core.errors import (
     UnsupportedModelError,
     ValidationError,
 )
-from exporters.spec import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTER_NAMES, MODEL_FILE, TASKS, ExportSpec
-from exporters.toolbox import SIDECAR_FILES, load_tokenizer, make_session, run, sample_inputs
+from exporters.files import SIDECAR_FILES
+from exporters.inputs import load_tokenizer, sample_inputs
+from exporters.sessions import make_session, run
+from exporters.spec import MODEL_FILE, TASKS, ExportSpec
 
 log = logging.getLogger(__name__)
 
@@ -320,24 +323,7 @@ def export_checkpoint(
             opset=opset_used,
         )
 
-        final = dense
-        if shrink is None:
-            shrink, why = dead_structure(dense, structure, config)
-            if not shrink:
-                notes.append(f"not shrunk: {why}")
-        if shrink:
-            final, result.shrink = shrink_dense(dense, structure, config, batches, atol)
-        if optimize:
-            from exporters.optimize import optimize as ort_optimize
-            from exporters.surgery.rewrite import normalize_heads
-
-            if not shrink:  # constant per-layer head shapes let ORT's Attention fusion read the head count
-                geo = geometry_of(config)
-                try:
-                    final = normalize_heads(dense, geo.head_size if geo else None)
-                except GraphPatternError as e:
-                    notes.append(f"head shapes not normalised before fusion ({e})")
-            final, result.optimize = ort_optimize(final, batches, atol)
+        final = _shrink_and_fuse(dense, structure, config, batches, atol, shrink, optimize, result)
         if final is not dense:
             if validate:  # end to end, against PyTorch itself, not only step by step
                 result.validation["final_max_abs_diff"] = validate_against_torch(
@@ -345,24 +331,54 @@ def export_checkpoint(
                 )["max_abs_diff"]
             onnx.save(final, str(path))
 
-        for name in SIDECAR_FILES:  # config.json (checked above) and the tokenizer files
-            if (checkpoint_dir / name).exists():
-                shutil.copy2(checkpoint_dir / name, tmp / name)
-        if structure is not None:
-            data = copy.deepcopy(structure)
-            data["onnx"] = {
-                "file": MODEL_FILE,
-                "task": task,
-                "exporter": used,
-                "opset": opset_used,
-                "inputs": input_names,
-                "outputs": output_names,
-                "shrunk": result.shrink is not None,
-                "optimized": bool(result.optimize and result.optimize["applied"]),
-                "validation": result.validation,
-            }
-            write_json(tmp / COMPRESSION_JSON, record_checksums(tmp, data, [MODEL_FILE, "config.json"]))
+        _write_sidecars(checkpoint_dir, tmp, structure, result)
     return result
+
+
+def _shrink_and_fuse(dense, structure, config, batches, atol, shrink, optimize, result: ExportReport):
+    """The graph to ship: `dense` shrunk (shrink None: when it has dead structure) and then fused (with
+    `optimize`); what each step did goes into result.shrink / result.optimize / result.notes."""
+    final = dense
+    if shrink is None:
+        shrink, why = dead_structure(dense, structure, config)
+        if not shrink:
+            result.notes.append(f"not shrunk: {why}")
+    if shrink:
+        final, result.shrink = shrink_dense(dense, structure, config, batches, atol)
+    if optimize:
+        from exporters.optimize import optimize as ort_optimize
+        from exporters.surgery.rewrite import normalize_heads
+
+        if not shrink:  # constant per-layer head shapes let ORT's Attention fusion read the head count
+            geo = geometry_of(config)
+            try:
+                final = normalize_heads(dense, geo.head_size if geo else None)
+            except GraphPatternError as e:
+                result.notes.append(f"head shapes not normalised before fusion ({e})")
+        final, result.optimize = ort_optimize(final, batches, atol)
+    return final
+
+
+def _write_sidecars(checkpoint_dir: Path, tmp: Path, structure: dict | None, result: ExportReport) -> None:
+    """config.json and the tokenizer files next to model.onnx, and (for a compressed checkpoint) its
+    compression.json with a record of the export."""
+    for name in SIDECAR_FILES:  # config.json (checked by the caller) and the tokenizer files
+        if (checkpoint_dir / name).exists():
+            shutil.copy2(checkpoint_dir / name, tmp / name)
+    if structure is not None:
+        data = copy.deepcopy(structure)
+        data["onnx"] = {
+            "file": MODEL_FILE,
+            "task": result.task,
+            "exporter": result.exporter,
+            "opset": result.opset,
+            "inputs": result.inputs,
+            "outputs": result.outputs,
+            "shrunk": result.shrink is not None,
+            "optimized": bool(result.optimize and result.optimize["applied"]),
+            "validation": result.validation,
+        }
+        write_json(tmp / COMPRESSION_JSON, record_checksums(tmp, data, [MODEL_FILE, "config.json"]))
 
 
 def geometry_of(config):
@@ -378,7 +394,7 @@ def dead_structure(dense: onnx.ModelProto, structure: dict | None, config) -> tu
     """Whether the export has heads / FFN dims to cut (compression.json's kept structure, else all-zero
     output weights in the graph), and why not when it has none."""
     from exporters.graph import Graph
-    from exporters.surgery.match import detect_kept, find_layers
+    from exporters.surgery.layers import detect_kept, find_layers
 
     geo = geometry_of(config)
     layers = (structure or {}).get("layers")

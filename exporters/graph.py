@@ -240,6 +240,17 @@ class Graph:
         return removed
 
 
+def node_desc(node: onnx.NodeProto) -> str:
+    """How error messages name a node: op type and name (or first output, for unnamed nodes)."""
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of attribute `name` of `node`, or `default` when it is not set."""
+    a = next((a for a in node.attribute if a.name == name), None)
+    return default if a is None else onnx.helper.get_attribute_value(a)
+
+
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Outer-scope names read by If/Loop/Scan bodies (not in encoders, but don't break them)."""
     names: set[str] = set()

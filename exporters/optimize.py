@@ -18,7 +18,8 @@ import copy
 import onnx
 
 from compress.core.errors import ValidationError
-from exporters.toolbox import assert_close, import_contrib_domains, ort_logging
+from exporters.files import import_contrib_domains
+from exporters.sessions import assert_close, ort_logging
 
 # ORT's report lists every fusion it knows; we keep the ones that happened.
 _COUNTED = (

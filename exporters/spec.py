@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODEL_FILE = "model.onnx"
-EXPORTER_NAMES = ("torchscript", "dynamo")  # first is the default
-DEFAULT_OPSET = 17  # first opset with LayerNormalization; ORT's fusions handle it
-DEFAULT_ATOL = 1e-4
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def test_main_chain_in_python(ws):
         distill=compress.DistillConfig(teacher=str(ws / "teacher")),
     )
     given = copy.deepcopy(config)
-    pruned = compress.prune(config, ws / "pruned", model=str(ws / "teacher"), data=data)
+    pruned = compress.prune(ws / "teacher", ws / "pruned", config, data=data)
     assert config == given  # the caller's config is not touched
     assert isinstance(pruned, compress.PruneResult) and pruned.path == ws / "pruned"
     assert 0 <= pruned.metrics["accuracy"] <= 1
@@ -46,9 +46,9 @@ def test_main_chain_in_python(ws):
     assert isinstance(int8, compress.QuantizeResult) and int8.path == ws / "int8" / "model.onnx"
     assert int8.report["op_counts"] and int8.report["size_after"] < int8.report["size_before"]
 
-    fp32_eval = compress.evaluate(onnx.path, data)
-    int8_eval = compress.evaluate(int8.path, data)
-    torch_eval = compress.evaluate(pruned.path, data)
+    fp32_eval = compress.evaluate(onnx.path, data=data)
+    int8_eval = compress.evaluate(int8.path, data=data)
+    torch_eval = compress.evaluate(pruned.path, data=data)
     assert isinstance(fp32_eval, compress.EvalResult) and fp32_eval.path is None
     # The shrunk, fused ONNX graph scores what the PyTorch checkpoint scores.
     assert fp32_eval.metrics["accuracy"] == torch_eval.metrics["accuracy"]
@@ -75,9 +75,19 @@ def test_shrink_result(ws):
     assert dense.path.is_file()
 
 
+def test_quantize_measures_dev_metrics_with_data(ws):
+    data = compress.DataConfig(task="sst2", data_dir=str(ws / "data"))
+    onnx = compress.export_onnx(ws / "teacher", ws / "dense-for-int8")
+    config = compress.QuantizeConfig(threads=1, max_eval_samples=8)
+    int8 = compress.quantize(onnx.path, ws / "int8-with-data", config, data=data)
+    assert set(int8.metrics) == {"accuracy"} and set(int8.report["metrics_before"]) == {"accuracy"}
+    assert int8.report["eval_batch_size"] == 1  # dynamic int8 is evaluated row by row
+    assert compress.quantize(onnx.path, ws / "int8-without-data").metrics == {}
+
+
 def test_errors_are_typed_with_causes(ws):
     with pytest.raises(compress.CompressError) as e:
-        compress.evaluate(ws / "nope", compress.DataConfig(task="sst2", data_dir=str(ws / "data")))
+        compress.evaluate(ws / "nope", data=compress.DataConfig(task="sst2", data_dir=str(ws / "data")))
     assert "not found" in str(e.value)
     bad = ws / "bad.onnx"
     bad.write_bytes(b"not a graph")
@@ -106,7 +116,7 @@ def test_run_result_and_recorded_config(tmp_path):
         distill=compress.DistillConfig(teacher=str(tmp_path / "teacher")),
     )
     given = copy.deepcopy(cfg)
-    result = compress.run(cfg, tmp_path / "out")
+    result = compress.run(None, tmp_path / "out", cfg)
     assert cfg == given
     assert isinstance(result, compress.RunResult) and result.path == tmp_path / "out"
     assert set(result.metrics) >= {"dense fp32 dev_accuracy", "pruned fp32 speedup_b1"}

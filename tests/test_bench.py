@@ -1,4 +1,4 @@
-"""compress.bench / `compress bench`: well-formed JSON/CSV, interleaving, statistics, clear errors."""
+"""compress.ort.bench / `compress bench`: well-formed JSON/CSV, interleaving, statistics, clear errors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from test_onnx_runtime import export_tiny
 
 import helpers
 from compress.cli.main import main
+from compress.core.config import BenchConfig
 from compress.core.errors import InvalidConfigError
-from compress.ort.bench import BenchConfig, Runner, run_benchmark, summarize, time_grid_point, unique_labels
+from compress.ort.bench import Runner, run_benchmark, summarize, time_grid_point, unique_labels
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,9 @@ def test_sessions_without_spinning_give_the_same_outputs(models):
     import numpy as np
     import onnx
 
-    from exporters.toolbox import graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
+    from exporters.files import resolve_onnx
+    from exporters.inputs import graph_inputs, random_feeds, vocab_size
+    from exporters.sessions import make_session
 
     path = resolve_onnx(models[0])
     graph = onnx.load(str(path))

@@ -54,18 +54,18 @@ def ws(tmp_path_factory):
     )
     h.tiny_model("bert", seed=3).save_pretrained(d / "pruned")
     (d / "bad.onnx").write_bytes(b"not an onnx graph")
-    _issue17_inputs(d)
+    _user_mistake_inputs(d)
     return d
 
 
-def _issue17_inputs(d):
-    """Inputs for the issue-17 cases: each one a file or folder a new user could plausibly hand over."""
+def _user_mistake_inputs(d):
+    """Inputs for the cases below: each one a file or folder a new user could plausibly hand over."""
     # Same vocabulary size, different vocabulary (the word pieces in another order).
     words = h.WORDS[:5] + h.WORDS[5:][::-1]
     teacher = d / "teacher-other-vocab"
     h.tiny_model("bert", seed=1).save_pretrained(teacher)
     BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(teacher)
-    # A classifier whose config names its labels (what prune/finetune save after the fix).
+    # A classifier whose config names its labels (as prune/finetune save it).
     h.save_checkpoint(
         h.tiny_model("bert", id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}),
         d / "named",
@@ -148,49 +148,49 @@ CASES = {
         ["run", "--teacher", "{d}/base", "--fill-steps", "-1", "-o", "{d}/out-negative-fill-steps"],
         "--fill-steps",
     ),
-    # ---- issue 17, defects 1..10 (the silent-result ones also have numeric tests in test_reliability.py)
-    "1 teacher with another vocabulary": (
+    # ---- inputs that could otherwise give a silently wrong result (numeric tests in test_reliability.py)
+    "teacher with another vocabulary": (
         ["prune", "--model", "{d}/base", "--teacher", "{d}/teacher-other-vocab"],
         "vocabulary",
     ),
-    "2 label not in the model's label map": (
+    "label not in the model's label map": (
         ["eval", "{d}/named", "--validation-file", "{d}/neutral.tsv"],
         "unknown label",
     ),
-    "3 non-utf8 train file": (
+    "non-utf8 train file": (
         ["prune", "--model", "{d}/base", "--train-file", "{d}/latin1.tsv", "--validation-file", "{d}/latin1.tsv"],
         "not utf-8",
     ),
-    "3 non-utf8 validation file": (["eval", "{d}/base", "--validation-file", "{d}/latin1.tsv"], "byte 45"),
-    "3 non-utf8 calibration file": (
+    "non-utf8 validation file": (["eval", "{d}/base", "--validation-file", "{d}/latin1.tsv"], "byte 45"),
+    "non-utf8 calibration file": (
         ["quantize", "{d}/onnx", "-o", "{o}", "--calibration-file", "{d}/latin1.tsv"],
         "not utf-8",
     ),
-    "4 prune output under a file": (["prune", "--model", "{d}/base", "-o", "{d}/a-file/out"], "cannot write"),
-    "4 export output under a file": (["export", "--onnx", "{d}/base", "-o", "{d}/a-file/out"], "cannot write"),
+    "prune output under a file": (["prune", "--model", "{d}/base", "-o", "{d}/a-file/out"], "cannot write"),
+    "export output under a file": (["export", "--onnx", "{d}/base", "-o", "{d}/a-file/out"], "cannot write"),
     # Checked before the work: the data problem (found while loading) must not be what is reported.
-    "4 eval json under a file": (
+    "eval json under a file": (
         ["eval", "{d}/base", "--validation-file", "{d}/blank.tsv", "--output-json", "{d}/a-file/m.json"],
         "cannot write",
     ),
-    "4 bench json under a file": (
+    "bench json under a file": (
         ["bench", "{d}/onnx", "--iterations", "1", "--warmup", "0", "--json", "{d}/a-file/b.json"],
         "cannot write",
     ),
-    "4 read-only output folder": (["export", "--onnx", "{d}/base", "-o", "{d}/ro-parent/out"], "cannot write"),
-    "6 max-length 0": (["prune", "--model", "{d}/base", "--max-length", "0"], "--max-length"),
-    "6 max-length negative": (["eval", "{d}/base", "--max-length", "-5"], "--max-length"),
-    "6 max-length beyond positions": (["eval", "{d}/base", "--max-length", "4096"], "position"),
-    "6 max-length 0 onnx": (["eval", "{d}/onnx", "--max-length", "0"], "--max-length"),
-    "8 already int8": (["quantize", "{d}/int8", "-o", "{o}"], "already quantized"),
-    "8 blank label": (["eval", "{d}/base", "--validation-file", "{d}/blank.tsv"], "missing label in row 3"),
-    "9 sparsity 0": (["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0"], "--sparsity"),
-    "9 negative max-steps": (
+    "read-only output folder": (["export", "--onnx", "{d}/base", "-o", "{d}/ro-parent/out"], "cannot write"),
+    "max-length 0": (["prune", "--model", "{d}/base", "--max-length", "0"], "--max-length"),
+    "max-length negative": (["eval", "{d}/base", "--max-length", "-5"], "--max-length"),
+    "max-length beyond positions": (["eval", "{d}/base", "--max-length", "4096"], "position"),
+    "max-length 0 onnx": (["eval", "{d}/onnx", "--max-length", "0"], "--max-length"),
+    "already int8": (["quantize", "{d}/int8", "-o", "{o}"], "already quantized"),
+    "blank label": (["eval", "{d}/base", "--validation-file", "{d}/blank.tsv"], "missing label in row 3"),
+    "sparsity 0": (["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0"], "--sparsity"),
+    "negative max-steps": (
         ["prune", "--model", "{d}/base", "--method", "movement", "--sparsity", "0.5", "--max-steps", "-5"],
         "--max-steps",
     ),
-    "10 export truncated weights": (["export", "--onnx", "{d}/corrupt", "-o", "{o}"], "corrupt or truncated"),
-    # ---- issue 17, more of the same kind (files, paths, permissions, interrupted writes, inconsistent folders)
+    "export truncated weights": (["export", "--onnx", "{d}/corrupt", "-o", "{o}"], "corrupt or truncated"),
+    # ---- files, paths, permissions, interrupted writes, inconsistent folders
     "folder where a file is expected": (["eval", "{d}/base", "--validation-file", "{d}/dir.tsv"], "is a directory"),
     "eval json onto a folder": (["eval", "{d}/base", "--output-json", "{d}/dir.tsv"], "is a directory"),
     "onnx external data missing": (["eval", "{d}/onnx-ext"], "external data"),
@@ -237,7 +237,7 @@ CASES = {
 }
 
 # Permission bits do not stop root; these run as a normal user (CI) and are skipped under root.
-NEEDS_NON_ROOT = {"4 read-only output folder", "read-only output replaced"}
+NEEDS_NON_ROOT = {"read-only output folder", "read-only output replaced"}
 TRAIN_DEFAULTS = {"--max-steps": "2", "--batch-size": "4"}
 
 

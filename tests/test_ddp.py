@@ -67,7 +67,7 @@ def test_two_process_gloo_matches_single(tmp_path):
 
 RANK_ZERO_SCRIPT = """
 import os, sys
-from compress.speed.budgeted import on_rank_zero
+from compress.speed.plan import on_rank_zero
 
 log = sys.argv[1]
 

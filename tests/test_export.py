@@ -14,7 +14,7 @@ from compress.core.sparsity import kept_structure
 from compress.core.structure import geometry
 from exporters import export as onnx_export
 from exporters.export import export_checkpoint
-from exporters.toolbox import run
+from exporters.sessions import run
 from helpers import kill_structure, save_checkpoint, tiny_config, tiny_model
 
 

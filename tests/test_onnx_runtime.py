@@ -1,4 +1,4 @@
-"""compress.onnx_runtime: resolving/checking ONNX files, sessions, batched logits, evaluate_onnx.
+"""ONNX Runtime side: resolving/checking ONNX files, sessions, batched logits, evaluate_onnx.
 
 Also home of the small ONNX fixtures the quantize and bench tests import (`export_tiny`,
 `shrunk_tiny_model`): a tiny random BERT exported with torch.onnx into a directory holding
@@ -18,7 +18,8 @@ import torch
 import helpers
 from compress.core.errors import ArtifactError, CompressError
 from compress.ort.evaluate import evaluate_onnx, onnx_logits
-from exporters.toolbox import make_session, resolve_onnx
+from exporters.files import resolve_onnx
+from exporters.sessions import make_session
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 HAVE_EXPORTER = importlib.util.find_spec("exporters.export") is not None

@@ -33,7 +33,7 @@ def test_run_chain_tiny(tmp_path):
     assert names == ["dense fp32", "pruned fp32", "dense int8", "pruned int8"]
     for r in summary["rows"]:
         assert 0 <= r["dev_accuracy"] <= 1 and r["p50_ms_b1"] > 0 and r["speedup_b4"] > 0
-    # Dynamic int8 accuracy depends on the eval batch (issue 17): measured row by row, and said so.
+    # Dynamic int8 accuracy depends on the eval batch: measured row by row, and said so.
     assert [r["eval_batch"] for r in summary["rows"]] == [64, 64, 1, 1]
     for f in (
         "report.md",
@@ -56,7 +56,7 @@ def test_run_chain_tiny(tmp_path):
     assert summary["rows"][1]["encoder_linear_params"] == filled["params"]["encoder_linear_after_removal"]
 
     # The report knows the runs beside it: a second report in a sibling folder tables and plots this one.
-    from compress.pipeline import known_runs, write_report
+    from compress.report import known_runs, write_report
 
     sibling = tmp_path / "again"
     sibling.mkdir()

@@ -1,4 +1,4 @@
-"""compress.quantize / `compress quantize`: integer ops present, outputs close to fp32, static
+"""compress.ort.quantize / `compress quantize`: integer ops present, outputs close to fp32, static
 calibration, fused and shrunk graphs, the stale value_info pitfall, sidecars and errors."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from test_onnx_runtime import export_tiny, shrunk_tiny_model, torch_export
 
 import helpers
 from compress.cli.main import main
+from compress.core.config import QuantizeConfig
 from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError
-from compress.ort.quantize import QuantizeConfig, quantize_onnx
-from exporters.toolbox import make_session
+from compress.ort.quantize import quantize_onnx
+from exporters.sessions import make_session
 
 
 def feeds(batch=3, seq=11, seed=0, vocab=len(helpers.WORDS)):

@@ -1,4 +1,4 @@
-"""Issue 17: results that used to come out silently wrong (the numbers are checked here), and file
+"""Results that could come out silently wrong (the numbers are checked here), and file
 bookkeeping (modes, sizes, resumed timings). The one-line refusals are in test_cli_errors.py."""
 
 import json
@@ -35,7 +35,7 @@ def base(tmp_path_factory):
 
 
 def test_teacher_vocabulary_compared_by_content(base, tmp_path, capsys):
-    """Defect 1: a teacher with the student's vocabulary size but other word pieces is refused; the same
+    """A teacher with the student's vocabulary size but other word pieces is refused; the same
     vocabulary in another tokenizer class is accepted."""
     words = h.WORDS[:5] + h.WORDS[5:][::-1]
     other = tmp_path / "other"
@@ -66,7 +66,7 @@ def test_teacher_vocabulary_compared_by_content(base, tmp_path, capsys):
 
 
 def test_string_labels_are_saved_and_reused(base, tmp_path, capsys):
-    """Defect 2: string labels get one mapping, saved in config.json (and the ONNX folder), and every
+    """String labels get one mapping, saved in config.json (and the ONNX folder), and every
     later file goes through it: a file holding only "positive" rows scores what integer 1s score."""
     rows = [(s, "positive") for s in h.POSITIVE] + [(s, "negative") for s in h.NEGATIVE]
     train = _labelled(tmp_path / "train.tsv", rows * 2)
@@ -115,7 +115,7 @@ def test_string_labels_are_saved_and_reused(base, tmp_path, capsys):
 
 
 def test_dynamic_int8_eval_states_its_batch_size(base, tmp_path, capsys):
-    """Defect 7: dynamic int8 computes one activation range per tensor over the whole batch (padding
+    """Dynamic int8 computes one activation range per tensor over the whole batch (padding
     included), so its accuracy depends on the batch it is run in. eval reports the batch size it used,
     and for such graphs defaults to batch 1 (each row alone, as a per-request server runs it)."""
     fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
@@ -137,7 +137,7 @@ def test_dynamic_int8_eval_states_its_batch_size(base, tmp_path, capsys):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_respect_the_umask(base, tmp_path, umask, capsys):
-    """Defect 5: mkdtemp/mkstemp create 0700/0600; outputs must get the modes the umask gives."""
+    """mkdtemp/mkstemp create 0700/0600; outputs must get the modes the umask gives."""
     old = os.umask(umask)
     try:
         out = tmp_path / "pruned"
@@ -180,7 +180,7 @@ def test_outputs_respect_the_umask(base, tmp_path, umask, capsys):
 
 
 def test_quantize_reports_the_size_of_external_data(base, tmp_path):
-    """Defect 9: a model stored with external data counts its data file in `size before`."""
+    """A model stored with external data counts its data file in `size before`."""
     src = tmp_path / "ext"
     assert main(["export", "--onnx", str(base / "base"), "-o", str(src)]) == 0
     onnx.save_model(
@@ -198,7 +198,7 @@ def test_quantize_reports_the_size_of_external_data(base, tmp_path):
 
 
 def test_resumed_run_times_only_its_own_steps(base, tmp_path):
-    """Defect 9: after --resume, seconds_per_step divides this run's time by this run's steps."""
+    """After --resume, seconds_per_step divides this run's time by this run's steps."""
     from transformers import TrainerCallback
 
     from compress.core.config import DataConfig, PruneConfig, TrainConfig
@@ -226,7 +226,7 @@ def test_resumed_run_times_only_its_own_steps(base, tmp_path):
 
 
 def test_quantize_to_a_file_among_unrelated_files(base, tmp_path, capsys):
-    """Defect 9: `quantize -o DIR/x.onnx` into a folder of someone else's files writes x.onnx only
+    """`quantize -o DIR/x.onnx` into a folder of someone else's files writes x.onnx only
     (and says that its config and tokenizer are not beside it), instead of scattering sidecars there."""
     assert main(["export", "--onnx", str(base / "base"), "-o", str(tmp_path / "onnx")]) == 0
     folder = tmp_path / "shared-folder"

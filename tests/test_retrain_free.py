@@ -24,7 +24,7 @@ from compress.pruning.retrain_free import (
     search,
     tune_masks,
 )
-from compress.speed.latency import flops_table
+from compress.speed.table import flops_table
 from compress.training.driver import prune
 
 

@@ -13,12 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress.cli.main import main
 from compress.core.errors import ArtifactError, GraphPatternError
-from exporters.export import export_checkpoint, load_tokenizer, sample_inputs
+from exporters.export import export_checkpoint
 from exporters.graph import Graph, op_counts
+from exporters.inputs import load_tokenizer, sample_inputs
 from exporters.optimize import optimize
-from exporters.surgery.match import detect_kept, find_layers
+from exporters.sessions import assert_close, run
+from exporters.surgery.layers import detect_kept, find_layers
 from exporters.surgery.shrink import shrink
-from exporters.toolbox import assert_close, run
 from helpers import kill_structure, save_checkpoint, tiny_model
 
 DEAD_HEADS = {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}  # uneven; layer 1 loses its attention
@@ -257,7 +258,7 @@ def test_unrecognised_graphs_raise_graph_pattern_error():
 
     fused = build_encoder(layers=1)
     fused.graph.node.append(helper.make_node("Attention", ["x"], ["unused"], domain="com.microsoft", num_heads=4))
-    # fused com.microsoft Attention is rewritten since issue 16 (tests/test_zoo.py); one without its
+    # fused com.microsoft Attention is rewritten (tests/test_zoo.py); one without its
     # packed weight is still refused, naming the node and what is missing
     with pytest.raises(
         GraphPatternError, match="fused Attention at Attention node 'unused': the packed QKV weight is not a constant"
@@ -275,7 +276,7 @@ def test_unrecognised_graphs_raise_graph_pattern_error():
 
 @pytest.mark.parametrize("axis", [-1, 1], ids=["head-size", "head-count"])
 def test_runtime_scale_factor_must_read_the_head_size(axis):
-    """torch's SDPA decomposition scales Q by a factor computed from Shape(Q_heads)[-1] (issue 16). That
+    """torch's SDPA decomposition scales Q by a factor computed from Shape(Q_heads)[-1]. That
     one survives cutting heads; a factor read from another dim (here the head count) would not, so the
     block is refused rather than silently changed."""
     model = build_encoder(layers=1, dead_heads={0: [1, 3]})
@@ -441,7 +442,7 @@ def test_dense_graph_normalised_for_fusion(exports):
 
 
 def test_cli_export_shrinks_pruned_checkpoints_by_default(tmp_path, capsys):
-    """Issue 16: exporting a pruned model must not give the unshrunk graph by accident."""
+    """Exporting a pruned model must not give the unshrunk graph by accident."""
     model = kill_structure(tiny_model("bert", layers=3), DEAD_HEADS, DEAD_DIMS)
     ck = save_checkpoint(model, tmp_path / "ck")  # no compression.json: the zero weights tell
     assert main(["export", "--onnx", str(ck), "--output", str(tmp_path / "auto")]) == 0

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from compress.core.errors import InvalidConfigError
-from compress.speed.budget import Target, marginal_step, resolve_target, solve_budget
-from compress.speed.latency import DeployConfig, LatencyTable, build_table, ffn_grid, flops_table, load_or_build_table
+from compress.speed.deploy_graph import DeployConfig
+from compress.speed.solver import Target, marginal_step, resolve_target, solve_budget
+from compress.speed.table import LatencyTable, build_table, ffn_grid, flops_table, load_or_build_table
 from helpers import save_checkpoint, tiny_model
 
 
@@ -162,7 +163,7 @@ def test_table_is_built_cached_and_reused(tmp_path, monkeypatch):
     # Another shape is another table.
     other = DeployConfig(**{**FAST, "batch": 1})
     assert load_or_build_table.__module__  # (keeps flake quiet)
-    from compress.speed.latency import cache_path, table_key
+    from compress.speed.table import cache_path, table_key
 
     assert cache_path(table_key(model.config, other)) != path
     json.loads(path.read_text())  # plain JSON
@@ -176,7 +177,7 @@ def test_table_builds_for_other_families(model_type, precision):
 
 
 def test_deploy_config_errors():
-    from compress.speed.latency import parse_shape
+    from compress.speed.deploy_graph import parse_shape
 
     assert parse_shape("32x128") == (32, 128)
     with pytest.raises(InvalidConfigError, match="BATCHxSEQ"):
@@ -187,8 +188,8 @@ def test_deploy_config_errors():
 
 def test_cli_latency_table_reads_the_cache_and_refuses_bad_flags(tmp_path, monkeypatch, capsys):
     from compress.cli.main import main
-    from compress.speed.latency import cache_path, table_key
-    from compress.training.models import load_config
+    from compress.core.models import load_config
+    from compress.speed.table import cache_path, table_key
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     ckpt = save_checkpoint(tiny_model("bert", ffn=64), tmp_path / "m")
@@ -210,7 +211,7 @@ def test_cli_latency_table_reads_the_cache_and_refuses_bad_flags(tmp_path, monke
 
 
 def test_speed_info_warns_when_the_table_parts_do_not_add_up_to_dense():
-    from compress.speed.budgeted import SpeedPlan, speed_info
+    from compress.speed.plan import SpeedPlan, speed_info
 
     t = synthetic()
     kept = [{"heads_kept": [0], "ffn_dims_kept": list(range(16))}] * t.num_layers

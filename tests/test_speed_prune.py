@@ -13,9 +13,9 @@ from compress.core.errors import InvalidConfigError
 from compress.core.structure import geometry, layer_linears
 from compress.pruning.methods import get_method
 from compress.pruning.pruner import Pruner
-from compress.speed.budget import Target, marginal_step, resolve_target
-from compress.speed.budgeted import SpeedPlan, budget_for
-from compress.speed.latency import LatencyTable, flops_table
+from compress.speed.plan import SpeedPlan, budget_for
+from compress.speed.solver import Target, marginal_step, resolve_target
+from compress.speed.table import LatencyTable, flops_table
 from compress.training.driver import prune
 from compress.training.loop import StudentWithLoss
 
@@ -204,8 +204,9 @@ def _prune(d, out, cfg):
 
 
 def test_prune_with_target_speedup_meets_its_table(workspace, monkeypatch):
-    from compress.speed.latency import DeployConfig, cache_path, table_key
-    from compress.training.models import load_config
+    from compress.core.models import load_config
+    from compress.speed.deploy_graph import DeployConfig
+    from compress.speed.table import cache_path, table_key
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(workspace / "cache"))
     d = workspace
@@ -283,8 +284,9 @@ def test_cli_target_flags(workspace, capsys):
 
 def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkeypatch):
     from compress.cli import main
-    from compress.speed.latency import DeployConfig, cache_path, table_key
-    from compress.training.models import load_config
+    from compress.core.models import load_config
+    from compress.speed.deploy_graph import DeployConfig
+    from compress.speed.table import cache_path, table_key
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     h.write_sst2_like(tmp_path / "data" / "sst2", n_train=32, n_dev=16)
@@ -333,8 +335,9 @@ def test_run_with_target_speedup_reports_predicted_and_measured(tmp_path, monkey
 
 def test_prune_calibrates_the_budget_on_the_deploy_graph(workspace, monkeypatch):
     import compress.speed.calibrate as cal
-    from compress.speed.latency import DeployConfig, cache_path, table_key
-    from compress.training.models import load_config
+    from compress.core.models import load_config
+    from compress.speed.deploy_graph import DeployConfig
+    from compress.speed.table import cache_path, table_key
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(workspace / "cache-cal"))
     d = workspace

@@ -1,4 +1,4 @@
-"""Surgery on real exporters' graphs (issue 16): every graph of tests/zoo/ (made by tools/zoo/make_zoo.sh)
+"""Surgery on real exporters' graphs: every graph of tests/zoo/ (made by tools/zoo/make_zoo.sh)
 has heads (layer 1: all of them) and FFN dims zeroed in its weights, is shrunk, and must give the outputs
 of the unshrunk zeroed graph (1e-4 fp32; int8: within the int8 graph's own distance from its fp32
 source), remove >= 95% of the zeroed parameters and run in ONNX Runtime. Graphs the surgery refuses are

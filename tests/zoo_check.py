@@ -1,4 +1,4 @@
-"""The graph-zoo check (issue 16), shared by tests/test_zoo.py and benchmarks/graph_zoo.py.
+"""The graph-zoo check, shared by tests/test_zoo.py and benchmarks/graph_zoo.py.
 
 For one zoo graph: zero some heads (layer 1 loses all of them) and FFN dims directly in the graph's
 weights, shrink it, and compare with the unshrunk zeroed graph in ONNX Runtime.

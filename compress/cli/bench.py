@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def register(sub):
     from compress.cli.flags import add_config_args
-    from compress.ort.bench import BenchConfig
+    from compress.core.config import BenchConfig
 
     p = sub.add_parser(
         "bench",
@@ -28,7 +28,8 @@ def run(a):
     from compress.api import benchmark
     from compress.cli.flags import config_from_args
     from compress.core.artifacts import check_output_file
-    from compress.ort.bench import BenchConfig, print_table, write_csv, write_report_json
+    from compress.core.config import BenchConfig
+    from compress.ort.bench import print_table, write_csv, write_report_json
 
     for path in (a.json_path, a.csv_path):  # before the timing, not after it
         check_output_file(path, inputs=tuple(a.models))

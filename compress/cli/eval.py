@@ -1,3 +1,5 @@
+"""`compress eval MODEL`: dev metrics (JSON) of a checkpoint directory or an ONNX model."""
+
 import json
 
 from compress.cli.common import add_data_args, data_args
@@ -5,7 +7,7 @@ from compress.cli.flags import add_config_args, config_from_args
 
 
 def register(sub):
-    from compress.api import EvalConfig
+    from compress.core.config import EvalConfig
 
     p = sub.add_parser("eval", help="dev metrics (JSON) of a checkpoint directory or an ONNX model")
     p.add_argument("model", help="checkpoint directory, model.onnx, or a directory holding model.onnx")
@@ -18,15 +20,16 @@ def register(sub):
 def run(a):
     from pathlib import Path
 
-    from compress.api import EvalConfig, evaluate
+    from compress.api import evaluate
     from compress.core.artifacts import MODEL_FOLDER_FILES, check_output_file, write_json
+    from compress.core.config import EvalConfig
 
-    # Before the work: an unwritable --output-json used to fail only after the whole evaluation, and one
-    # naming a file of the model folder replaced it.
+    # Before the work, so an unwritable --output-json fails at once rather than after the evaluation,
+    # and one naming a file of the model folder is refused instead of replacing it.
     data = data_args(a)
     inputs = (a.model, data.validation_file, *(Path(a.model) / n for n in MODEL_FOLDER_FILES))
     check_output_file(a.output_json, inputs=inputs)
-    result = evaluate(a.model, data, config_from_args(EvalConfig, a))
+    result = evaluate(a.model, config_from_args(EvalConfig, a), data=data)
     print(json.dumps(result.report, indent=2))
     if a.output_json:
         write_json(a.output_json, result.report)

@@ -15,8 +15,9 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from compress.api import ExportConfig
     from compress.cli.flags import add_config_args
+    from compress.core.config import ExportConfig
+    from exporters.spec import TASKS
 
     p = subparsers.add_parser(
         "export",
@@ -34,16 +35,17 @@ def register(subparsers) -> None:
         required=True,
         help="output directory (must be new or empty unless --overwrite)",
     )
-    add_config_args(p, ExportConfig)
+    add_config_args(p, ExportConfig, choices={"task": sorted(TASKS)})
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from rich.console import Console
 
-    from compress.api import ExportConfig, export_onnx
+    from compress.api import export_onnx
     from compress.cli.flags import config_from_args
     from compress.cli.shrink import print_report
+    from compress.core.config import ExportConfig
 
     result = export_onnx(args.onnx, args.output, config_from_args(ExportConfig, args))
     r = result.report

@@ -1,3 +1,5 @@
+"""`compress finetune`: dense fine-tuning (a teacher or a baseline)."""
+
 from compress.cli.common import add_data_args, add_train_args, data_args, print_summary, train_config
 
 
@@ -12,5 +14,5 @@ def register(sub):
 def run(a):
     from compress.api import finetune
 
-    result = finetune(train_config(a), a.output, model=a.model, data=data_args(a))
+    result = finetune(a.model, a.output, train_config(a), data=data_args(a))
     print_summary(result.report, a.output)

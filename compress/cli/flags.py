@@ -43,12 +43,14 @@ def add_config_args(
     skip: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
     defaults: dict | None = None,
+    choices: dict | None = None,
     title: str | None = None,
 ):
     """Add one flag per field of dataclass `cls` (only `only` when given; minus `skip` and fields with
     metadata cli=False).
 
-    `defaults` overrides the dataclass defaults shown and used on this command (e.g. finetune's lr).
+    `defaults` overrides the dataclass defaults shown and used on this command (e.g. finetune's lr);
+    `choices` gives the allowed values of fields whose values a higher layer knows (export's tasks).
     A flag the user did not give is absent from the namespace (argparse.SUPPRESS), so config_from_args
     leaves the dataclass default (or this command's) in charge and a default is never written twice.
     """
@@ -66,8 +68,8 @@ def add_config_args(
         help_text = f.metadata.get("help", "")
         shown = f" (default: {default})" if default not in (None, "", ()) and kind != "bool" else ""
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": (help_text + shown).strip() or None}
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
+        if f.name in (choices or {}) or "choices" in f.metadata:
+            kw["choices"] = (choices or {}).get(f.name) or f.metadata["choices"]
         if "metavar" in f.metadata:
             kw["metavar"] = f.metadata["metavar"]
         if kind == "bool":

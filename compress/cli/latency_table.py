@@ -9,7 +9,7 @@ def deploy_config(a):
     """The deployment of PruneConfig's deploy_* flags (one source of their defaults) as a DeployConfig."""
     from compress.cli.flags import config_from_args
     from compress.core.config import PruneConfig
-    from compress.speed.latency import DeployConfig, parse_shape
+    from compress.speed.deploy_graph import DeployConfig, parse_shape
 
     c = config_from_args(PruneConfig, a)
     batch, seq = parse_shape(c.deploy_shape)
@@ -41,7 +41,7 @@ def run(a):
     from rich.console import Console
     from rich.table import Table
 
-    from compress.speed.latency import load_or_build_table
+    from compress.speed.table import load_or_build_table
 
     cfg = deploy_config(a)
     cfg.repeats = a.repeats

@@ -1,4 +1,4 @@
-"""`compress` command line. Each verb lives in compress/commands/<verb>.py with two functions:
+"""`compress` command line. Each verb lives in compress/cli/<verb>.py with two functions:
 `register(subparsers)` adding its parser (which sets `func`), and the function it points at.
 
 Every CompressError (and bad flags) ends as one line on stderr with exit code 2, never a traceback.
@@ -43,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"compress {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     for name in VERB_MODULES:
-        try:
-            mod = importlib.import_module(f"compress.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"compress.cli.{name}":
-                continue  # verb not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"compress.cli.{name}").register(sub)
     return parser
 
 

@@ -1,3 +1,6 @@
+"""`compress mask save|apply`: an SMP result as a packed bit-mask over its backbone, and back."""
+
+
 def register(sub):
     p = sub.add_parser("mask", help="SMP: save a pruned result as a packed bit-mask over its backbone, or re-apply one")
     s = p.add_subparsers(dest="mask_verb", metavar="save|apply")
@@ -21,8 +24,8 @@ def register(sub):
 def save(a):
     from compress.core.artifacts import read_compression_json
     from compress.core.errors import InvalidConfigError
+    from compress.core.models import load_classifier
     from compress.pruning.bitmask import save_bitmask
-    from compress.training.models import load_classifier
 
     info = read_compression_json(a.pruned) or {}
     backbone = a.backbone or info.get("base_model")
@@ -45,8 +48,8 @@ def apply(a):
 
     from compress.core.artifacts import atomic_dir, check_output_dir
     from compress.core.errors import ArtifactError
+    from compress.core.models import load_classifier, load_tokenizer
     from compress.pruning.bitmask import apply_bitmask
-    from compress.training.models import load_classifier, load_tokenizer
 
     check_output_dir(a.output, a.overwrite, inputs=(a.backbone, a.mask))
     try:

@@ -1,3 +1,6 @@
+"""`compress methods`: the pruning methods and the flags that control each."""
+
+
 def register(sub):
     p = sub.add_parser("methods", help="list the pruning methods")
     p.set_defaults(func=run)
@@ -15,7 +18,7 @@ def run(args):
     t.add_column("description")
     for m in METHODS.values():
         ctl = "--sparsity" if m.targets_sparsity else ("--lambda" if m.regularised else "--source")
-        if m.select is not None:
+        if m.needs_budget:
             ctl = "--target-speedup / --target-flops"
         elif m.budget_as:
             ctl = "--sparsity or --target-speedup / --target-flops"

@@ -1,3 +1,5 @@
+"""`compress prune`: prune an encoder with one of the methods of `compress methods`."""
+
 from __future__ import annotations
 
 from compress.cli.common import add_data_args, add_train_args, data_args, print_summary, train_config
@@ -30,5 +32,5 @@ def run(a):
         distill=config_from_args(DistillConfig, a),
         retrain_free=config_from_args(RetrainFreeConfig, a),
     )
-    result = prune(cfg, a.output, model=a.model, data=data_args(a))
+    result = prune(a.model, a.output, cfg, data=data_args(a))
     print_summary(result.report, a.output)

@@ -5,92 +5,43 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+# The fields that say how quantize uses its data; the rest of QuantizeConfig is the quantization recipe.
+DATA_FIELDS = ("calibration_file", "max_length", "max_eval_samples", "eval_batch_size")
+
 
 def register(sub):
     from compress.cli.flags import add_config_args
-    from compress.ort.quantize import QuantizeConfig
+    from compress.core.config import DataConfig, QuantizeConfig
 
     p = sub.add_parser(
         "quantize",
         help="int8-quantize an ONNX model (dynamic by default, or static with calibration data)",
         description="Quantize IN (a .onnx file or a directory holding model.onnx) to int8. OUT ending in .onnx "
         "is a file; anything else a directory that also receives config.json, the tokenizer and "
-        "compression.json. With --task, dev accuracy is measured before and after.",
+        "compression.json. With --task (or data files), dev accuracy is measured before and after.",
     )
     p.add_argument("model", help="model.onnx or a directory holding it")
     p.add_argument("--output", "-o", required=True, help="OUT.onnx, or an output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    add_config_args(p, QuantizeConfig)
+    add_config_args(p, QuantizeConfig, skip=DATA_FIELDS)
     p.add_argument("--per-tensor", dest="per_channel", action="store_false", help="= --no-per-channel")
-    g = p.add_argument_group("data (accuracy before/after, and calibration for --mode static)")
-    g.add_argument("--task", help="built-in task (sst2, mrpc): dev accuracy before/after; train split calibrates")
-    g.add_argument(
-        "--data-dir", help="local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)"
+    data = p.add_argument_group(
+        "data (accuracy before/after; the training split or --calibration-file calibrates --mode static)"
     )
-    g.add_argument("--calibration-file", help="calibration text: .txt (one sentence a line) or .tsv/.csv/.jsonl")
-    g.add_argument("--text-column", default="sentence", help="text column of --calibration-file (default: %(default)s)")
-    g.add_argument("--max-length", type=int, default=128)
-    g.add_argument("--max-eval-samples", type=int, help="limit the dev sentences used for accuracy")
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        help="evaluation batch size (default 1 for dynamic int8, whose accuracy depends on the batch; 32 for static)",
-    )
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads for checks and evaluation")
+    add_config_args(data, DataConfig)
+    add_config_args(data, QuantizeConfig, only=DATA_FIELDS)
     p.add_argument("--json", dest="json_path", help="also write the report as JSON to this path")
     p.set_defaults(func=run)
-
-
-def _tokenizer(model_path):
-    from exporters.toolbox import load_tokenizer, resolve_onnx
-
-    return load_tokenizer(resolve_onnx(model_path, check=False).parent, required=True)
 
 
 def run(a):
     from compress.api import quantize
     from compress.cli.flags import config_from_args
-    from compress.core.artifacts import write_json
-    from compress.ort.quantize import QuantizeConfig, read_calibration_file, tokenized_texts
-    from compress.training.data import label_names_of, load_task_data
-    from exporters.toolbox import read_config, resolve_onnx
+    from compress.core.artifacts import check_output_file, write_json
+    from compress.core.config import DataConfig, QuantizeConfig
 
     config = config_from_args(QuantizeConfig, a)
-    config.validate()  # fail on bad flags before loading any data
-    from compress.core.artifacts import check_output_file
-    from compress.core.errors import InvalidConfigError
-
-    if a.max_length < 1:
-        raise InvalidConfigError(f"--max-length {a.max_length} must be >= 1 (tokens kept per row, e.g. 128)")
     check_output_file(a.json_path, inputs=(a.model,))  # before the work, not after it
-    task_data = calibration = None
-    if a.task or a.calibration_file:
-        tok = _tokenizer(a.model)
-        if a.task:
-            splits = ("train", "dev") if config.mode == "static" and not a.calibration_file else ("dev",)
-            task_data = load_task_data(
-                a.task,
-                tok,
-                data_dir=a.data_dir,
-                splits=splits,
-                max_length=a.max_length,
-                max_train_samples=config.num_samples,
-                max_eval_samples=a.max_eval_samples,
-                label_names=label_names_of(read_config(resolve_onnx(a.model, check=False).parent)),
-            )
-            calibration = task_data.train
-        if a.calibration_file:
-            calibration = tokenized_texts(read_calibration_file(a.calibration_file, a.text_column), tok, a.max_length)
-    result = quantize(
-        a.model,
-        a.output,
-        config,
-        calibration_data=calibration,
-        task_data=task_data,
-        overwrite=a.overwrite,
-        threads=a.threads,
-        eval_batch_size=a.batch_size,
-    )
+    result = quantize(a.model, a.output, config, data=config_from_args(DataConfig, a))
     _print(result.report)
     if a.json_path:
         write_json(a.json_path, result.report)

@@ -1,3 +1,5 @@
+"""`compress run`: the whole chain from one recipe (compress.pipeline), flags overriding the recipe."""
+
 # The speed-target and deployment fields of PruneConfig that `compress run` takes as flags.
 TARGET_FIELDS = (
     "target_speedup",
@@ -16,8 +18,7 @@ TARGET_FIELDS = (
 
 def register(sub):
     from compress.cli.flags import add_config_args
-    from compress.core.config import PruneConfig
-    from compress.pipeline import RunConfig
+    from compress.core.config import PruneConfig, RunConfig
 
     p = sub.add_parser(
         "run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report"
@@ -37,13 +38,13 @@ def register(sub):
         title="speed target (struct, hybrid): the final structure meets it, no --lambda needed",
     )
     p.add_argument("--output", "-o", required=True)
-    p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(a):
+    from compress.api import run
     from compress.cli.flags import given_fields
-    from compress.pipeline import RunConfig, run_pipeline
+    from compress.core.config import PruneConfig, RunConfig
 
     cfg = RunConfig.load(a.recipe) if a.recipe else RunConfig()
     for key, value in given_fields(RunConfig, a).items():
@@ -56,8 +57,6 @@ def run(a):
         cfg.prune.method = a.method
         if not get_method(a.method).regularised:  # the recipe's default lambda belongs to soft methods
             cfg.prune.lambda_reg = None
-    from compress.core.config import PruneConfig
-
     targets = given_fields(PruneConfig, a, only=TARGET_FIELDS)
     if any(k.startswith("target_") for k in targets):
         # A target replaces the recipe's lambda: the structure is chosen to meet it (struct or hybrid).
@@ -70,4 +69,4 @@ def run(a):
         cfg.prune.sparsity = a.sparsity
     if a.max_steps:
         cfg.prune.train.max_steps = a.max_steps
-    run_pipeline(cfg, a.output, overwrite=a.overwrite)
+    run(None, a.output, cfg)

@@ -12,8 +12,8 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from compress.api import ShrinkConfig
     from compress.cli.flags import add_config_args
+    from compress.core.config import ShrinkConfig
 
     p = subparsers.add_parser(
         "shrink",
@@ -35,9 +35,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from compress.api import ShrinkConfig, shrink
+    from compress.api import shrink
     from compress.cli.flags import config_from_args
     from compress.core.artifacts import check_output_file
+    from compress.core.config import ShrinkConfig
 
     if args.report:  # a path to write the JSON to (bare --report only prints): checked before the surgery
         check_output_file(args.report, inputs=(args.input,))

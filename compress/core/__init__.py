@@ -1,1 +1,2 @@
-"""The contract every layer shares: errors, artifacts on disk, model structure tables, kept structure, configs."""
+"""The contract every layer shares: errors, artifacts on disk, model structure tables, model loading,
+kept structure, sparsity accounting, and every config dataclass (compress.core.config)."""

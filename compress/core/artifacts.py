@@ -219,6 +219,94 @@ def record_checksums(directory: str | os.PathLike, data: dict, names: list[str])
     return data
 
 
+# A verb that turns one ONNX graph into another (quantize) writes a folder (the new graph, the sidecar
+# files of the source's folder and its compression.json with a section for the step) or a lone .onnx
+# file, beside which those files are copied only where they cannot mix with somebody else's.
+
+
+def check_derived_output(src: Path, out: Path, graph: Path, overwrite: bool) -> None:
+    """Before any work: `out` is the .onnx file or the folder asked for, `graph` where the new graph
+    lands (`out` itself, or inside it), `src` the source graph."""
+    as_file = graph == out
+    if as_file and out.exists() and not overwrite:
+        raise InvalidConfigError(f"{out} exists; pass --overwrite or choose another path")
+    if graph.resolve() == src.resolve():
+        raise InvalidConfigError("the output would replace the input model; choose another --output")
+    if as_file:
+        check_output_file(out, inputs=(src,))
+    else:
+        check_output_dir(out, overwrite, inputs=(src.parent,))
+
+
+def write_derived_output(
+    built: Path, src: Path, out: Path, graph: Path, *, overwrite: bool, sidecars: tuple[str, ...], sections: dict
+) -> list[str]:
+    """Write the graph file `built` to `graph` (see check_derived_output) with the `sidecars` (file
+    names: config, tokenizer) and the compression.json of `src`'s folder, `sections` added to it.
+    Returns warnings for the user."""
+    warnings = []
+    if graph == out:
+        with atomic_file(out) as tmp:
+            shutil.copyfile(built, tmp)
+        other = unrelated_files(out.parent, src, sidecars)
+        if other:
+            warnings.append(
+                f"{out.parent} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so the config "
+                f"and tokenizer were not copied beside {out.name}; `compress eval` needs them: pass -o a new folder"
+            )
+        elif out.parent.resolve() != src.parent.resolve():
+            copy_sidecars(src.parent, out.parent, sidecars, replace=False)
+            if not (out.parent / COMPRESSION_JSON).exists():
+                carry_compression_json(src.parent, out.parent, out.name, sections)
+            elif (src.parent / COMPRESSION_JSON).exists():
+                warnings.append(f"kept the existing {out.parent / COMPRESSION_JSON}; it does not describe {out.name}")
+        return warnings
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        shutil.copyfile(built, tmp / graph.name)
+        copy_sidecars(src.parent, tmp, sidecars, replace=True)
+        carry_compression_json(src.parent, tmp, graph.name, sections)
+    return warnings
+
+
+def unrelated_files(folder: Path, src: Path, sidecars: tuple[str, ...]) -> list[str]:
+    """Files in `folder` that are not model files: `-o DIR/x.onnx` must not scatter config and
+    tokenizer files among someone else's."""
+    if not folder.is_dir() or folder.resolve() == src.parent.resolve():
+        return []
+    ours = set(sidecars) | {COMPRESSION_JSON}
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.name not in ours
+        and not p.name.endswith((".onnx", ".onnx.data"))
+        and not p.name.startswith(".")
+    )
+
+
+def copy_sidecars(src_dir: Path, dst_dir: Path, sidecars: tuple[str, ...], replace: bool) -> list[str]:
+    """Copy the `sidecars` files of `src_dir` that exist (over those in `dst_dir` only when `replace`)."""
+    copied = []
+    for name in sidecars:
+        f = src_dir / name
+        if f.is_file() and (replace or not (dst_dir / name).exists()):
+            shutil.copy2(f, dst_dir / name)
+            copied.append(name)
+    return copied
+
+
+def carry_compression_json(src_dir: Path, dst_dir: Path, graph_name: str, sections: dict) -> None:
+    """Carry `src_dir`'s compression.json over to `dst_dir` with `sections` added and checksums of the
+    files it lists that are there, the new graph `graph_name` in place of the source's .onnx files."""
+    data = read_compression_json(src_dir, verify=False)
+    if data is None:
+        return
+    listed = [n for n in data.get("files", {}) if not n.endswith(".onnx")] + [graph_name]
+    data.update(sections)
+    record_checksums(dst_dir, data, [n for n in listed if (dst_dir / n).exists()])
+    write_json(dst_dir / COMPRESSION_JSON, data)
+
+
 def load_pretrained(cls, path, **kw):
     """`cls.from_pretrained(path)` for every verb (prune, eval, export, ...), so a corrupt or truncated
     weights file gives the same one-line error everywhere (safetensors, torch and transformers raise

@@ -1,9 +1,16 @@
-"""Configuration dataclasses. Every field is a hyper-parameter recorded in compression.json; output
-paths are arguments of the functions that write them, never config fields."""
+"""Every configuration dataclass a user passes, in the order of the pipeline: data, training and
+distillation, pruning, export and shrink, quantization, evaluation, benchmark, and the whole run.
+
+Each field's default and help text live here once: compress.cli.flags turns the fields into the
+command-line flags. Output paths are arguments of the functions that write them, never config fields;
+`overwrite` and `threads` are config fields wherever a step has them.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 from compress.core.errors import InvalidConfigError
 
@@ -27,11 +34,14 @@ def arg(default, help: str = "", **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+# ------------------------------------------------------------------------------------------ data
 @dataclass
 class DataConfig:
     """Where the task data comes from: a built-in task (GLUE layout or the hub) or generic files."""
 
-    task: str | None = arg(None, "built-in task: sst2, mrpc (default: sst2, unless data files are given)")
+    task: str | None = arg(
+        None, "built-in task: sst2, mrpc (prune, finetune and eval default to sst2 unless data files are given)"
+    )
     data_dir: str | None = arg(
         None, "local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)"
     )
@@ -55,14 +65,7 @@ class DataConfig:
         return self
 
 
-@dataclass
-class DistillConfig:
-    teacher: str | None = arg(None, "fine-tuned teacher (same task and vocabulary; may be larger)")
-    alpha_ce: float = arg(0.1, "weight of the task cross-entropy when a teacher is given")
-    alpha_teacher: float = arg(0.9, "weight of T^2 * KL(student || teacher)")
-    temperature: float = arg(2.0, "distillation temperature T")
-
-
+# ------------------------------------------------------------------------------------------ training
 @dataclass
 class TrainConfig:
     epochs: float = arg(1.0, "training epochs")
@@ -102,6 +105,15 @@ class TrainConfig:
             raise InvalidConfigError(f"--batch-size {self.eval_batch_size} must be >= 1")
 
 
+@dataclass
+class DistillConfig:
+    teacher: str | None = arg(None, "fine-tuned teacher (same task and vocabulary; may be larger)")
+    alpha_ce: float = arg(0.1, "weight of the task cross-entropy when a teacher is given")
+    alpha_teacher: float = arg(0.9, "weight of T^2 * KL(student || teacher)")
+    temperature: float = arg(2.0, "distillation temperature T")
+
+
+# ------------------------------------------------------------------------------------------ pruning
 @dataclass
 class RetrainFreeConfig:
     """retrain-free (Kwon et al. 2022): sample sizes and solver settings of the post-training search."""
@@ -233,6 +245,264 @@ class PruneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ export, shrink
+EXPORTER_NAMES = ("torchscript", "dynamo")  # first is the default
+DEFAULT_OPSET = 17  # first opset with LayerNormalization; ORT's fusions handle it
+DEFAULT_ATOL = 1e-4
+
+
+@dataclass
+class ExportConfig:
+    # The task names are exporters.spec.TASKS (the CLI lists them; exporters refuses others).
+    task: str | None = arg(None, "which head to export (default: from the checkpoint's architecture)")
+    shrink: bool | None = arg(
+        None,
+        "remove pruned heads / FFN dims from the graph (default: whenever the checkpoint "
+        "has any, from compression.json or all-zero weights; --no-shrink keeps the full graph)",
+    )
+    optimize: bool = arg(False, "apply ONNX Runtime transformer fusions (kept only if outputs match)")
+    exporter: str = arg(
+        "torchscript",
+        "torch.onnx exporter (torchscript: fast, and ORT can fuse its attention; the other is tried if it fails)",
+        choices=list(EXPORTER_NAMES),
+    )
+    opset: int = arg(DEFAULT_OPSET, "ONNX opset (dynamo uses at least 18)")
+    atol: float = arg(DEFAULT_ATOL, "max abs output difference allowed")
+    validate: bool = arg(True, "compare the graph with PyTorch (not recommended to turn off)")
+    overwrite: bool = arg(False, "replace a non-empty output directory")
+
+
+@dataclass
+class ShrinkConfig:
+    compression_json: str | None = arg(
+        None, "structure to keep (default: the input's folder's compression.json)", metavar="PATH"
+    )
+    from_weights: bool = arg(False, "ignore compression.json; remove structures whose weights are zero")
+    head_size: int | None = arg(None, "attention head size (default: compression.json, config.json, or the graph)")
+    optimize: bool = arg(False, "then apply ONNX Runtime's transformer fusions (kept only if outputs match)")
+    atol: float = arg(1e-4, "max abs output difference allowed")
+    overwrite: bool = arg(False, "replace the output if it exists")
+
+
+# ------------------------------------------------------------------------------------------ quantize
+# Weighted ops worth quantizing in an encoder. Gather makes the embedding tables int8 (4x smaller
+# files, a dequantize of the gathered rows only); Attention/EmbedLayerNormalization appear after fusion.
+DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Gather", "Attention", "EmbedLayerNormalization")
+
+# Keyword for --keep-fp32: the last MatMul/Gemm before the logits, found from the graph structure
+# because exporters name it differently (/classifier/MatMul, node_linear_3, ...).
+CLASSIFIER = "classifier"
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class QuantizeConfig:
+    mode: str = arg(
+        "dynamic",
+        "dynamic: activation ranges at run time, no data needed; static: calibrated",
+        choices=["dynamic", "static"],
+    )
+    format: str = arg(
+        "qoperator",
+        "static only: integer ops (QLinearMatMul) or QuantizeLinear/DequantizeLinear pairs "
+        "(dynamic quantization always emits QOperator ops)",
+        choices=["qoperator", "qdq"],
+    )
+    # One scale per output channel of each weight. Default since it held accuracy on both CPUs measured:
+    # on AVX2 without VNNI (where ORT's u8*s8 kernels can saturate) the SST-2 teacher lost 0.46 points
+    # per-tensor and 0.00 per-channel (benchmarks/results/quantize.md), three pruned frontier graphs
+    # -0.34..0.00 vs +0.12..+0.46 (int8_side_checks.md); on AVX-512 VNNI -0.23 vs -0.35. Same speed.
+    per_channel: bool = arg(
+        True, "one weight scale per output channel (--no-per-channel or --per-tensor: one per matrix)"
+    )
+    reduce_range: bool = arg(
+        False,
+        "7-bit weights: only for CPUs without VNNI where u8*s8 sums can saturate (costs "
+        "accuracy; see benchmarks/results/quantize.md)",
+    )
+    keep_fp32: tuple[str, ...] = arg(
+        (CLASSIFIER,),
+        f"nodes left in fp32: op types, node-name globs/substrings, or "
+        f"{CLASSIFIER!r} (the final MatMul before the logits). Pass the flag alone to "
+        "quantize everything",
+        metavar="PATTERN",
+    )
+    op_types: tuple[str, ...] = arg(DEFAULT_OP_TYPES, "op types to quantize", metavar="OP")
+    optimize: bool = arg(
+        False,
+        "fuse with ORT's transformer optimizer (Attention, ...) before quantizing; kept only "
+        "if it matches the unfused graph numerically. On CPU the fused int8 graph (QAttention) measured "
+        "slower (benchmarks/results/quantize.md)",
+    )
+    calibration_method: str = arg(
+        "minmax", "static only: how activation ranges are calibrated", choices=list(CALIBRATION_METHODS)
+    )
+    num_samples: int = arg(128, "static only: calibration sentences")
+    symmetric_activations: bool = arg(False, "static only: symmetric activation ranges")
+    # Quantize only MatMuls with a constant weight. False also quantizes the attention products
+    # (Q K^T, P V): optimum's default; measured slower and less accurate here (bench_quantize).
+    const_b_only: bool = arg(True, "quantize only MatMuls with a constant weight (not the attention products)")
+    # How the data (quantize's `data`, a DataConfig) is used: dev accuracy before and after, and the
+    # calibration rows of static mode (its training split, or this file).
+    calibration_file: str | None = arg(
+        None, "calibration text: .txt (one sentence a line) or .tsv/.csv/.jsonl (column: --text-column)"
+    )
+    max_length: int = arg(128, "tokens kept per row, for evaluation and calibration")
+    max_eval_samples: int | None = arg(None, "limit the dev sentences used for accuracy")
+    eval_batch_size: int | None = arg(
+        None,
+        "evaluation batch size (default 1 for dynamic int8, whose accuracy depends on the batch; 32 for static)",
+        flag="--batch-size",
+    )
+    threads: int | None = arg(None, "ONNX Runtime threads for checks and evaluation")
+    overwrite: bool = arg(False, "replace an existing output")
+
+    def validate(self) -> None:
+        if self.mode not in ("dynamic", "static"):
+            raise InvalidConfigError(f"unknown quantization mode {self.mode!r}; choose dynamic or static")
+        if self.format not in ("qoperator", "qdq"):
+            raise InvalidConfigError(f"unknown format {self.format!r}; choose qoperator or qdq")
+        if self.mode == "dynamic" and self.format == "qdq":
+            raise InvalidConfigError("--format qdq needs --mode static (dynamic quantization emits QOperator ops)")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise InvalidConfigError(
+                f"unknown calibration method {self.calibration_method!r}; choose {', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.num_samples < 1:
+            raise InvalidConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.max_length < 1:
+            raise InvalidConfigError(f"--max-length {self.max_length} must be >= 1 (tokens kept per row, e.g. 128)")
+
+
+# ------------------------------------------------------------------------------------------ evaluate, bench
+@dataclass
+class EvalConfig:
+    batch_size: int | None = arg(
+        None,
+        "evaluation batch size (default 64; 1 for dynamic int8 graphs, whose accuracy "
+        "depends on the batch: benchmarks/results/int8_batch_dependence.md)",
+    )
+    max_length: int = arg(128, "sequence length (longer rows are truncated)")
+    max_eval_samples: int | None = arg(None, "use at most N dev rows")
+    provider: str = arg("cpu", "ONNX Runtime provider for .onnx models", choices=["cpu", "cuda"])
+    threads: int | None = arg(None, "ONNX Runtime intra-op threads (default: all cores)")
+
+
+@dataclass
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = arg((1, 32), "batch sizes of the grid", metavar="N")
+    seq_lens: tuple[int, ...] = arg((128,), "sequence lengths of the grid", metavar="N")
+    provider: str = arg(
+        "cpu",
+        "execution provider; cuda uses IO binding (inputs live on the GPU) and needs onnxruntime-gpu",
+        choices=["cpu", "cuda"],
+    )
+    threads: int | None = arg(
+        2, "intra-op threads, recorded in the report (0 or None: ONNX Runtime's default, all cores)"
+    )
+    warmup: int = arg(3, "untimed runs per model and grid point")
+    spinning: bool = arg(
+        True,
+        "ONNX Runtime's intra-op threads spin between ops and after a run (its default, as deployed); "
+        "--no-spinning makes them sleep, so every op waits for a wake-up",
+    )
+    settle_ms: float = arg(
+        50.0,
+        "with spinning and several models: pause before each timed run, then one untimed run, so the threads "
+        "of the model that ran before have stopped spinning (ORT spins ~30 ms after a run)",
+    )
+    iterations: int = arg(20, "timed runs per model and grid point")
+    seed: int = arg(0, "seed of the random token ids")
+
+    def validate(self) -> None:
+        if not self.batch_sizes or not self.seq_lens or min(self.batch_sizes) < 1 or min(self.seq_lens) < 1:
+            raise InvalidConfigError("batch sizes and sequence lengths must be positive integers")
+        if self.iterations < 1 or self.warmup < 0:
+            raise InvalidConfigError("--iterations must be >= 1 and --warmup >= 0")
+        if self.provider not in ("cpu", "cuda"):
+            raise InvalidConfigError(f"unknown provider {self.provider!r}; choose cpu or cuda")
+        if self.settle_ms < 0:
+            raise InvalidConfigError("--settle-ms must be >= 0")
+
+
+# ------------------------------------------------------------------------------------------ the whole run
+def _main_job_prune() -> PruneConfig:
+    """The pruning step of `compress run` (the main job's recipe)."""
+    return PruneConfig(
+        method="hybrid",
+        lambda_reg=10.0,
+        score_lr=0.05,
+        lambda_att=1.0,
+        lambda_ffn=1.0,
+        train=TrainConfig(max_steps=600, batch_size=32, max_length=64, lr=3e-5, warmup_ratio=0.1, logging_steps=50),
+        distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0),
+    )
+
+
+@dataclass
+class RunConfig:
+    """`compress run`'s recipe (flags, or a YAML/JSON file with the same keys: `prune` holds PruneConfig
+    fields, `train` and `distill` nest inside it); saved into the output as recipe.json."""
+
+    model: str | None = arg(
+        None, "student (default: the teacher when given, i.e. prune the fine-tuned model; else minilm)", aliases=("-m",)
+    )
+    task: str = arg("sst2", "sst2 or mrpc")
+    data_dir: str | None = arg(None, "GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
+    prune: PruneConfig = field(default_factory=_main_job_prune, metadata={"cli": False})
+    # Hybrid Filled (Block Pruning paper, section 4): after hybrid pruning, re-initialise the zeroed
+    # weights inside the surviving heads / FFN dims and fine-tune this many steps with the structure
+    # frozen: same speed, accuracy recovered (+0.7 points on the main job). 0 skips it.
+    fill_steps: int = arg(
+        300,
+        "then Hybrid Filled: fine-tune this many steps with the structure frozen and the zeroed "
+        "weights inside kept heads/dims re-initialised (0: skip)",
+    )
+    quantize: bool = arg(True, "also quantize the dense and pruned graphs to int8 (dynamic)")
+    # ORT transformer fusions after surgery (Attention, BiasGelu: exporters.optimize.fusion_options);
+    # faster at batch 1 and 32 on our CPU, int8 is quantized from the fused graph (results/shrink.md, quantize.md)
+    optimize: bool = arg(True, "ORT transformer fusions on the exported graphs")
+    bench_batch_sizes: list[int] = arg([1, 32], "batch sizes timed", metavar="N")
+    bench_seq_len: int = arg(128, "sequence length timed")
+    bench_threads: int = arg(2, "ONNX Runtime intra-op threads when timing")
+    bench_iterations: int = arg(20, "timed runs per model and shape, interleaved")
+    overwrite: bool = arg(False, "replace a non-empty output directory")
+
+    def recipe(self) -> dict:
+        """The recipe as recorded (recipe.json, summary.json): everything but `overwrite`, which is about
+        this output folder, so a recorded recipe run again never replaces a folder unasked."""
+        d = asdict(self)
+        d.pop("overwrite")
+        return d
+
+    @classmethod
+    def load(cls, path: str) -> RunConfig:
+        p = Path(path)
+        if not p.exists():
+            raise InvalidConfigError(f"recipe file {p} not found")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as e:
+            raise InvalidConfigError(f"cannot parse recipe {p}: {str(e).splitlines()[0]}") from e
+        if not isinstance(data, dict):
+            raise InvalidConfigError(
+                f"recipe {p} must be a mapping of RunConfig keys (model: ..., prune: {{...}}), "
+                f"not a {type(data).__name__}"
+            )
+        prune = data.pop("prune", None)
+        cfg = from_dict(cls, data)
+        if prune is not None:
+            cfg.prune = from_dict(PruneConfig, prune)
+        return cfg
 
 
 def from_dict(cls, data: dict):

@@ -27,3 +27,9 @@ class GraphPatternError(CompressError):
 
 class ValidationError(CompressError):
     """An exported or transformed artifact that does not match its source within tolerance."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception message (ORT and onnx append long C++ context), for error messages."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else e.__class__.__name__)[:200]

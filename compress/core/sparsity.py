@@ -1,7 +1,7 @@
 """Read the pruned structure out of dense-shaped weights: kept heads / FFN dims, sparsity, params.
 
-Works on any supported model whose masks have been baked in as zeros (see masks.bake), so it is
-also the fallback when a checkpoint has no compression.json.
+Works on any supported model whose masks have been baked in as zeros (compress.pruning.masks.bake),
+so it is also the fallback when a checkpoint has no compression.json.
 """
 
 from __future__ import annotations

@@ -3,19 +3,16 @@
 Method, chosen so that numbers from a shared, noisy machine can still be compared:
 - every model runs the same random token ids for a grid point (attention_mask all ones: latency does
   not depend on the token values);
-- models are interleaved run by run, and the starting model rotates every round, so a burst of
-  load from another process hits all models alike instead of one model's whole series;
+- models are timed in interleaved rounds with a rotating start and ORT's threads settled before each
+  timed run (compress.ort.timing, the harness the latency tables use too);
 - throughput comes from the median (p50); speedup is the median over rounds of the per-round
   ratio (first model's time / this model's time, runs adjacent in time); p90/p99 show the spread;
-- ORT's intra-op threads spin as they do by default in a deployed app (busy-waiting between ops and for
-  ~30 ms after a run), and each timed run comes after a pause (settle_ms) and one untimed run of the same
-  model: with several sessions in one process each keeps its own threads, and spinning threads left by
-  the model that ran before take the cores from the next one. Measured on MiniLM-L6, 2 threads, 2 cores
-  (benchmarks/results/bench_spinning.md): without settling the dense graph at 1x128 took 29.6 ms
-  interleaved with three other sessions vs 7.8 ms alone (7.9 ms settled), and a 3x-pruned graph's speedup
-  at 32x128 read 2.75x vs 3.31x alone (3.36x settled). Turning spinning off (--no-spinning) is fair too,
-  but then every op waits for a sleeping thread to wake, which a deployed model does not: the int8 dense
-  graph at 1x128 read 4.4 ms that way vs 3.2 ms deployed alone;
+- why settle: measured on MiniLM-L6, 2 threads, 2 cores (benchmarks/results/bench_spinning.md), without
+  settling the dense graph at 1x128 took 29.6 ms interleaved with three other sessions vs 7.8 ms alone
+  (7.9 ms settled), and a 3x-pruned graph's speedup at 32x128 read 2.75x vs 3.31x alone (3.36x settled).
+  Turning spinning off (--no-spinning) is fair too, but then every op waits for a sleeping thread to
+  wake, which a deployed model does not: the int8 dense graph at 1x128 read 4.4 ms that way vs 3.2 ms
+  deployed alone;
 - thread count, versions, CPU model and the command line are recorded with the numbers.
 """
 
@@ -27,7 +24,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -36,48 +32,14 @@ from typing import Callable
 import numpy as np
 
 from compress.core.artifacts import atomic_file, write_json
-from compress.core.config import arg
+from compress.core.config import BenchConfig
 from compress.core.errors import CompressError, InvalidConfigError
-from exporters.toolbox import first_line, graph_inputs, make_session, random_feeds, resolve_onnx, vocab_size
+from compress.ort.timing import interleaved_rounds
+from exporters.files import first_line, resolve_onnx
+from exporters.inputs import graph_inputs, random_feeds, vocab_size
+from exporters.sessions import make_session
 
 SCHEMA = "compress.bench/1"
-
-
-@dataclass
-class BenchConfig:
-    batch_sizes: tuple[int, ...] = arg((1, 32), "batch sizes of the grid", metavar="N")
-    seq_lens: tuple[int, ...] = arg((128,), "sequence lengths of the grid", metavar="N")
-    provider: str = arg(
-        "cpu",
-        "execution provider; cuda uses IO binding (inputs live on the GPU) and needs onnxruntime-gpu",
-        choices=["cpu", "cuda"],
-    )
-    threads: int | None = arg(
-        2, "intra-op threads, recorded in the report (0 or None: ONNX Runtime's default, all cores)"
-    )
-    warmup: int = arg(3, "untimed runs per model and grid point")
-    spinning: bool = arg(
-        True,
-        "ONNX Runtime's intra-op threads spin between ops and after a run (its default, as deployed); "
-        "--no-spinning makes them sleep, so every op waits for a wake-up",
-    )
-    settle_ms: float = arg(
-        50.0,
-        "with spinning and several models: pause before each timed run, then one untimed run, so the threads "
-        "of the model that ran before have stopped spinning (ORT spins ~30 ms after a run)",
-    )
-    iterations: int = arg(20, "timed runs per model and grid point")
-    seed: int = arg(0, "seed of the random token ids")
-
-    def validate(self) -> None:
-        if not self.batch_sizes or not self.seq_lens or min(self.batch_sizes) < 1 or min(self.seq_lens) < 1:
-            raise InvalidConfigError("batch sizes and sequence lengths must be positive integers")
-        if self.iterations < 1 or self.warmup < 0:
-            raise InvalidConfigError("--iterations must be >= 1 and --warmup >= 0")
-        if self.provider not in ("cpu", "cuda"):
-            raise InvalidConfigError(f"unknown provider {self.provider!r}; choose cpu or cuda")
-        if self.settle_ms < 0:
-            raise InvalidConfigError("--settle-ms must be >= 0")
 
 
 @dataclass
@@ -191,7 +153,7 @@ def unique_labels(labels: list[str]) -> list[str]:
 
 
 def time_grid_point(runners: list[Runner], batch: int, seq: int, config: BenchConfig) -> dict[str, list[float]]:
-    """Seconds per run for each runner, interleaved with a rotating start."""
+    """Seconds per run for each runner: `warmup` untimed runs each, then interleaved rounds."""
     calls = {}
     for r in runners:
         try:
@@ -202,26 +164,7 @@ def time_grid_point(runners: list[Runner], batch: int, seq: int, config: BenchCo
             raise
         except Exception as e:  # ORT/torch errors: sequence too long for the positions table, OOM...
             raise CompressError(f"{r.label} failed at batch {batch} x seq {seq}: {first_line(e)}") from e
-    times: dict[str, list[float]] = {r.label: [] for r in runners}
-    n = len(runners)
-    for it in range(config.iterations):
-        for k in range(n):
-            r = runners[(it + k) % n]
-            if n > 1:
-                settle(calls[r.label], config)
-            t0 = time.perf_counter()
-            calls[r.label]()
-            times[r.label].append(time.perf_counter() - t0)
-    return times
-
-
-def settle(call: Callable[[], None], config: BenchConfig) -> None:
-    """Before a timed run of `call` when sessions interleave: with spinning threads, wait until the other
-    sessions' threads sleep (settle_ms), then one untimed run wakes this session's threads and caches,
-    which then spin as in a deployed app under steady load. Nothing to wait for without spinning."""
-    if config.spinning and config.settle_ms > 0:
-        time.sleep(config.settle_ms / 1e3)
-        call()
+    return interleaved_rounds(calls, config.iterations, config)
 
 
 def summarize(times: list[float], batch: int) -> dict[str, float]:

@@ -2,7 +2,7 @@
 task metrics, and `compress eval` on a .onnx with its sidecar files.
 
 Accuracy is measured on exactly the .onnx file that ships, with the same session settings the
-benchmark uses (exporters.toolbox.make_session), so the two numbers describe one artifact.
+benchmark uses (exporters.sessions.make_session), so the two numbers describe one artifact.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import ArtifactError, CompressError, DataError
-from exporters.toolbox import make_session, resolve_onnx
+from exporters.files import resolve_onnx
+from exporters.sessions import make_session
 
 # ONNX tensor element types we feed, as numpy dtypes.
 _ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
@@ -184,8 +185,8 @@ def evaluate_onnx_path(
     """Dev metrics of an exported model, its tokenizer, config (label names, positions) read beside it."""
     from types import SimpleNamespace
 
+    from compress.core.models import check_max_length, check_tokenizer, load_tokenizer
     from compress.training.data import label_names_of, load_task_data
-    from compress.training.models import check_max_length, check_tokenizer, load_tokenizer
 
     model = resolve_onnx(path)
     if not (model.parent / "tokenizer_config.json").exists():

@@ -15,17 +15,17 @@ Pre-processing matters more than the recipe for graphs coming from other tools:
   weight_name=..."; ORT's symbolic shape inference knows those ops, so it is run on such graphs.
 Together these make export -> shrink -> (optional fusion) -> quantize work in one chain.
 
-Defaults follow benchmarks/results/quantize.md (MiniLM-L6 SST-2, ORT 1.31-1.32): dynamic,
-per-channel weight scales (see QuantizeConfig.per_channel), no reduce_range (-2.9 points on VNNI CPUs, which do not need it), no fusion (the fused
-QAttention graph was slower), attention score MatMuls left fp32 (quantizing them cost 0.5 point and
-gained nothing), classifier kept fp32 (free, and a guard for small heads).
+Defaults follow benchmarks/results/quantize.md (MiniLM-L6 SST-2, ORT 1.31-1.32): dynamic, per-channel
+weight scales (see QuantizeConfig.per_channel), no reduce_range (-2.9 points on VNNI CPUs, which do not
+need it), no fusion (the fused QAttention graph was slower), attention score MatMuls left fp32
+(quantizing them cost 0.5 point and gained nothing), classifier kept fp32 (free, and a guard for small
+heads). Writing the output folder (sidecars, compression.json) is compress.core.artifacts' job.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-import shutil
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -33,36 +33,24 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.artifacts import (
-    COMPRESSION_JSON,
-    atomic_dir,
-    atomic_file,
-    check_output_dir,
-    check_output_file,
-    record_checksums,
-    write_json,
-)
-from compress.core.config import arg
-from compress.core.errors import CompressError, DataError, GraphPatternError, InvalidConfigError
-from compress.ort.evaluate import iter_batches, output_index, read_pad_id
-from exporters.optimize import optimize as fuse_and_check
-from exporters.surgery.rewrite import normalize_heads
-from exporters.toolbox import (
-    MODEL_FILE,
+from compress.core.artifacts import check_derived_output, write_derived_output
+from compress.core.config import CLASSIFIER, QuantizeConfig
+from compress.core.errors import CompressError, GraphPatternError, InvalidConfigError
+from compress.ort.calibration import calibration_reader
+from compress.ort.evaluate import output_index, read_pad_id
+from exporters.files import (
     SIDECAR_FILES,
     first_line,
-    graph_inputs,
     has_contrib_ops,
     import_contrib_domains,
-    load_tokenizer,
-    make_session,
-    ort_logging,
-    random_feeds,
     read_config,
     resolve_onnx,
-    sample_inputs,
-    vocab_size,
 )
+from exporters.inputs import graph_inputs, load_tokenizer, random_feeds, sample_inputs, vocab_size
+from exporters.optimize import optimize as fuse_and_check
+from exporters.sessions import make_session, ort_logging
+from exporters.spec import MODEL_FILE
+from exporters.surgery.rewrite import normalize_heads
 
 # Ops whose presence shows that a graph was really quantized (QOperator and QDQ forms).
 INTEGER_OPS = (
@@ -79,79 +67,6 @@ INTEGER_OPS = (
     "QuantizeLinear",
     "DequantizeLinear",
 )
-
-# Weighted ops worth quantizing in an encoder. Gather makes the embedding tables int8 (4x smaller
-# files, a dequantize of the gathered rows only); Attention/EmbedLayerNormalization appear after fusion.
-DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Gather", "Attention", "EmbedLayerNormalization")
-
-# Keyword for --keep-fp32: the last MatMul/Gemm before the logits, found from the graph structure
-# because exporters name it differently (/classifier/MatMul, node_linear_3, ...).
-CLASSIFIER = "classifier"
-
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
-@dataclass
-class QuantizeConfig:
-    mode: str = arg(
-        "dynamic",
-        "dynamic: activation ranges at run time, no data needed; static: calibrated",
-        choices=["dynamic", "static"],
-    )
-    format: str = arg(
-        "qoperator",
-        "static only: integer ops (QLinearMatMul) or QuantizeLinear/DequantizeLinear pairs "
-        "(dynamic quantization always emits QOperator ops)",
-        choices=["qoperator", "qdq"],
-    )
-    # One scale per output channel of each weight. Default since it held accuracy on both CPUs measured:
-    # on AVX2 without VNNI (where ORT's u8*s8 kernels can saturate) the SST-2 teacher lost 0.46 points
-    # per-tensor and 0.00 per-channel (benchmarks/results/quantize.md), three pruned frontier graphs
-    # -0.34..0.00 vs +0.12..+0.46 (int8_side_checks.md); on AVX-512 VNNI -0.23 vs -0.35. Same speed.
-    per_channel: bool = arg(
-        True, "one weight scale per output channel (--no-per-channel or --per-tensor: one per matrix)"
-    )
-    reduce_range: bool = arg(
-        False,
-        "7-bit weights: only for CPUs without VNNI where u8*s8 sums can saturate (costs "
-        "accuracy; see benchmarks/results/quantize.md)",
-    )
-    keep_fp32: tuple[str, ...] = arg(
-        (CLASSIFIER,),
-        f"nodes left in fp32: op types, node-name globs/substrings, or "
-        f"{CLASSIFIER!r} (the final MatMul before the logits). Pass the flag alone to "
-        "quantize everything",
-        metavar="PATTERN",
-    )
-    op_types: tuple[str, ...] = arg(DEFAULT_OP_TYPES, "op types to quantize", metavar="OP")
-    optimize: bool = arg(
-        False,
-        "fuse with ORT's transformer optimizer (Attention, ...) before quantizing; kept only "
-        "if it matches the unfused graph numerically. On CPU the fused int8 graph (QAttention) measured "
-        "slower (benchmarks/results/quantize.md)",
-    )
-    calibration_method: str = arg(
-        "minmax", "static only: how activation ranges are calibrated", choices=list(CALIBRATION_METHODS)
-    )
-    num_samples: int = arg(128, "static only: calibration sentences")
-    symmetric_activations: bool = arg(False, "static only: symmetric activation ranges")
-    # Quantize only MatMuls with a constant weight. False also quantizes the attention products
-    # (Q K^T, P V): optimum's default; measured slower and less accurate here (bench_quantize).
-    const_b_only: bool = arg(True, "quantize only MatMuls with a constant weight (not the attention products)")
-
-    def validate(self) -> None:
-        if self.mode not in ("dynamic", "static"):
-            raise InvalidConfigError(f"unknown quantization mode {self.mode!r}; choose dynamic or static")
-        if self.format not in ("qoperator", "qdq"):
-            raise InvalidConfigError(f"unknown format {self.format!r}; choose qoperator or qdq")
-        if self.mode == "dynamic" and self.format == "qdq":
-            raise InvalidConfigError("--format qdq needs --mode static (dynamic quantization emits QOperator ops)")
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise InvalidConfigError(
-                f"unknown calibration method {self.calibration_method!r}; choose {', '.join(CALIBRATION_METHODS)}"
-            )
-        if self.num_samples < 1:
-            raise InvalidConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
 
 
 @dataclass
@@ -173,6 +88,25 @@ class QuantizeReport:
         d = asdict(self)
         d["output"] = str(self.output)
         return d
+
+    def record(self) -> dict:
+        """compression.json's `quantization` section."""
+        q = self.to_dict()
+        return {
+            k: q[k]
+            for k in (
+                "config",
+                "kept_fp32",
+                "op_counts",
+                "fusion",
+                "size_before",
+                "size_after",
+                "max_abs_diff",
+                "metrics_before",
+                "metrics_after",
+                "eval_batch_size",
+            )
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,65 +181,6 @@ def match_nodes(model, patterns: tuple[str, ...] | list[str]) -> list[str]:
         for k, n in enumerate(unnamed):
             n.name = f"{n.op_type}_unnamed_{k}"
     return sorted(names)
-
-
-# ---------------------------------------------------------------------------------------------
-# Calibration
-
-
-def calibration_reader(model, dataset, num_samples: int, pad_id: int = 0):
-    """A CalibrationDataReader yielding one sentence per batch, so that no padded position enters
-    the activation ranges (padding would widen them with values that never matter)."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    n = min(num_samples, len(dataset))
-    if n == 0:
-        raise DataError("the calibration data is empty")
-    inputs = graph_inputs(model)
-    feeds = [f for _, f in iter_batches(dataset.select(range(n)), inputs, 1, pad_id, sort=False)]
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
-
-        def get_next(self):
-            return next(self._it, None)
-
-        def __len__(self):
-            return len(feeds)
-
-        def rewind(self):
-            self._it = iter(feeds)
-
-    return _Reader()
-
-
-def tokenized_texts(texts: list[str], tokenizer, max_length: int = 128):
-    """A tokenized datasets.Dataset from raw sentences (for --calibration-file)."""
-    import datasets
-
-    texts = [t for t in (s.strip() for s in texts) if t]
-    if not texts:
-        raise DataError("the calibration file holds no text")
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    return datasets.Dataset.from_dict({k: list(v) for k, v in enc.items()})
-
-
-def read_calibration_file(path: str | Path, text_column: str = "sentence") -> list[str]:
-    """Sentences from a .txt file (one per line) or a tsv/csv/json(l) file's text column."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"calibration file {path} not found")
-    if path.suffix.lower() == ".txt":
-        from compress.training.data import read_text_utf8
-
-        return read_text_utf8(path, "calibration file").splitlines()
-    from compress.training.data import _read_any  # shared tsv/csv/json reader (GLUE quoting rules included)
-
-    cols = _read_any(path)
-    if text_column not in cols:
-        raise DataError(f"{path} has no column {text_column!r} (it has {list(cols)}); pass --text-column")
-    return [str(t) for t in cols[text_column]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,15 +285,8 @@ def quantize_onnx(
     src = resolve_onnx(model_path)
     src_dir = src.parent
     out = Path(output)
-    as_file = out.suffix == ".onnx"
-    if as_file and out.exists() and not overwrite:
-        raise InvalidConfigError(f"{out} exists; pass --overwrite or choose another path")
-    if (out if as_file else out / MODEL_FILE).resolve() == src.resolve():
-        raise InvalidConfigError("the output would replace the input model; choose another --output")
-    if as_file:
-        check_output_file(out, inputs=(src,))
-    else:
-        check_output_dir(out, overwrite, inputs=(src_dir,))
+    graph = out if out.suffix == ".onnx" else out / MODEL_FILE
+    check_derived_output(src, out, graph, overwrite)
     if eval_batch_size is not None and eval_batch_size < 1:
         raise InvalidConfigError(f"--batch-size {eval_batch_size} must be >= 1")
     eval_batch_size = eval_batch_size or (1 if config.mode == "dynamic" else 32)
@@ -438,34 +306,9 @@ def quantize_onnx(
     exclude = match_nodes(model, config.keep_fp32) if config.keep_fp32 else []
 
     with tempfile.TemporaryDirectory(prefix="compress-quant-") as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
-        onnx.save(model, str(prepared))
-        reader = None
-        if config.mode == "static":
-            reader = calibration_reader(model, calibration_data, config.num_samples, read_pad_id(src))
-        _run_ort_quantizer(prepared, quantized, config, exclude, reader)
-
-        qmodel = onnx.load(str(quantized))
-        if qmodel.graph.value_info:
-            # The quantizer's shape inference writes value_info; with it, ORT's runtime optimizer
-            # fuses residual Add + LayerNorm into SkipLayerNormalization, whose CPU kernel is
-            # slower than the two ops it replaces (ORT 1.31: 22 vs 9 ms per run at 32x128 on
-            # MiniLM-L6; int8 speedup 1.82x -> 1.94x without it). ORT re-infers shapes at load
-            # (exporters.surgery.finalize drops them for the same reason).
-            del qmodel.graph.value_info[:]
-            onnx.save(qmodel, str(quantized))
-        ops = integer_op_counts(qmodel)
-        if not ops:
-            raise GraphPatternError(
-                f"nothing in {src} was quantized (no {', '.join(config.op_types)} ops outside --keep-fp32); "
-                "check --keep-fp32 and the op types"
-            )
-        # The quantized graph must load and run; compare its logits with fp32 as a sanity figure.
-        feeds = random_feeds(graph_inputs(qmodel), vocab_size(model, src_dir))
-        diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
-
+        quantized, ops, diff = _quantize_graph(model, src, Path(tmp), config, exclude, calibration_data, threads)
         result = QuantizeReport(
-            output=out if as_file else out / MODEL_FILE,
+            output=graph,
             size_before=onnx_size(src),
             size_after=quantized.stat().st_size,
             config=asdict(config),
@@ -481,8 +324,51 @@ def quantize_onnx(
             result.eval_batch_size = eval_batch_size
             result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads)
             result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads)
-        _write_outputs(quantized, src, out, as_file, overwrite, result)
+        result.warnings += write_derived_output(
+            quantized,
+            src,
+            out,
+            graph,
+            overwrite=overwrite,
+            sidecars=SIDECAR_FILES,
+            sections={"quantization": result.record()},
+        )
     return result
+
+
+def _quantize_graph(
+    model, src: Path, tmp: Path, config: QuantizeConfig, exclude: list[str], calibration_data, threads: int | None
+) -> tuple[Path, dict[str, int], float]:
+    """Quantize the prepared `model` (of `src`) into tmp/quantized.onnx: (that file, its integer op
+    counts, the largest logit difference from `src` on random tokens)."""
+    import onnx
+
+    prepared, quantized = tmp / "prepared.onnx", tmp / "quantized.onnx"
+    onnx.save(model, str(prepared))
+    reader = None
+    if config.mode == "static":
+        reader = calibration_reader(model, calibration_data, config.num_samples, read_pad_id(src))
+    _run_ort_quantizer(prepared, quantized, config, exclude, reader)
+
+    qmodel = onnx.load(str(quantized))
+    if qmodel.graph.value_info:
+        # The quantizer's shape inference writes value_info; with it, ORT's runtime optimizer
+        # fuses residual Add + LayerNorm into SkipLayerNormalization, whose CPU kernel is
+        # slower than the two ops it replaces (ORT 1.31: 22 vs 9 ms per run at 32x128 on
+        # MiniLM-L6; int8 speedup 1.82x -> 1.94x without it). ORT re-infers shapes at load
+        # (exporters.surgery.finalize drops them for the same reason).
+        del qmodel.graph.value_info[:]
+        onnx.save(qmodel, str(quantized))
+    ops = integer_op_counts(qmodel)
+    if not ops:
+        raise GraphPatternError(
+            f"nothing in {src} was quantized (no {', '.join(config.op_types)} ops outside --keep-fp32); "
+            "check --keep-fp32 and the op types"
+        )
+    # The quantized graph must load and run; compare its logits with fp32 as a sanity figure.
+    feeds = random_feeds(graph_inputs(qmodel), vocab_size(model, src.parent))
+    diff = float(np.abs(_logits(quantized, feeds, threads) - _logits(src, feeds, threads)).max())
+    return quantized, ops, diff
 
 
 def onnx_size(path: Path) -> int:
@@ -495,22 +381,6 @@ def onnx_size(path: Path) -> int:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             files.update(e.value for e in t.external_data if e.key == "location")
     return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
-
-
-def _unrelated_files(folder: Path, src: Path) -> list[str]:
-    """Files in `folder` that are not model files: `-o DIR/x.onnx` must not scatter config and
-    tokenizer files among someone else's (issue 17)."""
-    if not folder.is_dir() or folder.resolve() == src.parent.resolve():
-        return []
-    ours = set(SIDECAR_FILES) | {COMPRESSION_JSON}
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_file()
-        and p.name not in ours
-        and not p.name.endswith((".onnx", ".onnx.data"))
-        and not p.name.startswith(".")
-    )
 
 
 def _fuse(model, model_dir: Path, warnings: list[str]):
@@ -538,68 +408,3 @@ def _fuse(model, model_dir: Path, warnings: list[str]):
         warnings.append(f"the fused graph is not equivalent ({report['note']}); quantizing the unfused graph instead")
         return model, None
     return fused, report["fusions"]
-
-
-def _copy_sidecars(src_dir: Path, dst_dir: Path, replace: bool) -> list[str]:
-    copied = []
-    for name in SIDECAR_FILES:
-        f = src_dir / name
-        if f.is_file() and (replace or not (dst_dir / name).exists()):
-            shutil.copy2(f, dst_dir / name)
-            copied.append(name)
-    return copied
-
-
-def _updated_compression_json(src_dir: Path, dst_dir: Path, onnx_name: str, result: QuantizeReport) -> None:
-    """Carry compression.json over with a `quantization` section and checksums of the new files."""
-    from compress.core.artifacts import read_compression_json
-
-    data = read_compression_json(src_dir, verify=False)
-    if data is None:
-        return
-    listed = [n for n in data.get("files", {}) if not n.endswith(".onnx")] + [onnx_name]
-    q = result.to_dict()
-    data["quantization"] = {
-        k: q[k]
-        for k in (
-            "config",
-            "kept_fp32",
-            "op_counts",
-            "fusion",
-            "size_before",
-            "size_after",
-            "max_abs_diff",
-            "metrics_before",
-            "metrics_after",
-            "eval_batch_size",
-        )
-    }
-    record_checksums(dst_dir, data, [n for n in listed if (dst_dir / n).exists()])
-    write_json(dst_dir / COMPRESSION_JSON, data)
-
-
-def _write_outputs(
-    quantized: Path, src: Path, out: Path, as_file: bool, overwrite: bool, result: QuantizeReport
-) -> None:
-    if as_file:
-        with atomic_file(out) as tmp:
-            shutil.copyfile(quantized, tmp)
-        other = _unrelated_files(out.parent, src)
-        if other:
-            result.warnings.append(
-                f"{out.parent} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so the config "
-                f"and tokenizer were not copied beside {out.name}; `compress eval` needs them: pass -o a new folder"
-            )
-        elif out.parent.resolve() != src.parent.resolve():
-            _copy_sidecars(src.parent, out.parent, replace=False)
-            if not (out.parent / COMPRESSION_JSON).exists():
-                _updated_compression_json(src.parent, out.parent, out.name, result)
-            elif (src.parent / COMPRESSION_JSON).exists():
-                result.warnings.append(
-                    f"kept the existing {out.parent / COMPRESSION_JSON}; it does not describe {out.name}"
-                )
-        return
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        shutil.copyfile(quantized, tmp / MODEL_FILE)
-        _copy_sidecars(src.parent, tmp, replace=True)
-        _updated_compression_json(src.parent, tmp, MODEL_FILE, result)

@@ -1,7 +1,8 @@
 """The pruning methods of both papers, one registered function each.
 
-A method is data (`Method`: binarizer, what trains, defaults) plus one function that lays mask
-groups over the encoder linears. Nothing else in the code branches on a method's name.
+A method is data (`Method`: binarizer, what trains, defaults) plus two functions: `build` lays mask
+groups over the encoder linears, `prepare` (compress.pruning.prepare) adjusts the run before training.
+Nothing else in the code branches on a method's name.
 
 Block Pruning paper (Lagunas et al. 2021), Table 1; SMP paper (Wang et al. 2023).
 """
@@ -14,6 +15,7 @@ from typing import Callable
 from compress.core.config import PruneConfig
 from compress.core.errors import InvalidConfigError
 from compress.core.structure import ATTN_ROLES, FFN_ROLES, geometry, layer_linears
+from compress.pruning import prepare as hooks
 from compress.pruning.masks import Binarizer, Group, Layout
 
 
@@ -27,17 +29,15 @@ class Method:
     default_sparsity: float | None = None  # top-k methods: target fraction of zeros
     default_lambda: float | None = None  # soft methods: final regularisation weight
     score_lr: float = 1e-2
-    needs_source: bool = False  # hybrid-filled starts from a hybrid result
-    # Post-training structure selection (retrain-free): (model, train dataset, tokenizer, cost, budget, cfg) -> info.
-    # It prunes the model in place with no SGD; training afterwards (--fill-steps) keeps that structure fixed.
-    select: Callable | None = None
-    budget_as: str | None = (
-        None  # a speed target (--target-speedup/-latency-ms/-flops) chooses its structure like this method's
-    )
+    needs_source: bool = False  # hybrid-filled starts from a hybrid result (--source)
+    needs_budget: bool = False  # retrain-free: its structure is chosen for a speed target, after training
+    # a speed target (--target-speedup/-latency-ms/-flops) chooses its structure like this method's
+    budget_as: str | None = None
+    prepare: Callable = hooks.nothing  # (compress.pruning.prepare.PruneRun) -> None, before training
 
     @property
     def targets_sparsity(self) -> bool:
-        return self.binarizer.top_k and self.select is None
+        return self.binarizer.top_k and not self.needs_budget
 
     @property
     def regularised(self) -> bool:
@@ -175,6 +175,7 @@ def struct(model, cfg):
     "and fine-tunes with the heads/FFN-dim structure frozen: same speed, better accuracy",
     Binarizer.FIXED,
     needs_source=True,
+    prepare=hooks.filled,
 )
 def hybrid_filled(model, cfg):
     return _struct_groups(model, cfg)
@@ -188,6 +189,7 @@ def hybrid_filled(model, cfg):
     train_weights=False,
     default_sparsity=0.5,
     score_lr=2e-2,
+    prepare=hooks.frozen_encoder,
 )
 def smp_l(model, cfg):
     return _unstructured(model, cfg)
@@ -202,6 +204,7 @@ def smp_l(model, cfg):
     default_sparsity=0.5,
     default_lambda=1.0,
     score_lr=2e-2,
+    prepare=hooks.frozen_encoder,
 )
 def smp_s(model, cfg):
     return _unstructured(model, cfg)
@@ -217,26 +220,22 @@ def smp_s(model, cfg):
     default_sparsity=0.5,
     score_lr=2e-2,
     budget_as="struct",
+    prepare=hooks.frozen_encoder,
 )
 def smp_struct(model, cfg):
     return _struct_groups(model, cfg)
 
 
 # ------------------------------------------------------------------ Kwon et al. 2022
-def _retrain_free_select(model, dataset, tokenizer, cost, budget, cfg):
-    from compress.pruning.retrain_free import retrain_free
-
-    return retrain_free(model, dataset, tokenizer, cost, budget, cfg.retrain_free, seed=cfg.train.seed)
-
-
 @register(
     "retrain-free",
     "post-training pruning (Kwon et al. 2022), no SGD: Fisher information of head/FFN-dim masks on a "
     "small sample, search under the --target-speedup/--target-flops budget, rearrangement, least-squares mask tuning; "
     "--fill-steps N then distils with the structure frozen",
     Binarizer.FIXED,
-    select=_retrain_free_select,
+    needs_budget=True,
     budget_as="struct",
+    prepare=hooks.retrain_free,
 )
 def retrain_free(model, cfg):
     return _struct_groups(model, cfg)

@@ -31,7 +31,7 @@ class Pruner(nn.Module):
         self.lam_final = cfg.lambda_reg if cfg.lambda_reg is not None else (method.default_lambda or 0.0)
         # With a speed target the structure comes from a budget solver over the scores, not from a
         # threshold: no regulariser, and the budget follows the cubic schedule. `budget` is a callable
-        # groups -> object with masks(scores) (compress.speed.budgeted.StructureBudget, built by the driver).
+        # groups -> object with masks(scores) (compress.speed.plan.StructureBudget, built by the driver).
         self.budget = budget(self.groups) if budget is not None else None
         if self.budget is not None:
             self.lam_final = 0.0
@@ -80,24 +80,7 @@ class Pruner(nn.Module):
         if self.budget is not None:
             self._cache.update(self.budget.masks(self.scores))
             return
-        B = M.Binarizer
-        b = self.method.binarizer
-        if b is B.SMP_S:
-            ratios = self._smp_s_ratios()
-        for g in self.groups:
-            k = _key(g.name)
-            if b is B.MAGNITUDE:
-                w = _raw_weight(g.members[0][0])
-                m = M.topk_mask(w.detach().abs(), self.keep)
-            elif b is B.TOPK:
-                m = M.topk_ste(self.scores[k], self.keep)
-            elif b is B.THRESHOLD:
-                m = M.threshold_ste(self.scores[k], self.tau)
-            elif b is B.SMP_S:
-                m = M.topk_ste(self.scores[k], ratios[g.name])
-            else:  # B.FIXED
-                m = getattr(self, f"fixed_{k}")
-            self._cache[g.name] = m
+        self._cache.update(MASKS[self.method.binarizer](self))
 
     @torch.no_grad()
     def _smp_s_ratios(self) -> dict[str, float]:
@@ -145,6 +128,37 @@ class Pruner(nn.Module):
             out["budget"] = self.budget.level
             out["predicted"] = self.budget.last.predicted if self.budget.last else float("nan")
         return out
+
+
+# ------------------------------------------------------------ masks per binarizer: pruner -> {group name: mask}
+def _magnitude_masks(p: Pruner) -> dict[str, torch.Tensor]:
+    return {g.name: M.topk_mask(_raw_weight(g.members[0][0]).detach().abs(), p.keep) for g in p.groups}
+
+
+def _topk_masks(p: Pruner) -> dict[str, torch.Tensor]:
+    return {g.name: M.topk_ste(p.scores[_key(g.name)], p.keep) for g in p.groups}
+
+
+def _threshold_masks(p: Pruner) -> dict[str, torch.Tensor]:
+    return {g.name: M.threshold_ste(p.scores[_key(g.name)], p.tau) for g in p.groups}
+
+
+def _smp_s_masks(p: Pruner) -> dict[str, torch.Tensor]:
+    ratios = p._smp_s_ratios()
+    return {g.name: M.topk_ste(p.scores[_key(g.name)], ratios[g.name]) for g in p.groups}
+
+
+def _fixed_masks(p: Pruner) -> dict[str, torch.Tensor]:
+    return {g.name: getattr(p, f"fixed_{_key(g.name)}") for g in p.groups}
+
+
+MASKS = {
+    M.Binarizer.MAGNITUDE: _magnitude_masks,
+    M.Binarizer.TOPK: _topk_masks,
+    M.Binarizer.THRESHOLD: _threshold_masks,
+    M.Binarizer.SMP_S: _smp_s_masks,
+    M.Binarizer.FIXED: _fixed_masks,
+}
 
 
 def _initial_scores(g, binarizer: M.Binarizer, init: float | str | None) -> torch.Tensor:

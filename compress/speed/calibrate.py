@@ -14,12 +14,13 @@ unless the first round already agreed with the table within `tolerance`. The tab
 measured; every round is recorded in compression.json.
 
 Off by default (`--calibrate` turns it on), because what it measures depends on the shape of the structure:
-with tables timed fairly (spinning off, format 2; format 3 settles ORT's spinning threads instead and
-predicts random structures within 10% at every deployment, latency_table_settled.md), the tables predicted
-the trained models' graphs within 1-8% (3x fp32: 2.64x predicted, 2.65x measured; 5x int8: 4.99x /
-4.65x-5.38x), while the uniform calibration structures read 7-14% faster than predicted, so a calibrated 3x
-run kept too much (measured 2.64x). The misses that motivated it (5x int8: 5.01x predicted, 3.90x
-measured) came from tables and benchmarks whose interleaved sessions' threads spun into each other's runs.
+with tables timed fairly (interleaved sessions whose threads do not spin into each other's runs; tables
+timed with settled threads predict random structures within 10% at every deployment,
+benchmarks/results/latency_table.md), the tables predicted the trained models' graphs within 1-8% (3x fp32:
+2.64x predicted, 2.65x measured; 5x int8: 4.99x / 4.65x-5.38x), while the uniform calibration structures
+read 7-14% faster than predicted, so a calibrated 3x run kept too much (measured 2.64x). Misses like the
+5x int8 one above came from tables and benchmarks whose interleaved sessions' threads spun into each
+other's runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compress.core.errors import InvalidConfigError
-from compress.speed.latency import LatencyTable
+from compress.speed.table import LatencyTable
 
 
 def uniform_structure(table: LatencyTable, budget: float, ffn_block: int = 32) -> tuple[list[int], list[int]]:
@@ -94,10 +95,10 @@ def calibrate_budget(
 
 def deploy_measure(model: str, deploy, workdir: str, repeats: int = 9) -> Callable[[list[dict]], float]:
     """measure(kept) for calibrate_budget: our export + surgery + fusion (+ int8) of `model`, timed against
-    the dense fp32 graph in the same rounds, as the table was (compress.speed.latency)."""
+    the dense fp32 graph in the same rounds, as the table was (compress.speed.table)."""
     import copy
 
-    from compress.speed.latency import DeployGraphs, time_graphs
+    from compress.speed.deploy_graph import DeployGraphs, time_graphs
 
     d = copy.copy(deploy)
     d.repeats = repeats

@@ -232,55 +232,9 @@ def load_task_data(
     ):
         if n is not None and n < 1:
             raise DataError(f"{flag} {n} must be >= 1")
-    if task is None and not (train_file or validation_file):
-        raise DataError("no data given: pass --task (" + ", ".join(TASKS) + ") or --train-file/--validation-file")
-    if task is not None and task not in TASKS:
-        raise DataError(
-            f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or use --train-file/--validation-file)"
-        )
-    if task is not None:
-        base = TASKS[task]
-        spec = DatasetSpec(
-            base.name,
-            text_column or base.text_column,
-            text_pair_column or base.text_pair_column,
-            label_column or base.label_column,
-            num_labels or base.num_labels,
-            base.metrics,
-            base.train_file,
-            base.dev_file,
-            base.hub,
-            base.hub_columns,
-            base.label_words,
-        )
-    else:
-        spec = DatasetSpec(
-            "custom",
-            text_column or "sentence",
-            text_pair_column,
-            label_column or "label",
-            num_labels or 2,
-            ("accuracy", "f1") if (num_labels or 2) == 2 else ("accuracy",),
-        )
-
-    raw: dict[str, dict | None] = {"train": None, "dev": None}
+    spec = _task_spec(task, train_file or validation_file, text_column, text_pair_column, label_column, num_labels)
     files = {"train": train_file, "dev": validation_file}
-    root = data_dir_from_env(data_dir)
-    if any(files.values()):
-        for split in splits:
-            if files[split]:
-                raw[split] = _read_any(files[split])
-            elif split == "dev" and "train" not in splits:
-                raise DataError("--validation-file is needed for evaluation")
-    elif root is not None:
-        folder = root / task if (root / task).is_dir() else root
-        for split in splits:
-            raw[split] = read_tsv(folder / (spec.train_file if split == "train" else spec.dev_file))
-    else:
-        raw["train"], raw["dev"] = _from_hub(spec)
-
-    import datasets
-
+    raw = _read_splits(spec, task, files, data_dir, splits)
     needed = [spec.text_column] + ([spec.text_pair_column] if spec.text_pair_column else []) + [spec.label_column]
     out = {}
     learned = label_names is None
@@ -301,33 +255,90 @@ def load_task_data(
             learn=learned and split == "train",
         )
         limit = max_train_samples if split == "train" else max_eval_samples
-        n = len(labels) if not limit else min(limit, len(labels))
-        if n == 0:
-            raise DataError(f"the {split} data is empty")
-        data = {"text": [str(t) for t in cols[spec.text_column][:n]], "labels": labels[:n]}
-        if spec.text_pair_column:
-            data["text_pair"] = [str(t) for t in cols[spec.text_pair_column][:n]]
-        if template is not None:  # prompt mode (SMP label words): one text holding the mask token
-            pairs = data.pop("text_pair", [None] * n)
-            data["text"] = [
-                template.format(text=a, text_pair=b, mask=tokenizer.mask_token) for a, b in zip(data["text"], pairs)
-            ]
-        ds = datasets.Dataset.from_dict(data)
-
         length = max_length if split == "train" else (eval_max_length or max_length)
-
-        def tok(batch, length=length):
-            args = (batch["text"], batch["text_pair"]) if "text_pair" in batch else (batch["text"],)
-            return tokenizer(*args, truncation=True, max_length=length)
-
-        ds = ds.map(
-            tok,
-            batched=True,
-            remove_columns=[c for c in ds.column_names if c != "labels"],
-            desc=f"tokenizing {spec.name} {split}",
-        )
-        out[split] = ds
+        out[split] = _tokenized(spec, split, cols, labels, limit, length, tokenizer, template)
     return TaskData(spec=spec, train=out["train"], dev=out["dev"], label_names=label_names if learned else None)
+
+
+def _task_spec(task, files_given, text_column, text_pair_column, label_column, num_labels) -> DatasetSpec:
+    """A built-in task's spec with the given columns overriding its own, or a generic one for data files."""
+    if task is None and not files_given:
+        raise DataError("no data given: pass --task (" + ", ".join(TASKS) + ") or --train-file/--validation-file")
+    if task is not None and task not in TASKS:
+        raise DataError(
+            f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or use --train-file/--validation-file)"
+        )
+    if task is not None:
+        base = TASKS[task]
+        return DatasetSpec(
+            base.name,
+            text_column or base.text_column,
+            text_pair_column or base.text_pair_column,
+            label_column or base.label_column,
+            num_labels or base.num_labels,
+            base.metrics,
+            base.train_file,
+            base.dev_file,
+            base.hub,
+            base.hub_columns,
+            base.label_words,
+        )
+    return DatasetSpec(
+        "custom",
+        text_column or "sentence",
+        text_pair_column,
+        label_column or "label",
+        num_labels or 2,
+        ("accuracy", "f1") if (num_labels or 2) == 2 else ("accuracy",),
+    )
+
+
+def _read_splits(spec: DatasetSpec, task, files: dict, data_dir, splits) -> dict[str, dict | None]:
+    """The raw columns of each split: from the data files, else the local GLUE folder, else the hub."""
+    raw: dict[str, dict | None] = {"train": None, "dev": None}
+    root = data_dir_from_env(data_dir)
+    if any(files.values()):
+        for split in splits:
+            if files[split]:
+                raw[split] = _read_any(files[split])
+            elif split == "dev" and "train" not in splits:
+                raise DataError("--validation-file is needed for evaluation")
+    elif root is not None:
+        folder = root / task if (root / task).is_dir() else root
+        for split in splits:
+            raw[split] = read_tsv(folder / (spec.train_file if split == "train" else spec.dev_file))
+    else:
+        raw["train"], raw["dev"] = _from_hub(spec)
+    return raw
+
+
+def _tokenized(spec: DatasetSpec, split: str, cols: dict, labels, limit, length: int, tokenizer, template):
+    """The first `limit` rows of one split as a tokenized datasets.Dataset with a `labels` column."""
+    import datasets
+
+    n = len(labels) if not limit else min(limit, len(labels))
+    if n == 0:
+        raise DataError(f"the {split} data is empty")
+    data = {"text": [str(t) for t in cols[spec.text_column][:n]], "labels": labels[:n]}
+    if spec.text_pair_column:
+        data["text_pair"] = [str(t) for t in cols[spec.text_pair_column][:n]]
+    if template is not None:  # prompt mode (SMP label words): one text holding the mask token
+        pairs = data.pop("text_pair", [None] * n)
+        data["text"] = [
+            template.format(text=a, text_pair=b, mask=tokenizer.mask_token) for a, b in zip(data["text"], pairs)
+        ]
+    ds = datasets.Dataset.from_dict(data)
+
+    def tok(batch):
+        args = (batch["text"], batch["text_pair"]) if "text_pair" in batch else (batch["text"],)
+        return tokenizer(*args, truncation=True, max_length=length)
+
+    return ds.map(
+        tok,
+        batched=True,
+        remove_columns=[c for c in ds.column_names if c != "labels"],
+        desc=f"tokenizing {spec.name} {split}",
+    )
 
 
 def compute_metrics(spec: DatasetSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -1,26 +1,21 @@
-"""`compress prune` and `compress finetune`: load, (mask,) train, bake, evaluate, save."""
+"""`compress prune` and `compress finetune`: check, load, (mask,) train, bake, evaluate, save.
+
+prune runs the same named steps for every method; what differs per method is data on its Method and
+its `prepare` hook (compress.pruning.prepare). The random draws happen in one fixed order: the seed is
+set after the data is loaded, then the student is built (its fresh head), then the teacher, then the
+method's preparation (Hybrid Filled's re-initialisation, retrain-free's sampling), then training.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import replace
 
 import torch
 
 from compress.core.artifacts import check_output_dir, read_compression_json
 from compress.core.config import DataConfig, PruneConfig, TrainConfig
 from compress.core.errors import ArtifactError, InvalidConfigError
-from compress.core.sparsity import fold_dead_structure, sparsity_report
-from compress.core.structure import geometry, layer_linears
-from compress.pruning.label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
-from compress.pruning.masks import bake
-from compress.pruning.methods import get_method
-from compress.pruning.pruner import Pruner
-from compress.training.checkpoint import save_model_dir
-from compress.training.data import TaskData, compute_metrics, label_names_of, load_task_data
-from compress.training.loop import checkpoint_dir, predict, train
-from compress.training.models import (
+from compress.core.models import (
     check_max_length,
     check_teacher,
     load_classifier,
@@ -28,109 +23,21 @@ from compress.training.models import (
     load_tokenizer,
     resolve_model,
 )
+from compress.core.sparsity import fold_dead_structure, sparsity_report
+from compress.pruning.label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
+from compress.pruning.masks import bake
+from compress.pruning.methods import Method, get_method
+from compress.pruning.prepare import PruneRun
+from compress.pruning.pruner import Pruner
+from compress.training.checkpoint import save_model_dir
+from compress.training.data import TaskData, compute_metrics, label_names_of, load_task_data
+from compress.training.loop import checkpoint_dir, predict, train
 
-SMP_NOTE = (
-    "Static Model Pruning here trains the mask scores plus a fresh classifier head only; the encoder "
-    "weights are the unchanged pre-trained ones (the authors' head-free mode reads label words from an "
-    "MLM head, which this model does not have)."
-)
-
-
-def _load_data(
-    data: DataConfig,
-    tokenizer,
-    t: TrainConfig,
-    splits=("train", "dev"),
-    template: str | None = None,
-    label_names: list[str] | None = None,
-) -> TaskData:
-    return load_task_data(
-        data.task,
-        tokenizer,
-        **data.source(),
-        max_length=t.max_length,
-        eval_max_length=t.eval_max_length,
-        max_train_samples=t.max_train_samples,
-        max_eval_samples=t.max_eval_samples,
-        splits=splits,
-        template=template,
-        label_names=label_names,
-    )
+# What training reports when a method trains nothing (retrain-free without --fill-steps).
+NO_TRAINING = {"steps": 0, "train_loss": None, "train_seconds": 0.0, "seconds_per_step": 0.0, "is_main_process": True}
 
 
-def _save_label_names(model, td: TaskData) -> None:
-    """String labels learned from the training file become the model's id2label/label2id (config.json,
-    copied into the ONNX folder), so every later file is mapped the same way."""
-    config = getattr(getattr(model, "mlm", model), "config", None)
-    if td.label_names and config is not None:
-        config.id2label = dict(enumerate(td.label_names))
-        config.label2id = {n: i for i, n in enumerate(td.label_names)}
-
-
-def _check_lengths(t: TrainConfig, config, where) -> None:
-    check_max_length(t.max_length, config, where)
-    check_max_length(t.eval_max_length, config, where)
-
-
-def _evaluate(model, td: TaskData, tokenizer, t: TrainConfig) -> dict:
-    dev = td.dev
-    labels = dev["labels"]
-    logits = predict(model, dev, tokenizer, batch_size=t.eval_batch_size, progress=t.progress)
-    return {k: round(v, 6) for k, v in compute_metrics(td.spec, logits, labels).items()}
-
-
-def _sample_batch(td: TaskData, tokenizer, model) -> dict:
-    import inspect
-
-    takes = set(inspect.signature(model.forward).parameters)
-    rows = td.dev.select(range(min(4, len(td.dev))))
-    feats = [
-        {k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r and k in takes} for r in rows
-    ]
-    return dict(tokenizer.pad(feats, return_tensors="pt"))
-
-
-@torch.no_grad()
-def _fill_heads(model, kept: list[dict], seed: int) -> None:
-    """Hybrid Filled: re-initialise the zeroed weights inside surviving heads / FFN dims uniformly at
-    random, with the standard deviation of the model's initialiser (U(-a, a), a = std * sqrt(3))."""
-    geo = geometry(model.config)
-    d = geo.head_size
-    a = getattr(model.config, "initializer_range", 0.02) * math.sqrt(3)
-    g = torch.Generator().manual_seed(seed)
-
-    def fill(w):
-        zero = w == 0
-        w[zero] = (torch.rand(int(zero.sum()), generator=g) * 2 - 1) * a
-
-    for lin, k in zip(layer_linears(model), kept):
-        for h in k["heads_kept"]:
-            sl = slice(h * d, (h + 1) * d)
-            for role in ("query", "key", "value"):
-                fill(lin[role].weight[sl])
-            fill(lin["attn_out"].weight[:, sl])
-        idx = torch.tensor(k["ffn_dims_kept"], dtype=torch.long)
-        if len(idx):
-            w1 = lin["ffn_in"].weight[idx]
-            fill(w1)
-            lin["ffn_in"].weight[idx] = w1
-            w2 = lin["ffn_out"].weight[:, idx]
-            fill(w2)
-            lin["ffn_out"].weight[:, idx] = w2
-
-
-def _fixed_struct_masks(model, kept: list[dict]) -> dict[str, torch.Tensor]:
-    geo = geometry(model.config)
-    out = {}
-    for i, k in enumerate(kept):
-        h = torch.zeros(geo.num_heads)
-        h[k["heads_kept"]] = 1
-        f = torch.zeros(geo.intermediate_size)
-        f[k["ffn_dims_kept"]] = 1
-        out[f"layer.{i}.heads"], out[f"layer.{i}.ffn_dim"] = h, f
-    return out
-
-
+# ------------------------------------------------------------------ prune
 def prune(
     cfg: PruneConfig,
     data: DataConfig,
@@ -140,13 +47,23 @@ def prune(
     callbacks: list | None = None,
 ) -> dict:
     """Run one pruning method end to end, writing the checkpoint to `output`; returns the compression.json content."""
+    method = _check_inputs(cfg, data, model_name, output)
+    run = _load(cfg, method, data, model_name, output)
+    method.prepare(run)
+    pruner, stats = _train(run, output, callbacks)
+    info = _finish(run, pruner, stats, output)
+    _save(run.student, run.tokenizer, run.data, info, stats, run.train, output, reload=_reloader(info))
+    return info
+
+
+def _check_inputs(cfg: PruneConfig, data: DataConfig, model_name: str | None, output) -> Method:
+    """The config, the output folder and the flags the method takes, before anything is loaded."""
     cfg.validate()
     method = get_method(cfg.method)
-    t = cfg.train
-    if not t.resume:
+    if not cfg.train.resume:
         check_output_dir(
             output,
-            t.overwrite,
+            cfg.train.overwrite,
             inputs=(model_name, cfg.source, cfg.distill.teacher, data.train_file, data.validation_file),
         )
     if method.needs_source and not cfg.source:
@@ -157,18 +74,24 @@ def prune(
         raise InvalidConfigError(f"--method {method.name} sets sparsity through --lambda, not --sparsity")
     if method.binarizer.top_k and not method.regularised and cfg.lambda_reg is not None:
         raise InvalidConfigError(f"--method {method.name} is a top-k method: use --sparsity, not --lambda")
-
-    if method.select is None and cfg.fill_steps:
+    if not method.needs_budget and cfg.fill_steps:
         raise InvalidConfigError(
             "--fill-steps follows --method retrain-free; for other methods use --method hybrid-filled --source DIR"
         )
+    if cfg.label_words and method.train_weights:
+        raise InvalidConfigError("--label-words is SMP's head-free mode: use it with --method smp-l or smp-s")
+    return method
 
+
+def _load(cfg: PruneConfig, method: Method, data: DataConfig, model_name: str | None, output) -> PruneRun:
+    """Config files and the speed plan first (cheap, so bad input fails before any data work), then the
+    tokenizer and data, then the seeded models."""
+    t = cfg.train
     source_info = None
     if method.needs_source:
         source_info = read_compression_json(cfg.source)
         model_name = cfg.source
     model_name = resolve_model(model_name)
-    # Cheap checks first (config files, flags), so bad input fails before any data work.
     config = load_config(model_name)
     _check_lengths(t, config, model_name)
     if cfg.distill.teacher:
@@ -176,154 +99,144 @@ def prune(
     if t.resume:
         _require_checkpoint(output)
     # A speed target: check it and get the latency table (cached, or measured now) before any data work.
-    from compress.speed.budgeted import plan_for
+    from compress.speed.plan import plan_for
 
     # retrain-free and smp-struct keep whole heads and FFN dims exactly like struct: same tables and solver.
     speed_plan = plan_for(cfg, model_name, method.budget_as or method.name, progress=t.progress)
-    if method.select is not None and speed_plan is None:
+    if method.needs_budget and speed_plan is None:
         raise InvalidConfigError(
             f"--method {method.name} needs a budget: --target-speedup X, --target-latency-ms MS or "
             "--target-flops FRACTION (e.g. 0.5)"
         )
     tokenizer = load_tokenizer(model_name, config)
-    template = None
-    if cfg.label_words:
-        if method.train_weights:
-            raise InvalidConfigError("--label-words is SMP's head-free mode: use it with --method smp-l or smp-s")
-        if tokenizer.mask_token is None:
-            raise InvalidConfigError(
-                f"{model_name}'s tokenizer has no mask token; --label-words needs an MLM tokenizer"
-            )
-        template = DEFAULT_TEMPLATES[_is_pair(data)]
+    template = _label_word_template(cfg, data, tokenizer, model_name)
     td = _load_data(data, tokenizer, t, template=template, label_names=label_names_of(config))
     torch.manual_seed(t.seed)
-    if cfg.label_words:
-        if len(cfg.label_words) != td.num_labels:
-            raise InvalidConfigError(
-                f"--label-words gives {len(cfg.label_words)} words for a task with {td.num_labels} labels"
-            )
-        student = LabelWordClassifier(
-            load_mlm(model_name), label_word_ids(tokenizer, cfg.label_words), tokenizer.mask_token_id
+    student = _student(cfg, model_name, tokenizer, td)
+    teacher = _teacher(cfg, student, tokenizer, config, td)
+    return PruneRun(cfg, method, model_name, t, tokenizer, td, student, teacher, speed_plan, source_info, template)
+
+
+def _label_word_template(cfg: PruneConfig, data: DataConfig, tokenizer, model_name: str) -> str | None:
+    """Head-free SMP reads its label words at the mask of a prompt; None without --label-words."""
+    if not cfg.label_words:
+        return None
+    if tokenizer.mask_token is None:
+        raise InvalidConfigError(f"{model_name}'s tokenizer has no mask token; --label-words needs an MLM tokenizer")
+    return DEFAULT_TEMPLATES[_is_pair(data)]
+
+
+def _student(cfg: PruneConfig, model_name: str, tokenizer, td: TaskData):
+    """The model to prune: a classifier with a fresh head, or (--label-words) the MLM wrapped to read label words."""
+    if not cfg.label_words:
+        return load_classifier(model_name, td.num_labels)
+    if len(cfg.label_words) != td.num_labels:
+        raise InvalidConfigError(
+            f"--label-words gives {len(cfg.label_words)} words for a task with {td.num_labels} labels"
         )
-    else:
-        student = load_classifier(model_name, td.num_labels)
-    teacher = None
-    if cfg.distill.teacher:
-        teacher_name = resolve_model(cfg.distill.teacher)
-        teacher = load_classifier(teacher_name)
-        try:
-            teacher_tokenizer = load_tokenizer(teacher_name)
-        except ArtifactError:
-            teacher_tokenizer = None  # no tokenizer saved with the teacher: only its size can be compared
-        check_teacher(student, teacher, tokenizer, teacher_tokenizer)
-        mine, theirs = label_names_of(config) or td.label_names, label_names_of(teacher.config)
-        if mine and theirs and mine != theirs:
-            # Logit k of the teacher must mean label k of the student, or distillation teaches the opposite.
-            raise InvalidConfigError(
-                f"the teacher's labels are {', '.join(theirs)} but the student's are {', '.join(mine)}; "
-                "use a teacher trained with the same label names"
-            )
+    return LabelWordClassifier(
+        load_mlm(model_name), label_word_ids(tokenizer, cfg.label_words), tokenizer.mask_token_id
+    )
 
-    fixed = None
-    selection = None
-    if method.select is not None:
-        if cfg.fill_steps and teacher is None:
-            import copy
 
-            teacher = copy.deepcopy(student).eval()  # the fill distils from the dense model it started from
-        selection = method.select(student, td.train, tokenizer, speed_plan.table, speed_plan.budget, cfg)
-        fixed = _fixed_struct_masks(student, sparsity_report(student)["layers"])
-        t = replace(t, max_steps=cfg.fill_steps)
-    if method.needs_source:
-        kept = source_info["layers"] if source_info else sparsity_report(student)["layers"]
-        fixed = _fixed_struct_masks(student, kept)
-        _fill_heads(student, kept, t.seed)
-    if cfg.label_words:
-        for p in student.parameters():  # head-free: only the mask scores learn
-            p.requires_grad_(False)
-    elif not method.train_weights:
-        # SMP: the pre-trained encoder (embeddings included) stays frozen; only the head trains.
-        for p in student.base_model.parameters():
-            p.requires_grad_(False)
-        pooler = getattr(student.base_model, "pooler", None)
-        for p in pooler.parameters() if pooler is not None else []:
-            p.requires_grad_(True)
+def _teacher(cfg: PruneConfig, student, tokenizer, config, td: TaskData):
+    """The distillation teacher (None without one), checked against the student's vocabulary and labels."""
+    if not cfg.distill.teacher:
+        return None
+    teacher_name = resolve_model(cfg.distill.teacher)
+    teacher = load_classifier(teacher_name)
+    try:
+        teacher_tokenizer = load_tokenizer(teacher_name)
+    except ArtifactError:
+        teacher_tokenizer = None  # no tokenizer saved with the teacher: only its size can be compared
+    check_teacher(student, teacher, tokenizer, teacher_tokenizer)
+    mine, theirs = label_names_of(config) or td.label_names, label_names_of(teacher.config)
+    if mine and theirs and mine != theirs:
+        # Logit k of the teacher must mean label k of the student, or distillation teaches the opposite.
+        raise InvalidConfigError(
+            f"the teacher's labels are {', '.join(theirs)} but the student's are {', '.join(mine)}; "
+            "use a teacher trained with the same label names"
+        )
+    return teacher
+
+
+def _train(run: PruneRun, output, callbacks) -> tuple[Pruner, dict]:
+    """Masks over the student (steered by the speed budget, if any) and the training loop."""
+    cfg, method = run.cfg, run.method
     budget = None
-    if speed_plan is not None and not method.select:  # retrain-free chose its structure already: held fixed
-        from compress.speed.budgeted import budget_for
+    if run.speed_plan is not None and run.budget_during_training:
+        from compress.speed.plan import budget_for
 
-        budget = budget_for(student, method.budget_as or method.name, speed_plan, cfg.ffn_block, cfg.budget_importance)
-    pruner = Pruner(student, method, cfg, fixed_masks=fixed, budget=budget)
-    score_lr = cfg.score_lr or method.score_lr
-    if not method.train_weights and not cfg.label_words:
-        # Only the fresh head trains with the frozen encoder; at a fine-tuning lr it stays near its random
-        # init for a whole short run (SMP-S at 50% stayed at the majority class with lr 3e-5).
-        t = replace(t, lr=cfg.head_lr)
-    if method.select is not None and not cfg.fill_steps:
-        stats = {"steps": 0, "train_loss": None, "train_seconds": 0.0, "seconds_per_step": 0.0, "is_main_process": True}
-    else:
-        stats = train(
-            student,
-            tokenizer,
-            td.train,
-            t,
-            output,
-            pruner=pruner,
-            teacher=teacher,
-            distill=cfg.distill,
-            score_lr=score_lr,
-            callbacks=callbacks,
+        budget = budget_for(
+            run.student, method.budget_as or method.name, run.speed_plan, cfg.ffn_block, cfg.budget_importance
         )
+    pruner = Pruner(run.student, method, cfg, fixed_masks=run.fixed_masks, budget=budget)
+    if not run.trains:
+        return pruner, dict(NO_TRAINING)
+    stats = train(
+        run.student,
+        run.tokenizer,
+        run.data.train,
+        run.train,
+        output,
+        pruner=pruner,
+        teacher=run.teacher,
+        distill=cfg.distill,
+        score_lr=_score_lr(run),
+        callbacks=callbacks,
+    )
+    return pruner, stats
 
+
+def _score_lr(run: PruneRun) -> float:
+    return run.cfg.score_lr or run.method.score_lr
+
+
+def _finish(run: PruneRun, pruner: Pruner, stats: dict, output) -> dict:
+    """Bake the final masks into the weights, evaluate, and build the compression.json record."""
+    cfg, method, student = run.cfg, run.method, run.student
     pruner.finalize()
     bake(student)
     fold_dead_structure(student)
     student.eval()
-    metrics = _evaluate(student, td, tokenizer, t)
+    metrics = _evaluate(student, run.data, run.tokenizer, run.train)
     rep = sparsity_report(student)
     info = {
         "method": method.name,
         # hybrid-filled: the model it all started from, not the intermediate hybrid result
-        "base_model": (source_info or {}).get("base_model", model_name),
+        "base_model": (run.source_info or {}).get("base_model", run.model_name),
         "teacher": cfg.distill.teacher,
-        "task": td.spec.name,
+        "task": run.data.spec.name,
         "recipe": {
             "binarizer": method.binarizer.value,
             "train_weights": method.train_weights,
-            "score_lr": score_lr,
+            "score_lr": _score_lr(run),
             "sparsity_target": pruner.sparsity if method.targets_sparsity else None,
             "lambda_final": pruner.lam_final if method.regularised else None,
             **_recorded(cfg, output),
         },
         **rep,
         "metrics": metrics,
-        "training": {k: v for k, v in stats.items() if k != "is_main_process"},
+        "training": _training_record(stats),
+        **run.record,
     }
-    if selection is not None:
-        info["retrain_free"] = selection
-    if cfg.label_words:
-        info.update(head="mlm-label-words", label_words=list(cfg.label_words), template=template)
-    elif not method.train_weights:
-        info["smp_note"] = SMP_NOTE
-    _save_label_names(student, td)
-    if speed_plan is not None:
-        from compress.speed.budgeted import measure_speedup, speed_info
+    _save_label_names(student, run.data)
+    if run.speed_plan is not None:
+        from compress.speed.plan import measure_speedup, speed_info
 
-        info["speed"] = speed_info(speed_plan, rep["layers"])
-        if speed_plan.deploy is not None and cfg.measure_speed and stats["is_main_process"]:
-            info["speed"]["measured"] = measure_speedup(student, rep["layers"], speed_plan.deploy)
-    if stats["is_main_process"]:  # under DDP only rank 0 writes
-        save_model_dir(
-            student,
-            tokenizer,
-            output,
-            info,
-            overwrite=t.overwrite or t.resume,
-            sample=_sample_batch(td, tokenizer, student),
-            reload=_reloader(info),
-        )
-        _cleanup_checkpoints(output)
+        info["speed"] = speed_info(run.speed_plan, rep["layers"])
+        if run.speed_plan.deploy is not None and cfg.measure_speed and stats["is_main_process"]:
+            info["speed"]["measured"] = measure_speedup(student, rep["layers"], run.speed_plan.deploy)
     return info
+
+
+def _recorded(cfg: PruneConfig, output) -> dict:
+    """The config as recorded in compression.json: a --source beside the output is written relative to
+    the output folder, so the record stays true after the folder (or its parent) is moved or renamed."""
+    d = cfg.to_dict()
+    if cfg.source:
+        d["source"] = os.path.relpath(os.path.abspath(cfg.source), os.path.abspath(output))
+    return d
 
 
 def _is_pair(data: DataConfig) -> bool:
@@ -348,6 +261,7 @@ def _reloader(info: dict):
     return load
 
 
+# ------------------------------------------------------------------ finetune
 def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing, written to `output`."""
     t.validate()
@@ -372,28 +286,85 @@ def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *,
         "recipe": {"train": vars(t)},
         **sparsity_report(model),
         "metrics": metrics,
-        "training": {k: v for k, v in stats.items() if k != "is_main_process"},
+        "training": _training_record(stats),
     }
-    if stats["is_main_process"]:
-        save_model_dir(
-            model,
-            tokenizer,
-            output,
-            info,
-            overwrite=t.overwrite or t.resume,
-            sample=_sample_batch(td, tokenizer, model),
-        )
-        _cleanup_checkpoints(output)
+    _save(model, tokenizer, td, info, stats, t, output)
     return info
 
 
-def _recorded(cfg: PruneConfig, output) -> dict:
-    """The config as recorded in compression.json: a --source beside the output is written relative to
-    the output folder, so the record stays true after the folder (or its parent) is moved or renamed."""
-    d = cfg.to_dict()
-    if cfg.source:
-        d["source"] = os.path.relpath(os.path.abspath(cfg.source), os.path.abspath(output))
-    return d
+# ------------------------------------------------------------------ shared steps
+def _load_data(
+    data: DataConfig,
+    tokenizer,
+    t: TrainConfig,
+    splits=("train", "dev"),
+    template: str | None = None,
+    label_names: list[str] | None = None,
+) -> TaskData:
+    return load_task_data(
+        data.task,
+        tokenizer,
+        **data.source(),
+        max_length=t.max_length,
+        eval_max_length=t.eval_max_length,
+        max_train_samples=t.max_train_samples,
+        max_eval_samples=t.max_eval_samples,
+        splits=splits,
+        template=template,
+        label_names=label_names,
+    )
+
+
+def _check_lengths(t: TrainConfig, config, where) -> None:
+    check_max_length(t.max_length, config, where)
+    check_max_length(t.eval_max_length, config, where)
+
+
+def _evaluate(model, td: TaskData, tokenizer, t: TrainConfig) -> dict:
+    dev = td.dev
+    labels = dev["labels"]
+    logits = predict(model, dev, tokenizer, batch_size=t.eval_batch_size, progress=t.progress)
+    return {k: round(v, 6) for k, v in compute_metrics(td.spec, logits, labels).items()}
+
+
+def _training_record(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k != "is_main_process"}
+
+
+def _save_label_names(model, td: TaskData) -> None:
+    """String labels learned from the training file become the model's id2label/label2id (config.json,
+    copied into the ONNX folder), so every later file is mapped the same way."""
+    config = getattr(getattr(model, "mlm", model), "config", None)
+    if td.label_names and config is not None:
+        config.id2label = dict(enumerate(td.label_names))
+        config.label2id = {n: i for i, n in enumerate(td.label_names)}
+
+
+def _save(model, tokenizer, td: TaskData, info: dict, stats: dict, t: TrainConfig, output, reload=None) -> None:
+    """Write the checkpoint (under DDP only rank 0 writes) and drop the periodic training checkpoints."""
+    if not stats["is_main_process"]:
+        return
+    save_model_dir(
+        model,
+        tokenizer,
+        output,
+        info,
+        overwrite=t.overwrite or t.resume,
+        sample=_sample_batch(td, tokenizer, model),
+        reload=reload,
+    )
+    _cleanup_checkpoints(output)
+
+
+def _sample_batch(td: TaskData, tokenizer, model) -> dict:
+    import inspect
+
+    takes = set(inspect.signature(model.forward).parameters)
+    rows = td.dev.select(range(min(4, len(td.dev))))
+    feats = [
+        {k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r and k in takes} for r in rows
+    ]
+    return dict(tokenizer.pad(feats, return_tensors="pt"))
 
 
 def _require_checkpoint(output) -> None:
@@ -410,6 +381,7 @@ def _cleanup_checkpoints(output) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ evaluate
 def evaluate_checkpoint(
     path: str,
     data: DataConfig,

@@ -198,7 +198,7 @@ def train(
     callbacks: list | None = None,
 ) -> dict:
     """Run the Trainer; returns {'seconds_per_step', 'steps', 'train_loss'}."""
-    from transformers import DataCollatorWithPadding, TrainingArguments
+    from transformers import DataCollatorWithPadding
     from transformers.trainer_utils import get_last_checkpoint
 
     PruneTrainer, ScheduleCallback = _trainer_classes()
@@ -217,30 +217,7 @@ def train(
         if "teacher_logits" not in train_dataset.column_names and len(train_dataset) <= 1.5 * planned * cfg.batch_size:
             train_dataset = add_teacher_logits(teacher, train_dataset, tokenizer, progress=cfg.progress)
     wrapper = StudentWithLoss(student, pruner, teacher, distill or DistillConfig())
-    args = TrainingArguments(
-        output_dir=str(ckpt),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
-        lr_scheduler_type="linear",
-        max_grad_norm=1.0,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        disable_tqdm=not cfg.progress,
-        remove_unused_columns=True,
-        label_names=["labels"],
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
-    )
+    args = _training_arguments(cfg, ckpt)
     if teacher is not None:
         teacher.to(args.device)
     callbacks = ([ScheduleCallback(pruner, cfg.warmup_ratio)] if pruner is not None else []) + list(callbacks or [])
@@ -268,6 +245,36 @@ def train(
         "seconds_per_step": runtime / max(run_steps, 1),
         "is_main_process": trainer.is_world_process_zero(),
     }
+
+
+def _training_arguments(cfg: TrainConfig, ckpt: Path):
+    """The Trainer's arguments for a TrainConfig; periodic checkpoints go to `ckpt`."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(ckpt),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        disable_tqdm=not cfg.progress,
+        remove_unused_columns=True,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+    )
 
 
 @torch.no_grad()

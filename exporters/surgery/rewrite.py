@@ -26,23 +26,12 @@ import onnx
 
 from compress.core.errors import GraphPatternError
 from compress.core.record import LayerKeep
-from exporters.graph import Graph
-from exporters.surgery.match import (
-    SKIP_LN,
-    AttentionBlock,
-    FfnBlock,
-    Layer,
-    Projection,
-    apply_fake_quant,
-    fake_quant_chain,
-    find_layers,
-    node_attr,
-    node_desc,
-    projection_weight,
-    split_sizes,
-)
+from exporters.graph import Graph, node_attr, node_desc
+from exporters.sessions import run
+from exporters.surgery.blocks import SKIP_LN, AttentionBlock, FfnBlock, Layer, Projection, projection_weight
+from exporters.surgery.layers import find_layers, split_sizes
+from exporters.surgery.quantized import apply_fake_quant, fake_quant_chain
 from exporters.surgery.validate import finalize
-from exporters.toolbox import run
 
 # ---------------------------------------------------------------------- dead by input, bias folded
 QUANTIZED = {

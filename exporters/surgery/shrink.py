@@ -4,7 +4,7 @@ Why in ONNX and not only in PyTorch: a masked checkpoint exports dense-shaped ma
 Runtime gains nothing from zeros. Cutting the graph keeps the export path standard (any exporter,
 any HF version) while the shapes ORT sees get genuinely smaller.
 
-shrink() runs the passes: match (exporters.surgery.match) -> check the kept structure against the
+shrink() runs the passes: match (exporters.surgery.layers) -> check the kept structure against the
 graph (validate), or read it from zero weights and fold the bias contribution of input-side-dead
 structure (rewrite.fold_input_dead) -> remove heads, remove FFN dims (rewrite) -> commit, drop dead
 nodes, check the graph -> compare outputs with the source. Fusion is the caller's step
@@ -24,10 +24,11 @@ import onnx
 from compress.core.errors import ArtifactError, InvalidConfigError
 from compress.core.record import LayerKeep, as_layer_keeps
 from exporters.graph import Graph, op_counts, param_count
-from exporters.surgery.match import describe_layer, detect_kept, find_layers, fused_op_counts
+from exporters.sessions import assert_close
+from exporters.surgery.layers import detect_kept, find_layers
+from exporters.surgery.report import describe_layer, fused_op_counts
 from exporters.surgery.rewrite import fold_input_dead, layer_params, remove_ffn_dims, remove_heads
 from exporters.surgery.validate import check_kept, finalize
-from exporters.toolbox import assert_close
 
 
 def shrink(
@@ -127,7 +128,7 @@ def shrink_file(
     optimize: a callable (model, sample_inputs, atol) -> (model, report) run on the shrunk graph
     before it is written, e.g. exporters.optimize.optimize; the caller picks it, shrink does not fuse."""
     from compress.core.artifacts import atomic_file
-    from exporters.toolbox import load_tokenizer, sample_inputs, vocab_size
+    from exporters.inputs import load_tokenizer, sample_inputs, vocab_size
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():

@@ -1,5 +1,5 @@
 """Validation of surgery: the kept structure must belong to the graph, and the rewritten graph must
-pass onnx.checker (numerical equality with the source is exporters.toolbox.assert_close)."""
+pass onnx.checker (numerical equality with the source is exporters.sessions.assert_close)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import onnx
 from compress.core.errors import ArtifactError, ValidationError
 from compress.core.record import LayerKeep
 from exporters.graph import Graph
-from exporters.surgery.match import Layer, detect_kept
+from exporters.surgery.blocks import Layer
+from exporters.surgery.layers import detect_kept
 
 
 def check_kept(g: Graph, layers: list[Layer], kept: list[LayerKeep]) -> None:

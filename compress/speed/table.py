@@ -1,0 +1,361 @@
+"""Latency model of the deployment target: a per-layer lookup table measured with ONNX Runtime on the
+deploy graphs of compress.speed.deploy_graph, and its cache.
+
+Model (additive per layer; every layer of an encoder has the same geometry, so one row serves all):
+    latency(structure) = fixed + sum_l attn[h_l] + ffn[f_l]
+Measured at real depth L with every layer shrunk alike, so each difference is L times the per-layer
+cost (better signal on a noisy machine than one layer alone):
+    fixed   = T(0 heads, 0 dims)                     embeddings, LayerNorms, pooler, classifier
+    attn[h] = (T(h, 0) - T(0, 0)) / L                h = 0..H, every head count
+    ffn[f]  = (T(0, f) - T(0, 0)) / L                f on a grid (finer near 0), linear in between
+Both curves are made non-decreasing (running maximum): removing structure never costs time, and a
+noisy dip would otherwise mislead the budget solver. Every T is timed by time_graphs, in the same
+rounds as the dense graph.
+Tables are cached per (device, execution provider, ORT version, threads, batch x seq, precision, model
+geometry) in $COMPRESS_CACHE_DIR/latency or ~/.cache/compress/latency, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.artifacts import atomic_file
+from compress.core.errors import ArtifactError, InvalidConfigError
+from compress.speed.deploy_graph import DeployConfig, DeployGraphs, bench_config, time_graphs
+
+# Raised whenever the way tables are timed changes, so that a cached table timed otherwise is rebuilt.
+TABLE_FORMAT = 3
+
+
+def ffn_grid(intermediate: int, step: int = 64) -> list[int]:
+    """0, 16, 32, then every `step` dims, and the full width."""
+    pts = {0, intermediate, *(p for p in (16, 32) if p < min(step, intermediate)), *range(step, intermediate, step)}
+    return sorted(p for p in pts if p <= intermediate)
+
+
+@dataclass
+class LatencyTable:
+    """Per-layer cost of attention with h kept heads and FFN with f kept dims, plus the fixed part.
+
+    `unit` is "ms" for measured tables and "MFLOP" for flops_table(); the methods are named after
+    milliseconds because that is what they mean for a measured table."""
+
+    key: dict
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    fixed_ms: float
+    attn_ms: list[float]  # index h = kept heads, attn_ms[0] == 0
+    ffn_grid: list[int]  # kept FFN dims at which ffn_ms was measured, from 0 to intermediate_size
+    ffn_ms: list[float]  # ffn_ms[0] == 0
+    dense_ms: float  # the dense deploy graph at this precision, measured in the same rounds
+    unit: str = "ms"
+    # The speedup baseline: the dense fp32 deploy graph on the same EP and shape, timed in the same rounds.
+    # Speedups are against the model as the user has it, so "3x, int8 deploy" means 3x faster than dense
+    # fp32, the convention of the README's tables; 0 means "same as dense_ms" (fp32 and FLOPs tables).
+    baseline_ms: float = 0.0
+    measurements: dict = field(default_factory=dict)  # raw medians per graph, load, timings
+
+    def __post_init__(self):
+        if not self.baseline_ms:
+            self.baseline_ms = self.dense_ms
+        if len(self.attn_ms) != self.num_heads + 1:
+            raise ArtifactError(
+                f"latency table has {len(self.attn_ms)} attention entries for {self.num_heads} heads; rebuild it"
+            )
+        if (
+            len(self.ffn_grid) != len(self.ffn_ms)
+            or self.ffn_grid[0] != 0
+            or self.ffn_grid[-1] != self.intermediate_size
+        ):
+            raise ArtifactError("latency table FFN grid must run from 0 to the FFN width; rebuild it")
+
+    # ------------------------------------------------------------------ lookups
+    def attn_cost(self, heads: int) -> float:
+        if not 0 <= heads <= self.num_heads:
+            raise InvalidConfigError(f"{heads} heads is outside 0..{self.num_heads}")
+        return self.attn_ms[heads]
+
+    def ffn_cost(self, dims: float) -> float:
+        if not 0 <= dims <= self.intermediate_size:
+            raise InvalidConfigError(f"{dims} FFN dims is outside 0..{self.intermediate_size}")
+        return float(np.interp(dims, self.ffn_grid, self.ffn_ms))
+
+    def ffn_costs(self) -> np.ndarray:
+        """Cost of every FFN width 0..intermediate_size (vectorised interpolation)."""
+        return np.interp(np.arange(self.intermediate_size + 1), self.ffn_grid, self.ffn_ms)
+
+    def layer_ms(self, heads: int, ffn_dims: float) -> float:
+        return self.attn_cost(heads) + self.ffn_cost(ffn_dims)
+
+    def predict_ms(self, heads_per_layer: list[int], ffn_per_layer: list[int]) -> float:
+        if len(heads_per_layer) != self.num_layers or len(ffn_per_layer) != self.num_layers:
+            raise InvalidConfigError(
+                f"a structure for {len(heads_per_layer)}/{len(ffn_per_layer)} layers does not fit "
+                f"a table of {self.num_layers} layers"
+            )
+        return self.fixed_ms + sum(self.layer_ms(h, f) for h, f in zip(heads_per_layer, ffn_per_layer))
+
+    def predict_kept(self, kept) -> float:
+        """predict_ms for a kept structure: LayerKeeps or compression.json's `layers` entries."""
+        from compress.core.record import as_layer_keeps
+
+        kept = as_layer_keeps(kept)
+        return self.predict_ms([len(k.heads) for k in kept], [len(k.ffn_dims) for k in kept])
+
+    @property
+    def predicted_dense_ms(self) -> float:
+        return self.predict_ms([self.num_heads] * self.num_layers, [self.intermediate_size] * self.num_layers)
+
+    @property
+    def floor_ms(self) -> float:
+        """The least any structure can cost: every head and FFN dim gone."""
+        return self.fixed_ms
+
+    def speedup(self, heads_per_layer: list[int], ffn_per_layer: list[int]) -> float:
+        """Predicted speedup over the dense fp32 baseline."""
+        return self.baseline_ms / self.predict_ms(heads_per_layer, ffn_per_layer)
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        return {"format": TABLE_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatencyTable":
+        data = dict(data)
+        if data.pop("format", None) != TABLE_FORMAT:
+            raise ArtifactError(
+                f"latency table format {data.get('format')!r} is not {TABLE_FORMAT}; rebuild it "
+                "(`compress latency-table MODEL --rebuild`)"
+            )
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ArtifactError(f"latency table is malformed ({e}); rebuild it") from e
+
+    def save(self, path: str | os.PathLike) -> Path:
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"cannot read latency table {path} ({e}); delete it to rebuild") from e
+
+    def summary(self) -> dict:
+        return {
+            "unit": self.unit,
+            "dense": round(self.dense_ms, 3),
+            "baseline_fp32": round(self.baseline_ms, 3),
+            "predicted_dense": round(self.predicted_dense_ms, 3),
+            "fixed": round(self.fixed_ms, 3),
+            "key": self.key,
+        }
+
+
+def _monotone(values) -> list[float]:
+    """Running maximum from a 0 start: noise must not make removing structure look slower-free."""
+    out, m = [], 0.0
+    for v in values:
+        m = max(m, float(v))
+        out.append(m)
+    return out
+
+
+def flops_table(geo, batch: int = 1, seq: int = 128, model_key: dict | None = None) -> LatencyTable:
+    """The hardware-free table (MFLOP of one batch): encoder-layer FLOPs only, as
+    compress.core.sparsity.flops_per_token counts them (Q/K/V/O and attention products per head, W1/W2 per FFN dim);
+    embeddings, LayerNorms and the classifier count 0. Use with --target-flops (a fraction of dense)."""
+    tokens = batch * seq
+    h, d = geo.hidden_size, geo.head_size
+    per_head = 2 * tokens * (4 * h * d + 2 * seq * d) / 1e6
+    per_dim = 2 * tokens * 2 * h / 1e6
+    attn = [per_head * k for k in range(geo.num_heads + 1)]
+    grid = [0, geo.intermediate_size]
+    ffn = [0.0, per_dim * geo.intermediate_size]
+    dense = geo.num_layers * (attn[-1] + ffn[-1])
+    key = {"format": TABLE_FORMAT, "precision": "flops", "batch": batch, "seq": seq, "model": model_key or asdict(geo)}
+    return LatencyTable(
+        key, geo.num_layers, geo.num_heads, geo.intermediate_size, 0.0, attn, grid, ffn, dense, unit="MFLOP"
+    )
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("COMPRESS_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "latency"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "compress" / "latency"
+
+
+def model_key(config) -> dict:
+    from compress.core.structure import geometry
+
+    geo = geometry(config)
+    return {
+        "model_type": config.model_type,
+        "num_layers": geo.num_layers,
+        "num_heads": geo.num_heads,
+        "hidden_size": geo.hidden_size,
+        "intermediate_size": geo.intermediate_size,
+        "vocab_size": getattr(config, "vocab_size", None),
+        "num_labels": getattr(config, "num_labels", None),
+    }
+
+
+def table_key(config, deploy: DeployConfig) -> dict:
+    """Everything the timings depend on. The model enters by geometry only: two checkpoints of the
+    same shape (a teacher and its student) share a table."""
+    import onnxruntime as ort
+
+    from compress.ort.bench import cpu_flags, cpu_model, gpu_name
+
+    device = gpu_name() if deploy.provider == "cuda" else cpu_model()
+    return {
+        "format": TABLE_FORMAT,
+        "device": device,
+        "cpu_flags": cpu_flags() if deploy.provider == "cpu" else None,
+        "provider": deploy.provider,
+        "onnxruntime": ort.__version__,
+        "threads": deploy.threads or "default",
+        "batch": deploy.batch,
+        "seq": deploy.seq,
+        "precision": deploy.precision,
+        "optimize": deploy.optimize,
+        "ffn_step": deploy.ffn_step,
+        "statistic": deploy.statistic,
+        "ort_thread_spinning": bench_config(deploy).spinning,
+        "model": model_key(config),
+    }
+
+
+def cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    m = key["model"]
+    name = (
+        f"{m['model_type']}-L{m['num_layers']}H{m['num_heads']}F{m['intermediate_size']}-{key['precision']}-"
+        f"{key['batch']}x{key['seq']}-{key['provider']}-t{key['threads']}-{digest}.json"
+    )
+    return cache_dir() / name
+
+
+def load_or_build_table(
+    model: str, deploy: DeployConfig, *, rebuild: bool = False, use_cache: bool = True, progress: bool = True
+) -> tuple[LatencyTable, Path | None, bool]:
+    """(table, cache file, whether it came from the cache). `model`: a local dir or hub name."""
+    from compress.core.models import load_config, resolve_model
+
+    deploy.validate()
+    name = resolve_model(model)
+    config = load_config(name)
+    key = table_key(config, deploy)
+    path = cache_path(key) if use_cache else None
+    if path is not None and path.exists() and not rebuild:
+        try:
+            table = LatencyTable.load(path)
+        except ArtifactError:
+            table = None  # an older table format under this key: measure again
+        if table is not None and table.key == key:
+            return table, path, True
+    table = build_table(name, deploy, key=key, progress=progress)
+    if path is not None:
+        table.save(path)
+    return table, path, False
+
+
+def build_table(
+    model: str, deploy: DeployConfig, *, key: dict | None = None, progress: bool = True, classifier=None
+) -> LatencyTable:
+    """Measure the table (see the module docstring). `classifier`: an in-memory model to use instead
+    of loading `model` (tests)."""
+    deploy.validate()
+    t_start = time.time()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory(prefix="compress-latency-") as tmp:
+        graphs = DeployGraphs(model, tmp, deploy, classifier=classifier)
+        geo = graphs.geo
+        if key is None:
+            key = table_key(graphs.config, deploy)
+        grid = ffn_grid(geo.intermediate_size, deploy.ffn_step)
+        res, t_built = _time_table_graphs(graphs, grid, deploy, progress)
+    med = {k: v["ms"] for k, v in res.items()}
+    L = geo.num_layers
+    fixed = med["fixed"]
+    attn_raw = [0.0] + [(med[f"attn{h}"] - fixed) / L for h in range(1, geo.num_heads + 1)]
+    ffn_raw = [0.0] + [(med[f"ffn{f}"] - fixed) / L for f in grid[1:]]
+    measurements = {
+        "graphs_ms": {k: round(v, 4) for k, v in med.items()},
+        "statistic": deploy.statistic,
+        "graphs_median_ms": {k: round(v["median_ms"], 4) for k, v in res.items()},
+        "attn_raw_ms": [round(x, 4) for x in attn_raw],
+        "ffn_raw_ms": [round(x, 4) for x in ffn_raw],
+        "runs_per_graph": {k: v["runs"] for k, v in res.items()},
+        "reference": "dense-fp32" if "dense-fp32" in res else "dense",
+        "build_seconds": round(t_built - t_start, 1),
+        "timing_seconds": round(time.time() - t_built, 1),
+        "load_average_start": [round(x, 2) for x in load_start] if load_start else None,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return LatencyTable(
+        key=key,
+        num_layers=L,
+        num_heads=geo.num_heads,
+        intermediate_size=geo.intermediate_size,
+        fixed_ms=fixed,
+        attn_ms=_monotone(attn_raw),
+        ffn_grid=grid,
+        ffn_ms=_monotone(ffn_raw),
+        dense_ms=med["dense"],
+        baseline_ms=med.get("dense-fp32", med["dense"]),
+        measurements=measurements,
+    )
+
+
+def _time_table_graphs(graphs: DeployGraphs, grid: list[int], deploy: DeployConfig, progress: bool):
+    """(time_graphs' result for every table entry and the dense graphs, when building them ended)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    geo = graphs.geo
+    plan = {
+        "fixed": (0, 0),
+        **{f"attn{h}": (h, 0) for h in range(1, geo.num_heads + 1)},
+        **{f"ffn{f}": (0, f) for f in grid[1:]},
+    }
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(f"latency table {deploy.precision} {deploy.shape}: building graphs", total=len(plan) + 1)
+        paths = {}
+        for label, (h, f) in plan.items():
+            paths[label] = graphs.uniform(h, f, name=label)
+            bar.advance(task)
+        paths["dense"] = graphs.build(None, name="dense")
+        if deploy.precision != "fp32":
+            paths["dense-fp32"] = graphs.build(None, name="dense-fp32", precision="fp32")
+        bar.advance(task)
+        t_built = time.time()
+        timing = bar.add_task("timing (interleaved rounds)", total=None)
+        res = time_graphs(
+            paths,
+            deploy,
+            progress=lambda done, total: bar.update(timing, completed=done, total=total),
+            reference="dense-fp32" if "dense-fp32" in paths else "dense",
+        )
+    return res, t_built
