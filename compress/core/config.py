@@ -35,22 +35,72 @@ def arg(default, help: str = "", **meta):
 
 
 # ------------------------------------------------------------------------------------------ data
+# The task types (compress.training.tasks holds one entry per type) and the built-in tasks of each.
+TASK_TYPES = ("sequence-classification", "question-answering", "token-classification", "embedding")
+BUILTIN_TASKS = {
+    "sst2": "sequence-classification",
+    "mrpc": "sequence-classification",
+    "squad": "question-answering",
+    "squad-split": "question-answering",
+    "embedding": "embedding",
+}
+
+
 @dataclass
 class DataConfig:
-    """Where the task data comes from: a built-in task (GLUE layout or the hub) or generic files."""
+    """Where the task data comes from: a built-in task (GLUE layout, SQuAD, the embedding corpus, or the
+    hub) or generic files, and the task type they are read as."""
 
     task: str | None = arg(
-        None, "built-in task: sst2, mrpc (prune, finetune and eval default to sst2 unless data files are given)"
+        None,
+        "built-in task: sst2, mrpc (sentence classification), squad (SQuAD v1.1 train/dev files), squad-split "
+        "(the offline article split of SQuAD dev), embedding (sentence embeddings on the offline corpus); "
+        "prune, finetune and eval default to sst2 unless data files are given",
+    )
+    task_type: str | None = arg(
+        None,
+        "what the model learns: sequence-classification, question-answering, token-classification or embedding "
+        "(default: the built-in task's, else sequence-classification)",
+        choices=list(TASK_TYPES),
     )
     data_dir: str | None = arg(
-        None, "local GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)"
+        None, "local data folder holding <task>/train.tsv, dev.tsv, squad/*.json (default: $COMPRESS_DATA_DIR)"
     )
-    train_file: str | None = arg(None, "generic training file (.tsv, .csv, .json, .jsonl); overrides --task files")
+    train_file: str | None = arg(
+        None,
+        "generic training file (.tsv, .csv, .json, .jsonl; SQuAD JSON for question answering, CoNLL or jsonl "
+        "for token classification, .txt too for embeddings, several comma-separated); overrides --task files",
+    )
     validation_file: str | None = arg(None, "generic validation file")
-    text_column: str | None = arg(None, "text column of the data files")
+    text_column: str | None = arg(None, "text column of the data files (token classification: the words column)")
     text_pair_column: str | None = arg(None, "second text column (sentence pairs)")
-    label_column: str | None = arg(None, "label column of the data files")
+    label_column: str | None = arg(None, "label column of the data files (token classification: the tags column)")
     num_labels: int | None = arg(None, "number of labels (default: from the data)")
+    doc_stride: int = arg(128, "question answering: tokens shared by consecutive windows of a long context")
+    pooling: str | None = arg(
+        None,
+        "embedding: mean, cls or max pooling (default: the model's sentence-transformers files, else mean)",
+        choices=["mean", "cls", "max"],
+    )
+    normalize: bool | None = arg(
+        None, "embedding: L2-normalise the pooled embedding (default: the model's files, else yes)"
+    )
+
+    @property
+    def kind(self) -> str:
+        """The task type: --task-type, else the built-in task's, else sequence classification."""
+        return self.task_type or BUILTIN_TASKS.get(self.task or "", "sequence-classification")
+
+    def validate(self) -> None:
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise InvalidConfigError(f"--task-type {self.task_type!r}: choose one of {', '.join(TASK_TYPES)}")
+        builtin = BUILTIN_TASKS.get(self.task or "")
+        if self.task_type and builtin and builtin != self.task_type:
+            raise InvalidConfigError(
+                f"--task {self.task} is a {builtin} task, not {self.task_type}; drop --task-type or pick another task"
+            )
+        if self.doc_stride < 1:
+            raise InvalidConfigError(f"--doc-stride {self.doc_stride} must be >= 1 (e.g. 128)")
 
     def source(self, train: bool = True) -> dict:
         """The keyword arguments of compress.training.data.load_task_data that say where the data is
@@ -59,9 +109,10 @@ class DataConfig:
         return {k: getattr(self, k) for k in (("train_file",) if train else ()) + keys}
 
     def resolved(self) -> "DataConfig":
-        """With data files and no task, the files define the task (generic columns); else sst2."""
+        """With data files and no task, the files define the task (generic columns); with neither, sst2
+        (or the embedding corpus for --task-type embedding)."""
         if self.task is None and not (self.train_file or self.validation_file):
-            return replace(self, task="sst2")
+            return replace(self, task="embedding" if self.task_type == "embedding" else "sst2")
         return self
 
 
@@ -72,8 +123,12 @@ class TrainConfig:
     max_steps: int = arg(-1, "> 0 overrides --epochs")
     batch_size: int = arg(32, "training batch size")
     eval_batch_size: int = arg(64, "evaluation batch size")
-    max_length: int = arg(64, "training sequence length")
-    eval_max_length: int = arg(128, "evaluation sequence length")
+    max_length: int | None = arg(
+        None, "training sequence length (default: 64; question answering 384, token classification and embeddings 128)"
+    )
+    eval_max_length: int | None = arg(
+        None, "evaluation sequence length (default: 128; question answering 384, embeddings 256)"
+    )
     lr: float = arg(3e-5, "learning rate of the weights")
     weight_decay: float = arg(0.0, "AdamW weight decay")
     warmup_ratio: float = arg(0.1, "W = ratio * total steps: LR warm-up and the unit of the pruning schedule")
@@ -96,13 +151,23 @@ class TrainConfig:
                 "out to train for --epochs"
             )
         for flag, n in (("--max-length", self.max_length), ("--eval-max-length", self.eval_max_length)):
-            if n < 1:
+            if n is not None and n < 1:
                 raise InvalidConfigError(f"{flag} {n} must be >= 1 (the tokens kept per row, e.g. 128)")
         for flag, n in (("--max-train-samples", self.max_train_samples), ("--max-eval-samples", self.max_eval_samples)):
             if n is not None and n < 1:
                 raise InvalidConfigError(f"{flag} {n} must be >= 1 (leave it out to use every row)")
         if self.eval_batch_size < 1:
             raise InvalidConfigError(f"--batch-size {self.eval_batch_size} must be >= 1")
+
+    def for_task(self, kind: str) -> "TrainConfig":
+        """With the sequence lengths left unset filled in with the task type's defaults: windows of 384
+        tokens for question answering (the papers' SQuAD setting), whole sentences elsewhere."""
+        train, evaluation = TASK_LENGTHS.get(kind, TASK_LENGTHS["sequence-classification"])
+        return replace(
+            self,
+            max_length=self.max_length if self.max_length is not None else train,
+            eval_max_length=self.eval_max_length if self.eval_max_length is not None else evaluation,
+        )
 
 
 @dataclass
@@ -111,6 +176,21 @@ class DistillConfig:
     alpha_ce: float = arg(0.1, "weight of the task cross-entropy when a teacher is given")
     alpha_teacher: float = arg(0.9, "weight of T^2 * KL(student || teacher)")
     temperature: float = arg(2.0, "distillation temperature T")
+    embedding_loss: str = arg(
+        "cosine",
+        "embedding task: distil the pooled, normalised embeddings with 1 - cosine, MSE, or both",
+        choices=["cosine", "mse", "cosine+mse"],
+    )
+    hidden_weight: float = arg(0.0, "embedding task: weight of the last hidden state's MSE to the teacher's")
+
+
+# (training, evaluation) sequence lengths per task type when --max-length / --eval-max-length are not given
+TASK_LENGTHS = {
+    "sequence-classification": (64, 128),
+    "question-answering": (384, 384),
+    "token-classification": (128, 128),
+    "embedding": (128, 256),
+}
 
 
 # ------------------------------------------------------------------------------------------ pruning

@@ -69,9 +69,10 @@ def load_classifier(name: str, num_labels: int | None = None):
     return load_pretrained(AutoModelForSequenceClassification, name, **kw)
 
 
-def load_tokenizer(name: str, config=None):
+def load_tokenizer(name: str, config=None, **kwargs):
     """The tokenizer of a local model folder or hub name (an ArtifactError naming it when it cannot load);
-    with `config` (the model's), checked against the model's embedding table."""
+    with `config` (the model's), checked against the model's embedding table. `kwargs` go to
+    AutoTokenizer (e.g. add_prefix_space for pre-split words)."""
     import warnings
 
     from transformers import AutoTokenizer
@@ -79,7 +80,7 @@ def load_tokenizer(name: str, config=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tok = AutoTokenizer.from_pretrained(str(name))
+            tok = AutoTokenizer.from_pretrained(str(name), **kwargs)
     except Exception as e:  # missing files, unreadable vocab: transformers raises many types
         raise ArtifactError(f"cannot load a tokenizer from {name} ({first_line(e)})") from e
     if config is not None:

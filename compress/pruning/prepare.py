@@ -43,6 +43,7 @@ class PruneRun:
     trains: bool = True  # False: no SGD at all (retrain-free without fill steps)
     budget_during_training: bool = True  # a speed target steers the masks while training
     record: dict = field(default_factory=dict)  # extra compression.json entries
+    task: Any = None  # compress.training.tasks.TaskType
 
 
 def nothing(run: PruneRun) -> None:
@@ -84,6 +85,14 @@ def retrain_free(run: PruneRun) -> None:
     from compress.pruning.retrain_free import retrain_free as select
 
     cfg = run.cfg
+    if run.task is not None and run.task.name != "sequence-classification":
+        from compress.core.errors import InvalidConfigError
+
+        # Its Fisher information and least-squares tuning are written for a classifier's logits.
+        raise InvalidConfigError(
+            f"--method retrain-free prunes sentence classifiers only, not {run.task.name}; use --method struct "
+            "with the same --target-speedup / --target-flops"
+        )
     if cfg.fill_steps and run.teacher is None:
         import copy
 

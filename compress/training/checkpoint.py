@@ -32,13 +32,23 @@ def versions() -> dict:
 
 
 def save_model_dir(
-    model, tokenizer, output_dir, info: dict, overwrite: bool = False, sample: dict | None = None, reload=None
+    model,
+    tokenizer,
+    output_dir,
+    info: dict,
+    overwrite: bool = False,
+    sample: dict | None = None,
+    reload=None,
+    output_name: str = "logits",
+    save=None,
 ) -> Path:
     """Save `model` + tokenizer + compression.json (`info` + geometry + checksums) + README.md.
 
     `sample`: a tokenized batch; the saved checkpoint is reloaded with plain transformers and must
     predict the same logits (within 1e-5) or nothing is written. `reload(dir)` loads it back as a
     classifier (default: AutoModelForSequenceClassification); a wrapper model saves its `.mlm`.
+    `output_name`: the output compared; `save(model, tokenizer, folder)` replaces save_pretrained (an
+    embedding model is written as a sentence-transformers folder).
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -57,16 +67,19 @@ def save_model_dir(
         "versions": versions(),
     }
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
-        getattr(model, "mlm", model).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if save is not None:
+            save(model, tokenizer, tmp)
+        else:
+            getattr(model, "mlm", model).save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         if sample is not None:
             reloaded = (reload or AutoModelForSequenceClassification.from_pretrained)(tmp).eval()
             # Compared on the CPU, where the reloaded copy is: same kernels, so the tight bound holds.
             # A model trained on a GPU is left on the CPU (every later stage runs there).
             model.eval().to("cpu")
             with torch.no_grad():
-                a = model(**sample).logits
-                b = reloaded(**sample).logits
+                a = getattr(model(**sample), output_name)
+                b = getattr(reloaded(**sample), output_name)
             diff = float((a - b).abs().max())
             if diff > 1e-5:
                 raise ValidationError(
@@ -85,6 +98,15 @@ def _target_text(sp: dict) -> str:
     if t["kind"] == "latency":
         return f"{t['latency_ms']:g} ms"
     return f"{t['flops_fraction']:g} of dense FLOPs"
+
+
+# How each task type's checkpoint loads without compress, for the model card.
+LOADERS = {
+    "sequence-classification": "`AutoModelForSequenceClassification.from_pretrained(dir)`",
+    "question-answering": "`AutoModelForQuestionAnswering.from_pretrained(dir)`",
+    "token-classification": "`AutoModelForTokenClassification.from_pretrained(dir)`",
+    "embedding": "a sentence-transformers folder: `SentenceTransformer(dir)`",
+}
 
 
 def model_card(d: dict) -> str:
@@ -136,7 +158,7 @@ def model_card(d: dict) -> str:
     lines += [
         "",
         "The weights are a plain Hugging Face checkpoint with the masks baked in as zeros "
-        "(`AutoModelForSequenceClassification.from_pretrained(dir)`). `compress export --onnx DIR --shrink` "
+        f"({LOADERS.get(d.get('task_type'), LOADERS['sequence-classification'])}). `compress export --onnx DIR` "
         "removes the dead heads and FFN dims for a faster ONNX graph.",
         "",
     ]

@@ -61,14 +61,23 @@ TASKS: dict[str, DatasetSpec] = {
 
 @dataclass
 class TaskData:
-    spec: DatasetSpec
-    train: object | None  # datasets.Dataset, tokenized, with a `labels` column
-    dev: object | None
-    label_names: list[str] | None = None
+    """A task's tokenized data, for any task type (compress.training.tasks)."""
+
+    spec: DatasetSpec | None  # sentence classification's dataset spec (None for other task types)
+    train: object | None  # datasets.Dataset, tokenized, with the task's label columns
+    dev: object | None  # the features evaluation runs on
+    label_names: list[str] | None = None  # learned from the training data (saved as id2label)
+    name: str | None = None  # the task as recorded in compression.json (default: the spec's name)
+    num_labels_: int | None = None  # without a spec
+    extra: dict = field(default_factory=dict)  # what the task's evaluation needs besides `dev`
+
+    def __post_init__(self):
+        if self.name is None and self.spec is not None:
+            self.name = self.spec.name
 
     @property
-    def num_labels(self) -> int:
-        return self.spec.num_labels
+    def num_labels(self) -> int | None:
+        return self.spec.num_labels if self.spec is not None else self.num_labels_
 
 
 def data_dir_from_env(data_dir: str | None) -> Path | None:

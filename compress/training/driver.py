@@ -9,6 +9,7 @@ method's preparation (Hybrid Filled's re-initialisation, retrain-free's sampling
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 
@@ -30,8 +31,9 @@ from compress.pruning.methods import Method, get_method
 from compress.pruning.prepare import PruneRun
 from compress.pruning.pruner import Pruner
 from compress.training.checkpoint import save_model_dir
-from compress.training.data import TaskData, compute_metrics, label_names_of, load_task_data
+from compress.training.data import TaskData, compute_metrics, label_names_of
 from compress.training.loop import checkpoint_dir, predict, train
+from compress.training.tasks import TaskType, default_teacher, task_of, task_type
 
 # What training reports when a method trains nothing (retrain-free without --fill-steps).
 NO_TRAINING = {"steps": 0, "train_loss": None, "train_seconds": 0.0, "seconds_per_step": 0.0, "is_main_process": True}
@@ -52,13 +54,14 @@ def prune(
     method.prepare(run)
     pruner, stats = _train(run, output, callbacks)
     info = _finish(run, pruner, stats, output)
-    _save(run.student, run.tokenizer, run.data, info, stats, run.train, output, reload=_reloader(info))
+    _save(run.task, run.student, run.tokenizer, run.data, info, stats, run.train, output, reload=_reloader(info))
     return info
 
 
 def _check_inputs(cfg: PruneConfig, data: DataConfig, model_name: str | None, output) -> Method:
     """The config, the output folder and the flags the method takes, before anything is loaded."""
     cfg.validate()
+    data.validate()
     method = get_method(cfg.method)
     if not cfg.train.resume:
         check_output_dir(
@@ -80,12 +83,16 @@ def _check_inputs(cfg: PruneConfig, data: DataConfig, model_name: str | None, ou
         )
     if cfg.label_words and method.train_weights:
         raise InvalidConfigError("--label-words is SMP's head-free mode: use it with --method smp-l or smp-s")
+    if cfg.label_words and data.kind != "sequence-classification":
+        raise InvalidConfigError(f"--label-words reads a class from the MLM head; it does not apply to {data.kind}")
     return method
 
 
 def _load(cfg: PruneConfig, method: Method, data: DataConfig, model_name: str | None, output) -> PruneRun:
     """Config files and the speed plan first (cheap, so bad input fails before any data work), then the
     tokenizer and data, then the seeded models."""
+    task = task_type(data.kind)
+    cfg = replace(cfg, train=cfg.train.for_task(task.name))
     t = cfg.train
     source_info = None
     if method.needs_source:
@@ -108,13 +115,15 @@ def _load(cfg: PruneConfig, method: Method, data: DataConfig, model_name: str | 
             f"--method {method.name} needs a budget: --target-speedup X, --target-latency-ms MS or "
             "--target-flops FRACTION (e.g. 0.5)"
         )
-    tokenizer = load_tokenizer(model_name, config)
+    tokenizer = load_tokenizer(model_name, config, **task.tokenizer_kwargs(config))
     template = _label_word_template(cfg, data, tokenizer, model_name)
-    td = _load_data(data, tokenizer, t, template=template, label_names=label_names_of(config))
+    td = _load_data(task, data, tokenizer, t, template=template, label_names=_label_names(task, config))
     torch.manual_seed(t.seed)
-    student = _student(cfg, model_name, tokenizer, td)
-    teacher = _teacher(cfg, student, tokenizer, config, td)
-    return PruneRun(cfg, method, model_name, t, tokenizer, td, student, teacher, speed_plan, source_info, template)
+    student = _student(cfg, task, data, model_name, tokenizer, td)
+    teacher = _teacher(cfg, task, data, student, tokenizer, config, td)
+    return PruneRun(
+        cfg, method, model_name, t, tokenizer, td, student, teacher, speed_plan, source_info, template, task=task
+    )
 
 
 def _label_word_template(cfg: PruneConfig, data: DataConfig, tokenizer, model_name: str) -> str | None:
@@ -126,10 +135,11 @@ def _label_word_template(cfg: PruneConfig, data: DataConfig, tokenizer, model_na
     return DEFAULT_TEMPLATES[_is_pair(data)]
 
 
-def _student(cfg: PruneConfig, model_name: str, tokenizer, td: TaskData):
-    """The model to prune: a classifier with a fresh head, or (--label-words) the MLM wrapped to read label words."""
+def _student(cfg: PruneConfig, task: TaskType, data: DataConfig, model_name: str, tokenizer, td: TaskData):
+    """The model to prune: the task's model (a classifier with a fresh head, a span head, an encoder with
+    its pooling), or (--label-words) the MLM wrapped to read label words."""
     if not cfg.label_words:
-        return load_classifier(model_name, td.num_labels)
+        return task.load_student(model_name, td, data)
     if len(cfg.label_words) != td.num_labels:
         raise InvalidConfigError(
             f"--label-words gives {len(cfg.label_words)} words for a task with {td.num_labels} labels"
@@ -139,12 +149,13 @@ def _student(cfg: PruneConfig, model_name: str, tokenizer, td: TaskData):
     )
 
 
-def _teacher(cfg: PruneConfig, student, tokenizer, config, td: TaskData):
-    """The distillation teacher (None without one), checked against the student's vocabulary and labels."""
+def _teacher(cfg: PruneConfig, task: TaskType, data: DataConfig, student, tokenizer, config, td: TaskData):
+    """The distillation teacher (None without one; the dense student itself for embeddings), checked
+    against the student's vocabulary and labels."""
     if not cfg.distill.teacher:
-        return None
+        return default_teacher(task, student)
     teacher_name = resolve_model(cfg.distill.teacher)
-    teacher = load_classifier(teacher_name)
+    teacher = task.load_teacher(teacher_name, td, data)
     try:
         teacher_tokenizer = load_tokenizer(teacher_name)
     except ArtifactError:
@@ -184,6 +195,7 @@ def _train(run: PruneRun, output, callbacks) -> tuple[Pruner, dict]:
         distill=cfg.distill,
         score_lr=_score_lr(run),
         callbacks=callbacks,
+        task=run.task,
     )
     return pruner, stats
 
@@ -199,14 +211,16 @@ def _finish(run: PruneRun, pruner: Pruner, stats: dict, output) -> dict:
     bake(student)
     fold_dead_structure(student)
     student.eval()
-    metrics = _evaluate(student, run.data, run.tokenizer, run.train)
+    metrics = _evaluate(run.task, student, run.data, run.tokenizer, run.train, run.teacher)
     rep = sparsity_report(student)
     info = {
         "method": method.name,
         # hybrid-filled: the model it all started from, not the intermediate hybrid result
         "base_model": (run.source_info or {}).get("base_model", run.model_name),
         "teacher": cfg.distill.teacher,
-        "task": run.data.spec.name,
+        "task": run.data.name,
+        "task_type": run.task.name,
+        **_task_record(run.task, student),
         "recipe": {
             "binarizer": method.binarizer.value,
             "train_weights": method.train_weights,
@@ -265,6 +279,13 @@ def _reloader(info: dict):
 def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *, output: str | os.PathLike) -> dict:
     """Dense fine-tuning (a teacher or a baseline) with the same data plumbing, written to `output`."""
     t.validate()
+    data.validate()
+    task = task_type(data.kind)
+    if task.default_teacher_is_student:
+        raise InvalidConfigError(
+            f"{task.name} has no labels to fine-tune on; prune the model directly (the dense model is the teacher)"
+        )
+    t = t.for_task(task.name)
     if not t.resume:
         check_output_dir(output, t.overwrite, inputs=(model_name, data.train_file, data.validation_file))
     model_name = resolve_model(model_name)
@@ -272,28 +293,30 @@ def finetune(t: TrainConfig, data: DataConfig, model_name: str | None = None, *,
     _check_lengths(t, config, model_name)
     if t.resume:
         _require_checkpoint(output)
-    tokenizer = load_tokenizer(model_name, config)
-    td = _load_data(data, tokenizer, t, label_names=label_names_of(config))
+    tokenizer = load_tokenizer(model_name, config, **task.tokenizer_kwargs(config))
+    td = _load_data(task, data, tokenizer, t, label_names=_label_names(task, config))
     torch.manual_seed(t.seed)
-    model = load_classifier(model_name, td.num_labels)
-    stats = train(model, tokenizer, td.train, t, output)
-    metrics = _evaluate(model, td, tokenizer, t)
+    model = task.load_student(model_name, td, data)
+    stats = train(model, tokenizer, td.train, t, output, task=task)
+    metrics = _evaluate(task, model, td, tokenizer, t)
     _save_label_names(model, td)
     info = {
         "method": None,
         "base_model": model_name,
-        "task": td.spec.name,
+        "task": td.name,
+        "task_type": task.name,
         "recipe": {"train": vars(t)},
         **sparsity_report(model),
         "metrics": metrics,
         "training": _training_record(stats),
     }
-    _save(model, tokenizer, td, info, stats, t, output)
+    _save(task, model, tokenizer, td, info, stats, t, output)
     return info
 
 
 # ------------------------------------------------------------------ shared steps
 def _load_data(
+    task: TaskType,
     data: DataConfig,
     tokenizer,
     t: TrainConfig,
@@ -301,18 +324,24 @@ def _load_data(
     template: str | None = None,
     label_names: list[str] | None = None,
 ) -> TaskData:
-    return load_task_data(
-        data.task,
-        tokenizer,
-        **data.source(),
-        max_length=t.max_length,
-        eval_max_length=t.eval_max_length,
-        max_train_samples=t.max_train_samples,
-        max_eval_samples=t.max_eval_samples,
-        splits=splits,
-        template=template,
-        label_names=label_names,
-    )
+    return task.load_data(data, tokenizer, t, splits, label_names, template=template)
+
+
+def _label_names(task: TaskType, config) -> list[str] | None:
+    """The label names a model's head already has (string labels in the data are mapped through them)."""
+    if task.name == "token-classification":
+        from compress.tasks.token_classification import head_labels
+
+        return head_labels(config)
+    return label_names_of(config)
+
+
+def _task_record(task: TaskType, model) -> dict:
+    """compression.json entries a task's later stages need (an embedding model's pooling)."""
+    pooling = getattr(model, "pooling", None)
+    if task.name != "embedding" or pooling is None:
+        return {}
+    return {"pooling": {"mode": pooling.mode, "normalize": pooling.normalize}}
 
 
 def _check_lengths(t: TrainConfig, config, where) -> None:
@@ -320,11 +349,28 @@ def _check_lengths(t: TrainConfig, config, where) -> None:
     check_max_length(t.eval_max_length, config, where)
 
 
-def _evaluate(model, td: TaskData, tokenizer, t: TrainConfig) -> dict:
-    dev = td.dev
-    labels = dev["labels"]
-    logits = predict(model, dev, tokenizer, batch_size=t.eval_batch_size, progress=t.progress)
-    return {k: round(v, 6) for k, v in compute_metrics(td.spec, logits, labels).items()}
+def _evaluate(task: TaskType, model, td: TaskData, tokenizer, t: TrainConfig, teacher=None) -> dict:
+    """Dev metrics of a PyTorch model: the classifier's own path, else the task's evaluate over the
+    model's outputs (the same code that scores its ONNX graph)."""
+    if task.evaluate is None:
+        dev = td.dev
+        labels = dev["labels"]
+        logits = predict(model, dev, tokenizer, batch_size=t.eval_batch_size, progress=t.progress)
+        return {k: round(v, 6) for k, v in compute_metrics(td.spec, logits, labels).items()}
+    from compress.tasks.batching import torch_predict
+
+    model.eval()
+    if task.name == "embedding":
+        td.extra.update(tokenizer=tokenizer, teacher_predict=torch_predict(teacher, task.outputs) if teacher else None)
+    metrics = task.evaluate(torch_predict(model, task.outputs), td, tokenizer.pad_token_id or 0, t.eval_batch_size)
+    return rounded(metrics)
+
+
+def rounded(metrics: dict) -> dict:
+    """Metrics rounded to 6 decimals, nested ones (per entity type) too."""
+    return {
+        k: rounded(v) if isinstance(v, dict) else round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()
+    }
 
 
 def _training_record(stats: dict) -> dict:
@@ -340,7 +386,9 @@ def _save_label_names(model, td: TaskData) -> None:
         config.label2id = {n: i for i, n in enumerate(td.label_names)}
 
 
-def _save(model, tokenizer, td: TaskData, info: dict, stats: dict, t: TrainConfig, output, reload=None) -> None:
+def _save(
+    task: TaskType, model, tokenizer, td: TaskData, info: dict, stats: dict, t: TrainConfig, output, reload=None
+) -> None:
     """Write the checkpoint (under DDP only rank 0 writes) and drop the periodic training checkpoints."""
     if not stats["is_main_process"]:
         return
@@ -351,7 +399,9 @@ def _save(model, tokenizer, td: TaskData, info: dict, stats: dict, t: TrainConfi
         info,
         overwrite=t.overwrite or t.resume,
         sample=_sample_batch(td, tokenizer, model),
-        reload=reload,
+        reload=reload or task.reload,
+        output_name=task.outputs[0],
+        save=task.save,
     )
     _cleanup_checkpoints(output)
 
@@ -360,7 +410,8 @@ def _sample_batch(td: TaskData, tokenizer, model) -> dict:
     import inspect
 
     takes = set(inspect.signature(model.forward).parameters)
-    rows = td.dev.select(range(min(4, len(td.dev))))
+    rows = td.dev if td.dev is not None else td.train
+    rows = rows.select(range(min(4, len(rows))))
     feats = [
         {k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r and k in takes} for r in rows
     ]
@@ -386,26 +437,35 @@ def evaluate_checkpoint(
     path: str,
     data: DataConfig,
     batch_size: int = 64,
-    max_length: int = 128,
+    max_length: int | None = None,
     max_eval_samples: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Dev metrics of a PyTorch checkpoint (compression.json checksums verified when present)."""
+    info = read_compression_json(path) or {}
+    config = load_config(path)
+    task = task_type(data.kind) if (data.task_type or data.task) else task_of(info, config)
     t = TrainConfig(
         eval_batch_size=batch_size,
         max_length=max_length,
         eval_max_length=max_length,
         max_eval_samples=max_eval_samples,
         progress=progress,
-    )
+    ).for_task(task.name)
     t.validate()
-    info = read_compression_json(path) or {}
-    config = load_config(path)
     _check_lengths(t, config, path)
-    tokenizer = load_tokenizer(path, config)
+    tokenizer = load_tokenizer(path, config, **task.tokenizer_kwargs(config))
     td = _load_data(
-        data, tokenizer, t, splits=("dev",), template=info.get("template"), label_names=label_names_of(config)
+        task, data, tokenizer, t, splits=("dev",), template=info.get("template"), label_names=_label_names(task, config)
     )
     reload = _reloader(info)
-    model = reload(path) if reload else load_classifier(path, td.num_labels)
-    return _evaluate(model, td, tokenizer, t)
+    if reload:
+        model = reload(path)
+    elif task.name == "sequence-classification":
+        model = load_classifier(path, td.num_labels)
+    else:
+        model = task.reload(path)
+    teacher = None
+    if task.name == "embedding" and info.get("base_model"):
+        teacher = task.load_teacher(resolve_model(info.get("teacher") or info["base_model"]), td, data)
+    return _evaluate(task, model, td, tokenizer, t, teacher)

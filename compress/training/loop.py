@@ -11,24 +11,31 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from compress.core.config import DistillConfig, TrainConfig
 from compress.core.errors import InvalidConfigError
 
 
 class StudentWithLoss(nn.Module):
-    def __init__(self, student: nn.Module, pruner: nn.Module | None, teacher: nn.Module | None, distill: DistillConfig):
+    """The student, its mask scores and its task's loss (task term, optional distillation, regularisation)."""
+
+    def __init__(
+        self, student: nn.Module, pruner: nn.Module | None, teacher: nn.Module | None, distill: DistillConfig, task=None
+    ):
         super().__init__()
+        from compress.training.tasks import TASK_TYPES
+
         self.student = student
         self.pruner = pruner
         self._teacher = (teacher,)  # a tuple hides it from the module tree (no DDP, no checkpoint)
         self.distill = distill
+        self.task = task or TASK_TYPES["sequence-classification"]
         self._student_args = set(inspect.signature(student.forward).parameters)
         self._teacher_args = set(inspect.signature(teacher.forward).parameters) if teacher is not None else set()
 
@@ -36,30 +43,44 @@ class StudentWithLoss(nn.Module):
     def teacher(self):
         return self._teacher[0]
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, teacher_logits=None):
+    # The Trainer keeps the dataset columns this signature names: every task's label columns are here.
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        teacher_logits=None,
+        start_positions=None,
+        end_positions=None,
+    ):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and "token_type_ids" in self._student_args:
             inputs["token_type_ids"] = token_type_ids
         if self.pruner is not None:
             self.pruner.invalidate()  # scores changed since the last step: recompute masks once
-        logits = self.student(**inputs).logits
+        out = self.student(**inputs)
+        if not isinstance(out, Mapping):  # the label-word wrapper returns a plain namespace
+            out = {name: getattr(out, name) for name in self.task.outputs}
+        given = {"labels": labels, "start_positions": start_positions, "end_positions": end_positions}
+        targets = {k: given[k] for k in self.task.label_columns if given[k] is not None}
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits, labels)
-            if teacher_logits is not None or self.teacher is not None:
-                t_logits = teacher_logits if teacher_logits is not None else self._teacher_forward(inputs)
-                T = self.distill.temperature
-                kd = F.kl_div(F.log_softmax(logits / T, -1), F.softmax(t_logits / T, -1), reduction="batchmean") * T * T
-                loss = self.distill.alpha_ce * loss + self.distill.alpha_teacher * kd
+        if len(targets) == len(self.task.label_columns) and (targets or self.teacher is not None):
+            teacher_out = None
+            if teacher_logits is not None:
+                teacher_out = {"logits": teacher_logits}
+            elif self.teacher is not None:
+                teacher_out = self._teacher_forward(inputs)
+            loss = self.task.loss(out, {**inputs, **targets}, teacher_out, self.distill)
             if self.pruner is not None and self.training:
                 loss = loss + self.pruner.regularization()
-        return {"loss": loss, "logits": logits}
+        return {"loss": loss, **{name: out[name] for name in self.task.outputs}}
 
     @torch.no_grad()
-    def _teacher_forward(self, inputs: dict) -> torch.Tensor:
+    def _teacher_forward(self, inputs: dict):
         if "token_type_ids" not in self._teacher_args:
             inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
-        return self.teacher(**inputs).logits
+        return self.teacher(**inputs)
 
 
 @torch.no_grad()
@@ -196,10 +217,16 @@ def train(
     distill: DistillConfig | None = None,
     score_lr: float = 1e-2,
     callbacks: list | None = None,
+    task=None,
 ) -> dict:
-    """Run the Trainer; returns {'seconds_per_step', 'steps', 'train_loss'}."""
+    """Run the Trainer on `task` (a compress.training.tasks.TaskType; default sequence classification);
+    returns {'seconds_per_step', 'steps', 'train_loss'}."""
     from transformers import DataCollatorWithPadding
     from transformers.trainer_utils import get_last_checkpoint
+
+    from compress.training.tasks import TASK_TYPES
+
+    task = task or TASK_TYPES["sequence-classification"]
 
     PruneTrainer, ScheduleCallback = _trainer_classes()
     ckpt = checkpoint_dir(output_dir)
@@ -214,10 +241,11 @@ def train(
             p.requires_grad_(False)
         planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(len(train_dataset) / cfg.batch_size) * cfg.epochs
         # Precompute only when the run sees most of the data; a short run is cheaper on the fly.
-        if "teacher_logits" not in train_dataset.column_names and len(train_dataset) <= 1.5 * planned * cfg.batch_size:
+        small = len(train_dataset) <= 1.5 * planned * cfg.batch_size
+        if task.teacher_cache and "teacher_logits" not in train_dataset.column_names and small:
             train_dataset = add_teacher_logits(teacher, train_dataset, tokenizer, progress=cfg.progress)
-    wrapper = StudentWithLoss(student, pruner, teacher, distill or DistillConfig())
-    args = _training_arguments(cfg, ckpt)
+    wrapper = StudentWithLoss(student, pruner, teacher, distill or DistillConfig(), task)
+    args = _training_arguments(cfg, ckpt, list(task.label_columns))
     if teacher is not None:
         teacher.to(args.device)
     callbacks = ([ScheduleCallback(pruner, cfg.warmup_ratio)] if pruner is not None else []) + list(callbacks or [])
@@ -225,7 +253,7 @@ def train(
         model=wrapper,
         args=args,
         train_dataset=train_dataset,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=task.collator(tokenizer) if task.collator else DataCollatorWithPadding(tokenizer),
         callbacks=callbacks,
     )
     trainer.score_lr = score_lr
@@ -247,7 +275,7 @@ def train(
     }
 
 
-def _training_arguments(cfg: TrainConfig, ckpt: Path):
+def _training_arguments(cfg: TrainConfig, ckpt: Path, label_names: list[str] | None = None):
     """The Trainer's arguments for a TrainConfig; periodic checkpoints go to `ckpt`."""
     from transformers import TrainingArguments
 
@@ -270,7 +298,7 @@ def _training_arguments(cfg: TrainConfig, ckpt: Path):
         report_to=[],
         disable_tqdm=not cfg.progress,
         remove_unused_columns=True,
-        label_names=["labels"],
+        label_names=["labels"] if label_names is None else label_names,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
