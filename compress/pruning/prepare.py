@@ -85,13 +85,17 @@ def retrain_free(run: PruneRun) -> None:
     from compress.pruning.retrain_free import retrain_free as select
 
     cfg = run.cfg
-    if run.task is not None and run.task.name != "sequence-classification":
+    task = run.task.name if run.task is not None else "sequence-classification"
+    # The Fisher information is that of the classifier's cross-entropy, or of the embedding under a
+    # Gaussian likelihood (compress.pruning.retrain_free.fisher_gradients); span and per-token heads have
+    # neither here.
+    output = {"sequence-classification": "logits", "embedding": "sentence_embedding"}.get(task)
+    if output is None:
         from compress.core.errors import InvalidConfigError
 
-        # Its Fisher information and least-squares tuning are written for a classifier's logits.
         raise InvalidConfigError(
-            f"--method retrain-free prunes sentence classifiers only, not {run.task.name}; use --method struct "
-            "with the same --target-speedup / --target-flops"
+            f"--method retrain-free prunes sentence classifiers and embedding models, not {task}; use --method "
+            "struct with the same --target-speedup / --target-flops"
         )
     if cfg.fill_steps and run.teacher is None:
         import copy
@@ -99,7 +103,14 @@ def retrain_free(run: PruneRun) -> None:
         run.teacher = copy.deepcopy(run.student).eval()
     plan = run.speed_plan
     selection = select(
-        run.student, run.data.train, run.tokenizer, plan.table, plan.budget, cfg.retrain_free, seed=cfg.train.seed
+        run.student,
+        run.data.train,
+        run.tokenizer,
+        plan.table,
+        plan.budget,
+        cfg.retrain_free,
+        seed=cfg.train.seed,
+        output=output,
     )
     run.fixed_masks = fixed_struct_masks(run.student, sparsity_report(run.student)["layers"])
     run.train = replace(run.train, max_steps=cfg.fill_steps)

@@ -142,12 +142,21 @@ def _inputs(batch: dict) -> dict:
 
 
 # ------------------------------------------------------------------ 1. Fisher information
-def fisher_gradients(model, batches, labels: str = "model") -> tuple[torch.Tensor, torch.Tensor]:
+def fisher_gradients(
+    model, batches, labels: str = "model", output: str = "logits", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example gradients of the loss w.r.t. the head masks [n, L, H] and FFN masks [n, L, N] at m = 1.
 
     One backward per batch: each example gets its own copy of the masks, so the gradient w.r.t. that
     copy is the example's own gradient (the empirical Fisher needs per-example gradients, not their sum).
+
+    `output="logits"`: the classifier's cross-entropy (at its own predictions, or the data's labels).
+    Any other output (an embedding) has no labels, and any loss toward the dense model's own output has a
+    zero gradient at m = 1; its Fisher is that of a Gaussian likelihood on the output, diag(J^T J) with J
+    the output's Jacobian in the masks, estimated with one random direction r ~ N(0, I) per example:
+    E_r[(d(r . e) / dm)^2] = diag(J^T J).
     """
+    g = torch.Generator().manual_seed(seed)
     geo = geometry(model.config)
     model.eval()
     was = [p.requires_grad for p in model.parameters()]
@@ -160,9 +169,12 @@ def fisher_gradients(model, batches, labels: str = "model") -> tuple[torch.Tenso
                 n = b["input_ids"].shape[0]
                 sm.head = torch.ones(n, geo.num_layers, geo.num_heads, requires_grad=True)
                 sm.ffn = torch.ones(n, geo.num_layers, geo.intermediate_size, requires_grad=True)
-                logits = model(**_inputs(b)).logits
-                y = logits.argmax(-1) if labels == "model" or "labels" not in b else b["labels"]
-                loss = F.cross_entropy(logits, y, reduction="sum")
+                out = model(**_inputs(b))[output]
+                if output == "logits":
+                    y = out.argmax(-1) if labels == "model" or "labels" not in b else b["labels"]
+                    loss = F.cross_entropy(out, y, reduction="sum")
+                else:
+                    loss = (out * torch.randn(out.shape, generator=g)).sum()
                 gh, gf = torch.autograd.grad(loss, [sm.head, sm.ffn])
                 heads.append(gh)
                 ffns.append(gf)
@@ -431,16 +443,25 @@ def _log(msg: str) -> None:
 
 
 def retrain_free(
-    model, dataset, tokenizer, cost, budget: float, cfg: RetrainFreeConfig | None = None, seed: int = 42, log=_log
+    model,
+    dataset,
+    tokenizer,
+    cost,
+    budget: float,
+    cfg: RetrainFreeConfig | None = None,
+    seed: int = 42,
+    log=_log,
+    output: str = "logits",
 ) -> dict:
-    """Prune `model` in place to fit `budget` under `cost`; returns what was done (for compression.json)."""
+    """Prune `model` in place to fit `budget` under `cost`; returns what was done (for compression.json).
+    `output`: the model output the Fisher information is taken of (fisher_gradients)."""
     cfg = cfg or RetrainFreeConfig()
     cfg.validate()
     geo = geometry(model.config)
     model.eval()
     t0 = time.time()
     fb = _batches(dataset, tokenizer, model, cfg.fisher_samples, cfg.batch_size, seed)
-    gh, gf = fisher_gradients(model, fb, cfg.fisher_labels)
+    gh, gf = fisher_gradients(model, fb, cfg.fisher_labels, output, seed)
     t_fisher = time.time() - t0
     log(f"retrain-free: Fisher information from {gh.shape[0]} examples in {t_fisher:.0f} s")
 
