@@ -57,7 +57,8 @@ def resolve_onnx(path: str | os.PathLike, check: bool = True) -> Path:
     p = Path(path)
     if p.is_dir():
         if not (p / MODEL_FILE).is_file():
-            found = sorted(x.name for x in p.glob("*.onnx"))
+            # a sentence-transformers folder keeps its graphs in onnx/
+            found = sorted(x.relative_to(p).as_posix() for x in [*p.glob("*.onnx"), *p.glob("onnx/*.onnx")])
             hint = f" (it holds {', '.join(found)}; pass that file)" if found else ""
             raise ArtifactError(f"{p} has no {MODEL_FILE}{hint}")
         p = p / MODEL_FILE

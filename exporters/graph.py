@@ -240,6 +240,69 @@ class Graph:
         return removed
 
 
+def check_structure(model: onnx.ModelProto) -> None:
+    """ArtifactError (one line) for a graph no runtime could load: a tensor produced twice, a node reading
+    a tensor nothing produces, a cycle, an initializer whose data does not fill its shape. Checked before
+    surgery, whose matching would otherwise stop on it with whatever numpy or the sort raises."""
+    from compress.core.errors import ArtifactError
+
+    g = model.graph
+    inits = [t.name for t in g.initializer]
+    if len(set(inits)) != len(inits):
+        dup = next(n for n in inits if inits.count(n) > 1)
+        raise ArtifactError(f"the graph is corrupt: initializer {dup!r} is defined twice")
+    available = set(inits) | {i.name for i in g.input}
+    for node in g.node:
+        for out in node.output:
+            if out and out in available:
+                raise ArtifactError(
+                    f"the graph is corrupt: tensor {out!r} is produced twice ({node_desc(node)} and another)"
+                )
+            available.add(out)
+    for node in g.node:
+        missing = [i for i in node.input if i and i not in available]
+        if missing:
+            raise ArtifactError(f"the graph is corrupt: {node_desc(node)} reads {missing[0]!r}, which nothing produces")
+    try:
+        topological_sort(list(g.node), set(inits) | {i.name for i in g.input})
+    except ValueError as e:
+        raise ArtifactError("the graph is corrupt: its nodes form a cycle") from e
+    for t in g.initializer:
+        _check_tensor_data(t)
+
+
+def _check_tensor_data(t: onnx.TensorProto) -> None:
+    from compress.core.errors import ArtifactError
+
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return  # read (and its size checked) by onnx.load
+    count = int(np.prod(t.dims)) if len(t.dims) else 1
+    try:
+        if t.raw_data:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            packed = t.data_type in _PACKED_TYPES
+            expected = (count + 1) // 2 if packed else count * itemsize
+            ok = len(t.raw_data) == expected
+        else:
+            ok = numpy_helper.to_array(t).size == count
+    except (ValueError, TypeError, KeyError) as e:  # an unknown data type, typed fields that do not fit
+        raise ArtifactError(f"the graph is corrupt: initializer {t.name!r} cannot be read ({e})") from e
+    if not ok:
+        dtype = (
+            onnx.TensorProto.DataType.Name(t.data_type)
+            if t.data_type in onnx.TensorProto.DataType.values()
+            else t.data_type
+        )
+        raise ArtifactError(
+            f"the graph is corrupt: initializer {t.name!r} holds {len(t.raw_data)} bytes, not what {count} "
+            f"values of {dtype} take (shape {list(t.dims)})"
+        )
+
+
+# 4-bit types: two values per byte.
+_PACKED_TYPES = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
 def node_desc(node: onnx.NodeProto) -> str:
     """How error messages name a node: op type and name (or first output, for unnamed nodes)."""
     return f"{node.op_type} node {node.name or node.output[0]!r}"

@@ -36,7 +36,7 @@ def graph_inputs(model) -> list[tuple[str, str]]:
 
 def vocab_size(model, model_dir: str | Path | None = None) -> int:
     """Vocabulary size from config.json, else from the embedding table that input_ids indexes
-    (through Casts: fused graphs feed int32 ids to EmbedLayerNormalization); 100 if neither."""
+    (through Casts: fused graphs feed int32 ids to EmbedLayerNormalization); ArtifactError if neither."""
     v = read_config(model_dir).get("vocab_size")
     if isinstance(v, int) and v > 0:
         return v
@@ -55,7 +55,13 @@ def vocab_size(model, model_dir: str | Path | None = None) -> int:
             continue
         if len(shapes.get(table, [])) == 2:
             sizes.append(shapes[table][0])
-    return min(sizes) if sizes else 100  # 100: a small range that any real vocabulary covers
+    if not sizes:  # random ids past the real vocabulary would index outside the table
+        where = f"no config.json with vocab_size in {model_dir}" if model_dir else "no config.json"
+        raise ArtifactError(
+            f"cannot tell the graph's vocabulary size: {where} and no embedding table that input_ids "
+            "indexes; put the model's config.json beside the graph"
+        )
+    return min(sizes)
 
 
 def load_tokenizer(directory: str | Path, required: bool = False):

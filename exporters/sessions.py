@@ -1,5 +1,8 @@
 """ONNX Runtime sessions: creating one for a file or an in-memory graph, running it, comparing two graphs
-numerically, and collecting the advice ORT's python tools log."""
+numerically, and collecting the advice ORT's python tools log.
+
+Every numeric check goes through checked_diff: np.max of a difference holding NaN is NaN, and a running
+max(worst, nan) keeps `worst`, so without it a graph whose outputs are all NaN would pass."""
 
 from __future__ import annotations
 
@@ -126,8 +129,37 @@ def run(model_or_session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return {o.name: v for o, v in zip(sess.get_outputs(), outs)}
 
 
+def checked_diff(reference, candidate, output: str, what: str, source: str = "its source") -> float:
+    """Max |candidate - reference| of one output, in float64. ValidationError (one line) when the two
+    cannot be compared: a NaN in the reference (it proves nothing, not even against the same NaN), or a
+    NaN / inf in the candidate where the reference holds something else. An inf both hold at the same
+    place counts as equal (e.g. masked logits)."""
+    r, c = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    finite_r, finite_c = np.isfinite(r), np.isfinite(c)
+    if not (finite_r.all() and finite_c.all()):
+        nan_r = int(np.isnan(r).sum())
+        if nan_r:
+            raise ValidationError(
+                f"{what}: {source}'s output {output!r} holds {nan_r} NaN of {r.size} values on the sample "
+                "inputs, so nothing can be checked against it; fix the source first"
+            )
+        same = np.isinf(r) & (c == r)
+        bad = int((~finite_c & ~same).sum())
+        if bad:
+            raise ValidationError(
+                f"{what}: output {output!r} holds {bad} NaN/inf of {c.size} values where {source}'s are finite"
+            )
+        lost = int((~finite_r & ~same).sum())
+        if lost:
+            raise ValidationError(f"{what}: output {output!r} is finite at {lost} places where {source}'s is inf")
+        both = finite_r & finite_c
+        return float(np.max(np.abs(c[both] - r[both]), initial=0.0))
+    return float(np.max(np.abs(c - r), initial=0.0))
+
+
 def assert_close(reference, candidate, sample_inputs, atol: float, what: str) -> float:
-    """Max |candidate - reference| over every output and sample batch; ValidationError above atol."""
+    """Max |candidate - reference| over every output and sample batch; ValidationError above atol or on
+    NaN / inf (see checked_diff)."""
     ref_s, cand_s = make_session(reference, threads=1), make_session(candidate, threads=1)
     worst = 0.0
     for feeds in sample_inputs:
@@ -138,7 +170,7 @@ def assert_close(reference, candidate, sample_inputs, atol: float, what: str) ->
                     f"{what}: output {name!r} is missing or has shape "
                     f"{getattr(cand.get(name), 'shape', None)} instead of {r.shape}"
                 )
-            worst = max(worst, float(np.max(np.abs(cand[name].astype(np.float64) - r))) if r.size else 0.0)
+            worst = max(worst, checked_diff(r, cand[name], name, what))
     if not worst <= atol:
         raise ValidationError(f"{what} differs from its source by {worst:.3g} (max abs) > atol {atol:g}")
     return worst

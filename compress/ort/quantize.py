@@ -322,8 +322,9 @@ def quantize_onnx(
             from compress.ort.evaluate import evaluate_onnx
 
             result.eval_batch_size = eval_batch_size
-            result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads)
-            result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads)
+            pad = read_pad_id(src)  # the quantized graph sits in a temporary folder without the tokenizer
+            result.metrics_before = evaluate_onnx(src, task_data, eval_batch_size, threads=threads, pad_id=pad)
+            result.metrics_after = evaluate_onnx(quantized, task_data, eval_batch_size, threads=threads, pad_id=pad)
         result.warnings += write_derived_output(
             quantized,
             src,

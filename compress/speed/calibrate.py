@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compress.core.errors import InvalidConfigError
+from compress.speed.solver import least_cost
 from compress.speed.table import LatencyTable
 
 
@@ -80,8 +81,9 @@ def calibrate_budget(
         )
         # The table is off by `factor` at this size: ask it for target / factor instead of target.
         corrected = budget * factor
-        if corrected < table.floor_ms:
-            best = table.baseline_ms / table.floor_ms * factor
+        least = least_cost(table, ffn_block)
+        if corrected < least:
+            best = table.baseline_ms / least * factor
             raise InvalidConfigError(
                 f"on this machine the deploy graph runs {factor:.2f}x the table's predicted speedup, so "
                 f"{target:.2f}x is out of reach (at most about {best:.2f}x); ask for less"

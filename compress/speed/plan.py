@@ -232,12 +232,13 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
 
         d = deploy_from(cfg)
         table = flops_table_for(load_config(model_name), d)
-        return SpeedPlan(target, table, resolve_target(target, table), None)
+        return SpeedPlan(target, table, resolve_target(target, table, cfg.ffn_block), None)
     from compress.speed.table import load_or_build_table
 
     deploy = deploy_from(cfg)
     table, path, cached = on_rank_zero(lambda: load_or_build_table(model_name, deploy, progress=progress))
-    plan = SpeedPlan(target, table, resolve_target(target, table), deploy, str(path) if path else None, cached)
+    budget = resolve_target(target, table, cfg.ffn_block)
+    plan = SpeedPlan(target, table, budget, deploy, str(path) if path else None, cached)
     if cfg.calibrate:
         import sys
         import tempfile

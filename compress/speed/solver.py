@@ -20,6 +20,7 @@ GEMM tile sizes, and the budget is met to within one such block.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +71,31 @@ class Target:
         return f"{self.latency_ms:g} ms" if self.kind == "latency" else f"{self.flops:g} of dense FLOPs"
 
 
-def resolve_target(target: Target, table: LatencyTable) -> float:
-    """The budget in the table's unit; InvalidConfigError when even removing everything cannot reach it."""
+def least_cost(table: LatencyTable, ffn_block: int = 32) -> float:
+    """The cost of the cheapest structure that keeps anything: the fixed part plus one head or one FFN
+    block (the solver keeps FFN widths in multiples of ffn_block) in one layer, whichever costs less."""
+    units = []
+    if table.num_heads:
+        units.append(table.attn_cost(1))
+    if table.intermediate_size:
+        units.append(table.ffn_cost(min(max(1, ffn_block), table.intermediate_size)))
+    return table.fixed_ms + min(units, default=0.0)
+
+
+def _reachable(target: Target, table: LatencyTable, least: float) -> str:
+    """The advice of an unreachable target: the most it can ask for, rounded to stay reachable."""
+    if target.kind == "speedup":
+        return f"ask for at most {math.floor(table.baseline_ms / least * 100) / 100:.2f}x on this deployment"
+    if target.kind == "latency":
+        return f"ask for --target-latency-ms >= {math.ceil(least * 1000) / 1000:g}"
+    fraction = least / table.dense_ms
+    digits = 3 - math.floor(math.log10(fraction))  # 3 significant digits, rounded up
+    return f"ask for --target-flops >= {math.ceil(fraction * 10**digits) / 10**digits:g} (at most {1 / fraction:.1f}x fewer FLOPs)"
+
+
+def resolve_target(target: Target, table: LatencyTable, ffn_block: int = 32) -> float:
+    """The budget in the table's unit; InvalidConfigError when it would remove every head and FFN dim
+    (a model with nothing left to prune or deploy), naming the most that can be asked for instead."""
     target.validate()
     if target.kind == "flops" and table.unit != "MFLOP":
         raise InvalidConfigError(
@@ -84,12 +108,18 @@ def resolve_target(target: Target, table: LatencyTable) -> float:
         "latency": lambda: target.latency_ms,
         "flops": lambda: target.flops * table.dense_ms,
     }[target.kind]()
-    if budget < table.floor_ms:
-        best = table.baseline_ms / table.floor_ms if table.floor_ms > 0 else float("inf")
+    least = least_cost(table, ffn_block)
+    if budget < least * (1 - 1e-9):
+        block = min(max(1, ffn_block), table.intermediate_size)
+        fixed = (
+            f", {table.fixed_ms:.4g} {table.unit} of it embeddings, LayerNorms and the classifier"
+            if table.fixed_ms > 0
+            else ""
+        )
         raise InvalidConfigError(
-            f"target {target.describe()} means {budget:.3f} {table.unit}, below the {table.floor_ms:.3f} {table.unit} that "
-            f"embeddings, LayerNorms and the classifier cost with every head and FFN dim removed; ask for at most "
-            f"{best:.2f}x on this deployment"
+            f"target {target.describe()} means {budget:.4g} {table.unit}, less than the {least:.4g} {table.unit} of "
+            f"the smallest structure that keeps anything (one head or {block} FFN dims in one layer{fixed}), so it "
+            f"would remove every head and FFN dim; {_reachable(target, table, least)}"
         )
     return budget
 

@@ -12,7 +12,10 @@ Both curves are made non-decreasing (running maximum): removing structure never 
 noisy dip would otherwise mislead the budget solver. Every T is timed by time_graphs, in the same
 rounds as the dense graph.
 Tables are cached per (device, execution provider, ORT version, threads, batch x seq, precision, model
-geometry) in $COMPRESS_CACHE_DIR/latency or ~/.cache/compress/latency, written atomically.
+geometry) in $COMPRESS_CACHE_DIR/latency, else $XDG_CACHE_HOME/compress/latency or ~/.cache/compress/latency.
+Each is written to a temp file in the same folder and renamed onto its name, so two processes building
+one table leave one whole file; a corrupt one is rebuilt with a warning; a cache folder that cannot be
+written is an error before any timing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.artifacts import atomic_file
-from compress.core.errors import ArtifactError, InvalidConfigError
+from compress.core.errors import ArtifactError, InvalidConfigError, first_line
 from compress.speed.deploy_graph import DeployConfig, DeployGraphs, bench_config, time_graphs
 
 # Raised whenever the way tables are timed changes, so that a cached table timed otherwise is rebuilt.
@@ -130,16 +134,21 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LatencyTable":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"latency table is a JSON {type(data).__name__}, not an object; rebuild it")
         data = dict(data)
-        if data.pop("format", None) != TABLE_FORMAT:
+        version = data.pop("format", None)
+        if version != TABLE_FORMAT:
             raise ArtifactError(
-                f"latency table format {data.get('format')!r} is not {TABLE_FORMAT}; rebuild it "
+                f"latency table format {version!r} is not {TABLE_FORMAT}; rebuild it "
                 "(`compress latency-table MODEL --rebuild`)"
             )
         try:
             return cls(**data)
-        except TypeError as e:
-            raise ArtifactError(f"latency table is malformed ({e}); rebuild it") from e
+        except ArtifactError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError) as e:  # missing, extra or mistyped fields
+            raise ArtifactError(f"latency table is malformed ({type(e).__name__}: {first_line(e)}); rebuild it") from e
 
     def save(self, path: str | os.PathLike) -> Path:
         with atomic_file(path) as tmp:
@@ -149,9 +158,9 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"cannot read latency table {path} ({e}); delete it to rebuild") from e
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON (JSONDecodeError is a ValueError)
+            raise ArtifactError(f"cannot read latency table {path} ({first_line(e)}); delete it to rebuild") from e
 
     def summary(self) -> dict:
         return {
@@ -197,6 +206,21 @@ def cache_dir() -> Path:
         return Path(root).expanduser() / "latency"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "compress" / "latency"
+
+
+def check_cache_writable(path: Path) -> None:
+    """Before minutes of timing, not after: can a table be written next to `path` (in cache_dir())?
+    Tried with a probe file, not read from mode bits (root, read-only mounts)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path.parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise InvalidConfigError(
+            f"cannot write the latency-table cache {path.parent} ({e.strerror}); "
+            "set COMPRESS_CACHE_DIR to a writable folder"
+        ) from e
 
 
 def model_key(config) -> dict:
@@ -264,13 +288,16 @@ def load_or_build_table(
     if path is not None and path.exists() and not rebuild:
         try:
             table = LatencyTable.load(path)
-        except ArtifactError:
-            table = None  # an older table format under this key: measure again
+        except ArtifactError as e:  # an older format, or a file cut short (disk full, killed writer)
+            sys.stderr.write(f"warning: rebuilding the cached latency table {path}: {first_line(e)}\n")
+            table = None
         if table is not None and table.key == key:
             return table, path, True
+    if path is not None:
+        check_cache_writable(path)
     table = build_table(name, deploy, key=key, progress=progress)
     if path is not None:
-        table.save(path)
+        table.save(path)  # atomic (temp file in the same folder, then rename): concurrent builders never tear it
     return table, path, False
 
 

@@ -53,7 +53,7 @@ def _output_bias_slot(proj: Projection, residual: onnx.NodeProto) -> tuple[onnx.
     return None
 
 
-def _v_columns(g: Graph, a: AttentionBlock) -> tuple[np.ndarray, np.ndarray | None]:
+def v_columns(g: Graph, a: AttentionBlock) -> tuple[np.ndarray, np.ndarray | None]:
     """V's weight columns [H, heads*d] and bias (None without one), wherever V is packed."""
     if a.fused is not None:
         width = a.num_heads * a.head_size
@@ -69,13 +69,14 @@ def _v_columns(g: Graph, a: AttentionBlock) -> tuple[np.ndarray, np.ndarray | No
     return w, b
 
 
-def _activation_of(g: Graph, f: FfnBlock, x: np.ndarray) -> np.ndarray:
+def activation_of(g: Graph, f: FfnBlock, x: np.ndarray, dst: str | None = None) -> np.ndarray:
     """The FFN activation region evaluated by ONNX Runtime on a constant [F] input (what a dim whose
-    W1 column is zero feeds W2: its bias through GELU / BiasGelu / any decomposition)."""
+    W1 column is zero feeds W2: its bias through GELU / BiasGelu / any decomposition). dst: the region's
+    output to read, when it is not W2's input (dynamic int8 quantizes it first)."""
     pos = g.index()
     nodes = sorted(f.activation, key=lambda n: pos[id(n)])
     made = {o for n in nodes for o in n.output}
-    src, dst = f.w1.output, f.w2.matmul.input[0]
+    src, dst = f.w1.output, dst or f.w2.matmul.input[0]
     consts = {i for n in nodes for i in n.input if i and i != src and i not in made}
     inits = [onnx.numpy_helper.from_array(np.asarray(g.const(c)), c) for c in sorted(consts)]
     graph = onnx.helper.make_graph(
@@ -105,7 +106,7 @@ def fold_input_dead(g: Graph, layers: list[Layer], kept: list[LayerKeep]) -> tup
         a, f = layer.attention, layer.ffn
         d = a.head_size
         slot = _output_bias_slot(a.o, a.residual)
-        wv, bv = _v_columns(g, a)
+        wv, bv = v_columns(g, a)
         heads = [h for h in k["heads_kept"] if not np.any(wv[:, h * d : (h + 1) * d])]
         if heads and (slot is not None or bv is None or not np.any(bv)):
             wo = projection_weight(g, a.o)
@@ -123,7 +124,7 @@ def fold_input_dead(g: Graph, layers: list[Layer], kept: list[LayerKeep]) -> tup
         dims = [j for j in k["ffn_dims_kept"] if not np.any(w1[:, j])]
         if dims:
             b1 = g.const(f.w1.add.input[f.w1.bias_index]) if f.w1.add is not None else np.zeros(f.width, np.float32)
-            act = _activation_of(g, f, b1)
+            act = activation_of(g, f, b1)
             w2 = projection_weight(g, f.w2)
             delta = act[dims].astype(np.float64) @ w2[dims].astype(np.float64)
             if slot is not None or not np.any(delta):  # else nowhere to fold a nonzero constant: keep the dims

@@ -6,8 +6,9 @@ any HF version) while the shapes ORT sees get genuinely smaller.
 
 shrink() runs the passes: match (exporters.surgery.layers) -> check the kept structure against the
 graph (validate), or read it from zero weights and fold the bias contribution of input-side-dead
-structure (rewrite.fold_input_dead) -> remove heads, remove FFN dims (rewrite) -> commit, drop dead
-nodes, check the graph -> compare outputs with the source. Fusion is the caller's step
+structure (rewrite.fold_input_dead) -> keep the dead structure dynamic int8 still sees (int8_range) ->
+remove heads, remove FFN dims (rewrite) -> commit, drop dead nodes, check the graph -> compare outputs
+with the source. Fusion is the caller's step
 (exporters.optimize). Graphs already fused or quantized by ONNX Runtime tools are rewritten in place
 (fused Attention / QAttention, SkipLayerNorm, BiasGelu, QDQ and dynamic int8); tests/zoo/ holds one
 graph of each exporter this was checked on (tests/test_zoo.py, benchmarks/results/graph_zoo.md).
@@ -23,8 +24,9 @@ import onnx
 
 from compress.core.errors import ArtifactError, InvalidConfigError
 from compress.core.record import LayerKeep, as_layer_keeps
-from exporters.graph import Graph, op_counts, param_count
+from exporters.graph import Graph, check_structure, op_counts, param_count
 from exporters.sessions import assert_close
+from exporters.surgery.int8_range import keep_for_dynamic_range
 from exporters.surgery.layers import detect_kept, find_layers
 from exporters.surgery.report import describe_layer, fused_op_counts
 from exporters.surgery.rewrite import fold_input_dead, layer_params, remove_ffn_dims, remove_heads
@@ -50,6 +52,7 @@ def shrink(
     With sample_inputs, ORT outputs of the result are compared to the input model's (atol) and a
     ValidationError is raised on mismatch.
     """
+    check_structure(model)
     out = copy.deepcopy(model)
     g = Graph(out)
     layers, head_size = find_layers(g, head_size)
@@ -69,6 +72,7 @@ def shrink(
     else:
         kept = as_layer_keeps(kept)
         check_kept(g, layers, kept)
+    kept, held = keep_for_dynamic_range(g, layers, kept)
     heads_kept = [list(k.heads) for k in kept]
     dims_kept = [list(k.ffn_dims) for k in kept]
 
@@ -82,6 +86,7 @@ def shrink(
             "heads_removed": sorted(set(range(a.num_heads)) - set(heads_kept[i])),
             "found": found[i],
             "bias_folded": folded[i],
+            "kept_for_int8_range": held[i],
         }
     changes = zip(remove_heads(g, layers, heads_kept), remove_ffn_dims(g, layers, dims_kept))
     for layer, (heads, ffn) in zip(layers, changes):
