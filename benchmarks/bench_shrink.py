@@ -7,7 +7,7 @@ against PyTorch), then times ONNX Runtime on CPU with 2 intra-op threads at batc
 1 x 128. Runs of the variants are interleaved in a shuffled order each round so that load from other
 processes hits all variants alike; medians are reported.
 
-FLOP model (compress.sparsity.flops_per_token): multiply-accumulates per token of the encoder layers,
+FLOP model (compress.core.sparsity.flops_per_token): multiply-accumulates per token of the encoder layers,
 4*H*d per head (Q, K, V, O projections) + 2*L*d per head (QK^T and PV) + 2*H per FFN dim;
 embeddings, LayerNorm, softmax, GELU and the classifier are ignored. ideal speedup = dense / shrunk
 FLOPs; ratio = measured speedup / ideal.
@@ -187,6 +187,8 @@ def time_interleaved(sessions: dict, feeds: dict, reps: int, warmup: int, seed: 
 
 def agreement(dense_path: Path, shrunk_path: Path, tokenizer, input_names, threads: int) -> dict:
     """Dense vs shrunk ONNX on all of SST-2 dev: largest logit difference and label agreement."""
+    from exporters.sessions import checked_diff
+
     dense, shrunk = make_session(dense_path, threads), make_session(shrunk_path, threads)
     sentences = sst2_sentences(10**6)
     worst, same = 0.0, 0
@@ -194,7 +196,7 @@ def agreement(dense_path: Path, shrunk_path: Path, tokenizer, input_names, threa
         enc = tokenizer(sentences[i : i + 64], padding="longest", truncation=True, max_length=128, return_tensors="np")
         feeds = {k: enc[k].astype(np.int64) for k in input_names}
         a, b = dense.run(None, feeds)[0], shrunk.run(None, feeds)[0]
-        worst = max(worst, float(np.abs(a - b).max()))
+        worst = max(worst, checked_diff(a, b, "logits", "shrunk graph", "the dense graph"))
         same += int((a.argmax(1) == b.argmax(1)).sum())
     return {"sentences": len(sentences), "max_abs_logit_diff": worst, "label_agreement": same / len(sentences)}
 
@@ -280,7 +282,7 @@ def main() -> int:
             "per_layer": [(len(k["heads_kept"]), len(k["ffn_dims_kept"])) for k in kept],
         },
         "flop_model": "encoder MACs/token: 4*H*d per head (Q,K,V,O) + 2*L*d per head (QK^T, PV) + 2*H per FFN dim; "
-        "embeddings, LayerNorm, softmax, GELU, classifier ignored (compress.sparsity.flops_per_token, L=128)",
+        "embeddings, LayerNorm, softmax, GELU, classifier ignored (compress.core.sparsity.flops_per_token, L=128)",
         "flops_per_token": {"dense": flops_dense, "shrunk": flops_shrunk, "ideal_speedup": round(ideal, 3)},
         "exports": exports,
         "shrink": shrink_report,

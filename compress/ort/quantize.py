@@ -357,7 +357,7 @@ def _quantize_graph(
         # fuses residual Add + LayerNorm into SkipLayerNormalization, whose CPU kernel is
         # slower than the two ops it replaces (ORT 1.31: 22 vs 9 ms per run at 32x128 on
         # MiniLM-L6; int8 speedup 1.82x -> 1.94x without it). ORT re-infers shapes at load
-        # (exporters.surgery.finalize drops them for the same reason).
+        # (exporters.surgery.validate.finalize drops them for the same reason).
         del qmodel.graph.value_info[:]
         onnx.save(qmodel, str(quantized))
     ops = integer_op_counts(qmodel)
