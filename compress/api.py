@@ -92,7 +92,7 @@ class BenchResult(Result):
 
 @dataclass
 class RunResult(Result):
-    """path: the run folder; metrics: accuracy and speedup per model row; report: summary.json."""
+    """path: the run folder; metrics: the task's metrics and speedup per model row; report: summary.json."""
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -147,60 +147,126 @@ def is_onnx(path: PathLike) -> bool:
 
 
 def evaluate(model: PathLike, config: EvalConfig | None = None, *, data: DataConfig | None = None) -> EvalResult:
-    """Dev metrics of a checkpoint directory or of an ONNX model (a .onnx or a folder holding model.onnx)."""
+    """Dev metrics of a checkpoint directory or of an ONNX model (a .onnx or a folder holding model.onnx),
+    for any task type. Without a task, task type or data files in `data`, the task is the model's own
+    (its compression.json, or the one beside the graph; else its outputs), sst2 for a model with none."""
     config = config or EvalConfig()
-    data = _data(data)
     if config.batch_size is not None and config.batch_size < 1:
         raise InvalidConfigError(f"--batch-size {config.batch_size} must be >= 1")
+    onnx = is_onnx(model)
+    if not onnx and not Path(model).exists():
+        raise ArtifactError(f"model path {model} not found")
+    data = _eval_data(model, data, onnx)
+    kind = data.kind
     note = None
-    if is_onnx(model):
-        from compress.ort.evaluate import eval_batch_size, evaluate_onnx_path
+    if onnx:
+        from compress.ort.evaluate import eval_batch_size, evaluate_onnx_path, evaluate_task_onnx
 
         # Dynamic int8 depends on the batch it runs in: evaluated row by row unless asked otherwise, and said so.
         batch, note = eval_batch_size(model, config.batch_size)
-        metrics = evaluate_onnx_path(
-            str(model),
-            data,
-            batch_size=batch,
-            max_length=config.max_length,
-            max_eval_samples=config.max_eval_samples,
-            provider=config.provider,
-            threads=config.threads,
-        )
+        if kind == "sequence-classification":
+            metrics = evaluate_onnx_path(
+                str(model),
+                data,
+                batch_size=batch,
+                max_length=128 if config.max_length is None else config.max_length,
+                max_eval_samples=config.max_eval_samples,
+                provider=config.provider,
+                threads=config.threads,
+            )
+        else:
+            metrics = evaluate_task_onnx(
+                model,
+                data,
+                kind,
+                batch_size=batch,
+                max_length=config.max_length,
+                max_eval_samples=config.max_eval_samples,
+                provider=config.provider,
+                threads=config.threads,
+                teacher_predict=_embedding_teacher(model, data) if kind == "embedding" else None,
+            )
     else:
         from compress.training.driver import evaluate_checkpoint
 
-        if not Path(model).exists():
-            raise ArtifactError(f"model path {model} not found")
         batch = config.batch_size or 64
         metrics = evaluate_checkpoint(
             str(model), data, batch_size=batch, max_length=config.max_length, max_eval_samples=config.max_eval_samples
         )
     report = {"model": str(model), "task": data.task or "custom", **metrics, "batch_size": batch}
+    if kind != "sequence-classification":
+        report["task_type"] = kind
     if note:
         report["note"] = note
     return EvalResult(None, metrics, report)
 
 
-def export_onnx(checkpoint: PathLike, output: PathLike, config: ExportConfig | None = None) -> ExportResult:
-    """Export a checkpoint to `output`/model.onnx, validated against PyTorch; optionally shrunk and fused."""
-    from exporters.export import export_checkpoint
+def _recorded(model: PathLike, onnx: bool) -> tuple[dict, str | None]:
+    """(compression.json of a checkpoint or beside a graph, the model's task type when it can tell)."""
+    from compress.core.artifacts import read_compression_json
 
-    c = config or ExportConfig()
-    if c.atol <= 0:
-        raise InvalidConfigError("--atol must be positive")
-    r = export_checkpoint(
-        checkpoint,
-        output,
-        task=c.task,
-        overwrite=c.overwrite,
-        opset=c.opset,
-        validate=c.validate,
-        atol=c.atol,
-        exporter=c.exporter,
-        shrink=c.shrink,
-        optimize=c.optimize,
-    )
+    if onnx:
+        from compress.ort.evaluate import graph_info, graph_task_type
+
+        return graph_info(model), graph_task_type(model)
+    info = read_compression_json(model, verify=False) or {}
+    st_folder = (Path(model) / "modules.json").is_file()  # a sentence-transformers model: an encoder with pooling
+    return info, info.get("task_type") or ("embedding" if st_folder else None)
+
+
+def _eval_data(model: PathLike, data: DataConfig | None, onnx: bool) -> DataConfig:
+    """The data to evaluate `model` on: what was given, completed by the model's record: its built-in
+    task when none is given, its task type when data files are given without one."""
+    from compress.core.config import BUILTIN_TASKS
+    from compress.core.errors import DataError
+
+    data = data or DataConfig()
+    info, kind = _recorded(model, onnx)
+    given_kind = data.task_type or BUILTIN_TASKS.get(data.task or "")
+    if data.task is None and not (data.train_file or data.validation_file):
+        recorded = info.get("task")
+        kind = given_kind or kind
+        if recorded in BUILTIN_TASKS and BUILTIN_TASKS[recorded] == (kind or BUILTIN_TASKS[recorded]):
+            data = replace(data, task=recorded)
+        elif kind == "embedding":  # its evaluation sets are built in, whatever corpus it was distilled on
+            data = replace(data, task="embedding")
+        elif kind not in (None, "sequence-classification") or recorded:
+            raise DataError(
+                f"{model} is a {kind or 'sequence-classification'} model trained on data files ({recorded or 'not recorded'}); "
+                "pass --validation-file (or a built-in --task)"
+            )
+    if given_kind is None and kind is not None and data.task is None:
+        data = replace(data, task_type=kind)
+    return data.resolved()
+
+
+def _embedding_teacher(model: PathLike, data: DataConfig):
+    """`predict` of the PyTorch teacher an embedding graph is compared with: the teacher (else the base
+    model) its compression.json records; None (no fidelity metrics) for a graph with no record."""
+    from compress.core.models import resolve_model
+    from compress.ort.evaluate import graph_info
+    from compress.tasks.batching import torch_predict
+    from compress.training.tasks import task_type
+
+    info = graph_info(model)
+    name = info.get("teacher") or info.get("base_model")
+    if not name:
+        return None
+    task = task_type("embedding")
+    return torch_predict(task.load_teacher(resolve_model(name), None, data), task.outputs)
+
+
+def export_onnx(checkpoint: PathLike, output: PathLike, config: ExportConfig | None = None) -> ExportResult:
+    """Export a checkpoint to `output`/model.onnx, validated against PyTorch; optionally shrunk and fused.
+
+    The head is the checkpoint's task type (compression.json, else a sentence-transformers folder's
+    modules.json, else its architecture). An embedding model exports as one graph with
+    `last_hidden_state` and `sentence_embedding` (pooling and normalisation inside) into a
+    sentence-transformers folder: `output` holds the checkpoint's model files, the graph is
+    `output`/onnx/model.onnx, where sentence-transformers looks for it."""
+    from compress.task_onnx import export
+
+    r = export(checkpoint, output, config or ExportConfig())
     report = {
         "task": r.task,
         "exporter": r.exporter,
@@ -287,23 +353,47 @@ def quantize(
 ) -> QuantizeResult:
     """int8 quantization with ONNX Runtime (dynamic by default). With `data` (a task or data files), dev
     metrics before and after; static mode calibrates on config.calibration_file, else on data's
-    training split."""
+    training split (sentence classification only)."""
+    from compress.ort.evaluate import graph_task_type
     from compress.ort.quantize import quantize_onnx
+    from compress.task_onnx import int8_config
 
     config = config or QuantizeConfig()
     config.validate()  # bad flags fail before any data is loaded
-    task_data, calibration = _quantize_data(model, config, data)
+    given = data is not None and bool(data.task or data.task_type or data.train_file or data.validation_file)
+    kind = data.kind if given else graph_task_type(model)
+    config = int8_config(config, kind)
+    if kind == "sequence-classification":
+        task_data, calibration = _quantize_data(model, config, data)
+        r = quantize_onnx(
+            model,
+            output,
+            config,
+            calibration_data=calibration,
+            task_data=task_data,
+            overwrite=config.overwrite,
+            threads=config.threads,
+            eval_batch_size=config.eval_batch_size,
+        )
+        return QuantizeResult(Path(r.output), dict(r.metrics_after or {}), r.to_dict())
+    if config.mode == "static" and not config.calibration_file:
+        raise InvalidConfigError(
+            f"static int8 of a {kind or 'bare encoder'} graph calibrates on --calibration-file (text)"
+        )
+    _, calibration = _quantize_data(model, config, None)
     r = quantize_onnx(
-        model,
-        output,
-        config,
-        calibration_data=calibration,
-        task_data=task_data,
-        overwrite=config.overwrite,
-        threads=config.threads,
-        eval_batch_size=config.eval_batch_size,
+        model, output, config, calibration_data=calibration, overwrite=config.overwrite, threads=config.threads
     )
-    return QuantizeResult(Path(r.output), dict(r.metrics_after or {}), r.to_dict())
+    if given:
+        from compress.ort.evaluate import evaluate_task_onnx
+
+        data = _eval_data(model, data, onnx=True)
+        r.eval_batch_size = config.eval_batch_size or (1 if config.mode == "dynamic" else 32)
+        teacher = _embedding_teacher(model, data) if kind == "embedding" else None
+        kw = dict(batch_size=r.eval_batch_size, max_eval_samples=config.max_eval_samples, threads=config.threads)
+        r.metrics_before = evaluate_task_onnx(model, data, kind, teacher_predict=teacher, **kw)
+        r.metrics_after = evaluate_task_onnx(r.output, data, kind, teacher_predict=teacher, **kw)
+    return QuantizeResult(Path(r.output), dict(r.metrics_after or {}), {**r.to_dict(), "task_type": kind})
 
 
 def _quantize_data(model: PathLike, config: QuantizeConfig, data: DataConfig | None):
@@ -349,10 +439,14 @@ def benchmark(
     command: str | None = None,
     progress=None,
 ) -> BenchResult:
-    """Interleaved ONNX Runtime latency of `models` over the config's batch x length grid."""
+    """Interleaved ONNX Runtime latency of `models` over the config's batch x length grid; without a
+    config, the defaults at the graphs' task's length (384 for question answering, else 128)."""
     from compress.ort.bench import onnx_runner, run_benchmark, torch_runner
 
-    config = config or BenchConfig()
+    if config is None:
+        from compress.task_onnx import default_seq_lens
+
+        config = BenchConfig(seq_lens=default_seq_lens(models))
     if config.threads == 0:  # the CLI's "all cores"
         config = replace(config, threads=None)
     config.validate()
@@ -370,22 +464,19 @@ def run(
     model: PathLike | None, output: PathLike, config: RunConfig | None = None, *, data: DataConfig | None = None
 ) -> RunResult:
     """The main job: prune -> (fill) -> export + shrink + fuse -> quantize -> eval -> bench, with a report.
-    `model` and `data` (a built-in task and its folder) fill the recipe's `model`, `task` and `data_dir`
-    when given; None keeps the recipe's (the student defaults to the teacher)."""
+    Every task type runs through it (sentence classification, question answering, token classification,
+    embeddings). `model` and `data` fill the recipe's `model` and data fields (task, task type, folder,
+    files, columns) when given; None keeps the recipe's (the student defaults to the teacher)."""
     from compress.pipeline import run_pipeline
 
     cfg = config or RunConfig()
     if model is not None:
         cfg = replace(cfg, model=str(model))
     if data is not None:
-        files = [
-            f.name for f in fields(data) if f.name not in ("task", "data_dir") and getattr(data, f.name) is not None
-        ]
-        if files:
-            raise InvalidConfigError(
-                f"compress run takes a built-in task and its folder (DataConfig task, data_dir), not {', '.join(files)}"
-            )
-        cfg = replace(cfg, task=data.task or cfg.task, data_dir=data.data_dir or cfg.data_dir)
+        given = {f.name: getattr(data, f.name) for f in fields(data) if getattr(data, f.name) != f.default}
+        if given.get("train_file") or given.get("validation_file"):
+            given.setdefault("task", None)  # the files are the task, not the recipe's default one
+        cfg = replace(cfg, **given)
     summary = run_pipeline(cfg, output)
     metrics = {
         f"{row['model']} {k}": v

@@ -93,15 +93,17 @@ def plot_kept(layers: list[dict], geo: dict, path: str | Path) -> Path:
     return path
 
 
-def plot_frontier(points: list[dict], path: str | Path, x: str = "speedup", y: str = "accuracy") -> Path:
-    """points: [{label, speedup, accuracy}]; a scatter with labels."""
+def plot_frontier(
+    points: list[dict], path: str | Path, x: str = "speedup", y: str = "accuracy", y_label: str | None = None
+) -> Path:
+    """points: [{label, speedup, accuracy}] (or another `y` key); a scatter with labels."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for p in points:
         ax.scatter(p[x], p[y])
         ax.annotate(p["label"], (p[x], p[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("ORT CPU speedup vs dense fp32 (batch 32 x 128)" if x == "speedup" else x)
-    ax.set_ylabel("dev " + y)
+    ax.set_ylabel(y_label or "dev " + y)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -139,28 +141,62 @@ def _recipe_label(recipe: dict) -> str:
 def write_report(directory: Path, summary: dict, checkpoint: Path, others: dict[str, dict] | None = None) -> None:
     """report.md of a `compress run` output and its pictures (pattern.png, kept.png, frontier.png);
     `others`: the summaries of runs beside it (known_runs), tabled and plotted with this one."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
-    plot_pattern(model, directory / "pattern.png", f"{summary['recipe']['prune']['method']}: kept weights per matrix")
+    plot_pattern(
+        _pruned_model(summary, checkpoint),
+        directory / "pattern.png",
+        f"{summary['recipe']['prune']['method']}: kept weights per matrix",
+    )
     plot_kept(summary["layers"], summary["geometry"], directory / "kept.png")
     rows = summary["rows"]
     b = max(summary["recipe"]["bench_batch_sizes"])
-    acc_key = next(k for k in rows[0] if k.startswith("dev_"))
+    acc_key = headline_metric(summary)
     others = {
         n: s
         for n, s in (others or {}).items()
-        if s["recipe"].get("task") == summary["recipe"]["task"] and f"speedup_b{b}" in s["rows"][0]
+        if s["recipe"].get("task") == summary["recipe"]["task"]
+        and _task_type(s) == _task_type(summary)
+        and f"speedup_b{b}" in s["rows"][0]
     }
-    points = [{"label": r["model"], "speedup": r[f"speedup_b{b}"], "accuracy": r[acc_key]} for r in rows]
+    points = [{"label": r["model"], "speedup": r[f"speedup_b{b}"], "metric": r[acc_key]} for r in rows]
     points += [
-        {"label": f"{n}: {r['model']}", "speedup": r[f"speedup_b{b}"], "accuracy": r.get(acc_key, float("nan"))}
+        {"label": f"{n}: {r['model']}", "speedup": r[f"speedup_b{b}"], "metric": r.get(acc_key, float("nan"))}
         for n, s in others.items()
         for r in s["rows"]
         if r["model"].startswith("pruned")
     ]
-    plot_frontier(points, directory / "frontier.png")
+    plot_frontier(points, directory / "frontier.png", y="metric", y_label="dev " + acc_key.removeprefix("dev_"))
     (directory / "report.md").write_text("\n".join(_report_lines(summary, others, b, acc_key)))
+
+
+# The metric the frontier and the runs table show, per task type; sentence classification shows its first
+# (accuracy). Embeddings: retrieval, what a retrieval encoder is for.
+HEADLINE = {
+    "question-answering": "dev_f1",
+    "token-classification": "dev_f1",
+    "embedding": "dev_retrieval_mrr@10",
+}
+
+
+def _task_type(summary: dict) -> str:
+    return summary.get("task_type") or "sequence-classification"  # runs from before task types
+
+
+def headline_metric(summary: dict) -> str:
+    row = summary["rows"][0]
+    key = HEADLINE.get(_task_type(summary))
+    return key if key in row else next(k for k in row if k.startswith("dev_"))
+
+
+def _pruned_model(summary: dict, checkpoint: Path):
+    """The pruned PyTorch model, for its pruning pattern: loaded as its task's model."""
+    kind = _task_type(summary)
+    if kind == "sequence-classification":
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    from compress.training.tasks import task_type
+
+    return task_type(kind).reload(str(checkpoint))
 
 
 def _report_lines(summary: dict, others: dict[str, dict], b: int, acc_key: str) -> list[str]:
@@ -170,7 +206,7 @@ def _report_lines(summary: dict, others: dict[str, dict], b: int, acc_key: str) 
     recipe = summary["recipe"]
     fill = f" + {recipe['fill_steps']} fill steps (hybrid-filled)" if recipe.get("fill_steps") else ""
     lines = [
-        f"# compress run — {recipe['prune']['method']}{fill} on {recipe['task']}",
+        f"# compress run — {recipe['prune']['method']}{fill} on {summary.get('task') or recipe['task']}",
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
@@ -185,8 +221,8 @@ def _report_lines(summary: dict, others: dict[str, dict], b: int, acc_key: str) 
         "",
         "Latency: ONNX Runtime CPU, p50, sequence length "
         f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
-        "measured in the same run. Accuracy at eval_batch rows per batch: dynamic int8 at 1, because its "
-        "activation ranges are computed per batch and its accuracy moves with the batch "
+        f"measured in the same run. {_metrics_word(summary)} at eval_batch rows per batch: dynamic int8 at 1, "
+        "because its activation ranges are computed per batch and its accuracy moves with the batch "
         "(benchmarks/results/int8_batch_dependence.md).",
         "",
         "| layer | heads kept | FFN dims kept |",
@@ -216,6 +252,18 @@ def _report_lines(summary: dict, others: dict[str, dict], b: int, acc_key: str) 
         "",
     ]
     return lines
+
+
+def _metrics_word(summary: dict) -> str:
+    kind = _task_type(summary)
+    if kind == "sequence-classification":
+        return "Accuracy"
+    what = {
+        "question-answering": "exact match and F1 (0-100)",
+        "token-classification": "entity precision, recall, F1 and word accuracy",
+        "embedding": "retrieval (held-out SQuAD articles), MRPC pair similarity and fidelity to the dense model",
+    }
+    return f"Metrics ({what.get(kind, kind)})"
 
 
 def _speed_line(sp: dict) -> str:

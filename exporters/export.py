@@ -16,6 +16,10 @@ Choices, and why:
     removable head / FFN dim has all-zero output weights and the ONNX surgery can find it.
   * Nothing is written unless validation passes: the whole output directory is built in a temporary
     sibling and renamed into place (compress.core.artifacts.atomic_dir).
+  * A model no Auto class loads (an encoder with sentence-transformers' pooling inside forward) is
+    loaded by the caller and passed in, since this package imports only compress.core; its spec row
+    puts the graph in a subfolder of a copy of the checkpoint's model folder (onnx/model.onnx, where
+    sentence-transformers looks), with config and tokenizer beside the graph for ONNX tools.
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ from compress.core.errors import (
 )
 from exporters.files import SIDECAR_FILES
 from exporters.inputs import load_tokenizer, sample_inputs
-from exporters.sessions import make_session, run
-from exporters.spec import MODEL_FILE, TASKS, ExportSpec
+from exporters.sessions import checked_diff, make_session, run
+from exporters.spec import MODEL_FILE, SENTENCE_TRANSFORMERS_FILES, TASKS, WEIGHT_FILES, ExportSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,11 @@ def load_for_task(checkpoint_dir: str | Path, task: str):
     if task not in TASKS:
         raise InvalidConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     spec = TASKS[task]
+    if spec.auto_class is None:
+        raise InvalidConfigError(
+            f"task {task} exports a model that no transformers Auto class loads; pass the loaded model "
+            "(export_checkpoint(model=...), as `compress export` does)"
+        )
     cls = getattr(transformers, spec.auto_class)
     from transformers.utils import logging as hf_logging
 
@@ -147,7 +156,7 @@ def max_sequence(config) -> int:
 def _export_torchscript(wrapper, args, path: Path, input_names, spec: ExportSpec, opset: int) -> None:
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     for name in spec.outputs:
-        axes[name] = {0: "batch", 1: "sequence"} if spec.per_token else {0: "batch"}
+        axes[name] = {0: "batch", 1: "sequence"} if spec.has_sequence_axis(name) else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes
         torch.onnx.export(
@@ -238,7 +247,7 @@ def validate_against_torch(onnx_model: onnx.ModelProto, model, task: str, input_
         for name, r in ref.items():
             if got[name].shape != r.shape:
                 raise ValidationError(f"ONNX output {name!r} has shape {got[name].shape}, PyTorch {r.shape}")
-            worst = max(worst, float(np.max(np.abs(got[name] - r))))
+            worst = max(worst, checked_diff(r, got[name], name, "exported ONNX", "PyTorch"))
         shapes.append(list(feeds["input_ids"].shape))
     if not worst <= atol:
         raise ValidationError(
@@ -270,8 +279,15 @@ def export_checkpoint(
     exporter: str = "torchscript",
     shrink: bool | None = None,
     optimize: bool = False,
+    model=None,
 ) -> ExportReport:
     """Checkpoint dir -> output_dir/{model.onnx, config.json, tokenizer files, compression.json}.
+
+    `model`: the checkpoint already loaded for `task` (eager attention, eval mode), for tasks whose
+    spec has no Auto class (sentence-embedding: an encoder with its pooling, loaded by the caller).
+    A task with a spec subfolder writes the checkpoint's model folder (weights, config, tokenizer and
+    its other files, e.g. sentence-transformers' modules) with the graph and its sidecars in
+    output_dir/<subfolder>/.
 
     shrink: cut the dead heads / FFN dims (from compression.json, else zero weights) so model.onnx is
     the small graph. None (the default) shrinks whenever there is dead structure: a pruned model must
@@ -295,7 +311,10 @@ def export_checkpoint(
         )
     config = AutoConfig.from_pretrained(str(checkpoint_dir))
     task = task or infer_task(config)
-    model = load_for_task(checkpoint_dir, task)
+    if task not in TASKS:
+        raise InvalidConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    spec = TASKS[task]
+    model = load_for_task(checkpoint_dir, task) if model is None else model.eval()
     notes = []
     if not _fold(model):
         notes.append(f"model type {config.model_type!r} has no structure table: exported as is")
@@ -304,16 +323,18 @@ def export_checkpoint(
         notes.append("no tokenizer in the checkpoint: validated on random token ids")
 
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
-        path = tmp / MODEL_FILE
+        graph_dir = tmp / spec.subfolder
+        graph_dir.mkdir(exist_ok=True)
+        path = graph_dir / MODEL_FILE
         used, input_names, output_names = _to_onnx(model, task, path, opset, exporter)
         if used != exporter:
             notes.append(f"the {exporter} exporter failed; used {used}")
         dense = onnx.load(str(path))
         opset_used = next((o.version for o in dense.opset_import if o.domain in ("", "ai.onnx")), opset)
-        batches = sample_inputs(input_names, tokenizer, getattr(config, "vocab_size", 100), max_sequence(config))
+        batches = sample_inputs(input_names, tokenizer, config.vocab_size, max_sequence(config))
         validation = validate_against_torch(dense, model, task, input_names, batches, atol) if validate else {}
         result = ExportReport(
-            Path(output_dir) / MODEL_FILE,
+            Path(output_dir) / spec.subfolder / MODEL_FILE,
             task,
             used,
             input_names,
@@ -331,7 +352,9 @@ def export_checkpoint(
                 )["max_abs_diff"]
             onnx.save(final, str(path))
 
-        _write_sidecars(checkpoint_dir, tmp, structure, result)
+        _write_sidecars(checkpoint_dir, graph_dir, structure, result)
+        if spec.subfolder:
+            _write_model_folder(checkpoint_dir, tmp, structure, result, spec.subfolder)
     return result
 
 
@@ -367,18 +390,55 @@ def _write_sidecars(checkpoint_dir: Path, tmp: Path, structure: dict | None, res
             shutil.copy2(checkpoint_dir / name, tmp / name)
     if structure is not None:
         data = copy.deepcopy(structure)
-        data["onnx"] = {
-            "file": MODEL_FILE,
-            "task": result.task,
-            "exporter": result.exporter,
-            "opset": result.opset,
-            "inputs": result.inputs,
-            "outputs": result.outputs,
-            "shrunk": result.shrink is not None,
-            "optimized": bool(result.optimize and result.optimize["applied"]),
-            "validation": result.validation,
-        }
+        data["onnx"] = _onnx_record(result, MODEL_FILE)
         write_json(tmp / COMPRESSION_JSON, record_checksums(tmp, data, [MODEL_FILE, "config.json"]))
+
+
+def _onnx_record(result: ExportReport, file: str) -> dict:
+    """compression.json's `onnx` section: what was exported, how, and how it was checked."""
+    return {
+        "file": file,
+        "task": result.task,
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "inputs": result.inputs,
+        "outputs": result.outputs,
+        "shrunk": result.shrink is not None,
+        "optimized": bool(result.optimize and result.optimize["applied"]),
+        "validation": result.validation,
+    }
+
+
+def _write_model_folder(checkpoint_dir: Path, tmp: Path, structure: dict | None, result: ExportReport, sub: str):
+    """The checkpoint's model folder at the top of the output: weights (masks baked in), config,
+    tokenizer, sentence-transformers' files and the module folders modules.json names, so the folder
+    loads as the PyTorch model it was exported from; its compression.json also lists the graph."""
+    names = [*SIDECAR_FILES, *SENTENCE_TRANSFORMERS_FILES]
+    weights = next((w for w in WEIGHT_FILES if (checkpoint_dir / w).is_file()), None)
+    for name in names + ([weights] if weights else []):
+        if (checkpoint_dir / name).is_file():
+            shutil.copy2(checkpoint_dir / name, tmp / name)
+    for folder in module_folders(checkpoint_dir):
+        if folder != sub:
+            shutil.copytree(checkpoint_dir / folder, tmp / folder, dirs_exist_ok=True)
+    if structure is not None:
+        data = copy.deepcopy(structure)
+        graph = f"{sub}/{MODEL_FILE}"
+        data["onnx"] = _onnx_record(result, graph)
+        listed = [n for n in structure.get("files", {}) if (tmp / n).is_file()]
+        write_json(tmp / COMPRESSION_JSON, record_checksums(tmp, data, [*listed, graph]))
+
+
+def module_folders(model_dir: Path) -> list[str]:
+    """The folders of a sentence-transformers model's modules (modules.json `path`s) that exist."""
+    import json
+
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    paths = [m.get("path") for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    return [p for p in paths if isinstance(p, str) and p and (model_dir / p).is_dir()]
 
 
 def geometry_of(config):

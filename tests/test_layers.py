@@ -24,7 +24,16 @@ PACKAGES = ("compress", "exporters")
 ALLOWED = {
     "compress.core": {"compress.core"},
     "compress.pruning": {"compress.core", "compress.pruning"},
-    "compress.training": {"compress.core", "compress.pruning", "compress.training", "compress.speed", "exporters"},
+    "compress.training": {
+        "compress.core",
+        "compress.pruning",
+        "compress.training",
+        "compress.speed",
+        "compress.tasks",
+        "exporters",
+    },
+    # one module per task type (data, model, loss, metrics); the registry in compress.training reads them
+    "compress.tasks": {"compress.core", "compress.tasks", "exporters"},
     # latency tables are timed on our own export + surgery (+ quantize) graphs of the user's model
     "compress.speed": {
         "compress.core",
@@ -34,7 +43,7 @@ ALLOWED = {
         "compress.ort",
         "exporters",
     },
-    "compress.ort": {"compress.core", "compress.ort", "compress.training", "exporters"},
+    "compress.ort": {"compress.core", "compress.ort", "compress.training", "compress.tasks", "exporters"},
     "exporters": {"compress.core", "exporters"},
 }
 

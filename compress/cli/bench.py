@@ -34,9 +34,14 @@ def run(a):
     for path in (a.json_path, a.csv_path):  # before the timing, not after it
         check_output_file(path, inputs=tuple(a.models))
     err = Console(stderr=True)
+    from compress.cli.flags import given_fields
+    from compress.task_onnx import default_seq_lens
+
+    # Without --seq-lens: the graphs' task's length (question answering: its 384-token windows).
+    lengths = {} if "seq_lens" in given_fields(BenchConfig, a) else {"seq_lens": default_seq_lens(a.models)}
     result = benchmark(
         a.models,
-        config_from_args(BenchConfig, a),
+        config_from_args(BenchConfig, a, **lengths),
         labels=a.labels,
         torch_checkpoint=a.torch,
         command=a.command_line,

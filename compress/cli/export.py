@@ -7,6 +7,9 @@ by more than --atol. A pruned checkpoint (compression.json, or all-zero heads / 
 by default: DIR/model.onnx is the graph with the pruned heads and FFN dims cut out (each step is
 checked against the previous one and, at the end, against PyTorch), and what was removed is printed.
 --no-shrink keeps the full graph; --shrink runs the surgery even when no dead structure is found.
+An embedding model (compression.json task_type embedding, or a sentence-transformers folder) exports
+as one graph with last_hidden_state and sentence_embedding (pooling and normalisation inside) into a
+sentence-transformers folder: DIR loads with SentenceTransformer(DIR), the graph is DIR/onnx/model.onnx.
 """
 
 from __future__ import annotations

@@ -62,8 +62,11 @@ def _print(report: dict) -> None:
     t.add_row("size (MB)", f"{r.size_before / 1e6:.1f}", f"{r.size_after / 1e6:.1f}")
     if r.metrics_before:
         t.add_row("eval batch size", str(r.eval_batch_size), str(r.eval_batch_size))
-    for k in r.metrics_before or {}:
-        t.add_row(k, f"{100 * r.metrics_before[k]:.2f}", f"{100 * r.metrics_after[k]:.2f}")
+    # Fractions are shown as percentages; question answering's EM/F1 already are.
+    scale = 1 if getattr(r, "task_type", None) == "question-answering" else 100
+    for k, before in (r.metrics_before or {}).items():
+        if isinstance(before, (int, float)):  # nested ones (entity F1 per type) are in --json
+            t.add_row(k, f"{scale * before:.2f}", f"{scale * r.metrics_after[k]:.2f}")
     c.print(t)
     c.print(
         f"{r.config['mode']} int8 ({r.config['format'] if r.config['mode'] == 'static' else 'qoperator'}); "

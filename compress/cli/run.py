@@ -1,4 +1,6 @@
-"""`compress run`: the whole chain from one recipe (compress.pipeline), flags overriding the recipe."""
+"""`compress run`: the whole chain from one recipe (compress.pipeline), flags overriding the recipe.
+Any task type: a built-in --task (sst2, mrpc, squad-split, squad, embedding) or data files with
+--task-type and the column flags."""
 
 # The speed-target and deployment fields of PruneConfig that `compress run` takes as flags.
 TARGET_FIELDS = (
@@ -14,11 +16,14 @@ TARGET_FIELDS = (
     "budget_importance",
     "ffn_block",
 )
+# Training and distillation fields of the recipe's prune section that `compress run` takes as flags.
+TRAIN_FIELDS = ("max_length", "eval_max_length", "max_train_samples", "max_eval_samples")
+DISTILL_FIELDS = ("embedding_loss", "hidden_weight")
 
 
 def register(sub):
     from compress.cli.flags import add_config_args
-    from compress.core.config import PruneConfig, RunConfig
+    from compress.core.config import DistillConfig, PruneConfig, RunConfig, TrainConfig
 
     p = sub.add_parser(
         "run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report"
@@ -31,6 +36,8 @@ def register(sub):
     g.add_argument("--lambda", dest="lambda_reg", type=float, help="final regularisation weight (default: 10)")
     g.add_argument("--sparsity", type=float, help="target fraction of zeros for top-k methods")
     g.add_argument("--max-steps", type=int, help="pruning steps (default 600)")
+    add_config_args(g, TrainConfig, only=TRAIN_FIELDS)
+    add_config_args(g, DistillConfig, only=DISTILL_FIELDS)
     add_config_args(
         p,
         PruneConfig,
@@ -44,11 +51,18 @@ def register(sub):
 def run(a):
     from compress.api import run
     from compress.cli.flags import given_fields
-    from compress.core.config import PruneConfig, RunConfig
+    from compress.core.config import DistillConfig, PruneConfig, RunConfig, TrainConfig
 
     cfg = RunConfig.load(a.recipe) if a.recipe else RunConfig()
-    for key, value in given_fields(RunConfig, a).items():
+    given = given_fields(RunConfig, a)
+    if (given.get("train_file") or given.get("validation_file")) and "task" not in given:
+        given["task"] = None  # the files are the task, not the default one
+    for key, value in given.items():
         setattr(cfg, key, value)
+    for key, value in given_fields(TrainConfig, a, only=TRAIN_FIELDS).items():
+        setattr(cfg.prune.train, key, value)
+    for key, value in given_fields(DistillConfig, a, only=DISTILL_FIELDS).items():
+        setattr(cfg.prune.distill, key, value)
     if a.teacher:
         cfg.prune.distill.teacher = a.teacher
     if a.method:

@@ -465,7 +465,10 @@ class EvalConfig:
         "evaluation batch size (default 64; 1 for dynamic int8 graphs, whose accuracy "
         "depends on the batch: benchmarks/results/int8_batch_dependence.md)",
     )
-    max_length: int = arg(128, "sequence length (longer rows are truncated)")
+    max_length: int | None = arg(
+        None,
+        "sequence length, longer rows are truncated (default: the task's: 128; question answering 384, embeddings 256)",
+    )
     max_eval_samples: int | None = arg(None, "use at most N dev rows")
     provider: str = arg("cpu", "ONNX Runtime provider for .onnx models", choices=["cpu", "cuda"])
     threads: int | None = arg(None, "ONNX Runtime intra-op threads (default: all cores)")
@@ -474,7 +477,9 @@ class EvalConfig:
 @dataclass
 class BenchConfig:
     batch_sizes: tuple[int, ...] = arg((1, 32), "batch sizes of the grid", metavar="N")
-    seq_lens: tuple[int, ...] = arg((128,), "sequence lengths of the grid", metavar="N")
+    seq_lens: tuple[int, ...] = arg(
+        (128,), "sequence lengths of the grid (compress bench: 384 for question answering graphs)", metavar="N"
+    )
     provider: str = arg(
         "cpu",
         "execution provider; cuda uses IO binding (inputs live on the GPU) and needs onnxruntime-gpu",
@@ -517,9 +522,19 @@ def _main_job_prune() -> PruneConfig:
         score_lr=0.05,
         lambda_att=1.0,
         lambda_ffn=1.0,
-        train=TrainConfig(max_steps=600, batch_size=32, max_length=64, lr=3e-5, warmup_ratio=0.1, logging_steps=50),
+        # max_length None: the task type's (64 for sentence classification, 384 windows for question answering)
+        train=TrainConfig(max_steps=600, batch_size=32, lr=3e-5, warmup_ratio=0.1, logging_steps=50),
         distill=DistillConfig(alpha_ce=0.1, alpha_teacher=0.9, temperature=2.0),
     )
+
+
+DEFAULT_RUN_TASK = "sst2"  # the main job's
+
+
+def _data_field(name: str):
+    """A RunConfig field that is DataConfig's field `name`: one default and help text for both."""
+    f = next(f for f in fields(DataConfig) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
 
 
 @dataclass
@@ -530,8 +545,24 @@ class RunConfig:
     model: str | None = arg(
         None, "student (default: the teacher when given, i.e. prune the fine-tuned model; else minilm)", aliases=("-m",)
     )
-    task: str = arg("sst2", "sst2 or mrpc")
-    data_dir: str | None = arg(None, "GLUE folder holding <task>/train.tsv, dev.tsv (default: $COMPRESS_DATA_DIR)")
+    task: str | None = arg(
+        DEFAULT_RUN_TASK,
+        "built-in task: sst2, mrpc, squad-split, squad or embedding; with data files or another --task-type "
+        "the default (sst2) gives way to them",
+    )
+    task_type: str | None = _data_field("task_type")
+    data_dir: str | None = arg(
+        None, "data folder holding <task>/train.tsv, dev.tsv, squad/ (default: $COMPRESS_DATA_DIR)"
+    )
+    train_file: str | None = _data_field("train_file")
+    validation_file: str | None = _data_field("validation_file")
+    text_column: str | None = _data_field("text_column")
+    text_pair_column: str | None = _data_field("text_pair_column")
+    label_column: str | None = _data_field("label_column")
+    num_labels: int | None = _data_field("num_labels")
+    doc_stride: int = _data_field("doc_stride")
+    pooling: str | None = _data_field("pooling")
+    normalize: bool | None = _data_field("normalize")
     prune: PruneConfig = field(default_factory=_main_job_prune, metadata={"cli": False})
     # Hybrid Filled (Block Pruning paper, section 4): after hybrid pruning, re-initialise the zeroed
     # weights inside the surviving heads / FFN dims and fine-tune this many steps with the structure
@@ -546,10 +577,21 @@ class RunConfig:
     # faster at batch 1 and 32 on our CPU, int8 is quantized from the fused graph (results/shrink.md, quantize.md)
     optimize: bool = arg(True, "ORT transformer fusions on the exported graphs")
     bench_batch_sizes: list[int] = arg([1, 32], "batch sizes timed", metavar="N")
-    bench_seq_len: int = arg(128, "sequence length timed")
+    bench_seq_len: int | None = arg(
+        None, "sequence length timed (default: the task's: 384 for question answering, else 128)"
+    )
     bench_threads: int = arg(2, "ONNX Runtime intra-op threads when timing")
     bench_iterations: int = arg(20, "timed runs per model and shape, interleaved")
     overwrite: bool = arg(False, "replace a non-empty output directory")
+
+    def data(self) -> DataConfig:
+        """The run's task data (its DataConfig fields). The default task gives way to data files and to
+        another task type, so `--train-file a.tsv` or `--task-type embedding` alone say what is run."""
+        kw = {f.name: getattr(self, f.name) for f in fields(DataConfig)}
+        other_type = (self.task_type or "sequence-classification") != "sequence-classification"
+        if self.task == DEFAULT_RUN_TASK and (self.train_file or self.validation_file or other_type):
+            kw["task"] = None
+        return DataConfig(**kw).resolved()
 
     def recipe(self) -> dict:
         """The recipe as recorded (recipe.json, summary.json): everything but `overwrite`, which is about

@@ -101,13 +101,21 @@ def onnx_logits(session, dataset, batch_size: int = 32, pad_id: int = 0) -> np.n
 
 
 def read_pad_id(model_path: Path) -> int:
-    """The pad token id from config.json next to the model (0 when absent)."""
-    cfg = model_path.parent / "config.json"
-    try:
-        value = json.loads(cfg.read_text()).get("pad_token_id")
-    except (OSError, json.JSONDecodeError):
-        return 0
-    return int(value) if isinstance(value, int) else 0
+    """The pad token id of the model: config.json next to it, else its tokenizer there. Padding with
+    an id the model does not have would index outside its embedding table, so neither is an error."""
+    from exporters.files import read_config
+    from exporters.inputs import load_tokenizer
+
+    value = read_config(model_path.parent).get("pad_token_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    tok = load_tokenizer(model_path.parent)
+    if tok is not None and tok.pad_token_id is not None:
+        return int(tok.pad_token_id)
+    raise ArtifactError(
+        f"no pad token id for {model_path}: no config.json with pad_token_id and no tokenizer with a pad token "
+        "beside it; export with `compress export --onnx` (it copies both)"
+    )
 
 
 def evaluate_onnx(
@@ -118,10 +126,12 @@ def evaluate_onnx(
     provider: str = "cpu",
     threads: int | None = None,
     session=None,
+    pad_id: int | None = None,
 ) -> dict[str, float]:
     """Task metrics (compress.data.compute_metrics) of the ONNX model at `path` on task_data.dev.
 
-    Pass `session` to reuse one already built (it must have been made from `path`).
+    Pass `session` to reuse one already built (it must have been made from `path`), and `pad_id` for a
+    graph without its config.json and tokenizer beside it (default: read_pad_id).
     """
     from compress.training.data import compute_metrics
 
@@ -129,7 +139,7 @@ def evaluate_onnx(
         raise DataError("no evaluation split loaded; load the task with splits=('dev',)")
     model = resolve_onnx(path, check=session is None)
     session = session or make_session(model, provider, threads, check=False)
-    logits = onnx_logits(session, task_data.dev, batch_size, pad_id=read_pad_id(model))
+    logits = onnx_logits(session, task_data.dev, batch_size, pad_id=read_pad_id(model) if pad_id is None else pad_id)
     if logits.ndim != 2 or logits.shape[-1] != task_data.num_labels:
         raise ArtifactError(
             f"{model} outputs logits of shape {list(logits.shape)} but task {task_data.spec.name!r} has "
@@ -213,3 +223,125 @@ def evaluate_onnx_path(
         label_names=label_names_of(config),
     )
     return {k: round(v, 6) for k, v in evaluate_onnx(model, td, batch_size, provider=provider, threads=threads).items()}
+
+
+# --------------------------------------------------------------------------------------- other task types
+def onnx_predict(session):
+    """The `predict` of compress.tasks.batching over an ORT session: a batch of padded int64 arrays in
+    (cast to the graph's integer input types; token_type_ids the batch lacks are zeros, inputs the graph
+    does not take are dropped), every output by name out. A task's evaluate scores it with the same code
+    as a PyTorch checkpoint, so identical outputs give identical metrics."""
+    inputs = session_inputs(session)
+    names = [o.name for o in session.get_outputs()]
+    for name, kind in inputs:
+        if _ORT_DTYPES.get(kind) in (None, np.float32):
+            raise ArtifactError(f"graph input {name!r} has type {kind}; only integer token inputs are supported")
+
+    def predict(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, kind in inputs:
+            dtype = _ORT_DTYPES[kind]
+            if name in batch:
+                feeds[name] = np.asarray(batch[name]).astype(dtype, copy=False)
+            elif name == "token_type_ids":
+                feeds[name] = np.zeros(batch["input_ids"].shape, dtype=dtype)
+            else:
+                raise DataError(f"the graph needs input {name!r} which the tokenized data does not provide")
+        return dict(zip(names, session.run(None, feeds)))
+
+    return predict
+
+
+def graph_info(path) -> dict:
+    """compression.json beside a graph ({} when there is none); checksums are not checked here."""
+    from compress.core.artifacts import read_compression_json
+
+    return read_compression_json(resolve_onnx(path, check=False).parent, verify=False) or {}
+
+
+def graph_task_type(path) -> str | None:
+    """The task type of an ONNX graph: its compression.json's task_type, else read from its outputs
+    (sentence_embedding: embedding; start/end logits: question answering; logits per token or per row:
+    token or sequence classification); None for a bare encoder (last_hidden_state only)."""
+    import onnx
+
+    recorded = graph_info(path).get("task_type")
+    if recorded:
+        return recorded
+    graph = resolve_onnx(path, check=False)
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception:  # not a model: the checker says what is wrong in one line
+        resolve_onnx(graph, check=True)
+        raise
+    outputs = {o.name: len(o.type.tensor_type.shape.dim) for o in model.graph.output}
+    if "sentence_embedding" in outputs:
+        return "embedding"
+    if "start_logits" in outputs:
+        return "question-answering"
+    if "logits" in outputs:
+        return "token-classification" if outputs["logits"] == 3 else "sequence-classification"
+    return None
+
+
+def evaluate_task_onnx(
+    path,
+    data,
+    kind: str,
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    max_eval_samples: int | None = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+    teacher_predict=None,
+) -> dict:
+    """Dev metrics of the graph at `path` for task type `kind` (not sentence classification, which
+    evaluate_onnx_path scores): the task's own data loading and evaluate (compress.training.tasks), with
+    a predict over an ORT session. Tokenizer, config (labels, positions) are read beside the graph;
+    `teacher_predict` (embeddings) scores fidelity to a teacher."""
+    from compress.core.config import TrainConfig
+    from compress.core.models import check_max_length, load_config, load_tokenizer
+    from compress.training.tasks import task_type
+
+    model = resolve_onnx(path)
+    folder = model.parent
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(f"no config.json beside {model}; export with `compress export --onnx` (it copies it)")
+    task = task_type(kind)
+    config = load_config(str(folder))
+    t = TrainConfig(
+        eval_batch_size=batch_size,
+        max_length=max_length,
+        eval_max_length=max_length,
+        max_eval_samples=max_eval_samples,
+        progress=False,
+    ).for_task(task.name)
+    t.validate()
+    check_max_length(t.eval_max_length, config, str(folder))
+    tok = load_tokenizer(str(folder), config, **task.tokenizer_kwargs(config))
+    td = task.load_data(data, tok, t, ("dev",), model_label_names(task.name, config))
+    session = make_session(model, provider, threads, check=False)
+    if task.name == "embedding":
+        td.extra.update(tokenizer=tok, teacher_predict=teacher_predict)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else read_pad_id(model)
+    return _rounded(task.evaluate(onnx_predict(session), td, pad, t.eval_batch_size))
+
+
+def _rounded(metrics: dict) -> dict:
+    """6 decimals, nested metrics (per entity type) too: as a checkpoint's are recorded."""
+    return {
+        k: _rounded(v) if isinstance(v, dict) else round(v, 6) if isinstance(v, float) else v
+        for k, v in metrics.items()
+    }
+
+
+def model_label_names(kind: str, config) -> list[str] | None:
+    """The label names a model's head has, which string labels in the data are mapped through."""
+    if kind == "token-classification":
+        from compress.tasks.token_classification import head_labels
+
+        return head_labels(config)
+    from compress.training.data import label_names_of
+
+    return label_names_of(config)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -292,13 +293,16 @@ def _load_embedding(name: str, td: TaskData | None = None, data: DataConfig | No
 def _load_embedding_teacher(name: str, td: TaskData | None = None, data: DataConfig | None = None):
     from compress.tasks.embedding import load_model
 
-    return load_model(name)  # the teacher's own pooling, from its folder
+    # A sentence-transformers teacher pools its own way (its folder); a plain encoder pools as the student.
+    if data is None or (Path(name) / "modules.json").is_file():
+        return load_model(name)
+    return load_model(name, data.pooling, data.normalize)
 
 
-def _reload_embedding(path: str):
+def _reload_embedding(path):
     from compress.tasks.embedding import load_model
 
-    return load_model(path)
+    return load_model(str(path))
 
 
 def _save_embedding(model, tokenizer, folder) -> None:
