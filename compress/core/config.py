@@ -83,7 +83,7 @@ class DataConfig:
         choices=["mean", "cls", "max"],
     )
     normalize: bool | None = arg(
-        None, "embedding: L2-normalise the pooled embedding (default: the model's files, else yes)"
+        None, "embedding: L2-normalise the pooled embedding (default: the model's files, else no)"
     )
 
     @property

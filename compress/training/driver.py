@@ -362,7 +362,9 @@ def _evaluate(task: TaskType, model, td: TaskData, tokenizer, t: TrainConfig, te
     model.eval()
     if task.name == "embedding":
         td.extra.update(tokenizer=tokenizer, teacher_predict=torch_predict(teacher, task.outputs) if teacher else None)
-    metrics = task.evaluate(torch_predict(model, task.outputs), td, tokenizer.pad_token_id or 0, t.eval_batch_size)
+    if tokenizer.pad_token_id is None:
+        raise InvalidConfigError(f"the tokenizer of {model.config.name_or_path} has no pad token; batches cannot be padded")
+    metrics = task.evaluate(torch_predict(model, task.outputs), td, tokenizer.pad_token_id, t.eval_batch_size)
     return rounded(metrics)
 
 
