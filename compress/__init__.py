@@ -12,8 +12,8 @@ import importlib
 
 from compress.core.version import __version__
 
-# compress.api.__all__, spelled out so that listing the names does not import the API
-# (tests/test_layers.py checks the two agree).
+# The API's public names (compress.api.__all__ is this list), kept here so that listing them does not
+# import the API.
 _API = (
     "BenchConfig",
     "BenchResult",

@@ -26,10 +26,11 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from compress import _API
 from compress.core.config import (
     BenchConfig,
     DataConfig,
-    DistillConfig,
+    DistillConfig,  # noqa: F401  (public: compress.DistillConfig)
     EvalConfig,
     ExportConfig,
     PruneConfig,
@@ -487,31 +488,4 @@ def run(
     return RunResult(Path(output), metrics, summary)
 
 
-__all__ = [
-    "BenchConfig",
-    "BenchResult",
-    "DataConfig",
-    "DistillConfig",
-    "EvalConfig",
-    "EvalResult",
-    "ExportConfig",
-    "ExportResult",
-    "PruneConfig",
-    "PruneResult",
-    "QuantizeConfig",
-    "QuantizeResult",
-    "Result",
-    "RunConfig",
-    "RunResult",
-    "ShrinkConfig",
-    "ShrinkResult",
-    "TrainConfig",
-    "benchmark",
-    "evaluate",
-    "export_onnx",
-    "finetune",
-    "prune",
-    "quantize",
-    "run",
-    "shrink",
-]
+__all__ = list(_API)  # one list of the public names, kept in compress/__init__.py

@@ -54,9 +54,9 @@ def read_calibration_file(path: str | Path, text_column: str = "sentence") -> li
     if not path.exists():
         raise DataError(f"calibration file {path} not found")
     if path.suffix.lower() == ".txt":
-        from compress.training.data import read_text_utf8
+        from compress.tasks.files import read_text
 
-        return read_text_utf8(path, "calibration file").splitlines()
+        return read_text(path, "calibration file").splitlines()
     from compress.training.data import _read_any  # shared tsv/csv/json reader (GLUE quoting rules included)
 
     cols = _read_any(path)

@@ -15,13 +15,15 @@ def read_text(path: str | Path, what: str = "data file") -> str:
     if not path.exists():
         raise DataError(f"{what} {path} not found; check --data-dir / $COMPRESS_DATA_DIR or the file flags")
     if path.is_dir():
-        raise DataError(f"{what} {path} is a directory; pass the file itself")
+        raise DataError(f"{what} {path} is a directory; pass the file itself (e.g. {path}/dev.tsv)")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        # Decoded from the bytes in one go, so e.start is the offset in the file (not in a read buffer).
         raise DataError(
-            f"{what} {path} is not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x}); re-save it as UTF-8"
+            f"{what} {path} is not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x}); re-save it as UTF-8, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`"
         ) from e
     return text.removeprefix("\ufeff")
 

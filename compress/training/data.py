@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import DataError
+from compress.tasks.files import read_text
 
 
 @dataclass(frozen=True)
@@ -85,28 +86,9 @@ def data_dir_from_env(data_dir: str | None) -> Path | None:
     return Path(d) if d else None
 
 
-def read_text_utf8(path: Path, what: str = "data file") -> str:
-    """The text of a UTF-8 file (a leading BOM dropped); anything else is a DataError naming the byte."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} not found; check --data-dir / $COMPRESS_DATA_DIR or the file flags")
-    if path.is_dir():
-        raise DataError(f"{what} {path} is a directory; pass the file itself (e.g. {path}/dev.tsv)")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        # Decoded from the bytes in one go, so e.start is the offset in the file (not in a read buffer).
-        raise DataError(
-            f"{what} {path} is not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x}); re-save it as UTF-8, "
-            f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`"
-        ) from e
-    return text[1:] if text.startswith("\ufeff") else text
-
-
 def read_tsv(path: Path) -> dict[str, list]:
     """Read a GLUE-style tsv (header row, tabs, no quoting, optional BOM) into columns."""
-    text = read_text_utf8(path)
+    text = read_text(path)
     rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if len(rows) < 2:
         raise DataError(f"data file {path} is empty (no rows after the header)")
@@ -125,7 +107,7 @@ def _read_any(path: str | Path) -> dict[str, list]:
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         return read_tsv(path)
-    read_text_utf8(path)  # missing, a folder, or not UTF-8: one clear line before the datasets loader
+    read_text(path)  # missing, a folder, or not UTF-8: one clear line before the datasets loader
     import datasets
 
     kind = {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(suffix)

@@ -363,7 +363,9 @@ def _evaluate(task: TaskType, model, td: TaskData, tokenizer, t: TrainConfig, te
     if task.name == "embedding":
         td.extra.update(tokenizer=tokenizer, teacher_predict=torch_predict(teacher, task.outputs) if teacher else None)
     if tokenizer.pad_token_id is None:
-        raise InvalidConfigError(f"the tokenizer of {model.config.name_or_path} has no pad token; batches cannot be padded")
+        raise InvalidConfigError(
+            f"the tokenizer of {model.config.name_or_path} has no pad token; batches cannot be padded"
+        )
     metrics = task.evaluate(torch_predict(model, task.outputs), td, tokenizer.pad_token_id, t.eval_batch_size)
     return rounded(metrics)
 
