@@ -295,32 +295,10 @@ def export_checkpoint(
     runs the surgery. optimize: run ORT's transformer fusions afterwards (kept only if they match).
     Every step is checked against the previous one on the same tokenized batches (atol).
     """
-    from transformers import AutoConfig
-
     checkpoint_dir = Path(checkpoint_dir)
     check_output_dir(output_dir, overwrite, inputs=(checkpoint_dir,))  # before any loading work
-    if not (checkpoint_dir / "config.json").exists():
-        raise ArtifactError(f"{checkpoint_dir} is not a Hugging Face checkpoint (no config.json)")
-    structure = read_compression_json(checkpoint_dir, verify=True)  # raises on checksum mismatch
-    if structure and structure.get("head") == "mlm-label-words":
-        # Its class logits are MLM logits at label words behind a prompt template: a plain export
-        # would give a graph with different outputs, so refuse rather than ship something wrong.
-        raise ArtifactError(
-            f"{checkpoint_dir} is a head-free SMP result (label words read from the MLM head); "
-            "ONNX export supports classifier checkpoints: prune without --label-words to export"
-        )
-    config = AutoConfig.from_pretrained(str(checkpoint_dir))
-    task = task or infer_task(config)
-    if task not in TASKS:
-        raise InvalidConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    structure, config, task, model, tokenizer, notes = _load_checkpoint(checkpoint_dir, task, model)
     spec = TASKS[task]
-    model = load_for_task(checkpoint_dir, task) if model is None else model.eval()
-    notes = []
-    if not _fold(model):
-        notes.append(f"model type {config.model_type!r} has no structure table: exported as is")
-    tokenizer = load_tokenizer(checkpoint_dir)
-    if tokenizer is None:
-        notes.append("no tokenizer in the checkpoint: validated on random token ids")
 
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         graph_dir = tmp / spec.subfolder
@@ -356,6 +334,35 @@ def export_checkpoint(
         if spec.subfolder:
             _write_model_folder(checkpoint_dir, tmp, structure, result, spec.subfolder)
     return result
+
+
+def _load_checkpoint(checkpoint_dir: Path, task: str | None, model):
+    """(compression.json, config, task, model in eval mode, tokenizer or None, notes) of a checkpoint that
+    can be exported; refusals first, before the weights are read."""
+    from transformers import AutoConfig
+
+    if not (checkpoint_dir / "config.json").exists():
+        raise ArtifactError(f"{checkpoint_dir} is not a Hugging Face checkpoint (no config.json)")
+    structure = read_compression_json(checkpoint_dir, verify=True)  # raises on checksum mismatch
+    if structure and structure.get("head") == "mlm-label-words":
+        # Its class logits are MLM logits at label words behind a prompt template: a plain export
+        # would give a graph with different outputs, so refuse rather than ship something wrong.
+        raise ArtifactError(
+            f"{checkpoint_dir} is a head-free SMP result (label words read from the MLM head); "
+            "ONNX export supports classifier checkpoints: prune without --label-words to export"
+        )
+    config = AutoConfig.from_pretrained(str(checkpoint_dir))
+    task = task or infer_task(config)
+    if task not in TASKS:
+        raise InvalidConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    model = load_for_task(checkpoint_dir, task) if model is None else model.eval()
+    notes = []
+    if not _fold(model):
+        notes.append(f"model type {config.model_type!r} has no structure table: exported as is")
+    tokenizer = load_tokenizer(checkpoint_dir)
+    if tokenizer is None:
+        notes.append("no tokenizer in the checkpoint: validated on random token ids")
+    return structure, config, task, model, tokenizer, notes
 
 
 def _shrink_and_fuse(dense, structure, config, batches, atol, shrink, optimize, result: ExportReport):

@@ -1,5 +1,6 @@
 """Every configuration dataclass a user passes, in the order of the pipeline: data, training and
 distillation, pruning, export and shrink, quantization, evaluation, benchmark, and the whole run.
+One module on purpose, past the size of the others: it is the reference a user reads top to bottom.
 
 Each field's default and help text live here once: compress.cli.flags turns the fields into the
 command-line flags. Output paths are arguments of the functions that write them, never config fields;

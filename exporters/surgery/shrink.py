@@ -33,6 +33,16 @@ from exporters.surgery.rewrite import fold_input_dead, layer_params, remove_ffn_
 from exporters.surgery.validate import check_kept, finalize
 
 
+def _check_head_count(layers, num_heads: int) -> None:
+    """A structure indexes the dense graph's heads: a graph with another head count is not that graph."""
+    for i, layer in enumerate(layers):
+        if layer.attention.num_heads != num_heads:
+            raise ArtifactError(
+                f"layer {i} of the graph has {layer.attention.num_heads} heads but the structure describes "
+                f"{num_heads}: the graph was already shrunk or comes from another model"
+            )
+
+
 def shrink(
     model: onnx.ModelProto,
     kept: list[LayerKeep] | list[dict] | None = None,
@@ -57,12 +67,7 @@ def shrink(
     g = Graph(out)
     layers, head_size = find_layers(g, head_size)
     if kept is not None and num_heads is not None:
-        for i, layer in enumerate(layers):
-            if layer.attention.num_heads != num_heads:
-                raise ArtifactError(
-                    f"layer {i} of the graph has {layer.attention.num_heads} heads but the structure describes "
-                    f"{num_heads}: the graph was already shrunk or comes from another model"
-                )
+        _check_head_count(layers, num_heads)
     source = "compression.json" if kept is not None else "zero weights"
     params_before, nodes_before, fused_before = param_count(out), len(out.graph.node), fused_op_counts(out)
     found = [describe_layer(g, layer) for layer in layers]
