@@ -132,7 +132,8 @@ def main(argv=None) -> None:
     result = {
         "command": command,
         "prune_commands": prune_commands,
-        "machine": f"{platform.processor() or platform.machine()}, {bench['environment'].get('cpu', '')}",
+        "machine": f"{bench['environment'].get('cpu_model')} ({bench['environment'].get('logical_cpus')} cores), "
+        f"{platform.machine()}, {time.strftime('%Y-%m-%d')}",
         "environment": bench["environment"],
         "real_length": real,
         "rows": rows,
@@ -174,7 +175,7 @@ def _markdown(res: dict) -> str:
         f"Machine: {res['machine']}; ORT {res['environment'].get('onnxruntime')}, 2 threads. Speedups over the dense "
         f"fp32 graph, one interleaved `compress bench` run, at 32 x 128 and 32 x {real} (p90 token length of the "
         "held-out retrieval texts); int8 evaluated at batch 1. Retrieval: 2,569 questions of the 12 held-out SQuAD "
-        "articles against their 510 paragraphs; fidelity vs the dense PyTorch model.",
+        "articles against their 510 paragraphs (fewer questions with --max-eval-samples); fidelity vs the dense PyTorch model.",
         "",
         f"| model | MRR@10 | R@1 | R@10 | MRPC AUC | MRPC F1 | fidelity cos | fidelity rho | b32x128 | b32x{real} | b1x128 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
