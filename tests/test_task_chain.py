@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 from task_helpers import base_checkpoint, sentence, tokenizer
-from test_embedding_task import TEXTS
+from test_embedding_task import EMBEDDING_METRICS, TEXTS
 from test_qa_task import make_examples
 from test_token_task import TAGS, tagged_rows, write_jsonl
 
@@ -136,15 +136,6 @@ def test_token_classification_chain(tmp_path, family):
 
 
 # --------------------------------------------------------------------------------------- embeddings
-EMBEDDING_METRICS = {
-    "retrieval_recall@1",
-    "retrieval_recall@10",
-    "retrieval_mrr@10",
-    "mrpc_roc_auc",
-    "mrpc_f1",
-    "fidelity_cosine",
-    "fidelity_spearman",
-}
 FLOAT_METRICS = ("mrpc_roc_auc", "mrpc_f1", "fidelity_cosine", "fidelity_spearman")
 
 

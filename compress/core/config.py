@@ -160,6 +160,21 @@ class TrainConfig:
         if self.eval_batch_size < 1:
             raise InvalidConfigError(f"--batch-size {self.eval_batch_size} must be >= 1")
 
+    @classmethod
+    def for_evaluation(
+        cls, kind: str, batch_size: int, max_length: int | None, max_eval_samples: int | None, progress: bool = True
+    ) -> "TrainConfig":
+        """The settings an evaluation alone reads (checkpoints and ONNX graphs alike), validated."""
+        t = cls(
+            eval_batch_size=batch_size,
+            max_length=max_length,
+            eval_max_length=max_length,
+            max_eval_samples=max_eval_samples,
+            progress=progress,
+        ).for_task(kind)
+        t.validate()
+        return t
+
     def for_task(self, kind: str) -> "TrainConfig":
         """With the sequence lengths left unset filled in with the task type's defaults: windows of 384
         tokens for question answering (the papers' SQuAD setting), whole sentences elsewhere."""

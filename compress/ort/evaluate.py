@@ -310,14 +310,7 @@ def evaluate_task_onnx(
         raise ArtifactError(f"no config.json beside {model}; export with `compress export --onnx` (it copies it)")
     task = task_type(kind)
     config = load_config(str(folder))
-    t = TrainConfig(
-        eval_batch_size=batch_size,
-        max_length=max_length,
-        eval_max_length=max_length,
-        max_eval_samples=max_eval_samples,
-        progress=False,
-    ).for_task(task.name)
-    t.validate()
+    t = TrainConfig.for_evaluation(task.name, batch_size, max_length, max_eval_samples, False)
     check_max_length(t.eval_max_length, config, str(folder))
     tok = load_tokenizer(str(folder), config, **task.tokenizer_kwargs(config))
     td = task.load_data(data, tok, t, ("dev",), model_label_names(task.name, config))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import DataError
-from compress.tasks.files import json_rows, parse_json, read_text
+from compress.tasks.files import json_rows, parse_json, read_text, read_tsv
 from compress.tasks.squad_split import default_squad_file, split_articles
 
 CORPUS_SEED = 0  # the corpus is shuffled once, so a capped corpus still mixes all its sources
@@ -27,18 +27,6 @@ CORPUS_SUFFIXES = (".txt", ".tsv", ".csv", ".json", ".jsonl")
 
 
 # --------------------------------------------------------------------------------------- files
-def _read_tsv(path: Path) -> dict[str, list[str]]:
-    """Columns of a GLUE-style tsv: header row, tabs, no quoting (MRPC has unescaped double quotes)."""
-    rows = list(csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
-    if len(rows) < 2:
-        raise DataError(f"data file {path} is empty (no rows after the header)")
-    header = rows[0]
-    for n, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}:{n} has {len(row)} fields, the header has {len(header)}; fix the row")
-    return {h: [row[i] for row in rows[1:]] for i, h in enumerate(header)}
-
-
 def _read_csv(path: Path) -> dict[str, list]:
     rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if not rows:
@@ -58,7 +46,7 @@ def _read_json(path: Path) -> dict[str, list]:
     return {key: [row.get(key) for _, row in rows] for key in columns}
 
 
-READERS = {".tsv": _read_tsv, ".csv": _read_csv, ".json": _read_json, ".jsonl": _read_json}
+READERS = {".tsv": read_tsv, ".csv": _read_csv, ".json": _read_json, ".jsonl": _read_json}
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
@@ -97,12 +85,12 @@ def _column(path: Path, columns: dict[str, list], name: str) -> list[str]:
 
 def _mrpc(path: Path) -> tuple[list[str], list[str], list[str]]:
     """(first sentences, second sentences, labels) of a GLUE MRPC tsv."""
-    cols = _read_tsv(path)
+    cols = read_tsv(path)
     return _column(path, cols, "#1 String"), _column(path, cols, "#2 String"), _column(path, cols, "Quality")
 
 
 def _sst2_sentences(path: Path) -> list[str]:
-    return _column(path, _read_tsv(path), "sentence")
+    return _column(path, read_tsv(path), "sentence")
 
 
 def _squad_texts(articles: list[dict]) -> list[str]:

@@ -53,3 +53,19 @@ def parse_json(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return None
+
+
+def read_tsv(path: str | Path) -> dict[str, list[str]]:
+    """Columns of a GLUE-style tsv: header row, tabs, no quoting (MRPC has unescaped double quotes),
+    optional BOM; a short row is a DataError naming its line."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+    if len(rows) < 2:
+        raise DataError(f"data file {path} is empty (no rows after the header)")
+    header = rows[0]
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}:{n} has {len(row)} fields, the header has {len(header)}; fix the row")
+    return {h: [row[i] for row in rows[1:]] for i, h in enumerate(header)}

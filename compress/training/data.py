@@ -8,8 +8,6 @@ with quoting disabled rather than with the datasets csv loader.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import DataError
-from compress.tasks.files import read_text
+from compress.tasks.files import read_text, read_tsv
 
 
 @dataclass(frozen=True)
@@ -84,22 +82,6 @@ class TaskData:
 def data_dir_from_env(data_dir: str | None) -> Path | None:
     d = data_dir or os.environ.get("COMPRESS_DATA_DIR") or os.environ.get("GLUE_DIR")
     return Path(d) if d else None
-
-
-def read_tsv(path: Path) -> dict[str, list]:
-    """Read a GLUE-style tsv (header row, tabs, no quoting, optional BOM) into columns."""
-    text = read_text(path)
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
-    if len(rows) < 2:
-        raise DataError(f"data file {path} is empty (no rows after the header)")
-    header = rows[0]
-    cols: dict[str, list] = {h: [] for h in header}
-    for n, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}:{n} has {len(row)} fields, the header has {len(header)}; fix the row")
-        for h, v in zip(header, row):
-            cols[h].append(v)
-    return cols
 
 
 def _read_any(path: str | Path) -> dict[str, list]:

@@ -449,14 +449,7 @@ def evaluate_checkpoint(
     info = read_compression_json(path) or {}
     config = load_config(path)
     task = task_type(data.kind) if (data.task_type or data.task) else task_of(info, config)
-    t = TrainConfig(
-        eval_batch_size=batch_size,
-        max_length=max_length,
-        eval_max_length=max_length,
-        max_eval_samples=max_eval_samples,
-        progress=progress,
-    ).for_task(task.name)
-    t.validate()
+    t = TrainConfig.for_evaluation(task.name, batch_size, max_length, max_eval_samples, progress)
     _check_lengths(t, config, path)
     tokenizer = load_tokenizer(path, config, **task.tokenizer_kwargs(config))
     td = _load_data(
