@@ -88,7 +88,8 @@ class QuantizeResult(Result):
 
 @dataclass
 class BenchResult(Result):
-    """metrics: p50 ms per `model@batchxseq`; report: the full benchmark report (environment included)."""
+    """metrics: p50 ms per `model@batchxseq` (on real text: `model@batch/order`); report: the full
+    benchmark report (environment included)."""
 
 
 @dataclass
@@ -435,13 +436,19 @@ def benchmark(
     models: list[PathLike],
     config: BenchConfig | None = None,
     *,
+    data: DataConfig | None = None,
     labels: list[str] | None = None,
     torch_checkpoint: PathLike | None = None,
     command: str | None = None,
     progress=None,
 ) -> BenchResult:
     """Interleaved ONNX Runtime latency of `models` over the config's batch x length grid; without a
-    config, the defaults at the graphs' task's length (384 for question answering, else 128)."""
+    config, the defaults at the graphs' task's length (384 for question answering, else 128).
+
+    On real text instead when config.data names a task or a file, or `data` a task or a validation file
+    (`data` also gives the columns and the data folder): the dev rows under each model's tokenizer, each
+    batch padded to its longest row, in arrival and length order (compress.ort.bench_data); metrics are
+    then the p50 ms per `model@batch/order`."""
     from compress.ort.bench import onnx_runner, run_benchmark, torch_runner
 
     if config is None:
@@ -453,6 +460,15 @@ def benchmark(
     config.validate()
     if labels and len(labels) != len(models):
         raise InvalidConfigError(f"--labels has {len(labels)} names for {len(models)} models")
+    from compress.ort.bench_data import data_source, run_data_benchmark
+
+    source = data_source(config.data, data)
+    if source is not None:
+        if torch_checkpoint:
+            raise InvalidConfigError("--torch is timed on the grid only; drop it or --data")
+        report = run_data_benchmark(models, config, source, labels=labels, command=command, progress=progress)
+        metrics = {f"{r['model']}@{r['batch_size']}/{r['bucketing']}": r["p50_ms"] for r in report["results"]}
+        return BenchResult(None, metrics, report)
     runners = [onnx_runner(str(m), config, lab) for m, lab in zip(models, labels or [None] * len(models))]
     if torch_checkpoint:
         runners.append(torch_runner(str(torch_checkpoint), config))

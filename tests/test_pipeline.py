@@ -46,6 +46,14 @@ def test_run_chain_tiny(tmp_path):
         "onnx/pruned-int8/model.onnx",
     ):
         assert (out / f).exists(), f
+    # The same graphs on the dev rows themselves (dynamic padding), in the summary and the report.
+    real = summary["real_text"]
+    assert real["lengths"]["rows"] == 16 and set(real["batches"]) == set(names)
+    for by_batch in real["batches"].values():
+        assert set(by_batch["4"]) == {"arrival", "length"}
+        assert all(r["sentences_s"] > 0 and r["speedup"] > 0 for r in by_batch["4"].values())
+    assert real["batches"]["dense fp32"]["4"]["arrival"]["speedup"] == 1.0
+    assert "Speed on the dev set's text (16 rows" in (out / "report.md").read_text()
     pruned_params = summary["rows"][1]["encoder_linear_params"]
     assert pruned_params < summary["rows"][0]["encoder_linear_params"]
     # The fill stage kept the structure it was given, and that is what was exported.

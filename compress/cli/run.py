@@ -26,7 +26,9 @@ def register(sub):
     from compress.core.config import DistillConfig, PruneConfig, RunConfig, TrainConfig
 
     p = sub.add_parser(
-        "run", help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report"
+        "run",
+        help="the whole chain: prune -> export -> shrink -> quantize -> eval -> bench, with a report "
+        "(--resume continues an interrupted run)",
     )
     p.add_argument("--recipe", help="YAML or JSON recipe (RunConfig keys); flags below override it")
     add_config_args(p, RunConfig)

@@ -149,17 +149,95 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        _apply_umask(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _move_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Give `tmp` the umask's modes and rename it onto `path` (an existing `path` is swapped out first)."""
+    _apply_umask(tmp)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def partial_dir(path: str | os.PathLike) -> Path:
+    """The work folder of a resumable output DIR: `.DIR.partial` beside it. One fixed name, not a random
+    one, so the work of a run that was killed (SIGKILL runs no cleanup) is found again by --resume."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+@contextlib.contextmanager
+def resumable_dir(
+    path: str | os.PathLike, overwrite: bool = False, resume: bool = False, keep=lambda work: True
+) -> Iterator[tuple[Path, bool]]:
+    """atomic_dir for a long multi-stage job: yields (work folder, whether it holds an earlier attempt). The work
+    folder is partial_dir(path); on success it replaces `path` in one rename, as with atomic_dir. On an
+    exception it is kept when `keep(work)` says it holds work --resume can reuse, else removed.
+
+    A work folder left by an earlier attempt is reused with `resume`, emptied with `overwrite` (start from
+    scratch), and otherwise refused. A lock on it keeps a second run from writing into it at the same time."""
+    path = check_output_dir(path, overwrite)
+    work = partial_dir(path)
+    if work.exists() and not work.is_dir():
+        raise InvalidConfigError(f"{work} is a file; remove it (it is where `compress run` keeps its work)")
+    earlier = work.is_dir()
+    if earlier and not resume and not overwrite:
+        raise InvalidConfigError(
+            f"{work} holds an interrupted run of {path}; pass --resume to continue it or --overwrite to start from scratch"
+        )
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidConfigError(f"cannot write {path}: {e.strerror}; choose a writable output location") from e
+    lock = _lock(work)
+    try:
+        if earlier and not resume:
+            for p in work.iterdir():
+                _rm(p)
+        else:
+            _remove_temporaries(work)
+        yield work, earlier and resume
+        _move_into_place(work, path)
+    except BaseException:
+        if not keep(work):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        os.close(lock)
+
+
+def _lock(work: Path) -> int:
+    import fcntl
+
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InvalidConfigError(f"{work} is in use by another run; wait for it to finish") from None
+    return fd
+
+
+def _remove_temporaries(work: Path) -> None:
+    """The temporaries of atomic_dir / atomic_file that a killed process left inside `work`."""
+    stale = [p for p in work.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    for p in sorted(stale, key=lambda p: len(p.parts)):  # a folder before what it holds
+        _rm(p)
+
+
+def _rm(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
 
 
 @contextlib.contextmanager

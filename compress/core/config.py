@@ -278,7 +278,12 @@ class PruneConfig:
         "precision the model ships in: fp32, or int8 (compress quantize's dynamic int8)",
         choices=["fp32", "int8"],
     )
-    deploy_shape: str = arg("32x128", "deployment batch x sequence length", metavar="BATCHxSEQ")
+    deploy_shape: str = arg(
+        "32x128",
+        "deployment batch x sequence length; SEQ 'data' (e.g. 32xdata) is the p90 token length of the task's "
+        "dev data under the student's tokenizer, rounded up to a multiple of 8",
+        metavar="BATCHxSEQ",
+    )
     deploy_threads: int | None = arg(2, "ONNX Runtime intra-op threads of the deployment", flag="--threads")
     deploy_provider: str = arg(
         "cpu", "execution provider of the deployment", flag="--provider", choices=["cpu", "cuda"]
@@ -490,6 +495,10 @@ class EvalConfig:
     threads: int | None = arg(None, "ONNX Runtime intra-op threads (default: all cores)")
 
 
+# How `compress bench --data` groups the dev rows into batches (compress.ort.bench_data).
+BUCKETINGS = ("arrival", "length")
+
+
 @dataclass
 class BenchConfig:
     batch_sizes: tuple[int, ...] = arg((1, 32), "batch sizes of the grid", metavar="N")
@@ -517,10 +526,39 @@ class BenchConfig:
     )
     iterations: int = arg(20, "timed runs per model and grid point")
     seed: int = arg(0, "seed of the random token ids")
+    # Real text instead of the grid (compress.ort.bench_data): the dev set is tokenized with each model's
+    # tokenizer and run batch by batch, each batch padded to its own longest row, as a server batches it.
+    data: str | None = arg(
+        None,
+        "time real text instead of the grid: a built-in task's dev set (sst2, mrpc, squad, squad-split, "
+        "embedding) or a data file (.tsv/.csv/.json/.jsonl with --text-column, default sentence or text; .txt: "
+        "one text a line); each batch is padded to its longest row",
+        metavar="TASK|FILE",
+    )
+    bucketing: tuple[str, ...] = arg(
+        BUCKETINGS,
+        "with --data: batch the rows in arrival order (file order), by length (sorted, then batched), or both",
+        choices=list(BUCKETINGS),
+        metavar="ORDER",
+    )
+    tokenizer: str | None = arg(
+        None, "with --data: the tokenizer folder (default: the one beside each model.onnx, else its parent's)"
+    )
+    max_length: int | None = arg(
+        None,
+        "with --data: tokens kept per row (default: the task's evaluation length, 128; question answering 384, "
+        "embeddings 256; at most the model's positions)",
+    )
+    max_eval_samples: int | None = arg(None, "with --data: use at most N rows of the set (default: all)")
 
     def validate(self) -> None:
         if not self.batch_sizes or not self.seq_lens or min(self.batch_sizes) < 1 or min(self.seq_lens) < 1:
             raise InvalidConfigError("batch sizes and sequence lengths must be positive integers")
+        if not self.bucketing or set(self.bucketing) - set(BUCKETINGS):
+            raise InvalidConfigError(f"--bucketing {' '.join(self.bucketing)}: choose from {', '.join(BUCKETINGS)}")
+        for flag, n in (("--max-length", self.max_length), ("--max-eval-samples", self.max_eval_samples)):
+            if n is not None and n < 1:
+                raise InvalidConfigError(f"{flag} {n} must be >= 1")
         if self.iterations < 1 or self.warmup < 0:
             raise InvalidConfigError("--iterations must be >= 1 and --warmup >= 0")
         if self.provider not in ("cpu", "cuda"):
@@ -598,7 +636,21 @@ class RunConfig:
     )
     bench_threads: int = arg(2, "ONNX Runtime intra-op threads when timing")
     bench_iterations: int = arg(20, "timed runs per model and shape, interleaved")
-    overwrite: bool = arg(False, "replace a non-empty output directory")
+    # Padded shapes misstate what users see on short text (SST-2 dev: ~25 tokens a row): time the dev rows
+    # too, each batch padded to its own longest row (compress.ort.bench_data).
+    bench_data: bool = arg(
+        True, "also time the dev set's real text (dynamic padding, arrival order and length-bucketed)"
+    )
+    bench_data_samples: int | None = arg(1024, "dev rows timed by the real-text benchmark (default 1024; all: 0)")
+    overwrite: bool = arg(
+        False, "replace a non-empty output directory; discard an interrupted run's work folder and start from scratch"
+    )
+    # The work folder .OUTPUT.partial survives a kill; its stages.json says what finished (compress.core.stages).
+    resume: bool = arg(
+        False,
+        "continue an interrupted run from its work folder (.OUTPUT.partial beside the output): finished stages "
+        "are verified and skipped, an unfinished prune or fill continues from its last checkpoint",
+    )
 
     def data(self) -> DataConfig:
         """The run's task data (its DataConfig fields). The default task gives way to data files and to
@@ -610,10 +662,11 @@ class RunConfig:
         return DataConfig(**kw).resolved()
 
     def recipe(self) -> dict:
-        """The recipe as recorded (recipe.json, summary.json): everything but `overwrite`, which is about
-        this output folder, so a recorded recipe run again never replaces a folder unasked."""
+        """The recipe as recorded (recipe.json, summary.json): everything but `overwrite` and `resume`, which
+        are about this output folder, so a recorded recipe run again never replaces a folder unasked."""
         d = asdict(self)
         d.pop("overwrite")
+        d.pop("resume")
         return d
 
     @classmethod

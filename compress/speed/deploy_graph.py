@@ -70,8 +70,18 @@ class DeployConfig:
         return f"{self.batch}x{self.seq}"
 
 
+# The sequence length of a deploy shape read from the task's data ('32xdata'): compress.speed.plan's
+# resolve_deploy_shape turns it into a number before anything parses the shape.
+DATA_SEQ = "data"
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     """'32x128' -> (32, 128)."""
+    if text.lower().partition("x")[2] == DATA_SEQ:
+        raise InvalidConfigError(
+            f"--deploy-shape {text}: the length '{DATA_SEQ}' is read from the task's dev data, which only "
+            "compress prune and compress run do; give a number here, e.g. 32x128"
+        )
     try:
         b, s = (int(x) for x in text.lower().split("x"))
     except ValueError as e:

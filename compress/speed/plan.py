@@ -72,6 +72,7 @@ class SpeedPlan:
     cache_file: str | None = None
     from_cache: bool = False
     calibration: dict | None = None  # compress.speed.calibrate's record, when the budget was corrected
+    shape_from_data: dict | None = None  # how a --deploy-shape BATCHxdata was read (deploy_shape_from_data)
 
 
 class StructureBudget(torch.nn.Module):
@@ -202,6 +203,46 @@ def target_from(cfg) -> Target | None:
     t = Target(speedup=cfg.target_speedup, latency_ms=cfg.target_latency_ms, flops=cfg.target_flops)
     t.validate()
     return t
+
+
+# A length read from the data is rounded up to a multiple of this: nearby requests share one table,
+# and kernels are tiled in multiples of 8.
+SEQ_MULTIPLE = 8
+
+
+def deploy_shape_from_data(shape: str, data, tokenizer, max_length: int | None = None) -> tuple[str, dict | None]:
+    """(`shape` with its length made concrete, a record of how it was read or None when it had a number).
+    BATCHxdata: the p90 token length of the dev rows of `data` (a DataConfig) under `tokenizer` (the
+    student's), truncated at `max_length` (default: the task's evaluation length), rounded up to a
+    multiple of SEQ_MULTIPLE and at most `max_length`."""
+    import math
+
+    from compress.speed.deploy_graph import DATA_SEQ, parse_shape
+    from compress.tasks.dev_rows import dev_features, eval_length, length_stats, row_lengths
+
+    batch, _, seq = shape.lower().partition("x")
+    if seq != DATA_SEQ:
+        parse_shape(shape)  # a bad shape fails here, before any data work
+        return shape, None
+    if not batch.isdigit() or int(batch) < 1:
+        raise InvalidConfigError(f"--deploy-shape {shape!r} needs a positive batch size; e.g. 32x{DATA_SEQ}")
+    length = max_length or eval_length(data.kind)
+    stats = length_stats(row_lengths(dev_features(data, tokenizer, length)))
+    resolved = f"{int(batch)}x{min(math.ceil(stats['p90'] / SEQ_MULTIPLE) * SEQ_MULTIPLE, length)}"
+    record = {
+        "requested": shape,
+        "resolved": resolved,
+        "rule": f"p90 tokens of the dev rows under the student's tokenizer, rounded up to a multiple of {SEQ_MULTIPLE}",
+        "data": data.validation_file or data.task,
+        "max_length": length,
+        "tokens": stats,
+    }
+    return resolved, record
+
+
+def resolve_deploy_shape(shape: str, data, tokenizer, max_length: int | None = None) -> str:
+    """`shape` with a concrete length: '32xdata' -> e.g. '32x40' (deploy_shape_from_data); '32x128' as is."""
+    return deploy_shape_from_data(shape, data, tokenizer, max_length)[0]
 
 
 def deploy_from(cfg) -> DeployConfig:
@@ -340,6 +381,8 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
                 f"dense graph timed with them, so its predictions are off by about as much; rebuild it on an "
                 f"idle machine: compress latency-table MODEL --rebuild (same --deploy flags)"
             ]
+    if plan.shape_from_data:
+        info["shape_from_data"] = plan.shape_from_data
     if plan.deploy is not None:
         info["deploy"] = {
             "precision": plan.deploy.precision,

@@ -108,8 +108,11 @@ def _load(cfg: PruneConfig, method: Method, data: DataConfig, model_name: str | 
     # A speed target: check it and get the latency table (cached, or measured now) before any data work.
     from compress.speed.plan import plan_for
 
+    cfg, shape_record = _deploy_shape(cfg, task, data, model_name, config)
     # retrain-free and smp-struct keep whole heads and FFN dims exactly like struct: same tables and solver.
     speed_plan = plan_for(cfg, model_name, method.budget_as or method.name, progress=t.progress)
+    if speed_plan is not None:
+        speed_plan.shape_from_data = shape_record
     if method.needs_budget and speed_plan is None:
         raise InvalidConfigError(
             f"--method {method.name} needs a budget: --target-speedup X, --target-latency-ms MS or "
@@ -124,6 +127,20 @@ def _load(cfg: PruneConfig, method: Method, data: DataConfig, model_name: str | 
     return PruneRun(
         cfg, method, model_name, t, tokenizer, td, student, teacher, speed_plan, source_info, template, task=task
     )
+
+
+def _deploy_shape(cfg: PruneConfig, task: TaskType, data: DataConfig, model_name: str, config):
+    """(cfg with a concrete --deploy-shape, how it was read): under a speed target, BATCHxdata becomes the
+    p90 token length of the dev rows under the student's tokenizer, so the latency table and the solver
+    see a number (compress.speed.plan.deploy_shape_from_data); (cfg, None) otherwise."""
+    from compress.speed.deploy_graph import DATA_SEQ
+    from compress.speed.plan import deploy_shape_from_data, target_from
+
+    if target_from(cfg) is None or cfg.deploy_shape.lower().partition("x")[2] != DATA_SEQ:
+        return cfg, None
+    tokenizer = load_tokenizer(model_name, config, **task.tokenizer_kwargs(config))
+    shape, record = deploy_shape_from_data(cfg.deploy_shape, data, tokenizer, cfg.train.eval_max_length)
+    return replace(cfg, deploy_shape=shape), record
 
 
 def _label_word_template(cfg: PruneConfig, data: DataConfig, tokenizer, model_name: str) -> str | None:
