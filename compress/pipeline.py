@@ -28,7 +28,16 @@ from compress.core.artifacts import (
     resumable_dir,
     write_json,
 )
-from compress.core.config import TASK_LENGTHS, BenchConfig, DataConfig, ExportConfig, QuantizeConfig, RunConfig
+from compress.core.config import (
+    TASK_LENGTHS,
+    BenchConfig,
+    DataConfig,
+    ExportConfig,
+    QuantizeConfig,
+    RunConfig,
+    bench_length,
+    default_deploy_shape,
+)
 from compress.core.errors import InvalidConfigError
 from compress.core.stages import Stages, fingerprint, has_progress, kill_point, kill_step, open_stages
 
@@ -184,15 +193,13 @@ def _task_defaults(cfg: RunConfig, kind: str) -> RunConfig:
     """The recipe with the task's training length and benchmark length where it leaves them unset
     (sentence classification: 64 and 128; question answering: 384 windows, timed at 384), so
     recipe.json records what ran. A copy: the caller's config is not changed."""
-    from compress.task_onnx import bench_seq_len
-
     train = cfg.prune.train
     if train.max_length is None:
         train = replace(train, max_length=TASK_LENGTHS[kind][0])
     return replace(
         cfg,
         prune=replace(cfg.prune, train=train),
-        bench_seq_len=cfg.bench_seq_len or bench_seq_len(kind),
+        bench_seq_len=cfg.bench_seq_len or bench_length(kind),
     )
 
 
@@ -426,7 +433,7 @@ def _deploy_shape(cfg: RunConfig, data: DataConfig, student: str) -> str:
     from compress.speed.deploy_graph import DATA_SEQ
     from compress.speed.plan import resolve_deploy_shape, target_from
 
-    shape = cfg.prune.deploy_shape
+    shape = cfg.prune.deploy_shape or default_deploy_shape(data.kind)
     if target_from(cfg.prune) is None or shape.lower().partition("x")[2] != DATA_SEQ:
         return shape
     from compress.core.models import load_tokenizer, resolve_model
@@ -441,7 +448,9 @@ def _speed_summary(pruned_info: dict, latency: dict, cfg: RunConfig) -> dict:
     sp.pop("table", None)
     p = cfg.prune
     if sp["unit"] == "ms":
-        b = int(p.deploy_shape.lower().partition("x")[0])  # the batch (its length may be read from the data)
+        b = int(
+            (p.deploy_shape or default_deploy_shape(None)).lower().partition("x")[0]
+        )  # the batch (its length may be read from the data)
         name = f"pruned {p.deploy}"
         if name in latency:
             sp["measured_speedup"] = round(latency["dense fp32"][b] / latency[name][b], 3)

@@ -10,7 +10,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from compress.core.config import CLASSIFIER, ExportConfig, QuantizeConfig
+from compress.core.config import CLASSIFIER, ExportConfig, QuantizeConfig, bench_length
 from compress.core.errors import InvalidConfigError
 
 # sentence-transformers' name for a dynamic int8 graph with QInt8 weights and no reduce_range
@@ -81,13 +81,8 @@ def int8_config(config: QuantizeConfig, kind: str | None) -> QuantizeConfig:
     return config
 
 
-def bench_seq_len(kind: str | None) -> int:
-    """The length a task's graph is timed at: SQuAD's 384-token windows for question answering, 128 else."""
-    return 384 if kind == "question-answering" else 128
-
-
 def default_seq_lens(models: list) -> tuple[int, ...]:
-    """bench_seq_len of each graph's task (one length each for a mixed set)."""
+    """bench_length of each graph's task (one length each for a mixed set)."""
     from compress.ort.evaluate import graph_task_type
 
-    return tuple(sorted({bench_seq_len(graph_task_type(m)) for m in models})) or (128,)
+    return tuple(sorted({bench_length(graph_task_type(m)) for m in models})) or (128,)

@@ -17,7 +17,7 @@ from compress.cli.main import main
 from compress.core.config import BenchConfig, DataConfig, PruneConfig, TrainConfig
 from compress.core.errors import DataError, InvalidConfigError
 from compress.ort.bench_data import DataModel, bench_on_data, make_batches, time_requests
-from compress.tasks.dev_rows import dev_features, file_texts, row_lengths
+from compress.training.dev_rows import dev_features, file_texts, row_lengths
 
 # Sentences of 1 to 9 words, so that batches of 4 in file order hold rows of different lengths.
 SENTENCES = [" ".join(["good"] * (1 + (k * 5) % 9)) for k in range(18)]

@@ -256,3 +256,19 @@ def test_model_loss_and_evaluation(tmp_path, family):
     eval_feats = qa.preprocess_eval(examples, tok, max_length, 8)
     metrics = qa.evaluate(torch_predict(model, qa.onnx_outputs), eval_feats, examples, pad_token_id=tok.pad_token_id)
     assert set(metrics) == {"exact_match", "f1"} and 0 <= metrics["exact_match"] <= metrics["f1"] <= 100
+
+
+def test_speed_target_deploys_at_the_task_length():
+    """A speed target with no --deploy-shape is met at the length the task's graphs run at: SQuAD's
+    384-token windows for question answering, 128 for sentence classification."""
+    from compress.core.config import DataConfig, PruneConfig
+    from compress.training.driver import _deploy_shape
+    from compress.training.tasks import task_type
+
+    for kind, shape in (("question-answering", "32x384"), ("sequence-classification", "32x128")):
+        cfg, record = _deploy_shape(PruneConfig(target_speedup=2.0), task_type(kind), DataConfig(), "unused", None)
+        assert cfg.deploy_shape == shape and record is None
+    given = PruneConfig(target_speedup=2.0, deploy_shape="8x256")
+    assert (
+        _deploy_shape(given, task_type("question-answering"), DataConfig(), "unused", None)[0].deploy_shape == "8x256"
+    )

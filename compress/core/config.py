@@ -209,6 +209,17 @@ TASK_LENGTHS = {
 }
 
 
+def bench_length(kind: str | None) -> int:
+    """The length a task's graph is timed and deployed at by default: SQuAD's 384-token windows for
+    question answering, 128 else."""
+    return 384 if kind == "question-answering" else 128
+
+
+def default_deploy_shape(kind: str | None) -> str:
+    """--deploy-shape when not given: batch 32 at the task's bench_length."""
+    return f"32x{bench_length(kind)}"
+
+
 # ------------------------------------------------------------------------------------------ pruning
 @dataclass
 class RetrainFreeConfig:
@@ -278,10 +289,11 @@ class PruneConfig:
         "precision the model ships in: fp32, or int8 (compress quantize's dynamic int8)",
         choices=["fp32", "int8"],
     )
-    deploy_shape: str = arg(
-        "32x128",
-        "deployment batch x sequence length; SEQ 'data' (e.g. 32xdata) is the p90 token length of the task's "
-        "dev data under the student's tokenizer, rounded up to a multiple of 8",
+    deploy_shape: str | None = arg(
+        None,
+        "deployment batch x sequence length (default: 32x384 for question answering, else 32x128); SEQ 'data' "
+        "(e.g. 32xdata) is the p90 token length of the task's dev data under the student's tokenizer, rounded "
+        "up to a multiple of 8",
         metavar="BATCHxSEQ",
     )
     deploy_threads: int | None = arg(2, "ONNX Runtime intra-op threads of the deployment", flag="--threads")

@@ -2,7 +2,7 @@
 
 A fixed grid pads every row to one length (128 by default), while SST-2 dev sentences hold ~25 tokens
 (max ~55): it misstates the latency a server sees and the share of attention (quadratic in the length)
-against the FFN (linear). Here the dev set (compress.tasks.dev_rows) is tokenized with each model's own
+against the FFN (linear). Here the dev set (compress.training.dev_rows) is tokenized with each model's own
 tokenizer and run as requests of `batch` rows, each padded to its own longest row (dynamic padding):
 - arrival: rows batched in file order, as requests come;
 - length: rows sorted by length, then batched (a server that buckets by length), less padding.
@@ -35,7 +35,7 @@ from compress.core.errors import ArtifactError, CompressError, DataError, Invali
 from compress.ort.bench import default_label, environment, unique_labels
 from compress.ort.evaluate import iter_batches, session_inputs
 from compress.ort.timing import interleaved_rounds
-from compress.tasks.dev_rows import dev_features, eval_length, length_stats, row_lengths
+from compress.training.dev_rows import dev_features, eval_length, length_stats, row_lengths
 from exporters.files import SIDECAR_FILES, first_line, read_config, resolve_onnx
 from exporters.sessions import make_session
 

@@ -218,7 +218,7 @@ def deploy_shape_from_data(shape: str, data, tokenizer, max_length: int | None =
     import math
 
     from compress.speed.deploy_graph import DATA_SEQ, parse_shape
-    from compress.tasks.dev_rows import dev_features, eval_length, length_stats, row_lengths
+    from compress.training.dev_rows import dev_features, eval_length, length_stats, row_lengths
 
     batch, _, seq = shape.lower().partition("x")
     if seq != DATA_SEQ:
@@ -246,9 +246,12 @@ def resolve_deploy_shape(shape: str, data, tokenizer, max_length: int | None = N
 
 
 def deploy_from(cfg) -> DeployConfig:
+    """The deployment of a PruneConfig; a shape left unset is 32x128 here (the prune driver first sets
+    the task's default, 32x384 for question answering)."""
+    from compress.core.config import default_deploy_shape
     from compress.speed.deploy_graph import parse_shape
 
-    batch, seq = parse_shape(cfg.deploy_shape)
+    batch, seq = parse_shape(cfg.deploy_shape or default_deploy_shape(None))
     d = DeployConfig(
         precision=cfg.deploy, batch=batch, seq=seq, threads=cfg.deploy_threads, provider=cfg.deploy_provider
     )
