@@ -9,9 +9,12 @@ and counted as exact / kept / refused / wrong / traceback.
 
 Broken graphs (--broken N): structural damage to zoo graphs (a deleted node, a wrong initializer dtype, a
 truncated initializer, a duplicated tensor name, a cycle), each given to `compress shrink`, `compress
-quantize` and `compress bench`, which must exit 2 with one line on stderr.
+quantize` and `compress bench`, which must exit 2 with exactly one line on stderr and no traceback.
 
     HF_HUB_OFFLINE=1 python benchmarks/fuzz_surgery.py [--patterns 2000] [--broken 200] [--seed 0]
+
+--patterns 0 or --broken 0 skips that campaign and keeps its section of the results file as the earlier run
+wrote it (each section records the command and date that produced it).
 """
 
 from __future__ import annotations
@@ -180,8 +183,8 @@ def broken_campaign(n: int, seed: int) -> dict:
             }
             for verb, argv in commands.items():
                 rc, err = run_cli(argv)
-                lines = [line for line in err.splitlines() if line.strip()]
-                if rc == 2 and len(lines) == 1 and lines[0].startswith("error:"):
+                lines = err.splitlines()  # all of stderr: a blank line or a bar before the error counts too
+                if rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err:
                     outcome = "refused"
                 elif rc == "traceback":
                     outcome = "traceback"
@@ -249,18 +252,33 @@ NOTES = [
 ]
 
 
+def _machine_line(m: dict) -> str:
+    return f"{m['cpu']} ({m['cores']} cores), onnxruntime {m['onnxruntime']}, onnx {m['onnx']}"
+
+
+def _provenance(section: dict) -> list[str]:
+    return [
+        f"Command: `{section['command']}`  ",
+        f"Machine: {_machine_line(section['machine'])}, {section['date']}",
+        "",
+    ]
+
+
 def write_md(path: Path, data: dict) -> None:
-    z = data["zero_patterns"]
+    lines = ["# Surgery fuzz campaign", ""]
+    if data.get("zero_patterns"):
+        lines += _zero_md(data["zero_patterns"])
+    if data.get("broken_graphs"):
+        lines += _broken_md(data["broken_graphs"])
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _zero_md(z: dict) -> list[str]:
     t = z["tolerances"]
     lines = [
-        "# Surgery fuzz campaign",
-        "",
-        f"Command: `{data['command']}`  ",
-        f"Machine: {data['machine']['cpu']} ({data['machine']['cores']} cores), onnxruntime {data['machine']['onnxruntime']}, "
-        f"onnx {data['machine']['onnx']}, {data['date']}",
-        "",
         f"## Zero patterns: {z['patterns']} (seed {z['seed']}, {z['seconds']:.0f} s)",
         "",
+        *_provenance(z),
         "Every zoo graph (tests/zoo/) in turn; per layer a random set of dead heads and of dead FFN dims (none, all, one, "
         "all but one, a run or a random subset, drawn per layer), zeroed on the output side or the input side only, "
         "the dead structure's biases kept or zeroed. Shrunk and compared with the unshrunk graph on 3 padded batches: "
@@ -295,55 +313,73 @@ def write_md(path: Path, data: dict) -> None:
             f"- `{p['name']}` {p['side']} biases={p['biases']}: {p['outcome']}: {p['message']}"
             for p in z["problems"][:10]
         ]
-    lines += ["", "Notes:", ""] + [f"- {note}" for note in NOTES]
-    b = data.get("broken_graphs")
-    if b:
-        kinds = sorted({k for c in b["per_command"].values() for k in c})
-        lines += [
-            "",
-            f"## Broken graphs: {b['graphs']} (seed {b['seed']}, {b['seconds']:.0f} s)",
-            "",
-            "Zoo graphs damaged in one way each ("
-            + ", ".join(zoo_check.DAMAGE)
-            + "), in turn, given to `compress shrink IN OUT`, "
-            "`compress quantize IN -o OUT` and `compress bench IN` (batch 1 x 8 tokens, one run). refused = exit 2 "
-            "with one `error:` line on stderr; accepted = exit 0; not_one_line = another exit code or more lines.",
-            "",
-            "| command | " + " | ".join(kinds) + " |",
-            "|---|" + "---|" * len(kinds),
-        ]
-        for verb, c in b["per_command"].items():
-            lines.append(f"| {verb} | " + " | ".join(str(c.get(k, 0)) for k in kinds) + " |")
-        lines += ["", "| damage (x 3 commands) | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-        for kind, c in b["per_damage"].items():
-            lines.append(f"| {kind} | " + " | ".join(str(c.get(k, 0)) for k in kinds) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    return lines + ["", "Notes:", ""] + [f"- {note}" for note in NOTES] + [""]
+
+
+def _broken_md(b: dict) -> list[str]:
+    kinds = sorted({k for c in b["per_command"].values() for k in c})
+    lines = [
+        f"## Broken graphs: {b['graphs']} (seed {b['seed']}, {b['seconds']:.0f} s)",
+        "",
+        *_provenance(b),
+        "Zoo graphs damaged in one way each ("
+        + ", ".join(zoo_check.DAMAGE)
+        + "), in turn, given to `compress shrink IN OUT`, `compress quantize IN -o OUT` and `compress bench IN` "
+        "(batch 1 x 8 tokens, one run). refused = exit 2 with stderr exactly one `error:` line and no traceback; "
+        "accepted = exit 0; not_one_line = another exit code or more lines; traceback = an exception escaped.",
+        "",
+        "| command | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for verb, c in b["per_command"].items():
+        lines.append(f"| {verb} | " + " | ".join(str(c.get(k, 0)) for k in kinds) + " |")
+    lines += ["", "| damage (x 3 commands) | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for kind, c in b["per_damage"].items():
+        lines.append(f"| {kind} | " + " | ".join(str(c.get(k, 0)) for k in kinds) + " |")
+    if b["problems"]:
+        lines += ["", "Problems (first ones; all in the JSON):", ""]
+        lines += [f"- `{q['graph']}` {q['damage']} `{q['verb']}`: rc {q['rc']}" for q in b["problems"][:10]]
+    return lines
+
+
+def _earlier(out: Path, section: str) -> dict | None:
+    """A section of the results file as an earlier run wrote it, with that run's command, machine and date
+    (files written before sections carried their own have them at the top level only)."""
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    found = old.get(section)
+    if found:
+        for key in ("command", "machine", "date"):
+            found.setdefault(key, old.get(key))
+    return found
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--patterns", type=int, default=2000)
-    p.add_argument("--broken", type=int, default=200)
+    p.add_argument("--patterns", type=int, default=2000, help="zero patterns (0: keep the earlier section)")
+    p.add_argument("--broken", type=int, default=200, help="broken graphs (0: keep the earlier section)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz_surgery"))
     a = p.parse_args()
-    command = "HF_HUB_OFFLINE=1 python benchmarks/fuzz_surgery.py " + " ".join(sys.argv[1:])
-    data = {
-        "command": command.strip(),
+    out = Path(a.out)
+    here = {
+        "command": "HF_HUB_OFFLINE=1 python benchmarks/fuzz_surgery.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "zero_patterns": zero_campaign(a.patterns, a.seed),
     }
-    if a.broken:
-        data["broken_graphs"] = broken_campaign(a.broken, a.seed)
-    out = Path(a.out)
+    here["command"] = here["command"].strip()
+    zero = {**zero_campaign(a.patterns, a.seed), **here} if a.patterns else _earlier(out, "zero_patterns")
+    broken = {**broken_campaign(a.broken, a.seed), **here} if a.broken else _earlier(out, "broken_graphs")
+    data = {**here, "zero_patterns": zero, "broken_graphs": broken}
     out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     write_md(out.with_suffix(".md"), data)
     print(
         json.dumps(
             {
-                "zero_patterns": data["zero_patterns"]["totals"],
-                **({"broken": data["broken_graphs"]["per_command"]} if a.broken else {}),
+                "zero_patterns": (zero or {}).get("totals"),
+                "broken": (broken or {}).get("per_command"),
             }
         )
     )

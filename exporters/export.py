@@ -54,7 +54,8 @@ from compress.core.errors import (
     UnsupportedModelError,
     ValidationError,
 )
-from exporters.files import SIDECAR_FILES
+from compress.core.models import check_tokenizer
+from exporters.files import SIDECAR_FILES, save_model
 from exporters.inputs import load_tokenizer, sample_inputs
 from exporters.sessions import checked_diff, make_session, run
 from exporters.spec import MODEL_FILE, SENTENCE_TRANSFORMERS_FILES, TASKS, WEIGHT_FILES, ExportSpec
@@ -304,10 +305,15 @@ def export_checkpoint(
         graph_dir = tmp / spec.subfolder
         graph_dir.mkdir(exist_ok=True)
         path = graph_dir / MODEL_FILE
-        used, input_names, output_names = _to_onnx(model, task, path, opset, exporter)
+        # A model past 2 GiB comes out of torch as one file per weight; it is read here and written below
+        # with its weights in one model.onnx.data.
+        raw = tmp / ".torch-export"
+        raw.mkdir()
+        used, input_names, output_names = _to_onnx(model, task, raw / MODEL_FILE, opset, exporter)
         if used != exporter:
             notes.append(f"the {exporter} exporter failed; used {used}")
-        dense = onnx.load(str(path))
+        dense = onnx.load(str(raw / MODEL_FILE))
+        shutil.rmtree(raw)
         opset_used = next((o.version for o in dense.opset_import if o.domain in ("", "ai.onnx")), opset)
         batches = sample_inputs(input_names, tokenizer, config.vocab_size, max_sequence(config))
         validation = validate_against_torch(dense, model, task, input_names, batches, atol) if validate else {}
@@ -323,12 +329,11 @@ def export_checkpoint(
         )
 
         final = _shrink_and_fuse(dense, structure, config, batches, atol, shrink, optimize, result)
-        if final is not dense:
-            if validate:  # end to end, against PyTorch itself, not only step by step
-                result.validation["final_max_abs_diff"] = validate_against_torch(
-                    final, model, task, input_names, batches, atol
-                )["max_abs_diff"]
-            onnx.save(final, str(path))
+        if final is not dense and validate:  # end to end, against PyTorch itself, not only step by step
+            result.validation["final_max_abs_diff"] = validate_against_torch(
+                final, model, task, input_names, batches, atol
+            )["max_abs_diff"]
+        save_model(final, path)
 
         _write_sidecars(checkpoint_dir, graph_dir, structure, result)
         if spec.subfolder:
@@ -362,6 +367,8 @@ def _load_checkpoint(checkpoint_dir: Path, task: str | None, model):
     tokenizer = load_tokenizer(checkpoint_dir)
     if tokenizer is None:
         notes.append("no tokenizer in the checkpoint: validated on random token ids")
+    else:  # ids past the embedding table would crash the validation in torch, and the graph would ship it
+        check_tokenizer(tokenizer, config, checkpoint_dir)
     return structure, config, task, model, tokenizer, notes
 
 

@@ -4,8 +4,10 @@ the files that travel with it, its config.json, and the first line of the errors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from compress.core.errors import ArtifactError
@@ -25,6 +27,63 @@ SIDECAR_FILES = (
     "sentencepiece.bpe.model",
     "spiece.model",
 )
+
+
+# protobuf cannot serialize a message past 2 GiB: a bigger model keeps its weights in external data on disk,
+# and is handed to ONNX Runtime and the checker as a path, never as bytes.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def over_protobuf_limit(model) -> bool:
+    """Whether `model` (a ModelProto in memory) is too large to serialize in one piece."""
+    try:
+        return model.ByteSize() > PROTOBUF_LIMIT
+    except Exception:  # past the limit, ByteSize itself raises EncodeError
+        return True
+
+
+def save_model(model, path: str | os.PathLike, data_name: str | None = None) -> None:
+    """onnx.save; a model past 2 GiB gets its weights in one external-data file beside `path` (named
+    `data_name`, default the file's name + '.data'), and keeps them in memory as before."""
+    import onnx
+
+    path = Path(path)
+    if not over_protobuf_limit(model):
+        onnx.save(model, str(path))
+        return
+    location = data_name or path.name + ".data"
+    (path.parent / location).unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+    onnx.load_external_data_for_model(model, str(path.parent))  # saving moved the weights out of `model`
+
+
+@contextlib.contextmanager
+def on_disk(model):
+    """A path to `model`: a temporary file (weights in external data beside it) removed afterwards; for the
+    tools that take a large model by path only."""
+    with tempfile.TemporaryDirectory(prefix="compress-large-") as tmp:
+        path = Path(tmp) / MODEL_FILE
+        save_model(model, path)
+        yield path
+
+
+def check_model(model) -> None:
+    """onnx.checker.check_model of a ModelProto of any size (past 2 GiB through a file: the path form of
+    the checker follows external data)."""
+    import onnx
+
+    if not over_protobuf_limit(model):
+        onnx.checker.check_model(model)
+        return
+    with on_disk(model) as path:
+        onnx.checker.check_model(str(path))
 
 
 def first_line(e: BaseException) -> str:

@@ -72,11 +72,21 @@ def load_tokenizer(directory: str | Path, required: bool = False):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return AutoTokenizer.from_pretrained(str(directory))
+            tok = AutoTokenizer.from_pretrained(str(directory))
     except Exception as e:  # missing files, unreadable vocab: transformers raises many types
         if required:
             raise ArtifactError(f"cannot load a tokenizer from {directory} ({first_line(e)})") from e
         return None
+    # From a folder without tokenizer files (config.json is enough) transformers 5 builds a tokenizer of
+    # special tokens only: every text would become <unk>, a sample that checks nothing. That is no tokenizer.
+    if not set(tok.get_vocab()) - set(tok.all_special_tokens):
+        if required:
+            raise ArtifactError(
+                f"{directory} has no tokenizer vocabulary (special tokens only); copy the tokenizer files "
+                "(tokenizer.json, vocab.txt, ...) of the model beside it"
+            )
+        return None
+    return tok
 
 
 def random_feeds(

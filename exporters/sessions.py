@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from compress.core.errors import ArtifactError, CompressError, ValidationError
-from exporters.files import first_line, resolve_onnx
+from exporters.files import first_line, on_disk, over_protobuf_limit, resolve_onnx
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -81,6 +81,9 @@ def make_session(
         except Exception:
             pass
     in_memory = hasattr(model, "SerializeToString")
+    if in_memory and over_protobuf_limit(model):  # past 2 GiB ORT takes it from a file only
+        with on_disk(model) as path:
+            return make_session(path, provider, threads, check=False, optimization=optimization, spinning=spinning)
     source = model.SerializeToString() if in_memory else str(resolve_onnx(model, check=check))
     what = "the graph" if in_memory else source
     opts = ort.SessionOptions()

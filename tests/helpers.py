@@ -111,3 +111,13 @@ def main(argv: list[str]) -> int:
     from compress.cli.main import main as cli_main
 
     return cli_main(argv)
+
+
+def cli_error(code: int, err: str) -> str:
+    """The error a CLI call printed, checked to be what users are promised for bad input: exit code 2 and
+    exactly one non-empty stderr line starting `error: `, with no traceback. `err` is all of its stderr."""
+    lines = err.splitlines()
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0][len("error: ") :].strip(), err
+    return lines[0]

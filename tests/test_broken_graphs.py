@@ -24,7 +24,5 @@ def test_broken_graph_is_refused_in_one_line(name, kind, tmp_path, capsys):
     }
     for verb, argv in commands.items():
         capsys.readouterr()
-        assert helpers.main(argv) == 2, verb
-        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-        assert len(err) == 1 and err[0].startswith("error:"), (verb, err)
+        helpers.cli_error(helpers.main(argv), capsys.readouterr().err)
     assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "q.onnx").exists()

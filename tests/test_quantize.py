@@ -110,6 +110,60 @@ def test_static_with_tiny_calibration(dense, glue, tmp_path, fmt, expect):
     assert (tmp_path / "config.json").exists()  # sidecars copied next to an OUT.onnx elsewhere
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny classifier fitted to the toy sentences, so that its predictions mean something (a random
+    model's logits are near ties that any rounding flips) and int8 can be asked to keep them."""
+    import torch
+
+    torch.manual_seed(0)
+    model = helpers.tiny_model()
+    batch = helpers.tiny_tokenizer()(helpers.POSITIVE + helpers.NEGATIVE, padding=True, return_tensors="pt")
+    labels = torch.tensor([1] * len(helpers.POSITIVE) + [0] * len(helpers.NEGATIVE))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        loss = model(**batch, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return export_tiny(tmp_path_factory.mktemp("trained") / "dense", model)
+
+
+def _predictions(path, texts) -> np.ndarray:
+    enc = helpers.tiny_tokenizer()(texts, padding=True, return_tensors="np")
+    s = make_session(path, "cpu", threads=1)
+    return s.run(["logits"], {i.name: enc[i.name].astype(np.int64) for i in s.get_inputs()})[0].argmax(-1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [QuantizeConfig(), QuantizeConfig(per_channel=False), QuantizeConfig(mode="static", format="qdq", num_samples=16)],
+    ids=["dynamic-per-channel", "dynamic-per-tensor", "static-qdq"],
+)
+def test_int8_keeps_the_fp32_predictions(trained, glue, tmp_path, config):
+    """int8 predicts what fp32 predicts: the same class for every training sentence and for >= 98% of 200
+    random word sequences (measured: all but one, whose fp32 logits are 0.04 apart); a wrong scale or sign
+    in one layer flips 3-25% of them."""
+    from compress.training.data import load_task_data
+
+    calibration = None
+    if config.mode == "static":
+        calibration = load_task_data("sst2", helpers.tiny_tokenizer(), data_dir=str(glue), splits=("train",)).train
+    out = tmp_path / "int8.onnx"
+    quantize_onnx(trained, out, config, calibration_data=calibration, threads=1)
+    known = helpers.POSITIVE + helpers.NEGATIVE
+    rng = np.random.default_rng(0)
+    words = [w for w in helpers.WORDS if w.isalpha() and len(w) > 1]
+    texts = known + [" ".join(rng.choice(words, rng.integers(2, 9))) for _ in range(200)]
+    fp32, int8 = _predictions(trained / "model.onnx", texts), _predictions(out, texts)
+    n = len(known)
+    assert (fp32[:n] == [1] * len(helpers.POSITIVE) + [0] * len(helpers.NEGATIVE)).all()  # the fit worked
+    assert (int8[:n] == fp32[:n]).all()
+    assert (int8[n:] == fp32[n:]).mean() >= 0.98, (int8[n:] != fp32[n:]).sum()
+
+
 def test_static_needs_calibration(dense, tmp_path):
     with pytest.raises(InvalidConfigError, match="calibration"):
         quantize_onnx(dense, tmp_path / "s", QuantizeConfig(mode="static"))
@@ -263,15 +317,14 @@ def test_cli_reports_accuracy_and_json(dense, glue, tmp_path, capsys):
 def test_cli_corrupt_input_one_line(tmp_path, capsys):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x00garbage" * 10)
-    assert main(["quantize", str(bad), "-o", str(tmp_path / "q")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1 and "corrupt" in err
+    err = helpers.cli_error(main(["quantize", str(bad), "-o", str(tmp_path / "q")]), capsys.readouterr().err)
+    assert "corrupt" in err
     assert not (tmp_path / "q").exists()
 
 
 def test_cli_bad_flag_combination(dense, tmp_path, capsys):
-    assert main(["quantize", str(dense), "-o", str(tmp_path / "q"), "--format", "qdq"]) == 2
-    assert "needs --mode static" in capsys.readouterr().err
+    code = main(["quantize", str(dense), "-o", str(tmp_path / "q"), "--format", "qdq"])
+    assert "needs --mode static" in helpers.cli_error(code, capsys.readouterr().err)
 
 
 def test_artifact_error_type(tmp_path):

@@ -46,4 +46,7 @@ def test_resume_matches_uninterrupted(tmp_path):
     for k in a:
         assert torch.equal(a[k] == 0, b[k] == 0), k  # identical masks
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
-    assert json.loads((tmp_path / "resumed" / "compression.json").read_text())["training"]["steps"] == 10
+    # A run that silently restarted from step 0 would match the uninterrupted one as well: the record must
+    # say it continued from the step-6 checkpoint and ran only the remaining 4 steps.
+    training = json.loads((tmp_path / "resumed" / "compression.json").read_text())["training"]
+    assert (training["steps"], training["resumed_from_step"], training["steps_this_run"]) == (10, 6, 4)

@@ -7,6 +7,7 @@ Every CompressError (and bad flags) ends as one line on stderr with exit code 2,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import shlex
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        result = args.func(args)
+        with _progress_bars(args):
+            result = args.func(args)
     except CompressError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
@@ -67,6 +69,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _close_process_group()
     return int(result or 0)
+
+
+@contextlib.contextmanager
+def _progress_bars(args):
+    """--no-progress hides the bars of `datasets` (tokenizing) and transformers (loading weights) as well as
+    training's, so that an error after them is still the only line on stderr; both are restored after."""
+    if getattr(args, "progress", True):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    from compress.training.data import datasets_bars
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with datasets_bars(False):
+            yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _close_process_group() -> None:

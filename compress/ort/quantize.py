@@ -45,6 +45,7 @@ from exporters.files import (
     import_contrib_domains,
     read_config,
     resolve_onnx,
+    save_model,
 )
 from exporters.inputs import graph_inputs, load_tokenizer, random_feeds, sample_inputs, vocab_size
 from exporters.optimize import optimize as fuse_and_check
@@ -345,7 +346,7 @@ def _quantize_graph(
     import onnx
 
     prepared, quantized = tmp / "prepared.onnx", tmp / "quantized.onnx"
-    onnx.save(model, str(prepared))
+    save_model(model, prepared)
     reader = None
     if config.mode == "static":
         reader = calibration_reader(model, calibration_data, config.num_samples, read_pad_id(src))
@@ -359,7 +360,7 @@ def _quantize_graph(
         # MiniLM-L6; int8 speedup 1.82x -> 1.94x without it). ORT re-infers shapes at load
         # (exporters.surgery.validate.finalize drops them for the same reason).
         del qmodel.graph.value_info[:]
-        onnx.save(qmodel, str(quantized))
+        onnx.save(qmodel, str(quantized))  # one file: an int8 graph past 2 GiB (fp32 past 8 GiB) is not supported
     ops = integer_op_counts(qmodel)
     if not ops:
         raise GraphPatternError(

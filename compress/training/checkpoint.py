@@ -83,7 +83,9 @@ def save_model_dir(
             diff = float((a - b).abs().max())
             if diff > 1e-5:
                 raise ValidationError(
-                    f"saved checkpoint predicts differently from the in-memory model (max |diff| {diff:.2e})"
+                    f"saved checkpoint predicts differently from the in-memory model (max |diff| {diff:.2e} > "
+                    "1e-5); nothing was written: its config.json or saved weights do not rebuild the model "
+                    "(a config field changed after the model was built, or a weight save_pretrained skips)"
                 )
         record_checksums(tmp, data, ["model.safetensors", "config.json"])
         write_json(tmp / COMPRESSION_JSON, data)

@@ -8,7 +8,9 @@ with quoting disabled rather than with the datasets csv loader.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +86,24 @@ def data_dir_from_env(data_dir: str | None) -> Path | None:
     return Path(d) if d else None
 
 
+@contextlib.contextmanager
+def datasets_bars(show: bool):
+    """The `datasets` library's progress bars (tokenizing, reading json/csv) shown or hidden for a block;
+    hidden, they are restored afterwards. `datasets` keeps the switch in a global."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    with warnings.catch_warnings():  # HF_DATASETS_DISABLE_PROGRESS_BARS set: the variable wins, quietly
+        warnings.simplefilter("ignore")
+        (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (datasets.disable_progress_bars if was_disabled else datasets.enable_progress_bars)()
+
+
 def _read_any(path: str | Path) -> dict[str, list]:
     path = Path(path)
     suffix = path.suffix.lower()
@@ -96,7 +116,8 @@ def _read_any(path: str | Path) -> dict[str, list]:
     if kind is None:
         raise DataError(f"unsupported data file type {suffix!r} for {path}; use .tsv, .csv, .json or .jsonl")
     try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+        with datasets_bars(False):  # its "Generating train split" bar would precede any error about the rows
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files
         raise DataError(f"could not read {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
     if len(ds) == 0:

@@ -138,6 +138,7 @@ def shrink_file(
     optimize: a callable (model, sample_inputs, atol) -> (model, report) run on the shrunk graph
     before it is written, e.g. exporters.optimize.optimize; the caller picks it, shrink does not fuse."""
     from compress.core.artifacts import atomic_file
+    from exporters.files import save_model
     from exporters.inputs import load_tokenizer, sample_inputs, vocab_size
 
     src, dst = Path(src), Path(dst)
@@ -158,5 +159,5 @@ def shrink_file(
     if optimize is not None:
         new, report["optimize"] = optimize(new, batches, atol)
     with atomic_file(dst) as tmp:
-        onnx.save(new, str(tmp))
+        save_model(new, tmp, data_name=dst.name + ".data")  # past 2 GiB: weights beside the final name
     return report

@@ -7,6 +7,7 @@ import onnx
 
 from compress.core.errors import ArtifactError, ValidationError
 from compress.core.record import LayerKeep
+from exporters.files import check_model
 from exporters.graph import Graph
 from exporters.surgery.blocks import Layer
 from exporters.surgery.layers import detect_kept
@@ -50,7 +51,7 @@ def finalize(model: onnx.ModelProto, source: onnx.ModelProto | None = None) -> N
     never differently."""
     del model.graph.value_info[:]
     try:
-        onnx.checker.check_model(model)
+        check_model(model)
     except onnx.checker.ValidationError as e:
         if source is not None and _checker_error(source) == str(e).splitlines()[0]:
             return
@@ -59,7 +60,7 @@ def finalize(model: onnx.ModelProto, source: onnx.ModelProto | None = None) -> N
 
 def _checker_error(model: onnx.ModelProto) -> str | None:
     try:
-        onnx.checker.check_model(model)
+        check_model(model)
     except onnx.checker.ValidationError as e:
         return str(e).splitlines()[0]
     return None
