@@ -5,11 +5,15 @@ dense model (mean cosine, Spearman of pairwise similarities), and ONNX Runtime s
 fp32 graph timed in one interleaved `compress bench` run at 32 x 128 and at the corpus's real length
 (32 x the p90 token length of the held-out retrieval texts).
 
-The pruned checkpoints are `compress prune --task embedding ...` outputs (their commands are read from
-their compression.json and printed in the results); this script exports, shrinks, fuses and quantizes
-them exactly as `compress run --task embedding` does, and evaluates every graph with the same code.
+The pruned models are `compress run --task embedding ...` outputs (their checkpoint: filled/, else
+pruned/; their recipe.json is printed in the results) or `compress prune --task embedding ...` outputs
+(their command is read from their compression.json); this script exports, shrinks, fuses and quantizes
+the checkpoints exactly as `compress run --task embedding` does, evaluates every graph with the same code,
+and checks that `SentenceTransformer(folder).encode` on each exported folder gives the embeddings of its
+fp32 graph.
 
-Run: python benchmarks/embedding_targets.py runs/emb_struct_2x runs/emb_struct_3x [--out embedding_targets]
+Run: python benchmarks/embedding_targets.py runs/emb_run_2x runs/emb_run_3x [--out embedding_targets]
+(the runs: compress run --recipe benchmarks/recipes/embedding_2x.yaml -o runs/emb_run_2x, and _3x)
 """
 
 from __future__ import annotations
@@ -60,6 +64,24 @@ def _metrics(graph: Path, tokenizer, teacher_predict, data_dir, max_samples) -> 
     return evaluate(embed, data_dir, max_samples, teacher_embed=teacher)
 
 
+def _checkpoint(folder: Path) -> Path:
+    """The checkpoint of a `compress run` output (after its fill stage when it had one), else the folder."""
+    return next((folder / d for d in ("filled", "pruned") if (folder / d / "compression.json").is_file()), folder)
+
+
+def _sentence_transformers_diff(folder: Path, graph: Path, tokenizer, texts: list[str]) -> float:
+    """Largest |SentenceTransformer(folder).encode - the fp32 graph's sentence_embedding| over `texts`."""
+    from sentence_transformers import SentenceTransformer
+
+    from compress.ort.evaluate import onnx_predict
+    from compress.tasks.embedding import embed_texts
+    from exporters.sessions import make_session
+
+    reference = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=8)
+    ours = embed_texts(onnx_predict(make_session(graph, threads=2)), tokenizer, texts, 8, 256)
+    return float(np.abs(reference - ours).max())
+
+
 def _real_length(tokenizer, data_dir) -> int:
     from compress.tasks.embedding_data import retrieval_set
 
@@ -92,10 +114,19 @@ def main(argv=None) -> None:
     teacher_predict = torch_predict(load_model(dense), ("sentence_embedding",))
     graphs = _graphs("dense", dense, work)
     records = {}
-    for folder in a.pruned:
-        name = Path(folder).name
-        graphs.update(_graphs(name, folder, work))
-        records[name] = read_compression_json(folder, verify=False)
+    recipes, st_diff = {}, {}
+    for folder in map(Path, a.pruned):
+        name, checkpoint = folder.name, _checkpoint(Path(folder))
+        graphs.update(_graphs(name, checkpoint, work))
+        # the speed target and structure were chosen by the prune stage; steps and time add the fill's
+        records[name] = read_compression_json(folder / "pruned" if checkpoint != folder else folder, verify=False)
+        if checkpoint != folder:
+            fill = read_compression_json(checkpoint, verify=False)["training"]
+            records[name]["training"]["steps"] += fill["steps"] if checkpoint.name == "filled" else 0
+            records[name]["training"]["train_seconds"] += fill["train_seconds"] if checkpoint.name == "filled" else 0
+            recipes[name] = json.loads((folder / "recipe.json").read_text())
+        texts = ["A man is eating food.", "Someone is having a meal.", "The stock market fell sharply today."] * 3
+        st_diff[name] = _sentence_transformers_diff(work / name, graphs[f"{name} fp32"], tokenizer, texts)
     metrics = {
         label: _metrics(path, tokenizer, teacher_predict, a.data_dir, a.max_eval_samples)
         for label, path in graphs.items()
@@ -128,7 +159,10 @@ def main(argv=None) -> None:
             }
         )
     command = "python benchmarks/embedding_targets.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    prune_commands = {name: _prune_command(info) for name, info in records.items()}
+    prune_commands = {
+        name: _run_command(name, recipes[name]) if name in recipes else _prune_command(info)
+        for name, info in records.items()
+    }
     result = {
         "command": command,
         "prune_commands": prune_commands,
@@ -136,6 +170,7 @@ def main(argv=None) -> None:
         f"{platform.machine()}, {time.strftime('%Y-%m-%d')}",
         "environment": bench["environment"],
         "real_length": real,
+        "sentence_transformers_max_abs_diff": st_diff,
         "rows": rows,
         "seconds": round(time.time() - t0, 1),
     }
@@ -145,6 +180,17 @@ def main(argv=None) -> None:
     print(_markdown(result))
 
 
+def _run_command(name: str, recipe: dict) -> str:
+    p, t = recipe["prune"], recipe["prune"]["train"]
+    target = f"--target-speedup {p['target_speedup']:g}" if p.get("target_speedup") else ""
+    return (
+        f"`HF_HUB_OFFLINE=1 COMPRESS_DATA_DIR=../shared/data compress run --recipe <recipe> -o runs/{name}` "
+        f"(recipe: --task embedding --method {p['method']} {target} --deploy {p['deploy']}, {t['max_steps']} steps "
+        f"+ {recipe['fill_steps']} fill steps at {t['max_length']} tokens, lr {t['lr']:g}, embedding loss "
+        f"{p['distill']['embedding_loss']}, hidden-state weight {p['distill']['hidden_weight']:g})"
+    )
+
+
 def _prune_command(info: dict) -> str:
     r = info.get("recipe", {})
     t = r.get("train", {})
@@ -152,9 +198,9 @@ def _prune_command(info: dict) -> str:
     target = f"--target-speedup {sp['speedup']:g}" if sp.get("kind") == "speedup" else ""
     deploy = f" --deploy {r['deploy']}" if r.get("deploy") != "fp32" else ""
     return (
-        f"HF_HUB_OFFLINE=1 COMPRESS_DATA_DIR=../shared/data compress prune --task embedding --method {r.get('method')} "
+        f"`HF_HUB_OFFLINE=1 COMPRESS_DATA_DIR=../shared/data compress prune --task embedding --method {r.get('method')} "
         f"{target}{deploy} --max-steps {t.get('max_steps')} --max-length {t.get('max_length')} --lr {t.get('lr')} "
-        f"-o runs/<name>"
+        f"-o runs/<name>`"
     )
 
 
@@ -170,7 +216,7 @@ def _markdown(res: dict) -> str:
         "",
         "Pruned with:",
         "",
-        *[f"- {name}: `{cmd}`" for name, cmd in res["prune_commands"].items()],
+        *[f"- {name}: {cmd}" for name, cmd in res["prune_commands"].items()],
         "",
         f"Machine: {res['machine']}; ORT {res['environment'].get('onnxruntime')}, 2 threads. Speedups over the dense "
         f"fp32 graph, one interleaved `compress bench` run, at 32 x 128 and 32 x {real} (p90 token length of the "
@@ -188,6 +234,9 @@ def _markdown(res: dict) -> str:
             f"{r[f'speedup_32x{real}']:.2f}x | {r['speedup_1x128']:.2f}x |"
         )
     lines += [
+        "",
+        "SentenceTransformer(folder).encode vs the folder's fp32 graph (max abs diff over 9 texts): "
+        + ", ".join(f"{n} {d:.1e}" for n, d in res.get("sentence_transformers_max_abs_diff", {}).items()),
         "",
         "Goals (fp32 at the requested speedup: MRR@10 within N points of dense, fidelity cosine >= c; int8 "
         f"at most {INT8_EXTRA} point more):",
