@@ -213,3 +213,19 @@ def test_prune_resolves_the_deploy_shape(graphs, tmp_path):
     assert (sp["requested"], sp["resolved"], sp["tokens"]["rows"]) == ("2xdata", "2x16", len(SENTENCES))
     assert saved["recipe"]["deploy_shape"] == "2x16"
     assert (info["speed"]["table"]["key"]["batch"], info["speed"]["table"]["key"]["seq"]) == (2, 16)
+
+
+def test_run_benchmarks_at_the_deploy_shape_read_from_data(graphs, tmp_path):
+    """`compress run` times its graphs at the length a latency target's BATCHxdata reads from the dev rows."""
+    from compress.core.config import RunConfig
+    from compress.pipeline import _deploy_shape, _speed_target
+
+    base = helpers.save_checkpoint(helpers.tiny_model(), tmp_path / "base")
+    cfg = RunConfig(task="sst2", data_dir=str(graphs / "data"))
+    cfg.prune = PruneConfig(method="struct", target_speedup=1.5, deploy_shape="8xdata", deploy_threads=1)
+    shape = _deploy_shape(cfg, cfg.data(), str(base))
+    assert shape == "8x16"
+    _, run_cfg = _speed_target(cfg, shape)
+    assert run_cfg.bench_seq_len == 16 and 8 in run_cfg.bench_batch_sizes and run_cfg.bench_threads == 1
+    cfg.prune.deploy_shape = None  # no shape given: the task's default
+    assert _deploy_shape(cfg, cfg.data(), str(base)) == "32x128"
