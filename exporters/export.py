@@ -239,23 +239,29 @@ def _torch_outputs(model, task: str, input_names: list[str], feeds: dict[str, np
 
 
 def validate_against_torch(onnx_model: onnx.ModelProto, model, task: str, input_names, batches, atol: float) -> dict:
-    """Max abs difference ONNX vs PyTorch per batch; ValidationError (with the numbers) above atol."""
+    """Max abs difference ONNX vs PyTorch per batch; ValidationError (with the numbers) above atol times
+    the output's scale, max(1, max |PyTorch output|): float32 rounding grows with the values, and a hidden
+    state of an encoder reaches ~5 (MiniLM's last_hidden_state), where kernels that sum in another order
+    differ by ~1e-4 while logits and unit embeddings stay far below it."""
     sess = make_session(onnx_model, threads=1)
-    worst, shapes = 0.0, []
+    worst, worst_scaled, shapes = 0.0, 0.0, []
     for feeds in batches:
         ref = _torch_outputs(model, task, input_names, feeds)
         got = run(sess, feeds)
         for name, r in ref.items():
             if got[name].shape != r.shape:
                 raise ValidationError(f"ONNX output {name!r} has shape {got[name].shape}, PyTorch {r.shape}")
-            worst = max(worst, checked_diff(r, got[name], name, "exported ONNX", "PyTorch"))
+            diff = checked_diff(r, got[name], name, "exported ONNX", "PyTorch")
+            finite = np.abs(r[np.isfinite(r)])
+            scale = max(1.0, float(finite.max(initial=0.0)))
+            worst, worst_scaled = max(worst, diff), max(worst_scaled, diff / scale)
         shapes.append(list(feeds["input_ids"].shape))
-    if not worst <= atol:
+    if not worst_scaled <= atol:
         raise ValidationError(
-            f"exported ONNX differs from PyTorch by {worst:.3g} (max abs over batches {shapes}) > atol {atol:g}; "
-            "try --exporter dynamo, or a looser --atol if this is float noise"
+            f"exported ONNX differs from PyTorch by {worst:.3g} (max abs over batches {shapes}; {worst_scaled:.3g} "
+            f"of the output's scale) > atol {atol:g}; try --exporter dynamo, or a looser --atol if this is float noise"
         )
-    return {"max_abs_diff": worst, "batches": shapes, "atol": atol}
+    return {"max_abs_diff": worst, "max_scaled_diff": worst_scaled, "batches": shapes, "atol": atol}
 
 
 def _fold(model) -> bool:

@@ -120,6 +120,21 @@ def test_validation_failure_writes_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary directory left behind
 
 
+def test_validation_tolerance_scales_with_the_outputs(tmp_path, monkeypatch):
+    """atol is per unit of max(1, max |output|): a difference of 1e-3 is float noise on outputs near 1000
+    and passes, and is refused on outputs near 1 (test_validation_failure_writes_nothing)."""
+    ck = save_checkpoint(tiny_model("bert"), tmp_path / "ck")
+    torch_out, ort_run = onnx_export._torch_outputs, onnx_export.run
+    monkeypatch.setattr(onnx_export, "_torch_outputs", lambda *a: {k: v + 1000.001 for k, v in torch_out(*a).items()})
+    monkeypatch.setattr(onnx_export, "run", lambda *a: {k: v + 1000.0 for k, v in ort_run(*a).items()})
+    result = export_checkpoint(ck, tmp_path / "out")
+    v = result.validation
+    assert 9e-4 < v["max_abs_diff"] < 2e-3 and v["max_scaled_diff"] < 1e-5 and v["atol"] == 1e-4
+    monkeypatch.setattr(onnx_export, "_torch_outputs", lambda *a: {k: v + 1000.01 for k, v in torch_out(*a).items()})
+    with pytest.raises(ValidationError, match=r"differs from PyTorch by 0\.01 .* 1e-05 of the output's scale"):
+        export_checkpoint(ck, tmp_path / "out2", atol=1e-6)
+
+
 def test_output_dir_and_checksums_are_guarded(tmp_path):
     model = tiny_model("bert")
     ck = save_checkpoint(model, tmp_path / "ck")

@@ -382,7 +382,10 @@ class ExportConfig:
         choices=list(EXPORTER_NAMES),
     )
     opset: int = arg(DEFAULT_OPSET, "ONNX opset (dynamo uses at least 18)")
-    atol: float = arg(DEFAULT_ATOL, "max abs output difference allowed")
+    atol: float = arg(
+        DEFAULT_ATOL,
+        "max abs output difference allowed against PyTorch, per unit of the output's scale max(1, max |output|)",
+    )
     validate: bool = arg(True, "compare the graph with PyTorch (not recommended to turn off)")
     overwrite: bool = arg(False, "replace a non-empty output directory")
 
