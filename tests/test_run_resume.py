@@ -15,10 +15,10 @@ import helpers as h
 from compress.core.stages import KILL_AT
 
 main = h.main
-STAGES = ["prune", "fill", "export", "quantize", "eval", "bench"]
+STAGES = ["prune", "fill", "export", "quantize", "eval", "bench", "bench-data"]
 # Where each attempt of the chain is killed: prune and fill mid-training, after a periodic checkpoint
 # (checkpoints every 3 steps), the others as they start. Each attempt resumes the one before.
-KILLS = ["prune:7", "fill:5", "export", "quantize", "eval", "bench"]
+KILLS = ["prune:7", "fill:5", "export", "quantize", "eval", "bench", "bench-data"]
 
 
 def _recipe(d):
@@ -117,7 +117,7 @@ def test_killed_at_every_stage_then_resumed_equals_uninterrupted(ref, tmp_path, 
     capsys.readouterr()
     assert main(["run", "--recipe", str(ref / "recipe.json"), "-o", str(out), "--resume"]) == 0  # in-process: faster
     said = _text(capsys.readouterr().out)
-    assert "resumed: skipped prune, fill, export, quantize, eval" in said
+    assert "resumed: skipped prune, fill, export, quantize, eval, bench" in said
     assert not partial.exists() and (out / "report.md").is_file()
     # The resumed training stages continued from their checkpoints, not silently from step 0.
     for folder, step, total in (("pruned", 6, 8), ("filled", 3, 6)):
@@ -140,7 +140,7 @@ def test_tampered_stage_file_redoes_that_stage_and_the_later_ones(ref, tmp_path,
     assert main(["run", "--recipe", str(ref / "recipe.json"), "-o", str(out), "--resume"]) == 0
     said = _text(capsys.readouterr().out)
     assert "quantize: onnx/pruned-int8/model.onnx changed since it was written (checksum differs)" in said
-    assert "redoing quantize and the stages after it (eval, bench)" in said
+    assert "redoing quantize and the stages after it (eval, bench, bench-data)" in said
     assert "resumed: skipped prune, fill, export (finished" in said
     _same_results(ref / "ref", out)
 
@@ -187,3 +187,22 @@ def test_resume_refuses_another_recipe_or_changed_inputs(ref, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "teacher.files.config.json" in err, err
     assert partial.is_dir() and not out.exists()  # a refusal keeps the work it could not reuse
+
+
+def test_resume_takes_options_added_since_the_interrupted_run(ref, tmp_path, capsys):
+    """A run interrupted before compress gained an option resumes: the option takes its value now."""
+    partial, out = _as_partial(ref, tmp_path, "n")
+    record = json.loads((partial / "stages.json").read_text())
+    del record["recipe"]["bench_data_samples"], record["recipe"]["prune"]["train"]["seed"]
+    (partial / "stages.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["run", "--recipe", str(ref / "recipe.json"), "-o", str(out), "--resume"]) == 0
+    said = _text(capsys.readouterr().out)
+    assert (
+        "options new since the interrupted run, taken as given now: prune.train.seed=42, bench_data_samples=1024"
+        in said
+    )
+    assert (
+        json.loads((out / "stages.json").read_text())["recipe"]
+        == json.loads((ref / "ref" / "stages.json").read_text())["recipe"]
+    )

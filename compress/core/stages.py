@@ -84,6 +84,28 @@ def first_difference(old, new, prefix: str = "") -> str | None:
     return f"{prefix[:-1]}: {_shown(old)} -> {_shown(new)}"
 
 
+def _added_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The (dotted) keys of `new` that `old` lacks, with their values: `prune.train.x=1`."""
+    out = []
+    for k, v in new.items():
+        if k not in old:
+            out.append(f"{prefix}{k}={json.dumps(v)}")
+        elif isinstance(v, dict) and isinstance(old[k], dict):
+            out += _added_keys(old[k], v, f"{prefix}{k}.")
+    return out
+
+
+def _recipe_with(old: dict, new: dict) -> dict:
+    """`old` with the keys only `new` has added (recursively)."""
+    out = dict(old)
+    for k, v in new.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _recipe_with(out[k], v)
+    return out
+
+
 def _shown(v) -> str:
     return v if v == "(absent)" else json.dumps(v)
 
@@ -143,6 +165,12 @@ def open_stages(
         return Stages(work, record, log)
     record = _read(path)
     fix = "run it as it started, or pass --overwrite to start from scratch"
+    # Options added to compress since the interrupted attempt are absent from its record: they take their
+    # value now (stages they add run), and the recorded recipe gains them.
+    added = _added_keys(record["recipe"], recipe)
+    if added:
+        log(f"--resume: options new since the interrupted run, taken as given now: {', '.join(added)}")
+        record["recipe"] = _recipe_with(record["recipe"], recipe)
     diff = first_difference(record["recipe"], recipe)
     if diff:
         raise InvalidConfigError(f"--resume: the recipe differs from the interrupted run's at {diff}; {fix}")
