@@ -327,7 +327,9 @@ def main():
     data["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     data["seconds"] = round(time.time() - t0, 1)
     out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    # Paths relative to the checkout, so the result reads the same on any machine.
+    text = json.dumps(data, indent=1, default=str).replace(str(Path.cwd().resolve()) + "/", "")
+    out.with_suffix(".json").write_text(text + "\n")
     write_md(out.with_suffix(".md"), data)
 
 
