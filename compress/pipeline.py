@@ -429,17 +429,14 @@ def _speed_target(cfg: RunConfig, deploy_shape: str):
 
 
 def _deploy_shape(cfg: RunConfig, data: DataConfig, student: str) -> str:
-    """The recipe's --deploy-shape, with BATCHxdata read from the dev rows under the student's tokenizer."""
-    from compress.speed.deploy_graph import DATA_SEQ
-    from compress.speed.plan import resolve_deploy_shape, target_from
-
-    shape = cfg.prune.deploy_shape or default_deploy_shape(data.kind)
-    if target_from(cfg.prune) is None or shape.lower().partition("x")[2] != DATA_SEQ:
-        return shape
+    """The recipe's --deploy-shape made concrete as the prune step makes it (compress.speed.plan)."""
     from compress.core.models import load_tokenizer, resolve_model
+    from compress.speed.plan import concrete_deploy_shape
 
     max_length = cfg.prune.train.for_task(data.kind).eval_max_length
-    return resolve_deploy_shape(shape, data, load_tokenizer(resolve_model(student)), max_length)
+    return concrete_deploy_shape(
+        cfg.prune, data.kind, data, lambda: load_tokenizer(resolve_model(student)), max_length
+    )[0]
 
 
 def _speed_summary(pruned_info: dict, latency: dict, cfg: RunConfig) -> dict:

@@ -316,8 +316,14 @@ CSV_COLUMNS = (
 
 
 def write_csv(report: dict, path: str | Path) -> None:
+    write_results_csv(report, path, CSV_COLUMNS)
+
+
+def write_results_csv(report: dict, path: str | Path, columns: tuple[str, ...], extra: dict | None = None) -> None:
+    """report["results"] as CSV: `columns` of each row, then `extra` and the environment on every row."""
     env = report["environment"]
     extra = {
+        **(extra or {}),
         "provider": env["provider"],
         "threads": env["threads"],
         "onnxruntime": env["onnxruntime"],
@@ -325,10 +331,10 @@ def write_csv(report: dict, path: str | Path) -> None:
     }
     with atomic_file(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS) + list(extra))
+            w = csv.DictWriter(f, fieldnames=list(columns) + list(extra))
             w.writeheader()
             for row in report["results"]:
-                w.writerow({**{k: row[k] for k in CSV_COLUMNS}, **extra})
+                w.writerow({**{k: row[k] for k in columns}, **extra})
 
 
 def write_report_json(report: dict, path: str | Path) -> None:

@@ -17,7 +17,6 @@ times to the baseline model's (the first model; "dense fp32" for the pipeline).
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import hashlib
 import os
@@ -29,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.artifacts import atomic_file
 from compress.core.config import BUILTIN_TASKS, BenchConfig, DataConfig
 from compress.core.errors import ArtifactError, CompressError, DataError, InvalidConfigError
-from compress.ort.bench import default_label, environment, unique_labels
+from compress.ort.bench import default_label, environment, unique_labels, write_results_csv
 from compress.ort.evaluate import iter_batches, session_inputs
 from compress.ort.timing import interleaved_rounds
 from compress.training.dev_rows import dev_features, eval_length, length_stats, row_lengths
@@ -346,22 +344,9 @@ CSV_COLUMNS = (
 
 
 def write_csv(report: dict, path: str | Path) -> None:
-    env, lengths = report["environment"], report["data"]["lengths"]
-    extra = {
-        "data": report["data"]["source"],
-        "tokens_mean": lengths["mean"],
-        "tokens_p90": lengths["p90"],
-        "provider": env["provider"],
-        "threads": env["threads"],
-        "onnxruntime": env["onnxruntime"],
-        "cpu_model": env["cpu_model"],
-    }
-    with atomic_file(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS) + list(extra))
-            w.writeheader()
-            for row in report["results"]:
-                w.writerow({**{k: row[k] for k in CSV_COLUMNS}, **extra})
+    lengths = report["data"]["lengths"]
+    data = {"data": report["data"]["source"], "tokens_mean": lengths["mean"], "tokens_p90": lengths["p90"]}
+    write_results_csv(report, path, CSV_COLUMNS, data)
 
 
 def print_table(report: dict, console=None) -> None:

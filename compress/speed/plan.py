@@ -240,6 +240,19 @@ def deploy_shape_from_data(shape: str, data, tokenizer, max_length: int | None =
     return resolved, record
 
 
+def concrete_deploy_shape(cfg, kind: str, data, tokenizer, max_length: int | None = None) -> tuple[str, dict | None]:
+    """(cfg.deploy_shape made concrete, how it was read): a shape left unset is the task type's default
+    (32x384 for question answering, else 32x128); under a speed target BATCHxdata is read from the dev rows
+    (deploy_shape_from_data) under `tokenizer()`, a callable so that no tokenizer is loaded otherwise."""
+    from compress.core.config import default_deploy_shape
+    from compress.speed.deploy_graph import DATA_SEQ
+
+    shape = cfg.deploy_shape or default_deploy_shape(kind)
+    if target_from(cfg) is None or shape.lower().partition("x")[2] != DATA_SEQ:
+        return shape, None
+    return deploy_shape_from_data(shape, data, tokenizer(), max_length)
+
+
 def resolve_deploy_shape(shape: str, data, tokenizer, max_length: int | None = None) -> str:
     """`shape` with a concrete length: '32xdata' -> e.g. '32x40' (deploy_shape_from_data); '32x128' as is."""
     return deploy_shape_from_data(shape, data, tokenizer, max_length)[0]

@@ -130,20 +130,14 @@ def _load(cfg: PruneConfig, method: Method, data: DataConfig, model_name: str | 
 
 
 def _deploy_shape(cfg: PruneConfig, task: TaskType, data: DataConfig, model_name: str, config):
-    """(cfg with a concrete --deploy-shape, how it was read): the task's default when not given (32x384 for
-    question answering, else 32x128); under a speed target, BATCHxdata becomes the
-    p90 token length of the dev rows under the student's tokenizer, so the latency table and the solver
-    see a number (compress.speed.plan.deploy_shape_from_data); (cfg, None) otherwise."""
-    from compress.core.config import default_deploy_shape
-    from compress.speed.deploy_graph import DATA_SEQ
-    from compress.speed.plan import deploy_shape_from_data, target_from
+    """(cfg with a concrete --deploy-shape, how it was read; compress.speed.plan.concrete_deploy_shape), so
+    that the latency table and the solver see a number."""
+    from compress.speed.plan import concrete_deploy_shape
 
-    if cfg.deploy_shape is None:
-        cfg = replace(cfg, deploy_shape=default_deploy_shape(task.name))
-    if target_from(cfg) is None or cfg.deploy_shape.lower().partition("x")[2] != DATA_SEQ:
-        return cfg, None
-    tokenizer = load_tokenizer(model_name, config, **task.tokenizer_kwargs(config))
-    shape, record = deploy_shape_from_data(cfg.deploy_shape, data, tokenizer, cfg.train.eval_max_length)
+    def tokenizer():
+        return load_tokenizer(model_name, config, **task.tokenizer_kwargs(config))
+
+    shape, record = concrete_deploy_shape(cfg, task.name, data, tokenizer, cfg.train.eval_max_length)
     return replace(cfg, deploy_shape=shape), record
 
 
