@@ -120,10 +120,11 @@ def main(argv=None) -> None:
         graphs.update(_graphs(name, checkpoint, work))
         # the speed target and structure were chosen by the prune stage; steps and time add the fill's
         records[name] = read_compression_json(folder / "pruned" if checkpoint != folder else folder, verify=False)
-        if checkpoint != folder:
+        if checkpoint.name == "filled":
             fill = read_compression_json(checkpoint, verify=False)["training"]
-            records[name]["training"]["steps"] += fill["steps"] if checkpoint.name == "filled" else 0
-            records[name]["training"]["train_seconds"] += fill["train_seconds"] if checkpoint.name == "filled" else 0
+            for key in ("steps", "train_seconds"):
+                records[name]["training"][key] += fill[key]
+        if checkpoint != folder:
             recipes[name] = json.loads((folder / "recipe.json").read_text())
         texts = ["A man is eating food.", "Someone is having a meal.", "The stock market fell sharply today."] * 3
         st_diff[name] = _sentence_transformers_diff(work / name, graphs[f"{name} fp32"], tokenizer, texts)
