@@ -368,6 +368,14 @@ def _load_checkpoint(checkpoint_dir: Path, task: str | None, model):
         raise InvalidConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     model = load_for_task(checkpoint_dir, task) if model is None else model.eval()
     notes = []
+    section = (structure or {}).get("hidden")
+    if section and section["kept_count"] < section["size"]:
+        # Cut in PyTorch: the graph then has plain LayerNorms over the kept dims (what the model computes),
+        # and every later step (validation, head/FFN surgery, fusion, int8) sees the narrow stream.
+        from compress.core.hidden import slice_hidden
+
+        slice_hidden(model, section["kept"])
+        notes.append(f"hidden dimension cut from {section['size']} to {section['kept_count']} before export")
     if not _fold(model):
         notes.append(f"model type {config.model_type!r} has no structure table: exported as is")
     tokenizer = load_tokenizer(checkpoint_dir)

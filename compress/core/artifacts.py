@@ -390,10 +390,18 @@ def load_pretrained(cls, path, **kw):
     weights file gives the same one-line error everywhere (safetensors, torch and transformers raise
     many types for it)."""
     try:
-        return cls.from_pretrained(str(path), **kw)
+        loaded = cls.from_pretrained(str(path), **kw)
     except Exception as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
         raise ArtifactError(
             f"cannot load weights from {path} ({e.__class__.__name__}: {first}); the file may be corrupt "
             "or truncated: re-download or re-create it"
         ) from e
+    # A pruned hidden dimension changes how the LayerNorms compute: apply it wherever a checkpoint is loaded.
+    if Path(path).is_dir():
+        from compress.core import hidden
+
+        hidden.apply_record(
+            loaded[0] if isinstance(loaded, tuple) else loaded, read_compression_json(path, verify=False)
+        )
+    return loaded

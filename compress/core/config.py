@@ -256,6 +256,15 @@ class PruneConfig:
     lambda_reg: float | None = arg(None, "final regularisation weight for soft methods", flag="--lambda")
     lambda_att: float = arg(1.0, "multiplier of lambda on attention groups")
     lambda_ffn: float = arg(1.0, "multiplier of lambda on FFN groups")
+    prune_hidden: bool = arg(
+        False,
+        "struct, hybrid, smp-struct: also prune the hidden dimension (one mask over the residual stream, shared "
+        "by every layer); the LayerNorms then normalise over the kept dims, so the cut is exact",
+    )
+    lambda_hidden: float = arg(1.0, "multiplier of lambda on the hidden-dimension mask (--prune-hidden)")
+    hidden_sparsity: float = arg(
+        0.25, "top-k methods (smp-struct) with --prune-hidden: fraction of hidden dims removed at the end"
+    )
     # `block` method: N x N blocks; hybrid attention blocks are 32 x 32 (paper)
     block_size: int = arg(32, "block method: N x N blocks, 4..64")
     tau: float = arg(0.1, "final sigmoid threshold of soft methods (ramps from 0)")
@@ -348,6 +357,8 @@ class PruneConfig:
             )
         if self.fill_steps < 0:
             raise InvalidConfigError(f"--fill-steps {self.fill_steps} must be >= 0")
+        if not 0.0 <= self.hidden_sparsity < 1.0 or self.lambda_hidden < 0:
+            raise InvalidConfigError("--hidden-sparsity must be in [0, 1) and --lambda-hidden >= 0, e.g. 0.25 and 1")
         self.retrain_free.validate()
         if self.ffn_block < 1:
             raise InvalidConfigError(f"--ffn-block {self.ffn_block} must be >= 1, e.g. 32")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from compress.core.hidden import kept_dims
 from compress.core.structure import Geometry, geometry, layer_linears
 
 
@@ -94,15 +95,21 @@ def sparsity_report(model) -> dict:
         "params": {
             "encoder_linear_dense": total,
             "encoder_linear_nonzero": nonzero,
-            "encoder_linear_after_removal": params_after_removal(geo, kept),
+            "encoder_linear_after_removal": params_after_removal(geo, kept, _hidden_width(model)),
         },
         "layers": kept,
     }
 
 
-def params_after_removal(geo: Geometry, kept: list[dict]) -> int:
-    """Weights left in the encoder linears once dead heads and FFN dims are physically removed."""
-    h, d = geo.hidden_size, geo.head_size
+def _hidden_width(model) -> int | None:
+    kept = kept_dims(model)
+    return None if kept is None else len(kept)
+
+
+def params_after_removal(geo: Geometry, kept: list[dict], hidden_kept: int | None = None) -> int:
+    """Weights left in the encoder linears once dead heads and FFN dims (and pruned hidden dims, when
+    `hidden_kept` says how many stay) are physically removed."""
+    h, d = hidden_kept or geo.hidden_size, geo.head_size
     return sum(4 * h * d * len(k["heads_kept"]) + 2 * h * len(k["ffn_dims_kept"]) for k in kept)
 
 

@@ -28,6 +28,15 @@ class EncoderSpec:
     attn_out: str
     ffn_in: str
     ffn_out: str
+    # The residual stream (what hidden-dimension pruning cuts): the embedding tables and their LayerNorm
+    # (paths from the base model), and the LayerNorms of one layer that write it.
+    embedding_tables: tuple[str, ...] = (
+        "embeddings.word_embeddings",
+        "embeddings.position_embeddings",
+        "embeddings.token_type_embeddings",
+    )
+    embedding_norm: str = "embeddings.LayerNorm"
+    layer_norms: tuple[str, ...] = ("attention.output.LayerNorm", "output.LayerNorm")
     num_heads_attr: str = "num_attention_heads"  # config attribute holding the head count
     hidden_attr: str = "hidden_size"
     intermediate_attr: str = "intermediate_size"
@@ -59,6 +68,8 @@ SPECS: dict[str, EncoderSpec] = {
         attn_out="attention.out_lin",
         ffn_in="ffn.lin1",
         ffn_out="ffn.lin2",
+        embedding_tables=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+        layer_norms=("sa_layer_norm", "output_layer_norm"),
         num_heads_attr="n_heads",
         hidden_attr="dim",
         intermediate_attr="hidden_dim",

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from compress.core.artifacts import atomic_file, write_json
+from compress.core.artifacts import atomic_file, load_pretrained, write_json
 from compress.core.config import BenchConfig
 from compress.core.errors import CompressError, InvalidConfigError
 from compress.ort.timing import interleaved_rounds
@@ -111,7 +111,7 @@ def torch_runner(checkpoint: str, config: BenchConfig, label: str | None = None)
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval().to(device)
+        model = load_pretrained(AutoModelForSequenceClassification, checkpoint).eval().to(device)
     except Exception as e:
         raise ArtifactError(f"cannot load the PyTorch checkpoint {checkpoint}: {e.__class__.__name__}: {e}") from e
     size = sum(f.stat().st_size for f in Path(checkpoint).glob("*.safetensors")) or sum(

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from compress.core.artifacts import read_compression_json
+from compress.core import hidden
+from compress.core.artifacts import load_pretrained, read_compression_json
 from compress.core.errors import ArtifactError
 from compress.core.sparsity import fold_dead_structure, kept_structure
 from compress.core.structure import ROLES, encoder_layers, geometry, layer_linears, spec_for
@@ -88,6 +89,9 @@ def compact_model(model: nn.Module, kept: list[dict] | None = None) -> nn.Module
     spec = spec_for(model.config)
     geo = geometry(model.config)
     d = geo.head_size
+    kept_hidden = hidden.kept_dims(model)
+    if kept_hidden is not None:
+        hidden.slice_hidden(model, kept_hidden)
     fold_dead_structure(model)  # exact; makes V-only / W1-only dead structure removable too
     if kept is None:
         kept = kept_structure(model)
@@ -136,7 +140,7 @@ def load_compact(checkpoint_dir: str | Path, model_class=None, **from_pretrained
         model_class = next(
             (getattr(transformers, a) for a in archs if hasattr(transformers, a)), transformers.AutoModel
         )
-    model = model_class.from_pretrained(str(checkpoint_dir), **from_pretrained_kwargs)
+    model = load_pretrained(model_class, checkpoint_dir, **from_pretrained_kwargs)  # applies a pruned hidden dim
     model.eval()
     return compact_model(model, structure.get("layers") if structure else None)
 

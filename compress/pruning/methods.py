@@ -33,6 +33,7 @@ class Method:
     needs_budget: bool = False  # retrain-free: its structure is chosen for a speed target, after training
     # a speed target (--target-speedup/-latency-ms/-flops) chooses its structure like this method's
     budget_as: str | None = None
+    prunes_hidden: bool = False  # can add the hidden-dimension mask (--prune-hidden)
     prepare: Callable = hooks.nothing  # (compress.pruning.prepare.PruneRun) -> None, before training
 
     @property
@@ -154,6 +155,7 @@ def block(model, cfg):
     "the paper's main method (use --teacher; without it this is Hybrid NT)",
     Binarizer.THRESHOLD,
     default_lambda=1.0,
+    prunes_hidden=True,
 )
 def hybrid(model, cfg):
     return _hybrid_groups(model, cfg)
@@ -164,6 +166,7 @@ def hybrid(model, cfg):
     "one score per attention head across Q/K/V/O + FFN Dim: removes whole heads directly",
     Binarizer.THRESHOLD,
     default_lambda=1.0,
+    prunes_hidden=True,
 )
 def struct(model, cfg):
     return _struct_groups(model, cfg)
@@ -221,6 +224,7 @@ def smp_s(model, cfg):
     score_lr=2e-2,
     budget_as="struct",
     prepare=hooks.frozen_encoder,
+    prunes_hidden=True,
 )
 def smp_struct(model, cfg):
     return _struct_groups(model, cfg)

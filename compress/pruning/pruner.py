@@ -8,10 +8,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from compress.core import hidden
 from compress.core.config import PruneConfig
+from compress.core.structure import layer_linears
 from compress.pruning import masks as M
 from compress.pruning.methods import Method
 from compress.pruning.schedule import cubic
+
+HIDDEN = "hidden"  # name, kind and role of the hidden-dimension group
 
 
 class Pruner(nn.Module):
@@ -27,6 +31,8 @@ class Pruner(nn.Module):
         self.method = method
         self.cfg = cfg
         self.groups = method.build(model, cfg)
+        if cfg.prune_hidden:
+            self.groups.append(hidden_group(model))
         self.sparsity = cfg.sparsity if cfg.sparsity is not None else (method.default_sparsity or 0.0)
         self.lam_final = cfg.lambda_reg if cfg.lambda_reg is not None else (method.default_lambda or 0.0)
         # With a speed target the structure comes from a budget solver over the scores, not from a
@@ -44,16 +50,20 @@ class Pruner(nn.Module):
                 self.register_buffer(f"fixed_{_key(g.name)}", fixed_masks[g.name].float().clone())
         # Schedule state (derived from the step, so a resumed run recomputes it exactly).
         self.keep = 1.0
+        self.keep_hidden = 1.0
         self.tau = 0.0
         self.lam = 0.0
         self._cache: dict[str, torch.Tensor] = {}
         M.attach(self.groups, self._mask_getter)
+        if cfg.prune_hidden:
+            hidden.attach(model, self._mask_getter(HIDDEN))
 
     # ------------------------------------------------------------ schedule
     def set_step(self, step: int, total: int, warmup: int) -> None:
         c = self.cfg
         ramp = lambda a, b: cubic(step, total, warmup, c.initial_warmup, c.final_warmup, a, b)  # noqa: E731
         self.keep = ramp(1.0, 1.0 - self.sparsity)
+        self.keep_hidden = ramp(1.0, 1.0 - c.hidden_sparsity)
         self.tau = ramp(0.0, c.tau)
         self.lam = ramp(0.0, self.lam_final)
         if self.budget is not None:
@@ -100,13 +110,14 @@ class Pruner(nn.Module):
         return ratios
 
     def regularization(self) -> torch.Tensor | float:
-        """lambda * (lambda_att * mean over attn groups + lambda_ffn * mean over ffn groups) of mean sigmoid(S)."""
+        """lambda * (lambda_att * mean over attn groups + lambda_ffn * mean over ffn groups [+ lambda_hidden *
+        the hidden group]) of mean sigmoid(S)."""
         if not self.method.regularised or self.lam == 0.0:
             return 0.0
-        terms = {"attn": [], "ffn": []}
+        terms = {"attn": [], "ffn": [], HIDDEN: []}
         for g in self.groups:
             terms[g.kind].append(torch.sigmoid(self.scores[_key(g.name)]).mean())
-        weights = {"attn": self.cfg.lambda_att, "ffn": self.cfg.lambda_ffn}
+        weights = {"attn": self.cfg.lambda_att, "ffn": self.cfg.lambda_ffn, HIDDEN: self.cfg.lambda_hidden}
         reg = sum(weights[k] * torch.stack(v).mean() for k, v in terms.items() if v)
         return self.lam * reg
 
@@ -136,11 +147,18 @@ def _magnitude_masks(p: Pruner) -> dict[str, torch.Tensor]:
 
 
 def _topk_masks(p: Pruner) -> dict[str, torch.Tensor]:
-    return {g.name: M.topk_ste(p.scores[_key(g.name)], p.keep) for g in p.groups}
+    return {g.name: M.topk_ste(p.scores[_key(g.name)], p.keep_hidden if g.kind == HIDDEN else p.keep) for g in p.groups}
 
 
 def _threshold_masks(p: Pruner) -> dict[str, torch.Tensor]:
-    return {g.name: M.threshold_ste(p.scores[_key(g.name)], p.tau) for g in p.groups}
+    out = {g.name: M.threshold_ste(p.scores[_key(g.name)], p.tau) for g in p.groups}
+    if HIDDEN in out and not out[HIDDEN].detach().any():
+        # Heads and FFN dims may all go (the sublayer is skipped), but a residual stream of width 0 would
+        # make a constant model: the best-scored dim stays.
+        keep = torch.zeros_like(out[HIDDEN])
+        keep[p.scores[_key(HIDDEN)].detach().argmax()] = 1
+        out[HIDDEN] = out[HIDDEN] + keep
+    return out
 
 
 def _smp_s_masks(p: Pruner) -> dict[str, torch.Tensor]:
@@ -199,6 +217,18 @@ def _unit_magnitude(g) -> torch.Tensor:
         u = w.reshape(-1, per_unit * w.shape[1]).mean(1)
         total = total + u / u.mean().clamp_min(1e-12)
     return total / len(g.members)
+
+
+def hidden_group(model) -> M.Group:
+    """One score per hidden dim. Its members mask the stream's readers (input columns of Q/K/V/W1) and
+    writers (output rows of O/W2), so the baked weights show the cut; what makes the cut exact is the
+    masked LayerNorms (compress.core.hidden), which the pruner attaches over the same mask."""
+    cols, rows = M.Layout("cols"), M.Layout("rows")
+    members = []
+    for lin in layer_linears(model):
+        members += [(lin[r], cols) for r in ("query", "key", "value", "ffn_in")]
+        members += [(lin[r], rows) for r in ("attn_out", "ffn_out")]
+    return M.Group(HIDDEN, HIDDEN, HIDDEN, -1, members)
 
 
 def _key(name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from compress.core import hidden
 from compress.core.artifacts import COMPRESSION_JSON, FORMAT_VERSION, atomic_dir, record_checksums, write_json
 from compress.core.errors import ValidationError
 from compress.core.structure import geometry
@@ -74,6 +75,7 @@ def save_model_dir(
             tokenizer.save_pretrained(tmp)
         if sample is not None:
             reloaded = (reload or AutoModelForSequenceClassification.from_pretrained)(tmp).eval()
+            hidden.apply_record(reloaded, data)  # as compress's loaders do (compression.json is not written yet)
             # Compared on the CPU, where the reloaded copy is: same kernels, so the tight bound holds.
             # A model trained on a GPU is left on the CPU (every later stage runs there).
             model.eval().to("cpu")
@@ -157,6 +159,14 @@ def model_card(d: dict) -> str:
             lines.append(
                 f"| {i} | {len(l['heads_kept'])}/{geo['num_heads']} | {len(l['ffn_dims_kept'])}/{geo['intermediate_size']} |"
             )
+    if d.get("hidden"):
+        lines += [
+            "",
+            f"The hidden dimension is pruned to {d['hidden']['kept_count']} of {d['hidden']['size']} dims: the "
+            "LayerNorms normalise over the kept dims only, which plain transformers does not do. Load this folder "
+            "with compress (`compress eval`, `compress export --onnx`, which cuts the dims out) or ship the ONNX "
+            "graph; `from_pretrained` alone gives different predictions.",
+        ]
     lines += [
         "",
         "The weights are a plain Hugging Face checkpoint with the masks baked in as zeros "

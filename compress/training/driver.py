@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from compress.core import hidden
 from compress.core.artifacts import check_output_dir, read_compression_json
 from compress.core.config import DataConfig, PruneConfig, TrainConfig
 from compress.core.errors import ArtifactError, InvalidConfigError
@@ -25,9 +26,10 @@ from compress.core.models import (
     resolve_model,
 )
 from compress.core.sparsity import fold_dead_structure, sparsity_report
+from compress.core.structure import geometry
 from compress.pruning.label_words import DEFAULT_TEMPLATES, LabelWordClassifier, label_word_ids, load_mlm
 from compress.pruning.masks import bake
-from compress.pruning.methods import Method, get_method
+from compress.pruning.methods import METHODS, Method, get_method
 from compress.pruning.prepare import PruneRun
 from compress.pruning.pruner import Pruner
 from compress.training.checkpoint import save_model_dir
@@ -85,7 +87,29 @@ def _check_inputs(cfg: PruneConfig, data: DataConfig, model_name: str | None, ou
         raise InvalidConfigError("--label-words is SMP's head-free mode: use it with --method smp-l or smp-s")
     if cfg.label_words and data.kind != "sequence-classification":
         raise InvalidConfigError(f"--label-words reads a class from the MLM head; it does not apply to {data.kind}")
+    if cfg.prune_hidden:
+        _check_hidden(cfg, method, data)
     return method
+
+
+def _check_hidden(cfg: PruneConfig, method: Method, data: DataConfig) -> None:
+    supported = ", ".join(m.name for m in METHODS.values() if m.prunes_hidden)
+    if not method.prunes_hidden:
+        why = (
+            " (hybrid-filled keeps the hidden dims of its --source run)"
+            if method.needs_source
+            else " (retrain-free's least-squares mask tuning assumes a fixed residual width)"
+            if method.needs_budget
+            else ""
+        )
+        raise InvalidConfigError(f"--prune-hidden works with {supported}, not --method {method.name}{why}")
+    if data.kind == "embedding":
+        raise InvalidConfigError(
+            "--prune-hidden would shrink the sentence embedding itself (a new vector size for every index); "
+            "prune heads and FFN dims only for --task embedding"
+        )
+    if cfg.label_words:
+        raise InvalidConfigError("--prune-hidden cannot cut the MLM head that --label-words reads; drop one of them")
 
 
 def _load(cfg: PruneConfig, method: Method, data: DataConfig, model_name: str | None, output) -> PruneRun:
@@ -225,6 +249,7 @@ def _finish(run: PruneRun, pruner: Pruner, stats: dict, output) -> dict:
     pruner.finalize()
     bake(student)
     fold_dead_structure(student)
+    hidden_record = _hold_hidden(student)
     student.eval()
     metrics = _evaluate(run.task, student, run.data, run.tokenizer, run.train, run.teacher)
     rep = sparsity_report(student)
@@ -245,6 +270,7 @@ def _finish(run: PruneRun, pruner: Pruner, stats: dict, output) -> dict:
             **_recorded(cfg, output),
         },
         **rep,
+        **({"hidden": hidden_record} if hidden_record else {}),
         "metrics": metrics,
         "training": _training_record(stats),
         **run.record,
@@ -257,6 +283,17 @@ def _finish(run: PruneRun, pruner: Pruner, stats: dict, output) -> dict:
         if run.speed_plan.deploy is not None and cfg.measure_speed and stats["is_main_process"]:
             info["speed"]["measured"] = measure_speedup(student, rep["layers"], run.speed_plan.deploy)
     return info
+
+
+def _hold_hidden(student) -> dict | None:
+    """Freeze a trained hidden mask at its final value and zero what it prunes (compression.json's
+    `hidden` record), or None when the model has no hidden mask."""
+    kept = hidden.kept_dims(student)
+    if kept is None:
+        return None
+    hidden.fix(student, kept)
+    hidden.zero_pruned(student, kept)
+    return hidden.record(kept, geometry(student.config).hidden_size)
 
 
 def _recorded(cfg: PruneConfig, output) -> dict:
