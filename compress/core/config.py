@@ -198,6 +198,11 @@ class DistillConfig:
         choices=["cosine", "mse", "cosine+mse"],
     )
     hidden_weight: float = arg(0.0, "embedding task: weight of the last hidden state's MSE to the teacher's")
+    layer_weight: float = arg(
+        0.0,
+        "layer-wise distillation (CoFi): weight of the MSE between every student layer's output, through one "
+        "learned linear map, and the teacher's layer at the same relative depth (runs the teacher every step)",
+    )
 
 
 # (training, evaluation) sequence lengths per task type when --max-length / --eval-max-length are not given
@@ -365,6 +370,10 @@ class PruneConfig:
         d = self.distill
         if d.temperature <= 0 or d.alpha_ce < 0 or d.alpha_teacher < 0:
             raise InvalidConfigError("distillation needs --temperature > 0 and non-negative alphas")
+        if d.layer_weight < 0:
+            raise InvalidConfigError(f"--layer-weight {d.layer_weight} must be >= 0, e.g. 1")
+        if d.layer_weight and not d.teacher:
+            raise InvalidConfigError("--layer-weight distils the teacher's layers: give --teacher too")
         self.train.validate()
 
     def to_dict(self) -> dict:

@@ -89,6 +89,11 @@ def _check_inputs(cfg: PruneConfig, data: DataConfig, model_name: str | None, ou
         raise InvalidConfigError(f"--label-words reads a class from the MLM head; it does not apply to {data.kind}")
     if cfg.prune_hidden:
         _check_hidden(cfg, method, data)
+    if cfg.distill.layer_weight and (data.kind == "embedding" or cfg.label_words):
+        raise InvalidConfigError(
+            "--layer-weight needs the student's layer outputs: for --task embedding use --hidden-weight, "
+            "and --label-words models do not expose them"
+        )
     return method
 
 

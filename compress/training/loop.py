@@ -38,6 +38,9 @@ class StudentWithLoss(nn.Module):
         self.task = task or TASK_TYPES["sequence-classification"]
         self._student_args = set(inspect.signature(student.forward).parameters)
         self._teacher_args = set(inspect.signature(teacher.forward).parameters) if teacher is not None else set()
+        self.layer_map = None
+        if distill.layer_weight and teacher is not None:
+            self.layer_map = _identity_map(student.config.hidden_size, teacher.config.hidden_size)
 
     @property
     def teacher(self):
@@ -59,7 +62,8 @@ class StudentWithLoss(nn.Module):
             inputs["token_type_ids"] = token_type_ids
         if self.pruner is not None:
             self.pruner.invalidate()  # scores changed since the last step: recompute masks once
-        out = self.student(**inputs)
+        layers = self.layer_map is not None and self.training
+        out = self.student(**inputs, **({"output_hidden_states": True} if layers else {}))
         if not isinstance(out, Mapping):  # the label-word wrapper returns a plain namespace
             out = {name: getattr(out, name) for name in self.task.outputs}
         given = {"labels": labels, "start_positions": start_positions, "end_positions": end_positions}
@@ -67,20 +71,45 @@ class StudentWithLoss(nn.Module):
         loss = None
         if len(targets) == len(self.task.label_columns) and (targets or self.teacher is not None):
             teacher_out = None
-            if teacher_logits is not None:
+            if teacher_logits is not None and not layers:
                 teacher_out = {"logits": teacher_logits}
             elif self.teacher is not None:
-                teacher_out = self._teacher_forward(inputs)
+                teacher_out = self._teacher_forward(inputs, hidden_states=layers)
             loss = self.task.loss(out, {**inputs, **targets}, teacher_out, self.distill)
+            if layers:
+                loss = loss + self.distill.layer_weight * self._layer_loss(out, teacher_out, attention_mask)
             if self.pruner is not None and self.training:
                 loss = loss + self.pruner.regularization()
         return {"loss": loss, **{name: out[name] for name in self.task.outputs}}
 
     @torch.no_grad()
-    def _teacher_forward(self, inputs: dict):
+    def _teacher_forward(self, inputs: dict, hidden_states: bool = False):
         if "token_type_ids" not in self._teacher_args:
             inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
-        return self.teacher(**inputs)
+        return self.teacher(**inputs, **({"output_hidden_states": True} if hidden_states else {}))
+
+    def _layer_loss(self, out, teacher_out, attention_mask) -> torch.Tensor:
+        """Mean over the student's layers of the token-averaged MSE between the mapped student layer output
+        and the teacher's layer at the same relative depth (CoFi's layer distillation with a fixed map;
+        the depths are equal when the student is the teacher pruned)."""
+        student, teacher = out["hidden_states"][1:], teacher_out["hidden_states"][1:]
+        tokens = attention_mask.unsqueeze(-1).to(student[0].dtype)
+        total = 0.0
+        for i, s in enumerate(student):
+            t = teacher[round((i + 1) * len(teacher) / len(student)) - 1]
+            err = (self.layer_map(s) - t).pow(2).mean(-1, keepdim=True)
+            total = total + (err * tokens).sum() / tokens.sum().clamp_min(1)
+        return total / len(student)
+
+
+def _identity_map(student_size: int, teacher_size: int) -> nn.Linear:
+    """The learned student -> teacher map of layer distillation, starting as the identity (a pruned
+    student's stream is the teacher's, minus what was cut)."""
+    layer = nn.Linear(student_size, teacher_size)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(teacher_size, student_size))
+        layer.bias.zero_()
+    return layer
 
 
 @torch.no_grad()
@@ -242,7 +271,9 @@ def train(
         planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(len(train_dataset) / cfg.batch_size) * cfg.epochs
         # Precompute only when the run sees most of the data; a short run is cheaper on the fly.
         small = len(train_dataset) <= 1.5 * planned * cfg.batch_size
-        if task.teacher_cache and "teacher_logits" not in train_dataset.column_names and small:
+        # Layer distillation runs the teacher every step anyway, so its logits come from there.
+        cache = task.teacher_cache and not (distill and distill.layer_weight)
+        if cache and "teacher_logits" not in train_dataset.column_names and small:
             train_dataset = add_teacher_logits(teacher, train_dataset, tokenizer, progress=cfg.progress)
     wrapper = StudentWithLoss(student, pruner, teacher, distill or DistillConfig(), task)
     args = _training_arguments(cfg, ckpt, list(task.label_columns))
