@@ -344,10 +344,26 @@ def shrink(model: PathLike, output: PathLike, config: ShrinkConfig | None = None
         atol=config.atol,
         overwrite=config.overwrite,
         optimize=optimize if config.optimize else None,
+        **hidden_structure(model, config),
     )
     report["structure_from"] = source
     metrics = {"params_before": report["params_before"], "params_after": report["params_after"]}
     return ShrinkResult(Path(output), metrics, report)
+
+
+def hidden_structure(model: PathLike, config: ShrinkConfig) -> dict:
+    """shrink_file's hidden keywords: compression.json's `hidden` kept dims when it has them (and
+    --from-weights is not given), else detection from zero LayerNorm / embedding dims; none with --hidden off."""
+    from compress.core.artifacts import read_compression_json
+
+    if config.hidden == "off":
+        return {}
+    path = Path(config.compression_json) if config.compression_json else Path(model).parent / "compression.json"
+    data = read_compression_json(path.parent, verify=False) if path.is_file() and not config.from_weights else None
+    section = (data or {}).get("hidden")
+    if section and section["kept_count"] < section["size"]:
+        return {"hidden_kept": list(section["kept"])}
+    return {"detect_hidden": True}
 
 
 def quantize(

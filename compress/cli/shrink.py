@@ -4,6 +4,11 @@ Which structure is removed: --compression-json PATH, else IN's directory's compr
 (or with --from-weights) the heads / dims whose output weights are all zero. The result is checked
 against IN with ONNX Runtime on tokenized sentences (tokenizer next to IN) or random ids, and written
 atomically; nothing is written when a check fails.
+
+Pruned hidden dims (the residual stream's width) are cut too (--hidden auto): the ones compression.json's
+`hidden` section lists, else (or with --from-weights) those whose LayerNorm gammas / betas and embedding
+columns are all zero. That cut makes the LayerNorms normalise over the kept dims, which is what the
+hidden-pruned model computes and not what IN computes, so only the head / FFN cut is compared with IN.
 """
 
 from __future__ import annotations
@@ -82,6 +87,16 @@ def print_report(report: dict, title: str, details: bool = False) -> None:
         f"{report['params_before']:,} -> {report['params_after']:,}; nodes {report['nodes_before']} -> {report['nodes_after']}; "
         f"max abs diff vs input {report.get('max_abs_diff', float('nan')):.2g}"
     )
+    hidden = report.get("hidden")
+    if hidden is not None and "hidden_before" not in hidden:
+        console.print(hidden["note"])
+    elif hidden is not None:
+        removed = hidden["params_before"] - hidden["params_after"]
+        console.print(
+            f"hidden size {hidden['hidden_before']} -> {hidden['hidden_after']} (from {hidden['source']}); "
+            f"{removed:,} parameters removed by the hidden cut"
+            + (f"; note: {hidden['note']}" if hidden.get("note") else "")
+        )
     before, after = report.get("fused_ops_before", {}), report.get("fused_ops_after", {})
     if before or after:
         console.print(

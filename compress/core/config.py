@@ -418,6 +418,12 @@ class ShrinkConfig:
     from_weights: bool = arg(False, "ignore compression.json; remove structures whose weights are zero")
     head_size: int | None = arg(None, "attention head size (default: compression.json, config.json, or the graph)")
     optimize: bool = arg(False, "then apply ONNX Runtime's transformer fusions (kept only if outputs match)")
+    hidden: str = arg(
+        "auto",
+        "auto: also cut pruned hidden dims (compression.json's `hidden`, else all-zero LayerNorm and embedding "
+        "dims); off: keep the hidden size",
+        choices=["auto", "off"],
+    )
     atol: float = arg(1e-4, "max abs output difference allowed")
     overwrite: bool = arg(False, "replace the output if it exists")
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compress.core.errors import ArtifactError, InvalidConfigError
+from compress.core.errors import ArtifactError, GraphPatternError, InvalidConfigError
 from compress.core.record import LayerKeep, as_layer_keeps
 from exporters.graph import Graph, check_structure, op_counts, param_count
 from exporters.sessions import assert_close
+from exporters.surgery.hidden import has_zero_embedding_columns, shrink_hidden
 from exporters.surgery.int8_range import keep_for_dynamic_range
 from exporters.surgery.layers import detect_kept, find_layers
 from exporters.surgery.report import describe_layer, fused_op_counts
@@ -51,6 +52,8 @@ def shrink(
     *,
     sample_inputs: list[dict[str, np.ndarray]] | None = None,
     atol: float = 1e-4,
+    hidden_kept: list[int] | None = None,
+    detect_hidden: bool = False,
 ) -> tuple[onnx.ModelProto, dict]:
     """Remove the heads / FFN dims not listed in `kept` (or, when kept is None, those whose output
     weights are all zero) and return (new model, report). The input model is not modified.
@@ -61,6 +64,12 @@ def shrink(
     whose V / W1 columns are zero are removed too, their bias contribution folded (fp32 graphs only).
     With sample_inputs, ORT outputs of the result are compared to the input model's (atol) and a
     ValidationError is raised on mismatch.
+
+    hidden_kept: the hidden dims to keep (compression.json's `hidden.kept`); detect_hidden without it:
+    those whose LayerNorm gammas / betas and embedding columns are all zero. That cut
+    (exporters.surgery.hidden) runs after the heads / FFN dims are removed and checked, and is not
+    compared with the input: it makes every LayerNorm normalise over the kept dims only, which is the
+    hidden-pruned model by design, not the graph it was exported as. report["hidden"] says what it did.
     """
     check_structure(model)
     out = copy.deepcopy(model)
@@ -118,6 +127,30 @@ def shrink(
     }
     if sample_inputs:
         report["max_abs_diff"] = assert_close(model, out, sample_inputs, atol, what="shrunk graph")
+    if hidden_kept is not None or detect_hidden:
+        try:
+            out, cut = shrink_hidden(out, hidden_kept, sample_inputs=sample_inputs)
+        except GraphPatternError as e:
+            # Looking for pruned hidden dims must not refuse a graph that has none (a layout the stream
+            # walk does not know, e.g. mean pooling through Shape / Gather); with evidence of them, the
+            # uncut graph would be wrong, so the refusal stands.
+            if hidden_kept is not None or has_zero_embedding_columns(out):
+                raise
+            report["hidden"] = {"source": "zero weights", "note": f"hidden dims not analysed: {e}"}
+            return out, report
+        cut["source"] = "compression.json" if hidden_kept is not None else "zero weights"
+        if cut["hidden_after"] < cut["hidden_before"]:
+            cut["note"] = (
+                "LayerNorms now normalise over the kept hidden dims only: the hidden-pruned model by design, so "
+                "max_abs_diff compares only the head / FFN cut with the input"
+            )
+        report["hidden"] = cut
+        report.update(
+            params_after=param_count(out),
+            nodes_after=len(out.graph.node),
+            fused_ops_after=fused_op_counts(out),
+            op_counts=op_counts(out),
+        )
     return out, report
 
 
@@ -131,12 +164,16 @@ def shrink_file(
     atol: float = 1e-4,
     overwrite: bool = False,
     optimize=None,
+    hidden_kept: list[int] | None = None,
+    detect_hidden: bool = False,
 ) -> dict:
     """shrink() on files: checked against `src` on tokenized sentences (tokenizer files next to src)
     or random ids, then written atomically to `dst`. Returns the report.
 
     optimize: a callable (model, sample_inputs, atol) -> (model, report) run on the shrunk graph
-    before it is written, e.g. exporters.optimize.optimize; the caller picks it, shrink does not fuse."""
+    before it is written, e.g. exporters.optimize.optimize; the caller picks it, shrink does not fuse.
+    hidden_kept / detect_hidden: as in shrink(); off by default. The optimizer's check then compares the
+    fused graph with the hidden-cut one, which is the right reference for it."""
     from compress.core.artifacts import atomic_file
     from exporters.files import save_model
     from exporters.inputs import load_tokenizer, sample_inputs, vocab_size
@@ -155,7 +192,16 @@ def shrink_file(
     batches = sample_inputs(
         [i.name for i in model.graph.input], load_tokenizer(src.parent), vocab_size(model, src.parent)
     )
-    new, report = shrink(model, kept, num_heads, head_size, sample_inputs=batches, atol=atol)
+    new, report = shrink(
+        model,
+        kept,
+        num_heads,
+        head_size,
+        sample_inputs=batches,
+        atol=atol,
+        hidden_kept=hidden_kept,
+        detect_hidden=detect_hidden,
+    )
     if optimize is not None:
         new, report["optimize"] = optimize(new, batches, atol)
     with atomic_file(dst) as tmp:
