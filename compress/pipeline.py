@@ -146,6 +146,7 @@ def _run_stages(stages: Stages, cfg: RunConfig, data: DataConfig, task, student,
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
         "shrink": exported["shrink"],
         "layers": info["layers"],
+        "hidden": info.get("hidden"),
         "geometry": info.get("geometry"),
         "pruning": {
             "sparsity": info["sparsity"]["encoder_linear"],

@@ -217,7 +217,12 @@ def _report_lines(summary: dict, others: dict[str, dict], b: int, acc_key: str) 
         "",
         f"Encoder-linear sparsity {p['sparsity']:.1%}; {p['params']['encoder_linear_after_removal']:,} of "
         f"{p['params']['encoder_linear_dense']:,} encoder-linear weights left after removing dead heads and FFN dims; "
-        f"{p['seconds_per_step']:.2f} s per training step.",
+        f"{p['seconds_per_step']:.2f} s per training step."
+        + (
+            f" Hidden dimension pruned to {summary['hidden']['kept_count']} of {summary['hidden']['size']}."
+            if summary.get("hidden")
+            else ""
+        ),
         "",
         "Latency: ONNX Runtime CPU, p50, sequence length "
         f"{summary['recipe']['bench_seq_len']}, {summary['recipe']['bench_threads']} threads; speedup vs dense fp32 "
