@@ -207,3 +207,23 @@ def test_hidden_record_mismatch_is_caught_by_the_reload_check(tmp_path):
     c = load_pretrained(transformers.AutoModelForSequenceClassification, tmp_path / "ckpt").eval()
     with torch.no_grad():
         assert np.allclose(c(**_inputs())["logits"].numpy(), a.numpy(), atol=1e-6)
+
+
+def test_a_speed_target_with_the_hidden_mask(tmp_path):
+    """Under a FLOPs budget the solver prices the hidden dims with the heads and FFN dims (which it keeps is
+    its business: tests/test_speed_hidden.py); what it keeps is what compression.json, the speed record and
+    the exported graph say, and the graph scores as the checkpoint does."""
+    h.write_sst2_like(tmp_path / "data" / "sst2", n_train=48, n_dev=16)
+    h.save_checkpoint(h.tiny_model("bert"), tmp_path / "base")
+    data = compress.DataConfig(task="sst2", data_dir=str(tmp_path / "data"))
+    cfg = compress.PruneConfig(method="struct", target_flops=0.3, prune_hidden=True, train=_train(max_steps=12))
+    out = compress.prune(str(tmp_path / "base"), tmp_path / "out", cfg, data=data)
+    info = json.loads((out.path / "compression.json").read_text())
+    kept = info["hidden"]["kept_count"]
+    assert info["speed"]["hidden_kept"] == kept
+    assert info["speed"]["predicted_speedup"] > 1
+    exported = compress.export_onnx(out.path, tmp_path / "onnx")
+    graph = onnx.load(str(exported.path))
+    table = next(i for i in graph.graph.initializer if "word_embeddings" in i.name)
+    assert table.dims[1] == kept
+    assert compress.evaluate(out.path, data=data).metrics == compress.evaluate(exported.path, data=data).metrics

@@ -13,7 +13,14 @@ def deploy_config(a):
 
     c = config_from_args(PruneConfig, a)
     batch, seq = parse_shape(c.deploy_shape or default_deploy_shape(None))
-    return DeployConfig(precision=c.deploy, batch=batch, seq=seq, threads=c.deploy_threads, provider=c.deploy_provider)
+    return DeployConfig(
+        precision=c.deploy,
+        batch=batch,
+        seq=seq,
+        threads=c.deploy_threads,
+        provider=c.deploy_provider,
+        hidden_axis=bool(getattr(a, "hidden_axis", False)),
+    )
 
 
 def register(sub):
@@ -31,6 +38,12 @@ def register(sub):
 
     add_config_args(p, PruneConfig, only=DEPLOY_FIELDS, title="deployment target (latency table)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per graph, interleaved (default: %(default)s)")
+    p.add_argument(
+        "--prune-hidden",
+        dest="hidden_axis",
+        action="store_true",
+        help="also measure at smaller hidden sizes (1/4, 1/2, 3/4): the table `compress prune --prune-hidden` uses",
+    )
     p.add_argument("--rebuild", action="store_true", help="measure again even when a cached table exists")
     p.add_argument("--json", dest="json_path", help="also write the table to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -67,6 +80,24 @@ def run(a):
             f"{table.ffn_ms[i]:.3f}" if i < len(table.ffn_grid) else "",
         )
     c.print(t)
+    if table.hidden_rows:
+        ht = Table(title="hidden axis: ms per layer at each hidden size (all heads / all FFN dims kept)")
+        for col in ("hidden size", "fixed ms", "attention ms", "FFN ms", "predicted dense ms"):
+            ht.add_column(col, justify="right")
+        for k in table.hidden_sizes:
+            at = table.at_hidden(k)
+            ht.add_row(
+                str(k),
+                f"{at.fixed_ms:.3f}",
+                f"{at.attn_ms[-1]:.3f}",
+                f"{at.ffn_ms[-1]:.3f}",
+                f"{at.predicted_dense_ms:.3f}",
+            )
+        c.print(ht)
+    c.print(
+        "hidden sizes measured: "
+        + (", ".join(map(str, table.hidden_sizes)) if table.hidden_rows else "the full size only (no hidden axis)")
+    )
     c.print(
         f"fixed (embeddings, LayerNorms, classifier): {table.fixed_ms:.3f} ms; dense measured {table.dense_ms:.3f} ms, "
         f"predicted from the table {table.predicted_dense_ms:.3f} ms; max speedup {table.dense_ms / table.fixed_ms:.1f}x"

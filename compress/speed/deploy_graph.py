@@ -50,6 +50,9 @@ class DeployConfig:
     # 7-11, fp32 32x128: the median-ratio table predicted 8 random structures within 7.2%, the
     # fastest-round table within 36% (single 1-2 s runs: the minimum of 7 is luck).
     statistic: str = "median"
+    # Also time graphs at smaller hidden sizes (compress.speed.table.hidden_grid), for --prune-hidden. Off, the
+    # table and its cache key are those of a table without a hidden axis.
+    hidden_axis: bool = False
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -108,20 +111,46 @@ class DeployGraphs:
         self.workdir = Path(workdir)
         self.config = load_config(model) if classifier is None else classifier.config
         self.geo = geometry(self.config)
-        ckpt = self.workdir / "checkpoint"
+        self._ckpt = self.workdir / "checkpoint"
         model_obj = classifier if classifier is not None else load_classifier(model)
-        model_obj.save_pretrained(ckpt)  # no tokenizer needed: graphs are checked on random ids
-        export_checkpoint(ckpt, self.workdir / "dense-export", validate=False, shrink=False)  # build() cuts it
+        model_obj.save_pretrained(self._ckpt)  # no tokenizer needed: graphs are checked on random ids
+        export_checkpoint(self._ckpt, self.workdir / "dense-export", validate=False, shrink=False)  # build() cuts it
         self.dense = onnx.load(str(self.workdir / "dense-export" / "model.onnx"))
-        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(self.workdir / "dense-export", ignore_errors=True)
+        self._narrow: tuple[tuple[int, ...], onnx.ModelProto] | None = None  # the last hidden-cut export
         names = [i.name for i in self.dense.graph.input]
         # One small random batch: enough for ORT's fusion check (exporters.optimize) to catch a wrong fusion.
         self.batches = sample_inputs(names, None, getattr(self.config, "vocab_size", 100), 16)[:2]
         self._n = 0
 
-    def build(self, kept: list[dict] | None, name: str | None = None, precision: str | None = None) -> Path:
+    def export_at(self, hidden: list[int] | None):
+        """The export of the model with only the hidden dims `hidden` (None: all of them), cut in PyTorch by
+        compress.core.hidden.slice_hidden before export, as `compress export` does for a hidden-pruned
+        checkpoint. The checkpoint is reloaded for each cut (eager attention, as the exporter loads it)."""
+        import onnx
+
+        from compress.core.hidden import slice_hidden
+        from exporters.export import export_checkpoint, infer_task, load_for_task
+
+        if hidden is None or len(hidden) == self.geo.hidden_size:
+            return self.dense
+        key = tuple(sorted(int(i) for i in hidden))
+        if not key or key[0] < 0 or key[-1] >= self.geo.hidden_size:
+            raise InvalidConfigError(f"kept hidden dims must lie in 0..{self.geo.hidden_size - 1}, got {len(key)} dims")
+        if self._narrow is None or self._narrow[0] != key:
+            self._narrow = None  # free the previous cut's graph first
+            model = slice_hidden(load_for_task(self._ckpt, infer_task(self.config)), list(key))
+            out = self.workdir / f"export-h{len(key)}"
+            export_checkpoint(self._ckpt, out, validate=False, shrink=False, model=model, overwrite=True)
+            self._narrow = (key, onnx.load(str(out / "model.onnx")))
+            shutil.rmtree(out, ignore_errors=True)
+        return self._narrow[1]
+
+    def build(
+        self, kept: list[dict] | None, name: str | None = None, precision: str | None = None, hidden=None
+    ) -> Path:
         """Deploy graph (model.onnx path) for `kept` (compression.json `layers` form; None = dense), at the
-        deploy precision unless `precision` is given."""
+        deploy precision unless `precision` is given, keeping the hidden dims `hidden` (None: all)."""
         import gc
 
         import onnx
@@ -134,10 +163,11 @@ class DeployGraphs:
         # Graph rewrites leave reference cycles holding whole model copies; collect them now or a
         # 40-graph table of MiniLM grows past 7 GB before Python's object-count trigger fires.
         gc.collect()
+        source = self.export_at(hidden)
         if kept is None:
-            graph = normalize_heads(self.dense, self.geo.head_size)
+            graph = normalize_heads(source, self.geo.head_size)
         else:
-            graph, _ = shrink(self._zeroed(kept), kept, self.geo.num_heads, self.geo.head_size)
+            graph, _ = shrink(self._zeroed(kept, source), kept, self.geo.num_heads, self.geo.head_size)
         if self.deploy.optimize:
             from exporters.optimize import optimize
 
@@ -157,7 +187,7 @@ class DeployGraphs:
         (out / "model.onnx").unlink()
         return Path(res.output)
 
-    def _zeroed(self, kept: list[dict]):
+    def _zeroed(self, kept: list[dict], source):
         """The dense export with the output weights (W_O rows, W2 rows) of the removed heads / dims set
         to zero, as a pruned checkpoint's export would have them: the surgery only cuts structure it can
         see is dead. Latency does not depend on the values of the weights that remain."""
@@ -170,7 +200,7 @@ class DeployGraphs:
         from exporters.surgery.layers import find_layers
 
         kept = as_layer_keeps(kept)
-        model = copy.deepcopy(self.dense)
+        model = copy.deepcopy(source)
         g = Graph(model)
         layers, d = find_layers(g, self.geo.head_size)
         inits = {t.name: t for t in model.graph.initializer}
@@ -192,10 +222,11 @@ class DeployGraphs:
                 inits[src].CopyFrom(numpy_helper.from_array(w, src))
         return model
 
-    def uniform(self, heads: int, dims: int, name: str | None = None) -> Path:
-        """Every layer keeps its first `heads` heads and `dims` FFN dims."""
+    def uniform(self, heads: int, dims: int, name: str | None = None, hidden: int | None = None) -> Path:
+        """Every layer keeps its first `heads` heads and `dims` FFN dims; the first `hidden` hidden dims
+        (None: all). Latency does not depend on which ones."""
         kept = [{"heads_kept": list(range(heads)), "ffn_dims_kept": list(range(dims))}] * self.geo.num_layers
-        return self.build(kept, name)
+        return self.build(kept, name, hidden=None if hidden is None else list(range(hidden)))
 
 
 def bench_config(deploy: DeployConfig):

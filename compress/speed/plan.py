@@ -19,6 +19,9 @@ from an importance per head and per FFN dim, ranked per unit of latency. Two imp
       Measured on MiniLM-L6 / SST-2 at 3x it dropped heads first (11 of 72 kept, 82.57): every unit
       starts at the same density, so the per-ms ranking only sees that a head costs more per weight.
 (float64 throughout: in float32 sigmoid rounds to exactly 1 from a score of about 17 up.)
+With a "hidden" group among the Pruner's groups (--prune-hidden) the solver also chooses the kept hidden
+dims (one mask over the residual stream, masks["hidden"]) by the same importance: the squared gradient of
+its mask, or sigmoid(score) x the encoder weights a hidden dim holds (a row or column of every Q/K/V/O/W1/W2).
 The masks pass gradients straight through to every score (kept or not), as in movement pruning, so the
 network is distilled into the final shape instead of being cut at the end. No regulariser, no lambda.
 """
@@ -36,6 +39,7 @@ from compress.speed.solver import BudgetResult, Target, resolve_target, solve_bu
 from compress.speed.table import LatencyTable
 
 BUDGET_METHODS = ("struct", "hybrid")
+HIDDEN = "hidden"  # the name of the Pruner's hidden-dimension group (compress.pruning.pruner.HIDDEN)
 IMPORTANCES = ("fisher", "scores")
 TABLE_TOLERANCE = 0.10  # how far a table's parts may add up from its dense graph before speed_info warns
 
@@ -80,7 +84,14 @@ class StructureBudget(torch.nn.Module):
     the Fisher averages are buffers: saved in training checkpoints and restored on resume."""
 
     def __init__(
-        self, groups, method_name: str, geometry, plan: SpeedPlan, ffn_block: int = 32, importance: str = "fisher"
+        self,
+        groups,
+        method_name: str,
+        geometry,
+        plan: SpeedPlan,
+        ffn_block: int = 32,
+        importance: str = "fisher",
+        hidden_step: int | None = None,
     ):
         super().__init__()
         if importance not in IMPORTANCES:
@@ -98,6 +109,10 @@ class StructureBudget(torch.nn.Module):
         d, h = geometry.head_size, geometry.hidden_size
         self.head_weights = 4 * h * d
         self.dim_weights = 2 * h
+        # Hidden dims, when pruned: a dim is a column of Q/K/V/W1 and a row of O/W2 in every layer.
+        self.has_hidden = HIDDEN in self.by_name
+        self.hidden_weights = geometry.num_layers * (4 * geometry.num_heads * d + 2 * geometry.intermediate_size)
+        self.hidden_step = hidden_step
         if method_name == "hybrid":
             rows = groups[0].members[0][1].rows  # block size of the attention groups
             if d % rows:
@@ -115,6 +130,9 @@ class StructureBudget(torch.nn.Module):
         self.register_buffer("head_fisher", torch.zeros(L, H, dtype=torch.float64))
         self.register_buffer("ffn_fisher", torch.zeros(L, F, dtype=torch.float64))
         self.register_buffer("fisher_updates", torch.zeros(L, 2, dtype=torch.float64))  # per layer: heads, ffn
+        if self.has_hidden:  # only then: the state dict of a run without hidden pruning stays as it was
+            self.register_buffer("hidden_fisher", torch.zeros(h, dtype=torch.float64))
+            self.register_buffer("hidden_updates", torch.zeros(1, dtype=torch.float64))
 
     def set_level(self, level: float) -> None:
         self.level = level
@@ -127,15 +145,27 @@ class StructureBudget(torch.nn.Module):
         return self.score_importance(scores)
 
     @torch.no_grad()
+    def hidden_importance(self, scores) -> torch.Tensor | None:
+        """One importance per hidden dim (None without a hidden group)."""
+        if not self.has_hidden:
+            return None
+        if self.kind == "fisher":
+            return self.hidden_fisher.cpu()
+        return torch.sigmoid(scores[_key(HIDDEN)].double()).cpu() * self.hidden_weights
+
+    @torch.no_grad()
     def _collect(self, layer: int, which: int, kept: torch.Tensor, grad: torch.Tensor) -> None:
         """Fold one backward's mask gradient (per unit) into the average of the units that are kept."""
         buf = self.head_fisher if which == 0 else self.ffn_fisher
         n = self.fisher_updates[layer, which] + 1
         self.fisher_updates[layer, which] = n
-        rate = max(1.0 - FISHER_DECAY, 1.0 / float(n))  # a plain mean over the first steps, then exponential
-        g2 = grad.to(buf.dtype).square().to(buf.device)
-        keep = kept.to(buf.device).bool()
-        buf[layer] = torch.where(keep, buf[layer] + rate * (g2 - buf[layer]), buf[layer])
+        buf[layer] = _average(buf[layer], n, kept, grad)
+
+    @torch.no_grad()
+    def _collect_hidden(self, kept: torch.Tensor, grad: torch.Tensor) -> None:
+        n = self.hidden_updates[0] + 1
+        self.hidden_updates[0] = n
+        self.hidden_fisher.copy_(_average(self.hidden_fisher, n, kept, grad))
 
     def _sink(self, layer: int, which: int, kept: torch.Tensor):
         if self.kind != "fisher":
@@ -166,9 +196,24 @@ class StructureBudget(torch.nn.Module):
     # ------------------------------------------------------------------ masks
     def masks(self, scores) -> dict[str, torch.Tensor]:
         hi, fi = self.importance(scores)
-        res = solve_budget([h.numpy() for h in hi], [f.numpy() for f in fi], self.table, self.level, self.ffn_block)
+        hd = self.hidden_importance(scores)
+        res = solve_budget(
+            [h.numpy() for h in hi],
+            [f.numpy() for f in fi],
+            self.table,
+            self.level,
+            self.ffn_block,
+            hidden_importance=None if hd is None else hd.numpy(),
+            hidden_step=self.hidden_step,
+        )
         self.last = res
         out = {}
+        if self.has_hidden:
+            s = scores[_key(HIDDEN)]
+            m = torch.zeros(s.shape, dtype=s.dtype, device=s.device)
+            m[res.hidden] = 1
+            sink = (lambda g: self._collect_hidden(m, g)) if self.kind == "fisher" else None
+            out[HIDDEN] = _Chosen.apply(s, m, sink)
         H, F = self.geo.num_heads, self.geo.intermediate_size
         for i in range(self.geo.num_layers):
             fname = f"layer.{i}.ffn_dim"
@@ -193,6 +238,15 @@ class StructureBudget(torch.nn.Module):
 
 def _key(name: str) -> str:
     return name.replace(".", "_")
+
+
+def _average(buf: torch.Tensor, n, kept: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """`buf` with one more squared gradient folded in where `kept` (the n-th update): a plain mean over the
+    first steps, then exponential; a removed unit's average is frozen."""
+    rate = max(1.0 - FISHER_DECAY, 1.0 / float(n))
+    g2 = grad.to(buf.dtype).square().to(buf.device)
+    keep = kept.to(buf.device).bool()
+    return torch.where(keep, buf + rate * (g2 - buf), buf)
 
 
 # ---------------------------------------------------------------------- prune() glue
@@ -266,7 +320,12 @@ def deploy_from(cfg) -> DeployConfig:
 
     batch, seq = parse_shape(cfg.deploy_shape or default_deploy_shape(None))
     d = DeployConfig(
-        precision=cfg.deploy, batch=batch, seq=seq, threads=cfg.deploy_threads, provider=cfg.deploy_provider
+        precision=cfg.deploy,
+        batch=batch,
+        seq=seq,
+        threads=cfg.deploy_threads,
+        provider=cfg.deploy_provider,
+        hidden_axis=bool(getattr(cfg, "prune_hidden", False)),
     )
     d.validate()
     return d
@@ -289,12 +348,12 @@ def plan_for(cfg, model_name: str, method_name: str, progress: bool = True) -> S
 
         d = deploy_from(cfg)
         table = flops_table_for(load_config(model_name), d)
-        return SpeedPlan(target, table, resolve_target(target, table, cfg.ffn_block), None)
+        return SpeedPlan(target, table, resolve_target(target, table, cfg.ffn_block, cfg.prune_hidden), None)
     from compress.speed.table import load_or_build_table
 
     deploy = deploy_from(cfg)
     table, path, cached = on_rank_zero(lambda: load_or_build_table(model_name, deploy, progress=progress))
-    budget = resolve_target(target, table, cfg.ffn_block)
+    budget = resolve_target(target, table, cfg.ffn_block, cfg.prune_hidden)
     plan = SpeedPlan(target, table, budget, deploy, str(path) if path else None, cached)
     if cfg.calibrate:
         import sys
@@ -355,10 +414,13 @@ def flops_table_for(config, deploy: DeployConfig) -> LatencyTable:
     return flops_table(geometry(config), deploy.batch, deploy.seq, model_key(config))
 
 
-def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
-    """compression.json's `speed` section: target, table, prediction for the structure that was kept."""
+def speed_info(plan: SpeedPlan, kept: list[dict], hidden=None) -> dict:
+    """compression.json's `speed` section: target, table, prediction for the structure that was kept.
+    `hidden`: the kept hidden dims (a list, or their count; None: all)."""
+    from compress.speed.table import hidden_count
+
     t = plan.table
-    predicted = t.predict_kept(kept)
+    predicted = t.predict_kept(kept, hidden)
     info = {
         "target": {
             "kind": plan.target.kind,
@@ -379,6 +441,10 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
             "from_cache": plan.from_cache,
         },
     }
+    if hidden is not None:
+        info["hidden_kept"] = hidden_count(hidden)
+    if t.hidden_rows:
+        info["table"]["hidden_sizes"] = t.hidden_sizes
     if plan.calibration:  # calibrate_budget records at least one round
         info["calibration"] = plan.calibration
         last = plan.calibration["rounds"][-1]
@@ -409,10 +475,14 @@ def speed_info(plan: SpeedPlan, kept: list[dict]) -> dict:
     return info
 
 
-def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int = 9, progress: bool = False) -> dict:
+def measure_speedup(
+    model, kept: list[dict], deploy: DeployConfig, repeats: int = 9, progress: bool = False, hidden=None
+) -> dict:
     """Measured speedup of the shrunk deploy graph of `model` (an in-memory, baked classifier) against
     the same export unshrunk (the dense graph's cost: zeros do not make dense kernels faster), both
-    built and timed the way the latency table was, interleaved, in the same rounds."""
+    built and timed the way the latency table was, interleaved, in the same rounds. `hidden`: the kept
+    hidden dims (a list; a count keeps the first ones, which costs the same); the pruned graph is then
+    cut to them (compress.core.hidden.slice_hidden) before export, the dense one is not."""
     import copy
     import tempfile
 
@@ -425,7 +495,9 @@ def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int 
         # mean over tokens, the same few ops in the dense and the pruned graph.
         encoder = getattr(model, "encoder", None) if not hasattr(model, "save_pretrained") else None
         graphs = DeployGraphs("in-memory", tmp, d, classifier=copy.deepcopy(encoder or model).cpu())
-        paths = {"dense": graphs.build(None, "dense"), "pruned": graphs.build(kept, "pruned")}
+        if isinstance(hidden, int):
+            hidden = list(range(hidden))
+        paths = {"dense": graphs.build(None, "dense"), "pruned": graphs.build(kept, "pruned", hidden=hidden)}
         if d.precision != "fp32":
             paths["dense-fp32"] = graphs.build(None, "dense-fp32", precision="fp32")
         res = time_graphs(paths, d, reference="dense-fp32" if "dense-fp32" in paths else "dense")
@@ -441,14 +513,19 @@ def measure_speedup(model, kept: list[dict], deploy: DeployConfig, repeats: int 
         "shape": d.shape,
         "precision": d.precision,
         "statistic": d.statistic,
+        **({"hidden_kept": len(hidden)} if hidden is not None else {}),
         "note": "shrunk deploy graph vs the same export unshrunk (dense cost: zeros do not speed up dense kernels), "
         "interleaved rounds; speedup is against dense fp32",
     }
 
 
-def budget_for(model, method_name: str, plan, ffn_block: int, importance: str = "fisher"):
-    """What Pruner(budget=...) takes: groups -> StructureBudget for this model, method and plan."""
+def budget_for(
+    model, method_name: str, plan, ffn_block: int, importance: str = "fisher", hidden_step: int | None = None
+):
+    """What Pruner(budget=...) takes: groups -> StructureBudget for this model, method and plan. With a
+    "hidden" group among the groups the budget chooses the kept hidden dims too (multiples of
+    `hidden_step`, default compress.speed.table.hidden_multiple)."""
     from compress.core.structure import geometry
 
     geo = geometry(model.config)
-    return lambda groups: StructureBudget(groups, method_name, geo, plan, ffn_block, importance)
+    return lambda groups: StructureBudget(groups, method_name, geo, plan, ffn_block, importance, hidden_step)

@@ -16,6 +16,13 @@ Method (pure functions, deterministic):
      one head or one FFN block of the budget.
 FFN widths are multiples of ffn_block (or the full width): the kept width stays a multiple of the
 GEMM tile sizes, and the budget is met to within one such block.
+
+With hidden importances (one per hidden dim, --prune-hidden) the number of kept hidden dims k is chosen
+too: every layer's costs depend on k, so for each candidate k (multiples of hidden_step from the table's
+smallest measured hidden size up, and the full size) the per-layer problem above is solved on the table
+at k (LatencyTable.at_hidden), and the k of the largest total importance (heads + FFN dims + the top-k
+hidden dims) wins; ties keep the larger k. The kept hidden dims are the k most important. Without
+hidden importances nothing changes.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compress.core.errors import InvalidConfigError
-from compress.speed.table import LatencyTable
+from compress.speed.table import LatencyTable, hidden_multiple
 
 
 @dataclass
@@ -71,9 +78,22 @@ class Target:
         return f"{self.latency_ms:g} ms" if self.kind == "latency" else f"{self.flops:g} of dense FLOPs"
 
 
-def least_cost(table: LatencyTable, ffn_block: int = 32) -> float:
+def hidden_candidates(table: LatencyTable, step: int | None = None) -> list[int]:
+    """The kept hidden sizes the solver tries, increasing: multiples of `step` (default hidden_multiple)
+    from the table's smallest measured hidden size, and the full size."""
+    full = table.hidden_size
+    if not table.hidden_rows:
+        return [full] if full else []
+    step = max(1, step or hidden_multiple(full))
+    return [k for k in range(step, full, step) if k >= table.min_hidden] + [full]
+
+
+def least_cost(table: LatencyTable, ffn_block: int = 32, hidden: bool = False, hidden_step: int | None = None) -> float:
     """The cost of the cheapest structure that keeps anything: the fixed part plus one head or one FFN
-    block (the solver keeps FFN widths in multiples of ffn_block) in one layer, whichever costs less."""
+    block (the solver keeps FFN widths in multiples of ffn_block) in one layer, whichever costs less;
+    with `hidden`, at the smallest hidden size the solver may choose."""
+    if hidden:
+        table = table.at_hidden(hidden_candidates(table, hidden_step)[0] if table.hidden_rows else None)
     units = []
     if table.num_heads:
         units.append(table.attn_cost(1))
@@ -93,9 +113,12 @@ def _reachable(target: Target, table: LatencyTable, least: float) -> str:
     return f"ask for --target-flops >= {math.ceil(fraction * 10**digits) / 10**digits:g} (at most {1 / fraction:.1f}x fewer FLOPs)"
 
 
-def resolve_target(target: Target, table: LatencyTable, ffn_block: int = 32) -> float:
+def resolve_target(
+    target: Target, table: LatencyTable, ffn_block: int = 32, hidden: bool = False, hidden_step: int | None = None
+) -> float:
     """The budget in the table's unit; InvalidConfigError when it would remove every head and FFN dim
-    (a model with nothing left to prune or deploy), naming the most that can be asked for instead."""
+    (a model with nothing left to prune or deploy), naming the most that can be asked for instead.
+    `hidden`: the hidden dimension is pruned too (the least cost is at the smallest hidden size)."""
     target.validate()
     if target.kind == "flops" and table.unit != "MFLOP":
         raise InvalidConfigError(
@@ -108,7 +131,7 @@ def resolve_target(target: Target, table: LatencyTable, ffn_block: int = 32) -> 
         "latency": lambda: target.latency_ms,
         "flops": lambda: target.flops * table.dense_ms,
     }[target.kind]()
-    least = least_cost(table, ffn_block)
+    least = least_cost(table, ffn_block, hidden, hidden_step)
     if budget < least * (1 - 1e-9):
         block = min(max(1, ffn_block), table.intermediate_size)
         fixed = (
@@ -131,6 +154,7 @@ class BudgetResult:
     predicted: float  # table cost of the structure
     budget: float
     value: float  # summed importance kept
+    hidden: list[int] | None = None  # kept hidden dims, sorted; None when the hidden dimension is not pruned
 
     @property
     def heads_per_layer(self) -> list[int]:
@@ -171,9 +195,17 @@ def _cumulative(imp: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def solve_budget(
-    head_importance, ffn_importance, table: LatencyTable, budget: float, ffn_block: int = 32
+    head_importance,
+    ffn_importance,
+    table: LatencyTable,
+    budget: float,
+    ffn_block: int = 32,
+    hidden_importance=None,
+    hidden_step: int | None = None,
 ) -> BudgetResult:
-    """Kept structure of maximal importance whose table cost is <= budget (see the module docstring)."""
+    """Kept structure of maximal importance whose table cost is <= budget (see the module docstring).
+    `hidden_importance`: one non-negative value per hidden dim to choose the kept hidden dims too (the
+    result's `hidden`); `hidden_step`: the kept hidden count is a multiple of it (default hidden_multiple)."""
     L, H, F = table.num_layers, table.num_heads, table.intermediate_size
     if len(head_importance) != L or len(ffn_importance) != L:
         raise InvalidConfigError(
@@ -181,10 +213,41 @@ def solve_budget(
         )
     hi = _as_matrix(head_importance, H, "head")
     fi = _as_matrix(ffn_importance, F, "FFN-dim")
+    if hidden_importance is not None:
+        return _solve_with_hidden(hi, fi, hidden_importance, table, budget, ffn_block, hidden_step)
     if budget < table.fixed_ms - 1e-12:
         raise InvalidConfigError(
             f"budget {budget:.4g} {table.unit} is below the fixed cost {table.fixed_ms:.4g}; nothing fits"
         )
+    return _solve(hi, fi, table, budget, ffn_block)
+
+
+def _solve_with_hidden(hi, fi, hidden_importance, table: LatencyTable, budget: float, ffn_block: int, step):
+    full = table.hidden_size or np.asarray(hidden_importance).size
+    imp = _as_matrix([hidden_importance], full, "hidden-dim")[0]
+    order = np.argsort(-imp, kind="stable")
+    top = np.r_[0.0, np.cumsum(imp[order])]  # summed importance of the k most important dims
+    best: tuple[float, int, BudgetResult] | None = None
+    for k in reversed(hidden_candidates(table, step) or [full]):  # ties keep the larger k
+        t = table.at_hidden(None if k == full else k)
+        if budget < t.fixed_ms - 1e-12:
+            continue
+        r = _solve(hi, fi, t, budget, ffn_block)
+        total = r.value + float(top[k])
+        if best is None or total > best[0]:
+            best = (total, k, r)
+    if best is None:
+        raise InvalidConfigError(
+            f"budget {budget:.4g} {table.unit} is below the fixed cost at every hidden size the table has; nothing fits"
+        )
+    total, k, r = best
+    r.hidden, r.value, r.budget = sorted(int(i) for i in order[:k]), total, budget
+    return r
+
+
+def _solve(hi: np.ndarray, fi: np.ndarray, table: LatencyTable, budget: float, ffn_block: int) -> BudgetResult:
+    """The per-layer problem at the table's hidden size (the module docstring's steps 1 and 2)."""
+    L, H, F = table.num_layers, table.num_heads, table.intermediate_size
     h_counts = np.arange(H + 1)
     f_counts = np.unique(np.r_[np.arange(0, F, max(1, ffn_block)), F])
     h_order, hv = _cumulative(hi, h_counts)  # (L, H+1)

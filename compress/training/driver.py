@@ -284,9 +284,12 @@ def _finish(run: PruneRun, pruner: Pruner, stats: dict, output) -> dict:
     if run.speed_plan is not None:
         from compress.speed.plan import measure_speedup, speed_info
 
-        info["speed"] = speed_info(run.speed_plan, rep["layers"])
+        kept_hidden = hidden_record["kept"] if hidden_record else None
+        info["speed"] = speed_info(run.speed_plan, rep["layers"], hidden=kept_hidden)
         if run.speed_plan.deploy is not None and cfg.measure_speed and stats["is_main_process"]:
-            info["speed"]["measured"] = measure_speedup(student, rep["layers"], run.speed_plan.deploy)
+            info["speed"]["measured"] = measure_speedup(
+                student, rep["layers"], run.speed_plan.deploy, hidden=kept_hidden
+            )
     return info
 
 
