@@ -66,6 +66,15 @@ def random_structures(geo, n: int, seed: int) -> list[list[dict]]:
     return out
 
 
+def random_hidden(geo, n: int, seed: int) -> list[list[int] | None]:
+    """With --hidden: a random kept hidden width per structure (a multiple of 32 from a quarter of the
+    hidden size up, the full size included) and random kept dims; else None (all kept) for each."""
+    rng = np.random.default_rng(seed + 1)
+    widths = list(range(32, geo.hidden_size + 1, 32))
+    widths = [w for w in widths if w >= geo.hidden_size // 4]
+    return [sorted(rng.choice(geo.hidden_size, int(rng.choice(widths)), replace=False).tolist()) for _ in range(n)]
+
+
 def part_table(a) -> dict:
     from compress.core.models import resolve_model
     from compress.speed.deploy_graph import DeployConfig, DeployGraphs, parse_shape, time_graphs
@@ -76,11 +85,14 @@ def part_table(a) -> dict:
     for precision in a.precisions:
         for shape in a.shapes:
             b, s = parse_shape(shape)
-            deploy = DeployConfig(precision=precision, batch=b, seq=s, threads=a.threads, repeats=a.repeats)
+            deploy = DeployConfig(
+                precision=precision, batch=b, seq=s, threads=a.threads, repeats=a.repeats, hidden_axis=a.hidden
+            )
             t0 = time.time()
             table, path, cached = load_or_build_table(model, deploy, rebuild=a.rebuild, progress=not a.quiet)
             built = time.time() - t0
-            table.save(RESULTS / "latency_tables" / f"{precision}-{shape}.json")
+            suffix = "-hidden" if a.hidden else ""
+            table.save(RESULTS / "latency_tables" / f"{precision}-{shape}{suffix}.json")
             with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
                 graphs = DeployGraphs(
                     model,
@@ -88,20 +100,22 @@ def part_table(a) -> dict:
                     DeployConfig(precision=precision, batch=b, seq=s, threads=a.threads, repeats=a.check_repeats),
                 )
                 structs = random_structures(graphs.geo, a.structures, a.seed)
+                widths = random_hidden(graphs.geo, a.structures, a.seed) if a.hidden else [None] * len(structs)
                 paths = {"dense": graphs.build(None, "dense")}
                 if precision != "fp32":
                     paths["dense-fp32"] = graphs.build(None, "dense-fp32", precision="fp32")
                 for i, kept in enumerate(structs):
-                    paths[f"s{i}"] = graphs.build(kept, f"s{i}")
+                    paths[f"s{i}"] = graphs.build(kept, f"s{i}", hidden=widths[i])
                 ref = "dense-fp32" if precision != "fp32" else "dense"
                 res = time_graphs(paths, graphs.deploy, reference=ref)
             rows = []
             for i, kept in enumerate(structs):
                 measured = res[f"s{i}"]["ms"]
-                predicted = table.predict_kept(kept)
+                predicted = table.predict_kept(kept, hidden=widths[i])
                 rows.append(
                     {
                         "structure": i,
+                        "hidden": len(widths[i]) if widths[i] else graphs.geo.hidden_size,
                         "heads": [len(k["heads_kept"]) for k in kept],
                         "ffn": [len(k["ffn_dims_kept"]) for k in kept],
                         "predicted_ms": round(predicted, 3),
@@ -116,7 +130,7 @@ def part_table(a) -> dict:
             cfg = {
                 "precision": precision,
                 "shape": shape,
-                "table_file": f"latency_tables/{precision}-{shape}.json",
+                "table_file": f"latency_tables/{precision}-{shape}{suffix}.json",
                 "table_from_cache": cached,
                 "table_seconds": round(built, 1),
                 "table_dense_ms": round(table.dense_ms, 3),
@@ -246,6 +260,7 @@ def main():
     t.add_argument("--structures", type=int, default=8)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rebuild", action="store_true")
+    t.add_argument("--hidden", action="store_true", help="tables with the hidden axis; random kept hidden widths")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", default="latency_table")
     g = sub.add_parser("targets")
@@ -293,13 +308,13 @@ def main():
                 f"dense {c['table_dense_ms']} ms in the table vs {c['check_dense_ms']} ms in this check; predicted dense "
                 f"{c['table_predicted_dense_ms']} ms; load after {c['load_average_after']}",
                 "",
-                "| # | heads per layer | FFN dims per layer | predicted ms | measured ms | error | predicted speedup | measured speedup | speedup error |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| # | hidden | heads per layer | FFN dims per layer | predicted ms | measured ms | error | predicted speedup | measured speedup | speedup error |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in c["rows"]:
                 lines.append(
-                    f"| {r['structure']} | {r['heads']} | {r['ffn']} | {r['predicted_ms']} | {r['measured_ms']} | "
-                    f"{r['error']:+.1%} | {r['predicted_speedup']} | {r['measured_speedup']} | {r['speedup_error']:+.1%} |"
+                    f"| {r['structure']} | {r.get('hidden', '')} | {r['heads']} | {r['ffn']} | {r['predicted_ms']} | "
+                    f"{r['measured_ms']} | {r['error']:+.1%} | {r['predicted_speedup']} | {r['measured_speedup']} | {r['speedup_error']:+.1%} |"
                 )
             lines += [
                 "",

@@ -227,3 +227,13 @@ def test_a_speed_target_with_the_hidden_mask(tmp_path):
     table = next(i for i in graph.graph.initializer if "word_embeddings" in i.name)
     assert table.dims[1] == kept
     assert compress.evaluate(out.path, data=data).metrics == compress.evaluate(exported.path, data=data).metrics
+
+
+def test_compress_run_takes_the_flags(tmp_path, capsys):
+    """`compress run --prune-hidden` reaches the prune stage's config (here: its refusal for movement)."""
+    h.save_checkpoint(h.tiny_model("bert"), tmp_path / "base")
+    h.write_sst2_like(tmp_path / "data" / "sst2", n_train=16, n_dev=8)
+    args = ["--teacher", str(tmp_path / "base"), "--data-dir", str(tmp_path / "data"), "-o", str(tmp_path / "o")]
+    capsys.readouterr()  # the checkpoint writer's progress bar
+    code = h.main(["run", "--prune-hidden", "--method", "movement", "--layer-weight", "1", *args])
+    assert "--prune-hidden works with" in h.cli_error(code, capsys.readouterr().err)

@@ -18,7 +18,9 @@ TARGET_FIELDS = (
 )
 # Training and distillation fields of the recipe's prune section that `compress run` takes as flags.
 TRAIN_FIELDS = ("max_length", "eval_max_length", "max_train_samples", "max_eval_samples")
-DISTILL_FIELDS = ("embedding_loss", "hidden_weight")
+DISTILL_FIELDS = ("embedding_loss", "hidden_weight", "layer_weight")
+# The structure fields of the recipe's prune section that `compress run` takes as flags.
+STRUCTURE_FIELDS = ("prune_hidden", "lambda_hidden", "hidden_sparsity")
 
 
 def register(sub):
@@ -40,6 +42,7 @@ def register(sub):
     g.add_argument("--max-steps", type=int, help="pruning steps (default 600)")
     add_config_args(g, TrainConfig, only=TRAIN_FIELDS)
     add_config_args(g, DistillConfig, only=DISTILL_FIELDS)
+    add_config_args(g, PruneConfig, only=STRUCTURE_FIELDS)
     add_config_args(
         p,
         PruneConfig,
@@ -77,7 +80,7 @@ def run(a):
     if any(k.startswith("target_") for k in targets):
         # A target replaces the recipe's lambda: the structure is chosen to meet it (struct or hybrid).
         cfg.prune.lambda_reg = None
-    for k, v in targets.items():
+    for k, v in {**targets, **given_fields(PruneConfig, a, only=STRUCTURE_FIELDS)}.items():
         setattr(cfg.prune, k, v)
     if a.lambda_reg is not None:
         cfg.prune.lambda_reg = a.lambda_reg
