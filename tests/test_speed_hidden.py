@@ -210,7 +210,7 @@ def test_targets_reach_further_with_the_hidden_dimension():
 
 
 # ------------------------------------------------------------------------------ StructureBudget
-def _pruner(model, importance="fisher", fraction=0.4):
+def _pruner(model, importance="fisher", fraction=0.4, method="struct"):
     from compress.core.config import PruneConfig
     from compress.core.structure import geometry
     from compress.pruning.methods import get_method
@@ -220,9 +220,9 @@ def _pruner(model, importance="fisher", fraction=0.4):
     table = flops_table(geometry(model.config), 2, 16)
     target = Target(flops=fraction)
     plan = SpeedPlan(target, table, resolve_target(target, table, 16, hidden=True), None)
-    cfg = PruneConfig(method="struct", target_flops=fraction, ffn_block=16, prune_hidden=True)
-    budget = budget_for(model, "struct", plan, cfg.ffn_block, importance=importance)
-    return Pruner(model, get_method("struct"), cfg, budget=budget), plan
+    cfg = PruneConfig(method=method, target_flops=fraction, ffn_block=16, prune_hidden=True)
+    budget = budget_for(model, method, plan, cfg.ffn_block, importance=importance)
+    return Pruner(model, get_method(method), cfg, budget=budget), plan
 
 
 def _backward(model, pruner):
@@ -268,6 +268,18 @@ def test_structure_budget_returns_the_hidden_mask_and_its_fisher_importance():
 
     assert hidden.kept_dims(model) == res.hidden  # the masked LayerNorms follow the budget's mask
     _backward(model, pruner)  # the masked model still trains
+
+
+def test_hybrid_blocks_and_the_hidden_mask_train_together():
+    """hybrid's per-block masks are built after the hidden one: the hidden Fisher must still see the hidden
+    mask's gradient (one value per hidden dim), not a block mask's."""
+    model = h.tiny_model("bert", hidden=128, ffn=128)  # head size 32: one 32x32 block per head
+    pruner, _ = _pruner(model, method="hybrid")
+    pruner.set_step(0, 100, 10)
+    _backward(model, pruner)
+    g = pruner.scores["hidden"].grad
+    assert g is not None and g.shape == (128,)
+    assert torch.allclose(pruner.budget.hidden_fisher, g.double().square())
 
 
 def test_structure_budget_scores_importance_counts_the_weights_of_a_hidden_dim():

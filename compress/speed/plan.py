@@ -210,10 +210,10 @@ class StructureBudget(torch.nn.Module):
         out = {}
         if self.has_hidden:
             s = scores[_key(HIDDEN)]
-            m = torch.zeros(s.shape, dtype=s.dtype, device=s.device)
-            m[res.hidden] = 1
-            sink = (lambda g: self._collect_hidden(m, g)) if self.kind == "fisher" else None
-            out[HIDDEN] = _Chosen.apply(s, m, sink)
+            kept_hidden = torch.zeros(s.shape, dtype=s.dtype, device=s.device)
+            kept_hidden[res.hidden] = 1
+            sink = (lambda g: self._collect_hidden(kept_hidden, g)) if self.kind == "fisher" else None
+            out[HIDDEN] = _Chosen.apply(s, kept_hidden, sink)
         H, F = self.geo.num_heads, self.geo.intermediate_size
         for i in range(self.geo.num_layers):
             fname = f"layer.{i}.ffn_dim"
