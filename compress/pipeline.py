@@ -249,6 +249,7 @@ def _fill(cfg: RunConfig, data: DataConfig, task, dense_src: str, tmp: Path) -> 
         target_speedup=None,
         target_latency_ms=None,
         target_flops=None,
+        prune_hidden=False,  # the source's hidden dims are held through its compression.json record
         train=train,
         distill=distill,
     )
