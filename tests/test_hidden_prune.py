@@ -237,3 +237,23 @@ def test_compress_run_takes_the_flags(tmp_path, capsys):
     capsys.readouterr()  # the checkpoint writer's progress bar
     code = h.main(["run", "--prune-hidden", "--method", "movement", "--layer-weight", "1", *args])
     assert "--prune-hidden works with" in h.cli_error(code, capsys.readouterr().err)
+
+
+def test_compress_run_with_the_hidden_mask(tmp_path):
+    """The whole chain: prune with the hidden mask, fill holding it, export, int8, eval; the report says so."""
+    h.save_checkpoint(h.tiny_model("bert"), tmp_path / "base")
+    h.write_sst2_like(tmp_path / "data" / "sst2", n_train=32, n_dev=8)
+    cfg = compress.RunConfig(
+        task="sst2",
+        data_dir=str(tmp_path / "data"),
+        fill_steps=2,
+        prune=compress.PruneConfig(**TOPK, train=_train()),
+        bench_data=False,
+    )
+    cfg.prune.distill.teacher = str(tmp_path / "base")
+    out = compress.run(None, tmp_path / "run", cfg)
+    summary = json.loads((out.path / "summary.json").read_text())
+    assert summary["hidden"]["kept_count"] == 24
+    filled = json.loads((out.path / "filled" / "compression.json").read_text())
+    assert filled["method"] == "hybrid-filled" and filled["hidden"] == summary["hidden"]
+    assert "Hidden dimension pruned to 24 of 32" in (out.path / "report.md").read_text()
