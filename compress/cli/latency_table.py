@@ -7,20 +7,14 @@ DEPLOY_FIELDS = ("deploy", "deploy_shape", "deploy_threads", "deploy_provider")
 
 def deploy_config(a):
     """The deployment of PruneConfig's deploy_* flags (one source of their defaults) as a DeployConfig."""
+    from dataclasses import replace
+
     from compress.cli.flags import config_from_args
-    from compress.core.config import PruneConfig, default_deploy_shape
-    from compress.speed.deploy_graph import DeployConfig, parse_shape
+    from compress.core.config import PruneConfig
+    from compress.speed.plan import deploy_from
 
     c = config_from_args(PruneConfig, a)
-    batch, seq = parse_shape(c.deploy_shape or default_deploy_shape(None))
-    return DeployConfig(
-        precision=c.deploy,
-        batch=batch,
-        seq=seq,
-        threads=c.deploy_threads,
-        provider=c.deploy_provider,
-        hidden_axis=bool(getattr(a, "hidden_axis", False)),
-    )
+    return deploy_from(replace(c, prune_hidden=bool(getattr(a, "hidden_axis", False))))
 
 
 def register(sub):
